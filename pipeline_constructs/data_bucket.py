@@ -1,0 +1,100 @@
+"""DataBucket: the S3 bucket every pattern reads inputs from and writes results to."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from pipeline_constructs._validation import check_duration
+
+#: Key prefixes shared by the runtimes: inputs are read from ``input/``, results written to ``output/``
+#: and scratch data to ``intermediate/`` (which expires).
+INPUT_PREFIX = "input/"
+OUTPUT_PREFIX = "output/"
+INTERMEDIATE_PREFIX = "intermediate/"
+
+
+class DataBucket(Construct):
+    """A private, encrypted, versioned bucket with lifecycle rules and server access logging.
+
+    Defaults: SSE-S3 (no KMS key to pay for), all public access blocked, TLS 1.2+ only, versioning on,
+    noncurrent versions expire, objects under ``intermediate/`` expire, server access logs go to a
+    separate log bucket.
+
+    :param encryption_key: customer-managed KMS key for SSE-KMS. Default: None, SSE-S3.
+    :param intermediate_expiration: how long objects under ``intermediate/`` live. Default: 7 days.
+    :param noncurrent_version_expiration: how long overwritten or deleted versions are kept. Default: 30 days.
+    :param access_log_bucket: where server access logs go. Default: a new log bucket, ``self.access_log_bucket``.
+    :param access_log_expiration: how long server access logs are kept in a created log bucket. Default: 365 days.
+    :param removal_policy: what happens to the buckets when the stack is deleted. Default: RETAIN.
+        DESTROY deletes them only when empty: emptying needs a custom-resource Lambda we do not add.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        encryption_key: kms.IKey | None = None,
+        intermediate_expiration: Duration | None = None,
+        noncurrent_version_expiration: Duration | None = None,
+        access_log_bucket: s3.IBucket | None = None,
+        access_log_expiration: Duration | None = None,
+        removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.intermediate_expiration = intermediate_expiration or Duration.days(7)
+        self.noncurrent_version_expiration = noncurrent_version_expiration or Duration.days(30)
+        log_expiration = access_log_expiration or Duration.days(365)
+        one_day = Duration.days(1)
+        check_duration(self, "intermediate_expiration", self.intermediate_expiration, minimum=one_day)
+        check_duration(self, "noncurrent_version_expiration", self.noncurrent_version_expiration, minimum=one_day)
+        check_duration(self, "access_log_expiration", log_expiration, minimum=one_day)
+
+        if access_log_bucket is None:
+            # cdk-nag's S1 (access logs) does not apply to a bucket that is itself a log target.
+            access_log_bucket = s3.Bucket(
+                self,
+                "AccessLogs",
+                # Server access log delivery only supports SSE-S3 on the target bucket.
+                encryption=s3.BucketEncryption.S3_MANAGED,
+                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+                # Object ownership left to the CDK: a bucket policy grants log delivery under the
+                # serverAccessLogsUseBucketPolicy feature flag, an ACL (ObjectWriter) without it.
+                enforce_ssl=True,
+                minimum_tls_version=1.2,
+                lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs", expiration=log_expiration)],
+                removal_policy=removal_policy,
+            )
+        self.access_log_bucket: s3.IBucket = access_log_bucket
+
+        self.bucket = s3.Bucket(
+            self,
+            "Bucket",
+            encryption=s3.BucketEncryption.KMS if encryption_key else s3.BucketEncryption.S3_MANAGED,
+            encryption_key=encryption_key,
+            bucket_key_enabled=encryption_key is not None,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            enforce_ssl=True,
+            minimum_tls_version=1.2,
+            versioned=True,
+            server_access_logs_bucket=self.access_log_bucket,
+            server_access_logs_prefix="data-bucket/",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-noncurrent-versions",
+                    noncurrent_version_expiration=self.noncurrent_version_expiration,
+                    expired_object_delete_marker=True,
+                    abort_incomplete_multipart_upload_after=Duration.days(7),
+                ),
+                s3.LifecycleRule(
+                    id="expire-intermediate",
+                    prefix=INTERMEDIATE_PREFIX,
+                    expiration=self.intermediate_expiration,
+                ),
+            ],
+            removal_policy=removal_policy,
+        )

@@ -1,0 +1,66 @@
+"""Log groups with a retention setting: CloudWatch keeps logs forever (and bills for them) otherwise."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from pipeline_constructs._validation import argument_error
+
+DEFAULT_RETENTION = logs.RetentionDays.ONE_MONTH
+
+
+_RETENTION_BY_DAYS = {
+    1: logs.RetentionDays.ONE_DAY,
+    3: logs.RetentionDays.THREE_DAYS,
+    5: logs.RetentionDays.FIVE_DAYS,
+    7: logs.RetentionDays.ONE_WEEK,
+    14: logs.RetentionDays.TWO_WEEKS,
+    30: logs.RetentionDays.ONE_MONTH,
+    60: logs.RetentionDays.TWO_MONTHS,
+    90: logs.RetentionDays.THREE_MONTHS,
+    120: logs.RetentionDays.FOUR_MONTHS,
+    150: logs.RetentionDays.FIVE_MONTHS,
+    180: logs.RetentionDays.SIX_MONTHS,
+    365: logs.RetentionDays.ONE_YEAR,
+    400: logs.RetentionDays.THIRTEEN_MONTHS,
+    545: logs.RetentionDays.EIGHTEEN_MONTHS,
+    731: logs.RetentionDays.TWO_YEARS,
+    1827: logs.RetentionDays.FIVE_YEARS,
+    3653: logs.RetentionDays.TEN_YEARS,
+}
+
+
+def retention_from_days(scope: Construct | str, argument: str, days: int) -> logs.RetentionDays:
+    """Map a day count from configuration to CloudWatch's retention setting (only its exact values)."""
+    if days not in _RETENTION_BY_DAYS:
+        raise argument_error(scope, argument, days, ", ".join(map(str, _RETENTION_BY_DAYS)) + " days")
+    return _RETENTION_BY_DAYS[days]
+
+
+def pipeline_log_group(
+    scope: Construct,
+    construct_id: str,
+    *,
+    retention: logs.RetentionDays = DEFAULT_RETENTION,
+    encryption_key: kms.IKey | None = None,
+    removal_policy: RemovalPolicy = RemovalPolicy.DESTROY,
+    log_group_name: str | None = None,
+) -> logs.LogGroup:
+    """A log group that expires its events.
+
+    :param retention: how long events are kept. Default: one month.
+    :param encryption_key: customer-managed KMS key. Default: None, CloudWatch's own encryption.
+    :param removal_policy: what happens to the log group when the stack is deleted. Default: DESTROY.
+    :param log_group_name: physical name (e.g. ``/aws/lambda/<function>``). Default: generated.
+    """
+    return logs.LogGroup(
+        scope,
+        construct_id,
+        retention=retention,
+        encryption_key=encryption_key,
+        removal_policy=removal_policy,
+        log_group_name=log_group_name,
+    )

@@ -1,0 +1,59 @@
+"""Shared fixtures: the example app is synthesized once per test session and read back from its assembly."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Template
+
+from pipeline_constructs.assembly import SynthesizedStack, load_assembly
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
+
+
+def cdk_json_context() -> dict[str, Any]:
+    """The context `cdk synth` would pass: cdk.json's, without the CLI."""
+    return json.loads((ROOT / "cdk.json").read_text())["context"]
+
+
+def synth_example(outdir: Path, extra_context: dict[str, Any] | None = None):
+    """Build and synthesize the example app into ``outdir``; returns the app (for tree inspection)."""
+    import app as example_app
+
+    context = cdk_json_context() | {"aws:cdk:version-reporting": False} | (extra_context or {})
+    app = example_app.build_app(context, outdir=str(outdir))
+    app.synth()
+    return app
+
+
+@pytest.fixture(scope="session")
+def example_synth(tmp_path_factory: pytest.TempPathFactory):
+    """(app, outdir) of the example app, every environment, synthesized once for the whole session."""
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    return synth_example(outdir), outdir
+
+
+@pytest.fixture(scope="session")
+def example_stacks(example_synth) -> dict[str, SynthesizedStack]:
+    _, outdir = example_synth
+    return {stack.name: stack for stack in load_assembly(outdir)}
+
+
+@pytest.fixture(scope="session")
+def dev_template(example_stacks) -> Template:
+    return Template.from_json(example_stacks["pipeline-dev"].template)
+
+
+@pytest.fixture(scope="session")
+def prod_template(example_stacks) -> Template:
+    return Template.from_json(example_stacks["pipeline-prod"].template)
+
+
+def mask_asset_hashes(template: dict[str, Any]) -> dict[str, Any]:
+    """Asset hashes change with every code edit; snapshots should change only when the infrastructure does."""
+    return json.loads(ASSET_HASH.sub("<asset-hash>", json.dumps(template)))
