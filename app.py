@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import aws_cdk as cdk
@@ -20,10 +21,11 @@ from aws_cdk import aws_logs as logs
 from cdk_nag import AwsSolutionsChecks, ServerlessChecks
 from constructs import Construct
 
-from pipeline_constructs import DataBucket, PipelineNetwork, StatusStore, TaskQueue
+from pipeline_constructs import DataBucket, PipelineNetwork, SpotWorkerFleet, StatusStore
 from pipeline_constructs.logs import retention_from_days
 
 ENVIRONMENTS_CONTEXT_KEY = "pipeline:environments"
+WORKER_IMAGES = Path(__file__).resolve().parent / "worker_images"
 
 
 class ConfigError(Exception):
@@ -118,7 +120,38 @@ class PipelineStack(cdk.Stack):
         )
         self.data = DataBucket(self, "Data", removal_policy=removal)
         self.status = StatusStore(self, "Status", removal_policy=removal)
-        self.tasks = TaskQueue(self, "Tasks", max_receive_count=3)
+
+        # Two-stage fleet: CSV statistics per uploaded file, then a summary of each, on spot workers.
+        shared = {
+            "network": self.network,
+            "bucket": self.data.bucket,
+            "table": self.status.table,
+            "worker_directory": WORKER_IMAGES / "sqs_worker",
+            "max_size": config.fleet_max_size,
+            "tasks_per_worker": config.tasks_per_worker,
+            "log_retention": retention,
+        }
+        self.summaries = SpotWorkerFleet(self, "Summaries", task="task:summarize", **shared)
+        self.statistics = SpotWorkerFleet(
+            self,
+            "Statistics",
+            task="task:csv_stats",
+            downstream_queue=self.summaries.queue,
+            **shared,
+        )
+        self.statistics.grant_read_outputs(self.summaries.role)
+
+        for name, value in {
+            "DataBucketName": self.data.bucket.bucket_name,
+            "StatusTableName": self.status.table.table_name,
+            "StatisticsQueueUrl": self.statistics.queue.queue_url,
+            "StatisticsDeadLetterQueueUrl": self.statistics.dead_letter_queue.queue_url,
+            "StatisticsGroupName": self.statistics.auto_scaling_group.auto_scaling_group_name,
+            "SummariesQueueUrl": self.summaries.queue.queue_url,
+            "SummariesDeadLetterQueueUrl": self.summaries.dead_letter_queue.queue_url,
+            "SummariesGroupName": self.summaries.auto_scaling_group.auto_scaling_group_name,
+        }.items():
+            cdk.CfnOutput(self, name, value=value)
 
 
 def build_app(context: dict[str, Any] | None = None, *, outdir: str | None = None) -> cdk.App:

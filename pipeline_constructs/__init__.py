@@ -2,22 +2,37 @@
 
 Building blocks (secure, cheap defaults, used by every pattern):
 :class:`DataBucket`, :class:`TaskQueue`, :func:`secure_topic`, :class:`StatusStore`, :class:`PipelineNetwork`,
-:func:`pipeline_log_group`.
+:func:`pipeline_log_group`. Patterns: :class:`SpotWorkerFleet`.
+
+Names are imported lazily, so the runtime code shipped inside this package (``pipeline_constructs.worker``)
+imports without the AWS CDK and its Node.js runtime.
 """
 
-from pipeline_constructs.data_bucket import DataBucket
-from pipeline_constructs.logs import pipeline_log_group
-from pipeline_constructs.network import PipelineNetwork
-from pipeline_constructs.status_store import StatusStore
-from pipeline_constructs.task_queue import TaskQueue, failure_queue
-from pipeline_constructs.topic import secure_topic
+from __future__ import annotations
 
-__all__ = [
-    "DataBucket",
-    "PipelineNetwork",
-    "StatusStore",
-    "TaskQueue",
-    "failure_queue",
-    "pipeline_log_group",
-    "secure_topic",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataBucket": "pipeline_constructs.data_bucket",
+    "PipelineNetwork": "pipeline_constructs.network",
+    "SpotWorkerFleet": "pipeline_constructs.spot_worker_fleet",
+    "StatusStore": "pipeline_constructs.status_store",
+    "TaskQueue": "pipeline_constructs.task_queue",
+    "WorkerDelivery": "pipeline_constructs.spot_worker_fleet",
+    "failure_queue": "pipeline_constructs.task_queue",
+    "pipeline_log_group": "pipeline_constructs.logs",
+    "secure_topic": "pipeline_constructs.topic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline_constructs' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

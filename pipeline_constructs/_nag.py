@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from aws_cdk import Acknowledgment, Validations
+from typing import Any
+
+from aws_cdk import Acknowledgment, Stack, Validations
 from constructs import IConstruct
 
 
@@ -14,3 +16,32 @@ def acknowledge(construct: IConstruct, rule: str, reason: str) -> None:
     """
     pack = rule.split("-", 1)[0]
     Validations.of(construct).acknowledge(Acknowledgment(id=f"{pack}::{rule}", reason=reason))
+
+
+def nag_notation(scope: IConstruct, value: str) -> str:
+    """How cdk-nag spells a (possibly tokenized) value in a finding id: ``<LogicalId.Arn>/prefix/*``.
+
+    Lets an acknowledgment name the one finding it accepts (``AwsSolutions-IAM5[Resource::...]``) even
+    when the resource is an ARN built from tokens.
+    """
+    return _render(Stack.of(scope).resolve(value))
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Fn::Join" in value:
+        separator, parts = value["Fn::Join"]
+        return separator.join(_render(part) for part in parts)
+    if isinstance(value, dict) and "Ref" in value:
+        return f"<{value['Ref']}>"
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        logical_id, attribute = value["Fn::GetAtt"]
+        return f"<{logical_id}.{attribute}>"
+    raise ValueError(f"cannot spell {value!r} as cdk-nag does")
+
+
+def acknowledge_wildcard_resources(construct: IConstruct, resources: list[str], reason: str) -> None:
+    """Accept AwsSolutions-IAM5 for exactly these resource ARNs (prefix wildcards) on ``construct``."""
+    for resource in resources:
+        acknowledge(construct, f"AwsSolutions-IAM5[Resource::{nag_notation(construct, resource)}]", reason)

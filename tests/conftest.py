@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,48 @@ def prod_template(example_stacks) -> Template:
 def mask_asset_hashes(template: dict[str, Any]) -> dict[str, Any]:
     """Asset hashes change with every code edit; snapshots should change only when the infrastructure does."""
     return json.loads(ASSET_HASH.sub("<asset-hash>", json.dumps(template)))
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """One moto server on loopback for the session; tests isolate themselves by resource names."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns real failures
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def aws_env(moto_endpoint) -> dict[str, str]:
+    """Environment for boto3, in this process and in worker processes: the emulator, fake credentials."""
+    return {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+@pytest.fixture
+def aws(aws_env, monkeypatch):
+    """boto3 clients against the emulator."""
+    import boto3
+
+    for name, value in aws_env.items():
+        monkeypatch.setenv(name, value)
+    session = boto3.session.Session()
+    return type(
+        "Aws",
+        (),
+        {
+            "sqs": session.client("sqs"),
+            "s3": session.client("s3"),
+            "dynamodb": session.resource("dynamodb"),
+            "session": session,
+        },
+    )

@@ -1,0 +1,126 @@
+"""Worker configuration, read from ``PIPELINE_*`` environment variables (set by the fleet's user data).
+
+| variable | meaning | default |
+| --- | --- | --- |
+| ``PIPELINE_QUEUE_URL`` | task queue to consume | required |
+| ``PIPELINE_TASK`` | the task function, ``module:function`` | required |
+| ``PIPELINE_BUCKET`` | data bucket for inputs and outputs | required |
+| ``PIPELINE_PREFIX`` | key prefix of this fleet (``input/``, ``output/``, ``intermediate/`` below it) | ``""`` |
+| ``PIPELINE_TABLE`` | status store table; empty: no status records | ``""`` |
+| ``PIPELINE_FLEET_NAME`` | name the status records are grouped under | the queue's name |
+| ``PIPELINE_DOWNSTREAM_QUEUE_URL`` | where finished tasks are forwarded; empty: nowhere | ``""`` |
+| ``PIPELINE_CONCURRENCY`` | tasks run at once (threads) | CPU count |
+| ``PIPELINE_PREFETCH`` | messages held beyond the running ones, so a batch of 10 fills | 10 |
+| ``PIPELINE_WAIT_SECONDS`` | long-poll wait of each receive (0 to 20) | 20 |
+| ``PIPELINE_VISIBILITY_TIMEOUT`` | seconds a received message stays hidden | the queue's setting |
+| ``PIPELINE_MAX_RECEIVE_COUNT`` | receives before SQS moves a message to the DLQ | the queue's redrive policy |
+| ``PIPELINE_RETRY_DELAY`` | seconds before a failed task is visible again, times the attempt | 10 |
+| ``PIPELINE_STOP_GRACE_SECONDS`` | on SIGTERM, how long running tasks may finish before release | 30 |
+| ``PIPELINE_STATUS_FLUSH_SECONDS`` | longest a finished task's status waits to be written in a batch | 10 |
+| ``PIPELINE_WORKER_HEARTBEAT_SECONDS`` | how often the worker's own status row is refreshed | 60 |
+| ``PIPELINE_STATUS_TTL_DAYS`` | days a status record lives (DynamoDB TTL) | 90 |
+| ``PIPELINE_SPOT_WATCH`` | watch spot notices: ``auto`` (if metadata answers), ``on``, ``off`` | ``auto`` |
+| ``PIPELINE_METADATA_ENDPOINT`` | instance metadata service | ``http://169.254.169.254`` |
+| ``PIPELINE_SPOT_POLL_SECONDS`` | how often the notice is polled | 5 |
+| ``PIPELINE_SCALE_IN_PROTECTION`` | protect the instance from scale-in while busy (needs the ASG name tag) | ``auto`` |
+| ``PIPELINE_WORKER_ID`` | this worker's name in the status store | ``<hostname>-<pid>`` |
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A missing or malformed ``PIPELINE_*`` variable; the message names it."""
+
+
+def _int(environ: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range; allowed: {low} to {high}")
+    return value
+
+
+def _choice(environ: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = environ.get(name, "").strip().lower() or default
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: {', '.join(allowed)}")
+    return value
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    queue_url: str
+    task: str
+    bucket: str
+    prefix: str = ""
+    table: str = ""
+    fleet_name: str = ""
+    downstream_queue_url: str = ""
+    concurrency: int = 1
+    prefetch: int = 10
+    wait_seconds: int = 20
+    visibility_timeout: int | None = None
+    max_receive_count: int | None = None
+    retry_delay: int = 10
+    stop_grace_seconds: int = 30
+    status_flush_seconds: int = 10
+    worker_heartbeat_seconds: int = 60
+    status_ttl_days: int = 90
+    spot_watch: str = "auto"
+    metadata_endpoint: str = "http://169.254.169.254"
+    spot_poll_seconds: int = 5
+    scale_in_protection: str = "auto"
+    worker_id: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
+        env = os.environ if environ is None else environ
+        required = {}
+        for name in ("PIPELINE_QUEUE_URL", "PIPELINE_TASK", "PIPELINE_BUCKET"):
+            value = env.get(name, "").strip()
+            if not value:
+                raise ConfigError(f"{name} is required")
+            required[name] = value
+        task = required["PIPELINE_TASK"]
+        module, _, function = task.partition(":")
+        if not module or not function:
+            raise ConfigError(f"PIPELINE_TASK={task!r} is invalid; expected 'module:function'")
+        prefix = env.get("PIPELINE_PREFIX", "").strip()
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        queue_url = required["PIPELINE_QUEUE_URL"]
+        return cls(
+            queue_url=queue_url,
+            task=task,
+            bucket=required["PIPELINE_BUCKET"],
+            prefix=prefix,
+            table=env.get("PIPELINE_TABLE", "").strip(),
+            fleet_name=env.get("PIPELINE_FLEET_NAME", "").strip() or queue_url.rstrip("/").rsplit("/", 1)[-1],
+            downstream_queue_url=env.get("PIPELINE_DOWNSTREAM_QUEUE_URL", "").strip(),
+            concurrency=_int(env, "PIPELINE_CONCURRENCY", os.cpu_count() or 1, 1, 1024),
+            prefetch=_int(env, "PIPELINE_PREFETCH", 10, 0, 1000),
+            wait_seconds=_int(env, "PIPELINE_WAIT_SECONDS", 20, 0, 20),
+            visibility_timeout=_int(env, "PIPELINE_VISIBILITY_TIMEOUT", None, 1, 43200),
+            max_receive_count=_int(env, "PIPELINE_MAX_RECEIVE_COUNT", None, 1, 1000),
+            retry_delay=_int(env, "PIPELINE_RETRY_DELAY", 10, 0, 43200),
+            stop_grace_seconds=_int(env, "PIPELINE_STOP_GRACE_SECONDS", 30, 0, 3600),
+            status_flush_seconds=_int(env, "PIPELINE_STATUS_FLUSH_SECONDS", 10, 0, 3600),
+            worker_heartbeat_seconds=_int(env, "PIPELINE_WORKER_HEARTBEAT_SECONDS", 60, 1, 86400),
+            status_ttl_days=_int(env, "PIPELINE_STATUS_TTL_DAYS", 90, 1, 3650),
+            spot_watch=_choice(env, "PIPELINE_SPOT_WATCH", "auto", ("auto", "on", "off")),
+            metadata_endpoint=env.get("PIPELINE_METADATA_ENDPOINT", "").strip().rstrip("/") or "http://169.254.169.254",
+            spot_poll_seconds=_int(env, "PIPELINE_SPOT_POLL_SECONDS", 5, 1, 120),
+            scale_in_protection=_choice(env, "PIPELINE_SCALE_IN_PROTECTION", "auto", ("auto", "on", "off")),
+            worker_id=env.get("PIPELINE_WORKER_ID", "").strip() or f"{socket.gethostname()}-{os.getpid()}",
+        )

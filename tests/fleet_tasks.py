@@ -1,0 +1,23 @@
+"""Task functions the worker-runtime tests run in real worker processes (PIPELINE_TASK=fleet_tasks:work)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+
+def work(task) -> dict:
+    """Message-only work driven by the body: count the run, optionally write early, sleep, fail or finish."""
+    body = task.body if isinstance(task.body, dict) else {}
+    task.write_intermediate(f"run-{uuid.uuid4().hex}", b"")  # one object per run: tests count the runs
+    if body.get("poison"):
+        raise ValueError(f"poison task {task.id}")
+    if body.get("crash_window") and task.attempt == 1:
+        # Output first, then a pause on the first attempt only: a crash here must not duplicate the output.
+        task.write_output("result.json", json.dumps({"task": task.id}))
+        time.sleep(float(body["crash_window"]))
+    time.sleep(float(body.get("sleep", 0)))
+    task.progress(1.0, "done")
+    task.write_output("result.json", json.dumps({"task": task.id}))
+    return {"ok": True}
