@@ -157,12 +157,14 @@ class Worker:
     # ---------------------------------------------------------------- receiving
 
     def _wait_for_capacity(self) -> int:
+        """How many messages to ask for: waits until a whole batch fits, so receives stay full (cheap)."""
         limit = self.config.concurrency + self.config.prefetch
+        batch = min(SQS_BATCH, limit)
         with self._lock:
             while not self._stopping.is_set():
                 room = limit - len(self._held)
-                if room > 0:
-                    return min(SQS_BATCH, room)
+                if room >= batch:
+                    return batch
                 self._slot_freed.wait(timeout=1.0)
         return 0
 

@@ -1,0 +1,1 @@
+"""Benchmarks: figures counted from API calls (botocore event hooks) or timed side by side in one run."""

@@ -1,0 +1,69 @@
+"""An embedded moto server for benchmarks, and request counting through botocore's event hooks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from contextlib import contextmanager
+
+import boto3
+
+
+@contextmanager
+def moto_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class RequestCounter:
+    """Counts every API request a boto3 session sends, by ``service:Operation`` (retries included)."""
+
+    def __init__(self) -> None:
+        self.session = boto3.session.Session()
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.session.events.register("before-send", self._count)
+
+    def _count(self, request, **_kwargs) -> None:
+        # The event name carries the service and operation: before-send.sqs.ReceiveMessage
+        service_operation = _kwargs.get("event_name", "").split(".", 1)[-1]
+        with self._lock:
+            self.counts[service_operation.replace(".", ":")] += 1
+
+    def total(self, service: str, operations: tuple[str, ...] | None = None) -> int:
+        with self._lock:
+            return sum(
+                count
+                for key, count in self.counts.items()
+                if key.startswith(f"{service}:") and (operations is None or key.split(":", 1)[1] in operations)
+            )
+
+    def reset(self) -> None:
+        with self._lock:
+            self.counts.clear()

@@ -1,0 +1,262 @@
+"""SpotWorkerFleet as synthesized: spot, IMDSv2, least privilege, scaling to and from zero."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_sqs as sqs
+from aws_cdk.assertions import Match, Template
+from conftest import ROOT
+
+from pipeline_constructs import SpotWorkerFleet, WorkerDelivery
+
+SQS_WORKER = ROOT / "worker_images" / "sqs_worker"
+
+
+def _of_construct(template: Template, resource_type: str, path_part: str) -> dict:
+    found = {
+        lid: res
+        for lid, res in template.find_resources(resource_type).items()
+        if path_part in res.get("Metadata", {}).get("aws:cdk:path", lid)
+    }
+    assert found, f"no {resource_type} under {path_part}"
+    return found
+
+
+def test_launch_template_requires_imdsv2_encrypts_volumes_and_has_no_key_pair(dev_template: Template):
+    for template in _of_construct(dev_template, "AWS::EC2::LaunchTemplate", "Statistics").values():
+        data = template["Properties"]["LaunchTemplateData"]
+        assert data["MetadataOptions"] == {
+            "HttpTokens": "required",
+            "HttpPutResponseHopLimit": 2,
+            "InstanceMetadataTags": "enabled",
+        }
+        assert data["BlockDeviceMappings"] == [
+            {"DeviceName": "/dev/xvda", "Ebs": {"Encrypted": True, "VolumeSize": 20, "VolumeType": "gp3"}}
+        ]
+        assert "KeyName" not in data
+
+
+def test_worker_security_groups_allow_no_inbound_traffic(dev_template: Template):
+    for group in _of_construct(dev_template, "AWS::EC2::SecurityGroup", "SecurityGroup").values():
+        assert "SecurityGroupIngress" not in group["Properties"]
+    dev_template.resource_count_is("AWS::EC2::SecurityGroupIngress", 0)
+
+
+def test_group_is_all_spot_price_capacity_optimized_from_zero_with_rebalance(dev_template: Template):
+    dev_template.has_resource_properties(
+        "AWS::AutoScaling::AutoScalingGroup",
+        {
+            "MinSize": "0",
+            "MaxSize": "4",
+            "CapacityRebalance": True,
+            "MixedInstancesPolicy": {
+                "InstancesDistribution": {
+                    "OnDemandBaseCapacity": 0,
+                    "OnDemandPercentageAboveBaseCapacity": 0,
+                    "SpotAllocationStrategy": "price-capacity-optimized",
+                },
+                "LaunchTemplate": {
+                    "LaunchTemplateSpecification": Match.any_value(),
+                    "Overrides": Match.array_with([{"InstanceType": "m7i.large"}, {"InstanceType": "c6a.large"}]),
+                },
+            },
+            "MetricsCollection": [{"Granularity": "1Minute", "Metrics": ["GroupInServiceInstances"]}],
+        },
+    )
+    assert "DesiredCapacity" not in json.dumps(dev_template.find_resources("AWS::AutoScaling::AutoScalingGroup"))
+
+
+def test_backlog_target_tracking_and_steps_to_and_from_zero(dev_template: Template):
+    dev_template.has_resource_properties(
+        "AWS::AutoScaling::ScalingPolicy",
+        {
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingConfiguration": {
+                "TargetValue": 20,
+                "CustomizedMetricSpecification": {
+                    "Metrics": Match.array_with(
+                        [
+                            Match.object_like(
+                                {"Id": "backlog", "Expression": "visible / IF(inservice > 0, inservice, 1)"}
+                            )
+                        ]
+                    )
+                },
+            },
+        },
+    )
+    dev_template.has_resource_properties(
+        "AWS::AutoScaling::ScalingPolicy",
+        {
+            "PolicyType": "StepScaling",
+            "AdjustmentType": "ChangeInCapacity",
+            "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}],
+        },
+    )
+    dev_template.has_resource_properties(
+        "AWS::AutoScaling::ScalingPolicy",
+        {
+            "PolicyType": "StepScaling",
+            "AdjustmentType": "ExactCapacity",
+            "StepAdjustments": [{"MetricIntervalUpperBound": 0, "ScalingAdjustment": 0}],
+        },
+    )
+    dev_template.has_resource_properties(
+        "AWS::CloudWatch::Alarm",
+        {
+            "EvaluationPeriods": 15,
+            "ComparisonOperator": "LessThanThreshold",
+            "Metrics": Match.array_with([Match.object_like({"Expression": "visible + inflight"})]),
+        },
+    )
+
+
+def _instance_role_statements(template: Template) -> list[dict]:
+    roles = {lid for lid in _of_construct(template, "AWS::IAM::Role", "InstanceRole")}
+    statements = []
+    for policy in template.find_resources("AWS::IAM::Policy").values():
+        if {r["Ref"] for r in policy["Properties"]["Roles"]} & roles:
+            statements += policy["Properties"]["PolicyDocument"]["Statement"]
+    return statements
+
+
+def test_instance_role_names_no_wildcard_resource_beyond_its_own_prefixes(dev_template: Template):
+    statements = _instance_role_statements(dev_template)
+    assert statements
+    for statement in statements:
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        assert all(action != "*" and not action.endswith(":*") for action in actions), actions
+        for resource in resources:
+            text = json.dumps(resource)
+            assert resource != "*", statement
+            if "*" in text:
+                allowed = ("/input/*", "/output/*", "/intermediate/*", "autoScalingGroup/*:autoScalingGroupName/")
+                assert any(part in text for part in allowed), text
+
+
+def test_instance_role_grants_exactly_the_fleet_duties(dev_template: Template):
+    actions = {a for s in _instance_role_statements(dev_template) for a in s["Action"] if isinstance(s["Action"], list)}
+    actions |= {s["Action"] for s in _instance_role_statements(dev_template) if isinstance(s["Action"], str)}
+    assert {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:SendMessage",
+        "s3:GetObject",
+        "s3:PutObject",
+        "dynamodb:BatchWriteItem",
+        "autoscaling:SetInstanceProtection",
+        "logs:PutLogEvents",
+    } <= actions
+    assert not {a for a in actions if a.startswith(("s3:Delete", "dynamodb:Delete", "iam:", "ec2:"))}
+
+
+def test_user_data_carries_boot_steps_and_no_credentials(dev_template: Template):
+    user_data = json.dumps(
+        [
+            t["Properties"]["LaunchTemplateData"]["UserData"]
+            for t in dev_template.find_resources("AWS::EC2::LaunchTemplate").values()
+        ]
+    )
+    for secret_name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "aws configure"):
+        assert secret_name not in user_data
+    assert "systemctl enable --now pipeline-worker.service" in user_data
+    assert "PIPELINE_TASK=task:csv_stats" in user_data
+    assert "PIPELINE_DOWNSTREAM_QUEUE_URL=" in user_data
+
+
+@pytest.fixture
+def stack() -> cdk.Stack:
+    return cdk.Stack(cdk.App(), "Test", env=cdk.Environment(region="us-east-1"))
+
+
+def test_container_delivery_builds_the_image_with_the_runtime_context(stack):
+    fleet = SpotWorkerFleet(
+        stack, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats", delivery=WorkerDelivery.CONTAINER
+    )
+    assert fleet.image is not None
+    template = Template.from_stack(stack)
+    user_data = json.dumps(template.find_resources("AWS::EC2::LaunchTemplate"))
+    assert "docker pull" in user_data and "pipeline-worker-container.service" in user_data
+    assembly = stack.node.root.synth()
+    (image,) = json.loads(Path(assembly.directory, "Test.assets.json").read_text())["dockerImages"].values()
+    assert image["source"]["dockerBuildContexts"] == {"runtime": str(ROOT / "pipeline_constructs" / "worker")}
+
+
+def test_on_demand_base_and_arm_architecture(stack):
+    fleet = SpotWorkerFleet(
+        stack,
+        "Fleet",
+        worker_directory=SQS_WORKER,
+        task="task:csv_stats",
+        architecture="arm64",
+        on_demand_base_capacity=1,
+        min_size=1,
+    )
+    assert fleet.instance_types[0].endswith("g.large")
+    Template.from_stack(stack).has_resource_properties(
+        "AWS::AutoScaling::AutoScalingGroup",
+        {
+            "MinSize": "1",
+            "MixedInstancesPolicy": {"InstancesDistribution": Match.object_like({"OnDemandBaseCapacity": 1})},
+        },
+    )
+
+
+def test_exposes_what_it_made(stack):
+    fleet = SpotWorkerFleet(stack, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats")
+    assert fleet.queue and fleet.dead_letter_queue and fleet.bucket and fleet.table and fleet.auto_scaling_group
+    assert fleet.downstream_queue is None
+    assert fleet.prefix == "fleet/"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"task_timeout": cdk.Duration.minutes(10), "visibility_timeout": cdk.Duration.minutes(5)},
+            "Test/Fleet: visibility_timeout='300 seconds' is invalid; allowed: at least task_timeout (600 seconds)",
+        ),
+        ({"min_size": 5, "max_size": 2}, "Test/Fleet: max_size=2 is invalid; allowed: at least min_size (5)"),
+        ({"instance_types": []}, "Test/Fleet: instance_types=[] is invalid; allowed: a non-empty list"),
+        ({"architecture": "sparc"}, "Test/Fleet: architecture='sparc' is invalid; allowed: x86_64, arm64"),
+        ({"tasks_per_worker": 0}, "Test/Fleet: tasks_per_worker=0 is invalid; allowed: 1 to 100000"),
+        ({"environment": {"PIPELINE_TASK": "x:y"}}, "Test/Fleet: environment=['PIPELINE_TASK'] is invalid"),
+        ({"on_demand_percentage_above_base": 101}, "Test/Fleet: on_demand_percentage_above_base=101 is invalid"),
+    ],
+)
+def test_bad_arguments_raise_one_value_error(stack, kwargs, message):
+    with pytest.raises(ValueError) as error:
+        SpotWorkerFleet(stack, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats", **kwargs)
+    assert str(error.value).startswith(message)
+
+
+def test_visibility_timeout_only_with_a_created_queue(stack):
+    queue = sqs.Queue(stack, "Existing")
+    with pytest.raises(ValueError, match="visibility_timeout='900 seconds' is invalid; allowed: only with a created"):
+        SpotWorkerFleet(
+            stack,
+            "Fleet",
+            worker_directory=SQS_WORKER,
+            task="task:csv_stats",
+            queue=queue,
+            visibility_timeout=cdk.Duration.minutes(15),
+        )
+
+
+def test_grant_submit_lets_a_producer_enqueue_and_upload_inputs(stack):
+    from aws_cdk import aws_iam as iam
+
+    fleet = SpotWorkerFleet(stack, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats")
+    producer = iam.Role(stack, "Producer", assumed_by=iam.AccountRootPrincipal())
+    fleet.grant_submit(producer)
+    policies = Template.from_stack(stack).find_resources("AWS::IAM::Policy")
+    producer_policy = next(p for lid, p in policies.items() if lid.startswith("ProducerDefaultPolicy"))
+    text = json.dumps(producer_policy)
+    assert "sqs:SendMessage" in text and "fleet/input/*" in text
+    assert "sqs:ReceiveMessage" not in text

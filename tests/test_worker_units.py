@@ -1,0 +1,133 @@
+"""Worker runtime pieces without processes: configuration, task ids, status batching, metadata, protection."""
+
+from __future__ import annotations
+
+import pytest
+from test_worker_processes import FakeInstanceMetadata
+
+from pipeline_constructs.worker import runtime
+from pipeline_constructs.worker.config import ConfigError, WorkerConfig
+from pipeline_constructs.worker.metadata import InstanceMetadata
+from pipeline_constructs.worker.status import StatusRecorder
+from pipeline_constructs.worker.task import load_task_function, parse_body, task_id_of
+
+REQUIRED = {"PIPELINE_QUEUE_URL": "https://sqs/q/tasks", "PIPELINE_TASK": "task:run", "PIPELINE_BUCKET": "data"}
+
+
+def test_config_defaults_from_the_queue_url():
+    config = WorkerConfig.from_env(REQUIRED | {"PIPELINE_PREFIX": "stage1"})
+    assert config.fleet_name == "tasks"
+    assert config.prefix == "stage1/"
+    assert config.wait_seconds == 20
+    assert config.spot_poll_seconds == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"PIPELINE_QUEUE_URL": ""}, "PIPELINE_QUEUE_URL is required"),
+        ({"PIPELINE_TASK": "no_function"}, "PIPELINE_TASK='no_function' is invalid; expected 'module:function'"),
+        ({"PIPELINE_CONCURRENCY": "many"}, "PIPELINE_CONCURRENCY='many' is not a whole number"),
+        ({"PIPELINE_WAIT_SECONDS": "30"}, "PIPELINE_WAIT_SECONDS=30 is out of range; allowed: 0 to 20"),
+        ({"PIPELINE_SPOT_WATCH": "maybe"}, "PIPELINE_SPOT_WATCH='maybe' is invalid; allowed: auto, on, off"),
+    ],
+)
+def test_config_errors_name_the_variable(change, message):
+    with pytest.raises(ConfigError) as error:
+        WorkerConfig.from_env(REQUIRED | change)
+    assert str(error.value) == message
+
+
+def test_task_function_loading_errors_name_the_spec():
+    with pytest.raises(ImportError, match="cannot import module 'no_such_module'"):
+        load_task_function("no_such_module:run")
+    with pytest.raises(ImportError, match="module 'json' has no function 'nope'"):
+        load_task_function("json:nope")
+    assert load_task_function("json:dumps")([1]) == "[1]"
+
+
+def test_task_ids_and_opaque_bodies():
+    assert task_id_of({"key": "raw/2024/a.csv"}, "m-1") == "raw/2024/a.csv"
+    assert task_id_of({"id": 7}, "m-1") == "7"
+    assert task_id_of("not json", "m-1") == "m-1"
+    assert parse_body('{"a": 1}') == {"a": 1}
+    assert parse_body('{"a": 1}}') == '{"a": 1}}'  # invalid JSON travels unchanged
+
+
+class RecordingTable:
+    name = "status"
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.puts: list[dict] = []
+        table = self
+
+        class Client:
+            def batch_write_item(self, RequestItems):
+                table.batches.append(len(RequestItems["status"]))
+                return {}
+
+        self.meta = type("Meta", (), {"client": Client()})()
+
+    def put_item(self, Item):
+        self.puts.append(Item)
+
+
+def test_status_records_are_batched_and_failures_written_at_once():
+    table = RecordingTable()
+    recorder = StatusRecorder(table, "fleet", flush_seconds=3600, ttl_days=1)
+    for i in range(60):
+        recorder.task_finished(f"t{i}", state="SUCCEEDED", duration_s=0.25)
+    recorder.task_failed("bad", state="RETRYING", attempts=1, error="boom")
+    recorder.flush()
+    assert table.batches == [25, 25, 10]
+    assert [p["sk"] for p in table.puts] == ["task#bad"]
+    assert table.puts[0]["pk"] == "fleet#fleet" and table.puts[0]["expires_at"] > 0
+
+
+def test_metadata_client_uses_a_token_and_reads_notices():
+    imds = FakeInstanceMetadata()
+    try:
+        client = InstanceMetadata(imds.endpoint)
+        assert client.available()
+        assert client.spot_interruption() is None
+        imds.notice = {"action": "terminate", "time": "2026-11-23T12:00:00Z"}
+        assert client.spot_interruption() == imds.notice
+    finally:
+        imds.shutdown()
+    assert not InstanceMetadata("http://127.0.0.1:9", timeout=0.5).available()
+
+
+class RecordingAutoscaling:
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+
+    def set_instance_protection(self, InstanceIds, AutoScalingGroupName, ProtectedFromScaleIn):
+        assert InstanceIds == ["i-123"] and AutoScalingGroupName == "workers"
+        self.calls.append(ProtectedFromScaleIn)
+
+
+class StubMetadata:
+    def instance_id(self):
+        return "i-123"
+
+    def auto_scaling_group(self):
+        return "workers"
+
+
+def test_scale_in_protection_while_busy_and_cleared_when_idle(monkeypatch):
+    monkeypatch.setattr(runtime, "IDLE_UNPROTECT_SECONDS", 0.0)
+    autoscaling = RecordingAutoscaling()
+    worker = runtime.Worker(
+        WorkerConfig.from_env(REQUIRED),
+        lambda task: None,
+        sqs=None,
+        s3=None,
+        autoscaling=autoscaling,
+        metadata=StubMetadata(),
+    )
+    worker._protection_enabled = True
+    worker._set_protection(True)
+    worker._set_protection(True)  # already protected: no second call
+    worker._update_protection()  # idle now: cleared
+    assert autoscaling.calls == [True, False]
