@@ -1,0 +1,418 @@
+"""The glue Lambda of BatchChain and ScheduledTrigger (one per stack): stdlib + boto3 only.
+
+It takes three kinds of event and submits AWS Batch jobs for them:
+
+- the users' constant input from a schedule: ``{"jobName", "jobQueue", "jobDefinition",
+  "containerOverrides"?, "parameters"?}`` (plus ``"chain"`` and ``"scheduledTime"`` when a chain starts);
+- an SNS event: a step published to its chain's topic (a *message link*); the next step gets the message,
+  unchanged and opaque, in ``DOWNLOAD_MESSAGE`` plus the link's static environment;
+- an EventBridge "Batch Job State Change": recorded in the status store (run tracking), and on SUCCEEDED
+  a *success link* submits the next step with ``PREVIOUS_JOB_ID``.
+
+Every environment value is sent as a string. A missing or malformed field raises :class:`EventError`
+naming it; a failed SubmitJob raises (Lambda retries, then the on-failure destination keeps the event).
+Job names are derived from the trigger (scheduled time, SNS MessageId, finished job id), and a guard item
+in the status store makes a redelivered trigger submit nothing twice.
+
+Configuration: ``GLUE_CONFIG`` (JSON, written by the constructs)::
+
+    {"chains": {"<chain>": {"jobQueue": "<arn>", "topicArn": "<arn>"|null, "table": "<name>"|null,
+                            "steps": [{"name", "jobDefinition", "arraySize"?, "link"?: {"kind": "message"|"success",
+                                       "environment": {...}}}]}},
+     "table": "<name>"|null}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+log = logging.getLogger("pipeline.glue")
+log.setLevel(logging.INFO)
+
+JOB_NAME_LIMIT = 128
+STATUS_RANK = {"SUBMITTED": 0, "PENDING": 1, "RUNNABLE": 2, "STARTING": 3, "RUNNING": 4, "SUCCEEDED": 5, "FAILED": 5}
+RECORD_TTL_SECONDS = 90 * 86400
+
+
+class EventError(ValueError):
+    """The event lacks a field or has it in the wrong shape; the message names the field."""
+
+
+# ---------------------------------------------------------------- small pure helpers
+
+
+def as_env_string(value: Any) -> str:
+    """Batch only takes strings: 15 -> "15", True -> "true", objects -> JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def job_name(*parts: str) -> str:
+    """A valid, deterministic Batch job name: letters, digits, - and _, at most 128, alphanumeric first."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(p for p in parts if p)).strip("-_")
+    name = name or "job"
+    if not name[0].isalnum():
+        name = f"j{name}"
+    return name[:JOB_NAME_LIMIT]
+
+
+def require(container: Any, field: str, kind: type | tuple[type, ...], path: str) -> Any:
+    if not isinstance(container, dict) or field not in container or container[field] in (None, ""):
+        raise EventError(f"{path}{field}: missing")
+    value = container[field]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise EventError(f"{path}{field}: expected {names}, got {type(value).__name__}")
+    return value
+
+
+def environment_list(environment: dict[str, Any] | list[Any], path: str) -> list[dict[str, str]]:
+    """Batch's ``[{"name", "value"}]`` from a mapping or a list of such pairs; every value a string."""
+    if isinstance(environment, dict):
+        return [{"name": str(k), "value": as_env_string(v)} for k, v in environment.items()]
+    if isinstance(environment, list):
+        pairs = []
+        for index, item in enumerate(environment):
+            name = require(item, "name", str, f"{path}[{index}].")
+            pairs.append({"name": name, "value": as_env_string(item.get("value", ""))})
+        return pairs
+    raise EventError(f"{path}: expected an object or a list of {{name, value}}, got {type(environment).__name__}")
+
+
+def merge_environment(overrides: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Container overrides with ``extra`` variables added (replacing same-named ones)."""
+    merged = dict(overrides)
+    current = [e for e in merged.get("environment", []) if e["name"] not in extra]
+    merged["environment"] = current + environment_list(extra, "environment")
+    return merged
+
+
+def load_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    raw = (environ or os.environ).get("GLUE_CONFIG", "")
+    try:
+        config = json.loads(raw) if raw else {}
+    except ValueError as error:
+        raise RuntimeError(f"GLUE_CONFIG is not valid JSON: {error}") from None
+    config.setdefault("chains", {})
+    return config
+
+
+def definition_family(arn: str) -> str:
+    """``arn:...:job-definition/name:3`` -> ``arn:...:job-definition/name``, to match any revision."""
+    return re.sub(r":\d+$", "", arn)
+
+
+# ---------------------------------------------------------------- event -> submission
+
+
+def classify(event: Any) -> str:
+    if not isinstance(event, dict):
+        raise EventError(f"event: expected an object, got {type(event).__name__}")
+    if "Records" in event:
+        return "sns"
+    if event.get("source") == "aws.batch" or event.get("detail-type") == "Batch Job State Change":
+        return "batch"
+    if {"jobName", "jobQueue", "jobDefinition", "chain"} & set(event):
+        return "schedule"
+    raise EventError(
+        "event: neither a constant schedule input (jobName, jobQueue, jobDefinition), an SNS event "
+        "(Records) nor a Batch job state change (detail-type)"
+    )
+
+
+def chain_environment(chain: str, run: str, step: str) -> dict[str, str]:
+    return {"PIPELINE_CHAIN": chain, "PIPELINE_CHAIN_RUN": run, "PIPELINE_STEP": step}
+
+
+def step_request(chain_name: str, chain: dict[str, Any], index: int, name: str, env: dict[str, Any]) -> dict[str, Any]:
+    step = chain["steps"][index]
+    request: dict[str, Any] = {
+        "jobName": name,
+        "jobQueue": chain["jobQueue"],
+        "jobDefinition": step["jobDefinition"],
+        "containerOverrides": {"environment": environment_list(env, "environment")},
+        "tags": {"pipeline:chain": chain_name, "pipeline:step": step["name"]},
+        "propagateTags": True,
+    }
+    if step.get("arraySize"):
+        request["arrayProperties"] = {"size": int(step["arraySize"])}
+    return request
+
+
+def from_schedule(event: dict[str, Any], config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(guard key, SubmitJob request) for the users' constant input."""
+    scheduled = event.get("scheduledTime") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if not isinstance(scheduled, str):
+        raise EventError(f"scheduledTime: expected str, got {type(scheduled).__name__}")
+    chain_name = event.get("chain")
+    if chain_name is not None:
+        chain = config["chains"].get(chain_name)
+        if chain is None:
+            raise EventError(f"chain: unknown chain {chain_name!r}; known: {', '.join(config['chains']) or 'none'}")
+        first = chain["steps"][0]["name"]
+        run = job_name(chain_name, scheduled)
+        extra = dict(event.get("environment") or {})
+        request = step_request(
+            chain_name,
+            chain,
+            0,
+            job_name(chain_name, first, scheduled),
+            extra | chain_environment(chain_name, run, first),
+        )
+        return f"start#{run}", request
+
+    name = require(event, "jobName", str, "")
+    request = {
+        "jobName": job_name(name, scheduled),
+        "jobQueue": require(event, "jobQueue", str, ""),
+        "jobDefinition": require(event, "jobDefinition", str, ""),
+    }
+    if event.get("containerOverrides") is not None:
+        overrides = require(event, "containerOverrides", dict, "")
+        overrides = dict(overrides)
+        if "environment" in overrides:
+            overrides["environment"] = environment_list(overrides["environment"], "containerOverrides.environment")
+        request["containerOverrides"] = overrides
+    if event.get("parameters") is not None:
+        parameters = require(event, "parameters", dict, "")
+        request["parameters"] = {str(k): as_env_string(v) for k, v in parameters.items()}
+    return f"schedule#{request['jobName']}", request
+
+
+def _chain_by_topic(config: dict[str, Any], topic_arn: str) -> tuple[str, dict[str, Any]]:
+    for name, chain in config["chains"].items():
+        if chain.get("topicArn") == topic_arn:
+            return name, chain
+    raise EventError(f"Records[0].Sns.TopicArn: no chain publishes to {topic_arn}")
+
+
+def _step_index(chain: dict[str, Any], name: str, field: str) -> int:
+    for index, step in enumerate(chain["steps"]):
+        if step["name"] == name:
+            return index
+    raise EventError(f"{field}: no step named {name!r}")
+
+
+def from_sns(event: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(guard key, SubmitJob request) per SNS record: the step after the publisher, with the raw message."""
+    records = require(event, "Records", list, "")
+    if not records:
+        raise EventError("Records: empty")
+    submissions = []
+    for position, record in enumerate(records):
+        path = f"Records[{position}]."
+        sns = require(record, "Sns", dict, path)
+        topic_arn = require(sns, "TopicArn", str, f"{path}Sns.")
+        message_id = require(sns, "MessageId", str, f"{path}Sns.")
+        message = require(sns, "Message", str, f"{path}Sns.")  # opaque: never parsed
+        chain_name, chain = _chain_by_topic(config, topic_arn)
+        attributes = sns.get("MessageAttributes") or {}
+        publisher = (attributes.get("step") or {}).get("Value")
+        if publisher is None:
+            message_links = [s["name"] for s in chain["steps"] if (s.get("link") or {}).get("kind") == "message"]
+            if len(message_links) != 1:
+                raise EventError(
+                    f"{path}Sns.MessageAttributes.step: missing; chain {chain_name!r} has "
+                    f"{len(message_links)} message links, so the publisher must name its step"
+                )
+            publisher = message_links[0]
+        index = _step_index(chain, publisher, f"{path}Sns.MessageAttributes.step")
+        link = chain["steps"][index].get("link") or {}
+        if link.get("kind") != "message" or index + 1 >= len(chain["steps"]):
+            raise EventError(f"{path}Sns.MessageAttributes.step: step {publisher!r} has no message link to a next step")
+        following = chain["steps"][index + 1]["name"]
+        run = (attributes.get("chainRun") or {}).get("Value") or job_name(chain_name, message_id)
+        env = (
+            {"DOWNLOAD_MESSAGE": message}
+            | dict(link.get("environment") or {})
+            | chain_environment(chain_name, run, following)
+        )
+        request = step_request(chain_name, chain, index + 1, job_name(chain_name, following, message_id), env)
+        submissions.append((f"sns#{message_id}", request))
+    return submissions
+
+
+def job_facts(event: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] | None:
+    """Chain, step, run and status of a Batch state-change event; None if no chain of ours ran the job."""
+    detail = require(event, "detail", dict, "")
+    job_id = require(detail, "jobId", str, "detail.")
+    status = require(detail, "status", str, "detail.")
+    definition = require(detail, "jobDefinition", str, "detail.")
+    environment = {
+        item.get("name"): item.get("value")
+        for item in (detail.get("container") or {}).get("environment") or []
+        if isinstance(item, dict)
+    }
+    for chain_name, chain in config["chains"].items():
+        for index, step in enumerate(chain["steps"]):
+            if definition_family(step["jobDefinition"]) == definition_family(definition):
+                return {
+                    "chain": chain_name,
+                    "chain_config": chain,
+                    "index": index,
+                    "step": step["name"],
+                    "job_id": job_id,
+                    "job_name": detail.get("jobName", ""),
+                    "status": status,
+                    "reason": detail.get("statusReason", ""),
+                    "run": environment.get("PIPELINE_CHAIN_RUN") or job_id,
+                    "array_child": ":" in job_id,
+                    "timestamps": {k: detail[k] for k in ("createdAt", "startedAt", "stoppedAt") if k in detail},
+                    "attempts": len(detail.get("attempts") or []),
+                }
+    return None
+
+
+def from_success(facts: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The next step's submission when a step with a success link SUCCEEDED."""
+    chain, index = facts["chain_config"], facts["index"]
+    link = chain["steps"][index].get("link") or {}
+    if facts["status"] != "SUCCEEDED" or facts["array_child"] or link.get("kind") != "success":
+        return None
+    if index + 1 >= len(chain["steps"]):
+        return None
+    following = chain["steps"][index + 1]["name"]
+    env = (
+        {"PREVIOUS_JOB_ID": facts["job_id"]}
+        | dict(link.get("environment") or {})
+        | chain_environment(facts["chain"], facts["run"], following)
+    )
+    request = step_request(facts["chain"], chain, index + 1, job_name(facts["chain"], following, facts["job_id"]), env)
+    return f"success#{facts['job_id']}", request
+
+
+# ---------------------------------------------------------------- side effects
+
+
+class Glue:
+    """Submits jobs once per trigger and records job states; clients are injected for tests."""
+
+    def __init__(self, config: dict[str, Any], *, batch: Any, dynamodb: Any | None) -> None:
+        self.config = config
+        self.batch = batch
+        self.dynamodb = dynamodb
+
+    def _table(self, chain: str | None) -> Any | None:
+        name = (self.config["chains"].get(chain) or {}).get("table") if chain else None
+        name = name or self.config.get("table")
+        return self.dynamodb.Table(name) if (name and self.dynamodb is not None) else None
+
+    def handle(self, event: Any) -> dict[str, Any]:
+        kind = classify(event)
+        if kind == "schedule":
+            guard, request = from_schedule(event, self.config)
+            return {"kind": kind, "submitted": [self.submit_once(event.get("chain"), guard, request)]}
+        if kind == "sns":
+            submitted = [
+                self.submit_once(request["tags"]["pipeline:chain"], guard, request)
+                for guard, request in from_sns(event, self.config)
+            ]
+            return {"kind": kind, "submitted": submitted}
+        facts = job_facts(event, self.config)
+        if facts is None:
+            log.info("job of no chain here", extra={"jobId": event.get("detail", {}).get("jobId")})
+            return {"kind": kind, "submitted": []}
+        self.record(facts)
+        successor = from_success(facts)
+        submitted = [self.submit_once(facts["chain"], *successor)] if successor else []
+        return {"kind": kind, "status": facts["status"], "submitted": submitted}
+
+    def submit_once(self, chain: str | None, guard: str, request: dict[str, Any]) -> dict[str, str]:
+        """SubmitJob, unless this trigger already submitted its job (redelivered event, Lambda retry)."""
+        table = self._table(chain)
+        key = {"pk": f"trigger#{chain or 'schedule'}", "sk": guard}
+        if table is not None:
+            try:
+                table.put_item(
+                    Item=key | {"state": "SUBMITTING", "jobName": request["jobName"], "expires_at": _expiry()},
+                    ConditionExpression="attribute_not_exists(pk) OR #state = :submitting",
+                    ExpressionAttributeNames={"#state": "state"},
+                    ExpressionAttributeValues={":submitting": "SUBMITTING"},
+                )
+            except ClientError as error:
+                if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise
+                existing = table.get_item(Key=key).get("Item", {})
+                log.info("trigger already handled", extra={"guard": guard, "jobId": existing.get("jobId")})
+                return {"jobName": request["jobName"], "jobId": existing.get("jobId", ""), "duplicate": "true"}
+        response = self.batch.submit_job(**request)  # a failure raises: never swallowed
+        log.info("job submitted", extra={"jobName": request["jobName"], "jobId": response["jobId"], "guard": guard})
+        if table is not None:
+            table.update_item(
+                Key=key,
+                UpdateExpression="SET #state = :submitted, jobId = :job",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={":submitted": "SUBMITTED", ":job": response["jobId"]},
+            )
+        return {"jobName": request["jobName"], "jobId": response["jobId"]}
+
+    def record(self, facts: dict[str, Any]) -> None:
+        """The job's latest state under its chain run; an older event never overwrites a newer state."""
+        table = self._table(facts["chain"])
+        if table is None or facts["array_child"]:
+            return
+        values = {
+            ":status": facts["status"],
+            ":rank": STATUS_RANK.get(facts["status"], 0),
+            ":reason": facts["reason"] or "-",
+            ":step": facts["step"],
+            ":job": facts["job_id"],
+            ":name": facts["job_name"],
+            ":run": facts["run"],
+            ":attempts": facts["attempts"],
+            ":updated": int(time.time()),
+            ":expires": _expiry(),
+        }
+        assignments = (
+            "#status = :status, status_rank = :rank, reason = :reason, step = :step, jobId = :job, "
+            "jobName = :name, chain_run = :run, attempts = :attempts, updated_at = :updated, expires_at = :expires"
+        )
+        for name, value in facts["timestamps"].items():
+            values[f":{name}"] = value
+            assignments += f", {name} = :{name}"
+        try:
+            table.update_item(
+                Key={
+                    "pk": f"chain#{facts['chain']}",
+                    "sk": f"run#{facts['run']}#{facts['index']:02d}#{facts['job_id']}",
+                },
+                UpdateExpression=f"SET {assignments}",
+                ConditionExpression="attribute_not_exists(status_rank) OR status_rank <= :rank",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            log.info("stale job state ignored", extra={"jobId": facts["job_id"], "status": facts["status"]})
+
+
+def _expiry() -> int:
+    return int(time.time()) + RECORD_TTL_SECONDS
+
+
+# ---------------------------------------------------------------- Lambda entry point
+
+_glue: Glue | None = None
+
+
+def handler(event: Any, _context: Any = None) -> dict[str, Any]:
+    global _glue
+    if _glue is None:
+        _glue = Glue(load_config(), batch=boto3.client("batch"), dynamodb=boto3.resource("dynamodb"))
+    result = _glue.handle(event)
+    log.info("handled", extra={"result": result})
+    return result

@@ -1,0 +1,266 @@
+"""The glue Lambda's code against moto: one SubmitJob per trigger, string environments, named errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from pipeline_constructs.glue import handler as glue
+
+SNS_MESSAGE = '{"type":"lovelive","jobXmlTag":"job","gzipped":true,"emptyCDATA":false}}'  # not valid JSON
+
+
+@pytest.fixture
+def batch_world(aws):
+    """A job queue with two job definitions in moto, a status table, and the glue config naming them."""
+    name = uuid.uuid4().hex[:8]
+    iam = aws.session.client("iam")
+    batch = aws.session.client("batch")
+    role = iam.create_role(RoleName=f"r{name}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    environment = batch.create_compute_environment(
+        computeEnvironmentName=f"ce{name}", type="UNMANAGED", serviceRole=role
+    )["computeEnvironmentArn"]
+    queue = batch.create_job_queue(
+        jobQueueName=f"feeds{name}",
+        state="ENABLED",
+        priority=1,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}],
+    )["jobQueueArn"]
+    definitions = {
+        step: batch.register_job_definition(
+            jobDefinitionName=f"{step}{name}",
+            type="container",
+            containerProperties={"image": "busybox", "vcpus": 1, "memory": 128},
+        )["jobDefinitionArn"]
+        for step in ("watcher", "consumer", "report")
+    }
+    table = aws.dynamodb.create_table(
+        TableName=f"status{name}",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    topic = f"arn:aws:sns:us-east-1:123456789012:start_feed_consumer{name}"
+    config = {
+        "chains": {
+            "feeds": {
+                "jobQueue": queue,
+                "topicArn": topic,
+                "table": table.name,
+                "steps": [
+                    {
+                        "name": "watcher",
+                        "jobDefinition": definitions["watcher"],
+                        "link": {"kind": "message", "environment": {"PARALLELISM": "15"}},
+                    },
+                    {
+                        "name": "consumer",
+                        "jobDefinition": definitions["consumer"],
+                        "link": {"kind": "success", "environment": {}},
+                    },
+                    {"name": "report", "jobDefinition": definitions["report"], "arraySize": 3},
+                ],
+            }
+        }
+    }
+    requests: list[dict] = []
+    session = boto3.session.Session()
+    session.events.register(
+        "before-parameter-build.batch.SubmitJob", lambda params, **_: requests.append(copy.deepcopy(params))
+    )
+    world = type("World", (), {})()
+    world.batch, world.queue, world.definitions, world.table, world.topic = batch, queue, definitions, table, topic
+    world.config, world.submitted = config, requests
+    world.glue = glue.Glue(config, batch=session.client("batch"), dynamodb=session.resource("dynamodb"))
+    return world
+
+
+def sns_event(topic: str, message: str = SNS_MESSAGE, message_id: str = "95df01b4-ee98-5cb9-9903-4c221d41eb5e") -> dict:
+    return {
+        "Records": [
+            {
+                "EventSource": "aws:sns",
+                "Sns": {
+                    "Type": "Notification",
+                    "MessageId": message_id,
+                    "TopicArn": topic,
+                    "Subject": None,
+                    "Message": message,
+                    "Timestamp": "2018-01-20T04:06:35.010Z",
+                    "MessageAttributes": {},
+                },
+            }
+        ]
+    }
+
+
+def batch_event(definition: str, status: str, job_id: str = "job-1", run: str = "feeds-run-1") -> dict:
+    return {
+        "version": "0",
+        "detail-type": "Batch Job State Change",
+        "source": "aws.batch",
+        "detail": {
+            "jobName": "feeds-consumer-x",
+            "jobId": job_id,
+            "jobQueue": "arn:aws:batch:us-east-1:123456789012:job-queue/feeds",
+            "status": status,
+            "statusReason": "Essential container in task exited" if status == "FAILED" else "",
+            "jobDefinition": definition,
+            "createdAt": 1700000000000,
+            "container": {"environment": [{"name": "PIPELINE_CHAIN_RUN", "value": run}]},
+        },
+    }
+
+
+def env_of(request: dict) -> dict[str, str]:
+    return {pair["name"]: pair["value"] for pair in request["containerOverrides"]["environment"]}
+
+
+def test_sns_event_submits_the_next_step_with_the_raw_message(batch_world):
+    result = batch_world.glue.handle(sns_event(batch_world.topic))
+    (request,) = batch_world.submitted
+    assert request["jobQueue"] == batch_world.queue
+    assert request["jobDefinition"] == batch_world.definitions["consumer"]
+    assert request["jobName"] == "feeds-consumer-95df01b4-ee98-5cb9-9903-4c221d41eb5e"
+    env = env_of(request)
+    assert env["DOWNLOAD_MESSAGE"] == SNS_MESSAGE  # byte for byte, invalid JSON and all
+    assert env["PARALLELISM"] == "15"
+    assert all(isinstance(value, str) for value in env.values())
+    (job,) = batch_world.batch.describe_jobs(jobs=[result["submitted"][0]["jobId"]])["jobs"]
+    assert job["jobName"] == request["jobName"]
+
+
+def test_constant_input_submits_exactly_one_job_with_string_values(batch_world):
+    event = {
+        "jobName": "feed-check",
+        "jobQueue": batch_world.queue,
+        "jobDefinition": batch_world.definitions["watcher"],
+        "containerOverrides": {"environment": [{"name": "PARALLELISM", "value": 15}], "vcpus": 2},
+        "parameters": {"limit": 100, "dry": True},
+        "scheduledTime": "2026-11-23T02:00:00Z",
+    }
+    batch_world.glue.handle(event)
+    (request,) = batch_world.submitted
+    assert request["jobName"] == "feed-check-2026-11-23T02-00-00Z"
+    assert request["jobQueue"] == batch_world.queue and request["jobDefinition"] == batch_world.definitions["watcher"]
+    assert request["containerOverrides"]["environment"] == [{"name": "PARALLELISM", "value": "15"}]
+    assert request["parameters"] == {"limit": "100", "dry": "true"}
+    listed = batch_world.batch.list_jobs(
+        jobQueue=batch_world.queue, filters=[{"name": "JOB_NAME", "values": [request["jobName"]]}]
+    )
+    assert len(listed["jobSummaryList"]) == 1
+
+
+def test_chain_start_submits_the_first_step_with_the_run_id(batch_world):
+    batch_world.glue.handle({"chain": "feeds", "scheduledTime": "2026-11-23T02:00:00Z"})
+    (request,) = batch_world.submitted
+    assert request["jobDefinition"] == batch_world.definitions["watcher"]
+    assert env_of(request)["PIPELINE_CHAIN_RUN"] == "feeds-2026-11-23T02-00-00Z"
+
+
+def test_redelivered_triggers_submit_nothing_twice(batch_world):
+    event = sns_event(batch_world.topic)
+    first = batch_world.glue.handle(event)
+    second = batch_world.glue.handle(event)
+    assert len(batch_world.submitted) == 1
+    assert second["submitted"][0]["duplicate"] == "true"
+    assert second["submitted"][0]["jobId"] == first["submitted"][0]["jobId"]
+
+
+def test_success_link_submits_the_next_step_with_the_finished_job_id(batch_world):
+    result = batch_world.glue.handle(batch_event(batch_world.definitions["consumer"], "SUCCEEDED", job_id="abc-123"))
+    (request,) = batch_world.submitted
+    assert request["jobDefinition"] == batch_world.definitions["report"]
+    assert request["jobName"] == "feeds-report-abc-123"
+    assert request["arrayProperties"] == {"size": 3}
+    assert env_of(request)["PREVIOUS_JOB_ID"] == "abc-123"
+    assert env_of(request)["PIPELINE_CHAIN_RUN"] == "feeds-run-1"
+    assert result["status"] == "SUCCEEDED"
+
+
+def test_job_states_are_tracked_and_never_regress(batch_world):
+    definition = batch_world.definitions["consumer"]
+    batch_world.glue.handle(batch_event(definition, "RUNNING", job_id="j-9"))
+    batch_world.glue.handle(batch_event(definition, "FAILED", job_id="j-9"))
+    batch_world.glue.handle(batch_event(definition, "RUNNABLE", job_id="j-9"))  # late, out of order
+    (row,) = batch_world.table.query(
+        KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": "chain#feeds"}
+    )["Items"]
+    assert row["sk"] == "run#feeds-run-1#01#j-9"
+    assert row["status"] == "FAILED" and row["reason"] == "Essential container in task exited"
+    assert row["step"] == "consumer"
+    assert batch_world.submitted == []  # a failed step starts nothing
+
+
+def test_message_link_step_success_does_not_also_submit(batch_world):
+    batch_world.glue.handle(batch_event(batch_world.definitions["watcher"], "SUCCEEDED"))
+    assert batch_world.submitted == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda e: e["Records"][0]["Sns"].pop("Message"), "Records[0].Sns.Message: missing"),
+        (lambda e: e["Records"][0]["Sns"].pop("MessageId"), "Records[0].Sns.MessageId: missing"),
+        (lambda e: e["Records"][0]["Sns"].update(TopicArn="arn:aws:sns:us-east-1:1:other"), "Records[0].Sns.TopicArn"),
+        (lambda e: e["Records"][0]["Sns"].update(Message={"not": "a string"}), "Records[0].Sns.Message: expected str"),
+        (lambda e: e.update(Records=[]), "Records: empty"),
+    ],
+)
+def test_malformed_sns_events_name_the_field(batch_world, mutate, field):
+    event = sns_event(batch_world.topic)
+    mutate(event)
+    with pytest.raises(glue.EventError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        batch_world.glue.handle(event)
+    assert batch_world.submitted == []
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"jobQueue": "q", "jobDefinition": "d"}, "jobName: missing"),
+        ({"jobName": "n", "jobDefinition": "d"}, "jobQueue: missing"),
+        ({"jobName": "n", "jobQueue": "q"}, "jobDefinition: missing"),
+        ({"jobName": "n", "jobQueue": "q", "jobDefinition": "d", "parameters": [1]}, "parameters: expected dict"),
+        (
+            {
+                "jobName": "n",
+                "jobQueue": "q",
+                "jobDefinition": "d",
+                "containerOverrides": {"environment": [{"value": 1}]},
+            },
+            r"containerOverrides.environment\[0\].name: missing",
+        ),
+        ({"chain": "nope"}, "chain: unknown chain 'nope'; known: feeds"),
+        ({"hello": "world"}, "event: neither"),
+        ({"detail-type": "Batch Job State Change", "detail": {"jobId": "x"}}, "detail.status: missing"),
+    ],
+)
+def test_malformed_constant_inputs_name_the_field(batch_world, event, field):
+    with pytest.raises(glue.EventError, match=field):
+        batch_world.glue.handle(event)
+
+
+def test_failed_submit_job_raises(batch_world):
+    event = {
+        "jobName": "n",
+        "jobQueue": "arn:aws:batch:us-east-1:123456789012:job-queue/missing",
+        "jobDefinition": "nope",
+    }
+    with pytest.raises(ClientError):
+        batch_world.glue.handle(event)
+
+
+def test_lambda_entry_point_reads_its_config_from_the_environment(batch_world, monkeypatch):
+    monkeypatch.setenv("GLUE_CONFIG", json.dumps(batch_world.config))
+    monkeypatch.setattr(glue, "_glue", None)
+    result = glue.handler(sns_event(batch_world.topic, message_id="m-2"))
+    assert result["submitted"][0]["jobName"] == "feeds-consumer-m-2"
