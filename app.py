@@ -21,7 +21,17 @@ from aws_cdk import aws_logs as logs
 from cdk_nag import AwsSolutionsChecks, ServerlessChecks
 from constructs import Construct
 
-from pipeline_constructs import DataBucket, PipelineNetwork, SpotWorkerFleet, StatusStore
+from pipeline_constructs import (
+    BatchChain,
+    ChainLink,
+    ChainStep,
+    DataBucket,
+    PipelineAlarms,
+    PipelineNetwork,
+    ScheduledTrigger,
+    SpotWorkerFleet,
+    StatusStore,
+)
 from pipeline_constructs.logs import retention_from_days
 
 ENVIRONMENTS_CONTEXT_KEY = "pipeline:environments"
@@ -141,6 +151,43 @@ class PipelineStack(cdk.Stack):
         )
         self.statistics.grant_read_outputs(self.summaries.role)
 
+        # The daily feed: watch the XML feed, and only when it changed, convert it (message link).
+        self.feeds = BatchChain(
+            self,
+            "Feeds",
+            chain_name="feeds",
+            network=self.network,
+            bucket=self.data.bucket,
+            table=self.status.table,
+            max_vcpus=config.batch_max_vcpus,
+            log_retention=retention,
+            steps=[
+                ChainStep(
+                    name="feed_watcher",
+                    image=WORKER_IMAGES / "feed_watcher",
+                    memory_mib=1024,
+                    timeout=cdk.Duration.minutes(15),
+                    environment={"FEED_URL": config.feed_url, "FEED_TYPE": "lovelive", "FEED_RECORD_TAG": "job"},
+                    link=ChainLink.message({"PARALLELISM": 15}),
+                ),
+                ChainStep(
+                    name="feed_consumer",
+                    image=WORKER_IMAGES / "feed_consumer",
+                    vcpus=4,
+                    memory_mib=8192,
+                    timeout=cdk.Duration.hours(2),
+                ),
+            ],
+        )
+        self.daily_feed = ScheduledTrigger(
+            self, "DailyFeed", schedule=config.feed_schedule, time_zone=config.feed_time_zone, chain=self.feeds
+        )
+
+        self.alarms = PipelineAlarms(self, "Alarms", email=config.alarm_email)
+        self.alarms.watch_chain(self.feeds)
+        self.alarms.watch_fleet(self.statistics)
+        self.alarms.watch_fleet(self.summaries)
+
         for name, value in {
             "DataBucketName": self.data.bucket.bucket_name,
             "StatusTableName": self.status.table.table_name,
@@ -150,6 +197,11 @@ class PipelineStack(cdk.Stack):
             "SummariesQueueUrl": self.summaries.queue.queue_url,
             "SummariesDeadLetterQueueUrl": self.summaries.dead_letter_queue.queue_url,
             "SummariesGroupName": self.summaries.auto_scaling_group.auto_scaling_group_name,
+            "FeedsJobQueueArn": self.feeds.job_queue.job_queue_arn,
+            "FeedsTopicArn": self.feeds.topic.topic_arn,
+            "GlueFunctionName": self.feeds.glue.function.function_name,
+            "GlueFailureQueueUrl": self.feeds.glue.failure_queue.queue_url,
+            "AlarmTopicArn": self.alarms.topic.topic_arn,
         }.items():
             cdk.CfnOutput(self, name, value=value)
 

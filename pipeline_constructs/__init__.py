@@ -2,7 +2,8 @@
 
 Building blocks (secure, cheap defaults, used by every pattern):
 :class:`DataBucket`, :class:`TaskQueue`, :func:`secure_topic`, :class:`StatusStore`, :class:`PipelineNetwork`,
-:func:`pipeline_log_group`. Patterns: :class:`SpotWorkerFleet`.
+:func:`pipeline_log_group`. Patterns: :class:`SpotWorkerFleet`, :class:`BatchChain` (with :class:`ChainStep`,
+:class:`ChainLink`), :class:`ScheduledTrigger`; :class:`PipelineAlarms`.
 
 Names are imported lazily, so the runtime code shipped inside this package (``pipeline_constructs.worker``)
 imports without the AWS CDK and its Node.js runtime.
@@ -14,6 +15,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "BatchChain": "pipeline_constructs.batch_chain",
+    "ChainLink": "pipeline_constructs.batch_chain",
+    "ChainStep": "pipeline_constructs.batch_chain",
+    "GlueFunction": "pipeline_constructs.glue_function",
+    "PipelineAlarms": "pipeline_constructs.alarms",
+    "ScheduledTrigger": "pipeline_constructs.scheduled_trigger",
     "DataBucket": "pipeline_constructs.data_bucket",
     "PipelineNetwork": "pipeline_constructs.network",
     "SpotWorkerFleet": "pipeline_constructs.spot_worker_fleet",

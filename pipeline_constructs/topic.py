@@ -6,8 +6,6 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from pipeline_constructs._nag import acknowledge
-
 AWS_MANAGED_SNS_KEY_ALIAS = "alias/aws/sns"
 
 
@@ -24,8 +22,8 @@ def secure_topic(
     :param encryption_key: customer-managed KMS key for SSE. Default: None: the AWS managed key
         ``alias/aws/sns`` (free) when only IAM principals publish, no SSE when services do.
     :param service_publishers: True when AWS services (CloudWatch alarms, EventBridge) publish to the topic.
-        They cannot use the AWS managed SNS key, so without ``encryption_key`` the topic is left unencrypted
-        (and acknowledged as such). Default: False.
+        They cannot use the AWS managed SNS key, so without ``encryption_key`` the topic is left unencrypted;
+        it should carry notifications only. Default: False.
     :param display_name: the topic's display name (shown in e-mail notifications). Default: none.
     """
     master_key: kms.IKey | None = encryption_key
@@ -38,11 +36,4 @@ def secure_topic(
         enforce_ssl=True,
         display_name=display_name,
     )
-    if master_key is None:
-        acknowledge(
-            topic,
-            "AwsSolutions-SNS2",
-            "AWS services publish to this topic and cannot use the AWS managed SNS key; it carries "
-            "only notifications, and a customer-managed key (encryption_key) costs money every month.",
-        )
     return topic

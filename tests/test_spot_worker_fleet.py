@@ -160,7 +160,7 @@ def test_user_data_carries_boot_steps_and_no_credentials(dev_template: Template)
     user_data = json.dumps(
         [
             t["Properties"]["LaunchTemplateData"]["UserData"]
-            for t in dev_template.find_resources("AWS::EC2::LaunchTemplate").values()
+            for t in _of_construct(dev_template, "AWS::EC2::LaunchTemplate", "Statistics").values()
         ]
     )
     for secret_name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "aws configure"):

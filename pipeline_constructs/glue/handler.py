@@ -144,8 +144,6 @@ def step_request(chain_name: str, chain: dict[str, Any], index: int, name: str, 
         "jobQueue": chain["jobQueue"],
         "jobDefinition": step["jobDefinition"],
         "containerOverrides": {"environment": environment_list(env, "environment")},
-        "tags": {"pipeline:chain": chain_name, "pipeline:step": step["name"]},
-        "propagateTags": True,
     }
     if step.get("arraySize"):
         request["arrayProperties"] = {"size": int(step["arraySize"])}
@@ -206,8 +204,8 @@ def _step_index(chain: dict[str, Any], name: str, field: str) -> int:
     raise EventError(f"{field}: no step named {name!r}")
 
 
-def from_sns(event: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(guard key, SubmitJob request) per SNS record: the step after the publisher, with the raw message."""
+def from_sns(event: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(chain, guard key, SubmitJob request) per SNS record: the step after the publisher, raw message."""
     records = require(event, "Records", list, "")
     if not records:
         raise EventError("Records: empty")
@@ -241,7 +239,7 @@ def from_sns(event: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, d
             | chain_environment(chain_name, run, following)
         )
         request = step_request(chain_name, chain, index + 1, job_name(chain_name, following, message_id), env)
-        submissions.append((f"sns#{message_id}", request))
+        submissions.append((chain_name, f"sns#{message_id}", request))
     return submissions
 
 
@@ -317,8 +315,7 @@ class Glue:
             return {"kind": kind, "submitted": [self.submit_once(event.get("chain"), guard, request)]}
         if kind == "sns":
             submitted = [
-                self.submit_once(request["tags"]["pipeline:chain"], guard, request)
-                for guard, request in from_sns(event, self.config)
+                self.submit_once(chain, guard, request) for chain, guard, request in from_sns(event, self.config)
             ]
             return {"kind": kind, "submitted": submitted}
         facts = job_facts(event, self.config)

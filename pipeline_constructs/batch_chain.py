@@ -1,0 +1,398 @@
+"""BatchChain: AWS Batch jobs on spot capacity, each step started by the one before it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import Duration, Size
+from aws_cdk import aws_batch as batch
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as events_targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda_event_sources as lambda_events
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sns as sns
+from constructs import Construct
+
+from pipeline_constructs._nag import acknowledge, acknowledge_wildcard_resources
+from pipeline_constructs._validation import argument_error, check_duration, check_not_empty, check_range, check_unique
+from pipeline_constructs.data_bucket import DataBucket
+from pipeline_constructs.glue_function import GlueFunction
+from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
+from pipeline_constructs.network import PipelineNetwork
+from pipeline_constructs.status_store import StatusStore
+from pipeline_constructs.topic import secure_topic
+
+#: AWS Batch limits for a container job on EC2.
+MIN_VCPUS, MAX_VCPUS = 1, 192
+MIN_MEMORY_MIB, MAX_MEMORY_MIB = 4, 24 * 1024 * 1024
+MIN_TIMEOUT = Duration.seconds(60)
+STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
+X86_INSTANCE_CLASSES = (ec2.InstanceClass.M6I, ec2.InstanceClass.C6I, ec2.InstanceClass.R6I, ec2.InstanceClass.M5)
+ARM_INSTANCE_CLASSES = (ec2.InstanceClass.M7G, ec2.InstanceClass.C7G, ec2.InstanceClass.R7G, ec2.InstanceClass.M6G)
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """How a step hands over to the next one.
+
+    ``ChainLink.message(...)``: the step publishes to the chain's SNS topic; the next step gets the message,
+    unchanged, in ``DOWNLOAD_MESSAGE`` (the users' way: the next job needs the previous job's output).
+    ``ChainLink.on_success(...)``: when the step's job SUCCEEDED (EventBridge), the next step starts with
+    ``PREVIOUS_JOB_ID``; the job needs no code for it. ``environment``: static variables for the next step
+    (values become strings: ``{"PARALLELISM": 15}`` arrives as ``"15"``).
+    """
+
+    kind: str
+    environment: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def message(cls, environment: Mapping[str, Any] | None = None) -> ChainLink:
+        return cls("message", dict(environment or {}))
+
+    @classmethod
+    def on_success(cls, environment: Mapping[str, Any] | None = None) -> ChainLink:
+        return cls("success", dict(environment or {}))
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """One Batch job of a chain.
+
+    :param name: step name (letters, digits, ``-``, ``_``; used in job names and S3 prefixes).
+    :param image: a ``worker_images/<dir>`` directory (built as a Docker image asset) or an image URI.
+    :param command: the container command. Default: the image's entrypoint and command.
+    :param vcpus: vCPUs. Default: 1. Range: 1 to 192.
+    :param memory_mib: memory in MiB. Default: 2048. Range: 4 to 25165824.
+    :param environment: static environment variables. Default: none.
+    :param secrets: environment variables from Secrets Manager / SSM (``batch.Secret``). Default: none.
+    :param timeout: per attempt. Default: 1 hour. Range: at least 60 seconds.
+    :param attempts: tries in all; spot reclaims and host errors are retried, application errors are not.
+        Default: 3. Range: 1 to 10.
+    :param array_size: run as an array job of this many children (fan-out). Default: None. Range: 2 to 10000.
+    :param link: how this step starts the next one. Default: None (required on every step but the last).
+    :param reads_from: steps whose S3 prefixes this step may read. Default: the previous step.
+    """
+
+    name: str
+    image: str | Path
+    command: Sequence[str] | None = None
+    vcpus: int = 1
+    memory_mib: int = 2048
+    environment: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, batch.Secret] = field(default_factory=dict)
+    timeout: Duration = field(default_factory=lambda: Duration.hours(1))
+    attempts: int = 3
+    array_size: int | None = None
+    link: ChainLink | None = None
+    reads_from: Sequence[str] | None = None
+
+
+class BatchChain(Construct):
+    """A chain of AWS Batch jobs on a spot compute environment, linked by SNS messages or job success.
+
+    :param steps: the steps, in order. At least one.
+    :param chain_name: name in job names, status records and the glue config. Default: the construct id.
+    :param network: where the compute environment runs. Default: a new :class:`PipelineNetwork`.
+    :param compute_environment: an existing (shared) compute environment; ``max_vcpus``, ``architecture`` and
+        ``instance_classes`` are then ignored. Default: a new spot environment.
+    :param job_queue: an existing job queue. Default: a new queue on ``compute_environment``.
+    :param max_vcpus: the created compute environment's ceiling. Default: 64. Range: 1 to 100000.
+    :param architecture: ``x86_64`` or ``arm64`` for the created compute environment. Default: ``x86_64``.
+    :param instance_classes: instance classes for the created environment. Default: m6i, c6i, r6i, m5
+        (Graviton m7g, c7g, r7g, m6g for arm64).
+    :param bucket: data bucket. Default: a new :class:`DataBucket`.
+    :param table: status store (run tracking, trigger guards). Default: a new :class:`StatusStore`.
+    :param prefix: the chain's S3 prefix; step ``s`` writes under ``<prefix><s>/``. Default: ``<chain_name>/``.
+    :param log_retention: retention of the job and glue log groups. Default: one month.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        steps: Sequence[ChainStep],
+        chain_name: str | None = None,
+        network: PipelineNetwork | None = None,
+        compute_environment: batch.IManagedComputeEnvironment | None = None,
+        job_queue: batch.IJobQueue | None = None,
+        max_vcpus: int = 64,
+        architecture: str = "x86_64",
+        instance_classes: Sequence[ec2.InstanceClass] | None = None,
+        bucket: s3.IBucket | None = None,
+        table: dynamodb.ITable | None = None,
+        prefix: str | None = None,
+        log_retention: logs.RetentionDays = DEFAULT_RETENTION,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.steps = list(steps)
+        self.chain_name = chain_name or construct_id
+        self._validate(max_vcpus=max_vcpus, architecture=architecture)
+        self.prefix = prefix if prefix is not None else f"{self.chain_name}/"
+        self.bucket: s3.IBucket = bucket or DataBucket(self, "Data").bucket
+        self.table: dynamodb.ITable = table or StatusStore(self, "Status").table
+        self.log_group = pipeline_log_group(self, "JobLogs", retention=log_retention)
+        self.topic: sns.ITopic = secure_topic(self, "Topic")
+
+        if compute_environment is None:
+            network = network or PipelineNetwork(self, "Network")
+            compute_environment = self._spot_compute_environment(network, max_vcpus, architecture, instance_classes)
+        self.compute_environment = compute_environment
+        self.job_queue: batch.IJobQueue = job_queue or batch.JobQueue(
+            self,
+            "JobQueue",
+            compute_environments=[batch.OrderedComputeEnvironment(compute_environment=compute_environment, order=1)],
+            priority=1,
+        )
+        self.job_roles: dict[str, iam.Role] = {}
+        self.job_definitions: dict[str, batch.EcsJobDefinition] = {
+            step.name: self._job_definition(index, step) for index, step in enumerate(self.steps)
+        }
+        self.glue = GlueFunction.of(self, log_retention=log_retention)
+        self._wire_links()
+
+    # ------------------------------------------------------------------ validation
+
+    def _validate(self, *, max_vcpus: int, architecture: str) -> None:
+        check_not_empty(self, "steps", self.steps)
+        check_unique(self, "steps[].name", [step.name for step in self.steps])
+        check_range(self, "max_vcpus", max_vcpus, minimum=1, maximum=100000)
+        if architecture not in ("x86_64", "arm64"):
+            raise argument_error(self, "architecture", architecture, "x86_64, arm64")
+        if not STEP_NAME.match(self.chain_name):
+            raise argument_error(self, "chain_name", self.chain_name, "1-41 letters, digits, - or _")
+        names = [step.name for step in self.steps]
+        for index, step in enumerate(self.steps):
+            at = f"steps[{index}]"
+            if not STEP_NAME.match(step.name):
+                raise argument_error(self, f"{at}.name", step.name, "1-41 letters, digits, - or _, alphanumeric first")
+            check_range(self, f"{at}.vcpus", step.vcpus, minimum=MIN_VCPUS, maximum=MAX_VCPUS)
+            check_range(self, f"{at}.memory_mib", step.memory_mib, minimum=MIN_MEMORY_MIB, maximum=MAX_MEMORY_MIB)
+            check_duration(self, f"{at}.timeout", step.timeout, minimum=MIN_TIMEOUT)
+            check_range(self, f"{at}.attempts", step.attempts, minimum=1, maximum=10)
+            check_range(self, f"{at}.array_size", step.array_size, minimum=2, maximum=10000)
+            last = index == len(self.steps) - 1
+            if last and step.link is not None:
+                raise argument_error(self, f"{at}.link", step.link.kind, "None on the last step (nothing follows)")
+            if not last and step.link is None:
+                raise argument_error(self, f"{at}.link", None, "ChainLink.message() or ChainLink.on_success()")
+            if step.link is not None and step.link.kind not in ("message", "success"):
+                raise argument_error(self, f"{at}.link.kind", step.link.kind, "message, success")
+            for source in step.reads_from or []:
+                if source not in names:
+                    raise argument_error(self, f"{at}.reads_from", source, f"step names: {', '.join(names)}")
+
+    # ------------------------------------------------------------------ compute
+
+    def _spot_compute_environment(
+        self,
+        network: PipelineNetwork,
+        max_vcpus: int,
+        architecture: str,
+        instance_classes: Sequence[ec2.InstanceClass] | None,
+    ) -> batch.ManagedEc2EcsComputeEnvironment:
+        arm = architecture == "arm64"
+        launch_template = ec2.LaunchTemplate(
+            self,
+            "LaunchTemplate",
+            require_imdsv2=True,
+            http_put_response_hop_limit=2,  # containers on the bridge network reach the metadata service
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name="/dev/xvda",
+                    volume=ec2.BlockDeviceVolume.ebs(50, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3),
+                )
+            ],
+        )
+        environment = batch.ManagedEc2EcsComputeEnvironment(
+            self,
+            "ComputeEnvironment",
+            vpc=network.vpc,
+            vpc_subnets=network.subnet_selection,
+            security_groups=[network.security_group(self, "SecurityGroup", description="Batch jobs: no inbound")],
+            spot=True,
+            allocation_strategy=batch.AllocationStrategy.SPOT_PRICE_CAPACITY_OPTIMIZED,
+            minv_cpus=0,
+            maxv_cpus=max_vcpus,
+            instance_classes=list(instance_classes or (ARM_INSTANCE_CLASSES if arm else X86_INSTANCE_CLASSES)),
+            use_optimal_instance_classes=False,
+            launch_template=launch_template,
+            update_to_latest_image_version=True,
+        )
+        acknowledge(
+            environment,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role]",
+            "The ECS container instance role needs AmazonEC2ContainerServiceforEC2Role (ECS agent, ECR pulls); "
+            "AWS maintains that policy as the agent's needs change.",
+        )
+        return environment
+
+    def _image(self, step: ChainStep) -> ecs.ContainerImage:
+        path = Path(step.image)
+        if isinstance(step.image, Path) or path.is_dir():
+            if not path.is_dir():
+                raise argument_error(self, f"steps[{step.name}].image", str(step.image), "an existing directory")
+            return ecs.ContainerImage.from_asset(str(path.resolve()), exclude=["__pycache__", "*.pyc", "tests"])
+        return ecs.ContainerImage.from_registry(str(step.image))
+
+    def _job_definition(self, index: int, step: ChainStep) -> batch.EcsJobDefinition:
+        role = iam.Role(
+            self,
+            f"{step.name}JobRole",
+            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+            description=f"{self.node.path} step {step.name}: its own S3 prefix and its chain's topic",
+        )
+        self.job_roles[step.name] = role
+        sources = (
+            list(step.reads_from) if step.reads_from is not None else ([self.steps[index - 1].name] if index else [])
+        )
+        readable = [self.bucket.arn_for_objects(f"{self.prefix}{name}/*") for name in sources]
+        own = self.bucket.arn_for_objects(f"{self.prefix}{step.name}/*")
+        role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[own]))
+        if readable:
+            role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject"], resources=readable))
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[self.bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{self.prefix}{name}/*" for name in [step.name, *sources]]}},
+            )
+        )
+        if self.bucket.encryption_key is not None:
+            self.bucket.encryption_key.grant_encrypt_decrypt(role)
+        if step.link is not None and step.link.kind == "message":
+            self._grant_publish_only(role)
+        acknowledge_wildcard_resources(
+            role,
+            [own, *readable],
+            f"Object access limited to this step's own prefix ('{self.prefix}{step.name}/') and the prefixes "
+            "of the steps it reads from; object keys are only known at run time.",
+        )
+        environment = {
+            **dict(step.environment),
+            "PIPELINE_BUCKET": self.bucket.bucket_name,
+            "PIPELINE_PREFIX": f"{self.prefix}{step.name}/",
+            "PIPELINE_TOPIC_ARN": self.topic.topic_arn,
+            "PIPELINE_CHAIN": self.chain_name,
+            "PIPELINE_STEP": step.name,
+        }
+        container = batch.EcsEc2ContainerDefinition(
+            self,
+            f"{step.name}Container",
+            image=self._image(step),
+            command=list(step.command) if step.command else None,
+            cpu=step.vcpus,
+            memory=Size.mebibytes(step.memory_mib),
+            environment=environment,
+            secrets=dict(step.secrets) or None,
+            job_role=role,
+            logging=ecs.LogDriver.aws_logs(stream_prefix=f"{self.chain_name}-{step.name}", log_group=self.log_group),
+        )
+        if container.execution_role is not None:
+            acknowledge(
+                container.execution_role,
+                "AwsSolutions-IAM5[Resource::*]",
+                "ecr:GetAuthorizationToken (to pull the step's image) has no resource-level permissions; every "
+                "other statement of this execution role names its repository or log group.",
+            )
+        return batch.EcsJobDefinition(
+            self,
+            f"{step.name}Job",
+            container=container,
+            timeout=step.timeout,
+            retry_attempts=step.attempts,
+            retry_strategies=[
+                # First match wins: the host went away (spot reclaim, instance failure) -> try again;
+                batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.SPOT_INSTANCE_RECLAIMED),
+                batch.RetryStrategy.of(batch.Action.RETRY, batch.Reason.CANNOT_PULL_CONTAINER),
+                # any exit code of the application itself -> fail now, retrying a bug wastes money.
+                batch.RetryStrategy.of(batch.Action.EXIT, batch.Reason.custom(on_exit_code="*")),
+            ],
+            propagate_tags=True,
+        )
+
+    # ------------------------------------------------------------------ links
+
+    def _wire_links(self) -> None:
+        steps_config = []
+        for step in self.steps:
+            entry: dict[str, Any] = {
+                "name": step.name,
+                "jobDefinition": self.job_definitions[step.name].job_definition_arn,
+            }
+            if step.array_size:
+                entry["arraySize"] = step.array_size
+            if step.link is not None:
+                # Values stay as given; the glue turns each into a string (15 -> "15") when it submits.
+                entry["link"] = {"kind": step.link.kind, "environment": dict(step.link.environment)}
+            steps_config.append(entry)
+        has_message_link = any(s.link and s.link.kind == "message" for s in self.steps)
+        self.glue.register_chain(
+            self.chain_name,
+            {
+                "jobQueue": self.job_queue.job_queue_arn,
+                "topicArn": self.topic.topic_arn if has_message_link else None,
+                "table": self.table.table_name,
+                "steps": steps_config,
+            },
+            owner=self,
+        )
+        self.glue.grant_submit(self.job_queue, list(self.job_definitions.values()))
+        self.glue.grant_status(self.table)
+        if has_message_link:
+            self.glue.function.add_event_source(
+                lambda_events.SnsEventSource(self.topic, dead_letter_queue=self.glue.failure_queue)
+            )
+        # Every state change of this chain's jobs: run tracking, and the success links.
+        self.job_state_rule = events.Rule(
+            self,
+            "JobStateChanges",
+            description=f"Batch job state changes of chain {self.chain_name}",
+            event_pattern=events.EventPattern(
+                source=["aws.batch"],
+                detail_type=["Batch Job State Change"],
+                detail={
+                    "jobQueue": [self.job_queue.job_queue_arn],
+                    "jobDefinition": [d.job_definition_arn for d in self.job_definitions.values()],
+                },
+            ),
+            targets=[
+                events_targets.LambdaFunction(
+                    self.glue.function, dead_letter_queue=self.glue.failure_queue, retry_attempts=8
+                )
+            ],
+        )
+
+    # ------------------------------------------------------------------ grants
+
+    def grant_start(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` start a run by hand: SubmitJob of the first step on this chain's queue."""
+        return iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["batch:SubmitJob"],
+            resource_arns=[self.job_queue.job_queue_arn, self.job_definitions[self.steps[0].name].job_definition_arn],
+        )
+
+    def grant_publish(self, grantee: iam.IGrantable) -> iam.Grant:
+        """Let ``grantee`` publish to the chain's topic (as a step with a message link does)."""
+        return self._grant_publish_only(grantee)
+
+    def _grant_publish_only(self, grantee: iam.IGrantable) -> iam.Grant:
+        # sns:Publish alone: the topic's AWS managed key is usable through SNS by any principal of the
+        # account, so the KMS grant Topic.grant_publish adds (on key/*) would only widen the role.
+        return iam.Grant.add_to_principal(
+            grantee=grantee, actions=["sns:Publish"], resource_arns=[self.topic.topic_arn]
+        )
+
+    @property
+    def first_job_definition(self) -> batch.EcsJobDefinition:
+        return self.job_definitions[self.steps[0].name]

@@ -1,0 +1,133 @@
+"""GlueFunction: the one glue Lambda of a stack, shared by every BatchChain link and ScheduledTrigger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsii
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_batch as batch
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
+from aws_cdk import aws_logs as logs
+from constructs import Construct, IValidation
+
+from pipeline_constructs._nag import acknowledge
+from pipeline_constructs._validation import argument_error
+from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
+from pipeline_constructs.task_queue import failure_queue
+
+GLUE_CODE_DIR = Path(__file__).resolve().parent / "glue"
+SINGLETON_ID = "PipelineGlue"
+#: Lambda's limit on all environment variables of a function together.
+ENVIRONMENT_LIMIT_BYTES = 4096
+
+
+class GlueFunction(Construct):
+    """The stack's glue Lambda (see :mod:`pipeline_constructs.glue.handler` for what it does).
+
+    Use :meth:`of` rather than the constructor: every chain and trigger in a stack shares one function.
+    Async invocations are retried twice, then land in ``failure_queue`` (also the DLQ of the SNS
+    subscriptions, schedules and rules that invoke it).
+
+    :param log_retention: retention of the function's log group. Default: one month.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, log_retention: logs.RetentionDays = DEFAULT_RETENTION):
+        super().__init__(scope, construct_id)
+        self.config: dict[str, Any] = {"chains": {}}
+        self.failure_queue = failure_queue(self, "Failures")
+        self.log_group = pipeline_log_group(self, "Logs", retention=log_retention)
+        # An explicit role: the log group is this function's own, so no AWS managed policy is needed.
+        self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
+        self.log_group.grant_write(self.role)
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            architecture=lambda_.Architecture.ARM_64,
+            handler="handler.handler",
+            code=lambda_.Code.from_asset(str(GLUE_CODE_DIR), exclude=["__pycache__", "*.pyc", "__init__.py"]),
+            role=self.role,
+            memory_size=256,
+            timeout=Duration.seconds(60),
+            environment={"GLUE_CONFIG": self._config_json()},
+            log_group=self.log_group,
+            logging_format=lambda_.LoggingFormat.JSON,
+            system_log_level_v2=lambda_.SystemLogLevel.WARN,
+            application_log_level_v2=lambda_.ApplicationLogLevel.INFO,
+            description="pipeline_constructs glue: submits chained and scheduled AWS Batch jobs",
+            retry_attempts=2,
+            max_event_age=Duration.hours(6),
+            on_failure=destinations.SqsDestination(self.failure_queue),
+            dead_letter_queue_enabled=False,
+        )
+        self.node.add_validation(_ConfigSizeCheck(self))
+        acknowledge(
+            self.function,
+            "Serverless-LambdaDLQ",
+            "Failed async invocations go to an on-failure destination (this construct's failure_queue), which "
+            "keeps the request and the error; a DLQ as well would deliver each failure twice.",
+        )
+        acknowledge(
+            self.function,
+            "Serverless-LambdaTracing",
+            "One Batch call per event, and the JSON log lines carry the trigger and job ids; X-Ray would add a "
+            "wildcard xray:PutTraceSegments grant for no further insight.",
+        )
+
+    @classmethod
+    def of(cls, scope: Construct, *, log_retention: logs.RetentionDays = DEFAULT_RETENTION) -> GlueFunction:
+        """The stack's glue function, created on first use."""
+        stack = Stack.of(scope)
+        existing = stack.node.try_find_child(SINGLETON_ID)
+        if existing is not None:
+            return existing  # type: ignore[return-value]
+        return cls(stack, SINGLETON_ID, log_retention=log_retention)
+
+    def register_chain(self, name: str, chain_config: dict[str, Any], *, owner: Construct) -> None:
+        if name in self.config["chains"]:
+            raise argument_error(owner, "chain_name", name, "a name no other chain in this stack uses")
+        self.config["chains"][name] = chain_config
+        self.function.add_environment("GLUE_CONFIG", self._config_json())
+
+    def _config_json(self) -> str:
+        return Stack.of(self).to_json_string(self.config)
+
+    def grant_submit(self, job_queue: batch.IJobQueue, job_definitions: list[batch.IJobDefinition]) -> None:
+        """SubmitJob on exactly this queue and these definitions (every revision of each)."""
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["batch:SubmitJob"],
+                resources=[job_queue.job_queue_arn, *(d.job_definition_arn for d in job_definitions)],
+            )
+        )
+
+    def grant_status(self, table: dynamodb.ITable) -> None:
+        """Trigger guards and run tracking: write and read back single items, nothing else."""
+        self.role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"], resources=[table.table_arn]
+            )
+        )
+
+
+@jsii.implements(IValidation)
+class _ConfigSizeCheck:
+    """Lambda refuses more than 4 KB of environment: say so at synth, with the size, not at deploy."""
+
+    def __init__(self, glue: GlueFunction) -> None:
+        self._glue = glue
+
+    def validate(self) -> list[str]:
+        size = len(json.dumps(Stack.of(self._glue).resolve(self._glue.config)))
+        if size > ENVIRONMENT_LIMIT_BYTES - 256:
+            return [
+                f"{self._glue.node.path}: GLUE_CONFIG is {size} bytes; allowed: at most "
+                f"{ENVIRONMENT_LIMIT_BYTES - 256} (Lambda's 4 KB environment limit): split the chains over stacks"
+            ]
+        return []

@@ -1,0 +1,184 @@
+"""ScheduledTrigger: a cron or rate schedule that starts a chain, submits a Batch job or enqueues a task."""
+
+from __future__ import annotations
+
+import json
+import re
+import zoneinfo
+from collections.abc import Mapping
+from typing import Any
+
+from aws_cdk import Duration, TimeZone
+from aws_cdk import aws_batch as batch
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as events_targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_scheduler_targets as scheduler_targets
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from pipeline_constructs._nag import acknowledge_wildcard_resources
+from pipeline_constructs._validation import argument_error, check_range
+from pipeline_constructs.batch_chain import BatchChain
+from pipeline_constructs.glue_function import GlueFunction
+
+_CRON_FIELD = r"[0-9A-Za-z*?,/#\-LW]+"
+CRON = re.compile(rf"^cron\(({_CRON_FIELD})( {_CRON_FIELD}){{5}}\)$")
+RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+
+
+def validate_expression(scope: Construct, expression: str) -> None:
+    """A six-field cron (minutes hours day-of-month month day-of-week year) or ``rate(N unit)``."""
+    cron = CRON.match(expression)
+    if cron:
+        fields = expression[5:-1].split(" ")
+        if "?" not in (fields[2], fields[4]):
+            raise argument_error(scope, "schedule", expression, "cron with '?' in day-of-month or day-of-week")
+        return
+    rate = RATE.match(expression)
+    if rate:
+        value, unit = int(rate.group(1)), rate.group(2)
+        if value < 1 or (value == 1) != (not unit.endswith("s")):
+            raise argument_error(scope, "schedule", expression, "rate(1 unit) or rate(N units), N >= 1")
+        return
+    raise argument_error(
+        scope,
+        "schedule",
+        expression,
+        "cron(min hour day-of-month month day-of-week year) or rate(N minutes|hours|days)",
+    )
+
+
+class ScheduledTrigger(Construct):
+    """Starts work on a schedule: a :class:`BatchChain`'s first step, any Batch job, or one queue message.
+
+    Exactly one target: ``chain``; or ``job_queue`` with ``job_definition`` (the users' constant input
+    ``{"jobName", "jobQueue", "jobDefinition", "containerOverrides", "parameters"}``); or ``queue``.
+
+    :param schedule: ``cron(...)`` (six fields, EventBridge syntax) or ``rate(N unit)``.
+    :param time_zone: IANA time zone of a cron schedule (EventBridge Scheduler honours daylight saving).
+        Default: ``UTC``.
+    :param use_eventbridge_rule: use a plain EventBridge rule (UTC only) instead of EventBridge Scheduler.
+        Default: False.
+    :param chain: start this chain. Default: None.
+    :param chain_environment: extra environment for the chain's first step. Default: none.
+    :param job_queue: with ``job_definition``: submit this job. Default: None.
+    :param job_definition: the job definition to submit. Default: None.
+    :param job_name: name of the submitted job (the schedule time is appended). Default: the construct id.
+    :param container_overrides: Batch ``containerOverrides`` of the submitted job. Default: none.
+    :param parameters: Batch ``parameters`` of the submitted job. Default: none.
+    :param queue: send one message to this queue (feeds a worker fleet). Default: None.
+    :param message: that message's body (object -> JSON). Default: ``{"trigger": <construct id>}``.
+    :param enabled: whether the schedule fires. Default: True.
+    :param retry_attempts: delivery retries before the event lands in the DLQ. Default: 3. Range: 0 to 185.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        schedule: str,
+        time_zone: str = "UTC",
+        use_eventbridge_rule: bool = False,
+        chain: BatchChain | None = None,
+        chain_environment: Mapping[str, Any] | None = None,
+        job_queue: batch.IJobQueue | None = None,
+        job_definition: batch.IJobDefinition | None = None,
+        job_name: str | None = None,
+        container_overrides: Mapping[str, Any] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        queue: sqs.IQueue | None = None,
+        message: Mapping[str, Any] | str | None = None,
+        enabled: bool = True,
+        retry_attempts: int = 3,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.schedule_expression, self.time_zone = schedule, time_zone
+        validate_expression(self, schedule)
+        if time_zone not in zoneinfo.available_timezones() and time_zone != "UTC":
+            raise argument_error(self, "time_zone", time_zone, "an IANA time zone such as 'Europe/Berlin'")
+        if use_eventbridge_rule and time_zone != "UTC":
+            raise argument_error(self, "time_zone", time_zone, "UTC with use_eventbridge_rule=True (rules run in UTC)")
+        check_range(self, "retry_attempts", retry_attempts, minimum=0, maximum=185)
+        targets = [chain is not None, job_queue is not None or job_definition is not None, queue is not None]
+        if sum(targets) != 1:
+            raise argument_error(self, "chain/job_queue/queue", sum(targets), "exactly one target")
+        if (job_queue is None) != (job_definition is None):
+            raise argument_error(self, "job_definition", job_definition, "given together with job_queue")
+
+        self.queue = queue
+        self.glue: GlueFunction | None = None
+        if queue is not None:
+            body = message if message is not None else {"trigger": construct_id}
+            self.input = body if isinstance(body, str) else json.dumps(body)
+        else:
+            self.glue = GlueFunction.of(self)
+            if chain is not None:
+                self.input = {"chain": chain.chain_name, "environment": dict(chain_environment or {})}
+            else:
+                self.glue.grant_submit(job_queue, [job_definition])
+                self.input = {
+                    "jobName": job_name or construct_id,
+                    "jobQueue": job_queue.job_queue_arn,
+                    "jobDefinition": job_definition.job_definition_arn,
+                }
+                if container_overrides:
+                    self.input["containerOverrides"] = dict(container_overrides)
+                if parameters:
+                    self.input["parameters"] = dict(parameters)
+
+        if use_eventbridge_rule:
+            self.rule = self._rule(enabled, retry_attempts)
+        else:
+            self.schedule = self._schedule(enabled, retry_attempts)
+
+    def _schedule(self, enabled: bool, retry_attempts: int) -> scheduler.Schedule:
+        expression = scheduler.ScheduleExpression.expression(self.schedule_expression, TimeZone.of(self.time_zone))
+        if self.queue is not None:
+            target: scheduler.IScheduleTarget = scheduler_targets.SqsSendMessage(
+                self.queue, input=scheduler.ScheduleTargetInput.from_text(self.input), retry_attempts=retry_attempts
+            )
+        else:
+            payload = dict(self.input) | {"scheduledTime": scheduler.ContextAttribute.scheduled_time}
+            self.role = iam.Role(self, "ScheduleRole", assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"))
+            target = scheduler_targets.LambdaInvoke(
+                self.glue.function,
+                input=scheduler.ScheduleTargetInput.from_object(payload),
+                role=self.role,
+                dead_letter_queue=self.glue.failure_queue,
+                retry_attempts=retry_attempts,
+                max_event_age=Duration.hours(6),
+            )
+            acknowledge_wildcard_resources(
+                self.role,
+                [f"{self.glue.function.function_arn}:*"],
+                "Invoke of the glue function only; the wildcard stands for its version and alias qualifiers, "
+                "which the CDK's Lambda target grants alongside the unqualified ARN.",
+            )
+        return scheduler.Schedule(
+            self, "Schedule", schedule=expression, target=target, enabled=enabled, description=f"{self.node.path}"
+        )
+
+    def _rule(self, enabled: bool, retry_attempts: int) -> events.Rule:
+        if self.queue is not None:
+            target: events.IRuleTarget = events_targets.SqsQueue(
+                self.queue, message=events.RuleTargetInput.from_text(self.input), retry_attempts=retry_attempts
+            )
+        else:
+            payload = dict(self.input) | {"scheduledTime": events.EventField.time}
+            target = events_targets.LambdaFunction(
+                self.glue.function,
+                event=events.RuleTargetInput.from_object(payload),
+                dead_letter_queue=self.glue.failure_queue,
+                retry_attempts=retry_attempts,
+            )
+        return events.Rule(
+            self,
+            "Rule",
+            schedule=events.Schedule.expression(self.schedule_expression),
+            targets=[target],
+            enabled=enabled,
+            description=f"{self.node.path}",
+        )

@@ -1,0 +1,132 @@
+"""feed_consumer: read DOWNLOAD_MESSAGE, download the feed files, stream-parse the XML, write JSON lines.
+
+Environment: DOWNLOAD_MESSAGE (the SNS message the previous step published, passed on unchanged by the
+glue Lambda), PARALLELISM (files processed at once, default 4), PIPELINE_BUCKET and PIPELINE_PREFIX (this
+step's own prefix, for the output), PIPELINE_CHAIN_RUN (names the output folder).
+
+The message is ``{"bucket", "keys", "jobXmlTag", "gzipped", "emptyCDATA", ...}``. Real-world publishers
+sometimes send a stray character after the JSON (the users' own example ends in ``}}``): the first JSON
+object is read and the rest is reported, not fatal. Each element named ``jobXmlTag`` becomes one JSON line
+(its attributes and child elements' text); elements are cleared as they are read, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import posixpath
+import sys
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+
+
+def log(message: str, **fields: Any) -> None:
+    print(json.dumps({"message": message, **fields}, default=str), flush=True)
+
+
+def parse_message(raw: str) -> dict[str, Any]:
+    """The first JSON object in ``raw``; trailing characters are logged, not fatal."""
+    if not raw or not raw.strip():
+        raise ValueError("DOWNLOAD_MESSAGE is required")
+    try:
+        message, end = json.JSONDecoder().raw_decode(raw.strip())
+    except ValueError as error:
+        raise ValueError(f"DOWNLOAD_MESSAGE is not JSON: {error}") from None
+    trailing = raw.strip()[end:]
+    if trailing:
+        log("ignored characters after the message's JSON", trailing=trailing[:50])
+    if not isinstance(message, dict):
+        raise ValueError("DOWNLOAD_MESSAGE: expected a JSON object")
+    for field, kind in (("bucket", str), ("keys", list), ("jobXmlTag", str)):
+        if not isinstance(message.get(field), kind) or not message[field]:
+            raise ValueError(f"DOWNLOAD_MESSAGE.{field}: missing or not a {kind.__name__}")
+    return message
+
+
+def local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def records(stream: io.BufferedIOBase, record_tag: str, empty_cdata: bool) -> Iterator[dict[str, Any]]:
+    """One dict per ``record_tag`` element, streamed."""
+    depth_stack: list[str] = []
+    for event, element in ElementTree.iterparse(stream, events=("start", "end")):
+        name = local_name(element.tag)
+        if event == "start":
+            depth_stack.append(name)
+            continue
+        depth_stack.pop()
+        if name != record_tag:
+            continue
+        record: dict[str, Any] = {f"@{k}": v for k, v in element.attrib.items()}
+        for child in element:
+            text = (child.text or "").strip()
+            if text or empty_cdata:
+                key = local_name(child.tag)
+                if key in record:  # repeated child: collect into a list
+                    record[key] = record[key] if isinstance(record[key], list) else [record[key]]
+                    record[key].append(text)
+                else:
+                    record[key] = text
+        if not len(element) and (element.text or "").strip():
+            record["#text"] = element.text.strip()
+        yield record
+        element.clear()
+
+
+def convert(s3: Any, message: dict[str, Any], key: str, out_bucket: str, out_prefix: str) -> dict[str, Any]:
+    gzipped = bool(message.get("gzipped")) or key.endswith(".gz")
+    with tempfile.TemporaryFile() as raw, tempfile.NamedTemporaryFile("w+", suffix=".jsonl", delete=False) as out:
+        s3.download_fileobj(message["bucket"], key, raw)
+        raw.seek(0)
+        stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+        count = 0
+        for record in records(stream, message["jobXmlTag"], bool(message.get("emptyCDATA"))):
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+        out.flush()
+        name = posixpath.basename(key).removesuffix(".gz").removesuffix(".xml") + ".jsonl"
+        output_key = f"{out_prefix}{name}"
+        s3.upload_file(out.name, out_bucket, output_key)
+    os.unlink(out.name)
+    log("converted", source=key, output=output_key, records=count)
+    return {"source": key, "output": output_key, "records": count}
+
+
+def run(environ: dict[str, str] | None = None, *, s3: Any = None) -> list[dict[str, Any]]:
+    env = os.environ if environ is None else environ
+    message = parse_message(env.get("DOWNLOAD_MESSAGE", ""))
+    out_bucket = env.get("PIPELINE_BUCKET", "").strip() or message["bucket"]
+    run_id = env.get("PIPELINE_CHAIN_RUN", "").strip() or "manual"
+    out_prefix = f"{env.get('PIPELINE_PREFIX', '')}{run_id}/"
+    try:
+        parallelism = int(env.get("PARALLELISM", "4"))
+    except ValueError:
+        raise ValueError(f"PARALLELISM={env.get('PARALLELISM')!r} is not a whole number") from None
+    if parallelism < 1:
+        raise ValueError(f"PARALLELISM={parallelism} is out of range; allowed: 1 or more")
+    s3 = s3 or boto3.client("s3")
+    with ThreadPoolExecutor(max_workers=parallelism) as pool:
+        results = list(pool.map(lambda key: convert(s3, message, key, out_bucket, out_prefix), message["keys"]))
+    log("done", files=len(results), records=sum(r["records"] for r in results))
+    return results
+
+
+def main() -> int:
+    try:
+        run()
+    except (ValueError, ElementTree.ParseError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
