@@ -38,13 +38,17 @@ def check_range(
     too_high = maximum is not None and value > maximum
     if too_low or too_high:
         if minimum is not None and maximum is not None:
-            allowed = f"{minimum:g} to {maximum:g}{unit}"
+            allowed = f"{_number(minimum)} to {_number(maximum)}{unit}"
         elif minimum is not None:
-            allowed = f"at least {minimum:g}{unit}"
+            allowed = f"at least {_number(minimum)}{unit}"
         else:
-            allowed = f"at most {maximum:g}{unit}"
-        shown: object = f"{value:g}{unit}" if unit else value
+            allowed = f"at most {_number(maximum)}{unit}"
+        shown: object = f"{_number(value)}{unit}" if unit else value
         raise argument_error(scope, argument, shown, allowed)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def seconds(duration: Duration | None) -> float | None:

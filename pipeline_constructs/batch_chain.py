@@ -16,7 +16,6 @@ from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_lambda_event_sources as lambda_events
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
@@ -349,8 +348,20 @@ class BatchChain(Construct):
         self.glue.grant_submit(self.job_queue, list(self.job_definitions.values()))
         self.glue.grant_status(self.table)
         if has_message_link:
-            self.glue.function.add_event_source(
-                lambda_events.SnsEventSource(self.topic, dead_letter_queue=self.glue.failure_queue)
+            # Made here rather than with SnsEventSource, whose ids (the topic's id under the shared
+            # function) would collide between the chains of one stack.
+            sns.Subscription(
+                self,
+                "GlueSubscription",
+                topic=self.topic,
+                protocol=sns.SubscriptionProtocol.LAMBDA,
+                endpoint=self.glue.function.function_arn,
+                dead_letter_queue=self.glue.failure_queue,
+            )
+            self.glue.function.add_permission(
+                f"InvokeFrom{self.node.id}Topic",
+                principal=iam.ServicePrincipal("sns.amazonaws.com"),
+                source_arn=self.topic.topic_arn,
             )
         # Every state change of this chain's jobs: run tracking, and the success links.
         self.job_state_rule = events.Rule(

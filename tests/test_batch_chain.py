@@ -1,0 +1,312 @@
+"""BatchChain and ScheduledTrigger as synthesized: spot compute, retries, both link kinds, one glue function."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aws_cdk as cdk
+import pytest
+from aws_cdk import aws_batch as batch
+from aws_cdk import aws_sqs as sqs
+from aws_cdk.assertions import Match, Template
+from cdk_nag import AwsSolutionsChecks, ServerlessChecks
+from cfnlint.api import ManualArgs, lint_file
+from conftest import ROOT
+
+from pipeline_constructs import BatchChain, ChainLink, ChainStep, PipelineNetwork, ScheduledTrigger, TaskQueue
+
+WATCHER = ROOT / "worker_images" / "feed_watcher"
+
+
+def three_steps(prefix: str = "") -> list[ChainStep]:
+    return [
+        ChainStep(name=f"{prefix}fetch", image=WATCHER, link=ChainLink.message({"PARALLELISM": 15})),
+        ChainStep(
+            name=f"{prefix}convert",
+            image="public.ecr.aws/docker/library/python:3.13-slim",
+            link=ChainLink.on_success({"MODE": "full"}),
+            attempts=5,
+        ),
+        ChainStep(name=f"{prefix}report", image="public.ecr.aws/docker/library/python:3.13-slim", array_size=4),
+    ]
+
+
+@pytest.fixture(scope="module")
+def three_chains(tmp_path_factory):
+    """A nag-checked stack with three chains sharing one network, and a trigger of each kind."""
+    app = cdk.App(outdir=str(tmp_path_factory.mktemp("chains")), context={"aws:cdk:version-reporting": False})
+    stack = cdk.Stack(app, "Chains", env=cdk.Environment(region="eu-central-1"))
+    network = PipelineNetwork(stack, "Network", availability_zones=["eu-central-1a", "eu-central-1b"])
+    chains = [
+        BatchChain(stack, f"Chain{i}", chain_name=f"chain{i}", network=network, steps=three_steps(), max_vcpus=32)
+        for i in range(3)
+    ]
+    ScheduledTrigger(stack, "Nightly", schedule="cron(0 3 * * ? *)", time_zone="Europe/Berlin", chain=chains[0])
+    ScheduledTrigger(
+        stack,
+        "Legacy",
+        schedule="rate(1 hour)",
+        use_eventbridge_rule=True,
+        job_queue=chains[1].job_queue,
+        job_definition=chains[1].job_definitions["convert"],
+        job_name="legacy-convert",
+        container_overrides={"environment": [{"name": "PARALLELISM", "value": "15"}]},
+        parameters={"day": "today"},
+    )
+    tasks = TaskQueue(stack, "Tasks").queue
+    ScheduledTrigger(stack, "Enqueue", schedule="rate(5 minutes)", queue=tasks, message={"key": "daily"})
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    cdk.Validations.of(app).add_plugins(ServerlessChecks(app))
+    assembly = app.synth()  # fails on any unacknowledged cdk-nag finding
+    template_path = Path(assembly.directory, "Chains.template.json")
+    return type(
+        "Synth",
+        (),
+        {
+            "template": Template.from_json(json.loads(open(template_path).read())),
+            "path": template_path,
+            "chains": chains,
+            "stack": stack,
+        },
+    )
+
+
+def test_spot_compute_environment_scales_from_zero_with_an_imdsv2_template(three_chains):
+    template = three_chains.template
+    template.has_resource_properties(
+        "AWS::Batch::ComputeEnvironment",
+        {
+            "Type": "managed",
+            "ComputeResources": Match.object_like(
+                {
+                    "Type": "SPOT",
+                    "AllocationStrategy": "SPOT_PRICE_CAPACITY_OPTIMIZED",
+                    "MinvCpus": 0,
+                    "MaxvCpus": 32,
+                    "LaunchTemplate": Match.any_value(),
+                }
+            ),
+        },
+    )
+    for launch_template in template.find_resources("AWS::EC2::LaunchTemplate").values():
+        data = launch_template["Properties"]["LaunchTemplateData"]
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
+        assert all(d["Ebs"]["Encrypted"] for d in data["BlockDeviceMappings"])
+
+
+def test_jobs_retry_host_failures_and_exit_on_application_errors(three_chains):
+    three_chains.template.has_resource_properties(
+        "AWS::Batch::JobDefinition",
+        {
+            "RetryStrategy": {
+                "Attempts": 5,
+                "EvaluateOnExit": [
+                    {"Action": "RETRY", "OnStatusReason": "Host EC2*"},
+                    {"Action": "RETRY", "OnReason": "CannotPullContainerError:*"},
+                    {"Action": "EXIT", "OnExitCode": "*"},
+                ],
+            },
+            "Timeout": {"AttemptDurationSeconds": 3600},
+        },
+    )
+
+
+def test_one_glue_function_serves_three_chains_and_both_link_kinds(three_chains):
+    template = three_chains.template
+    functions = template.find_resources("AWS::Lambda::Function")
+    assert len(functions) == 1
+    (function,) = functions.values()
+    config = json.dumps(function["Properties"]["Environment"]["Variables"]["GLUE_CONFIG"])
+    for i in range(3):
+        assert f'\\"chain{i}\\"' in config
+    assert '\\"kind\\":\\"message\\"' in config and '\\"kind\\":\\"success\\"' in config
+    assert function["Properties"]["Runtime"] == "python3.14"
+    template.resource_count_is("AWS::SNS::Subscription", 3)
+    template.has_resource_properties(
+        "AWS::SNS::Subscription", {"Protocol": "lambda", "RedrivePolicy": Match.any_value()}
+    )
+    template.has_resource_properties(
+        "AWS::Events::Rule",
+        {"EventPattern": Match.object_like({"source": ["aws.batch"], "detail-type": ["Batch Job State Change"]})},
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::EventInvokeConfig",
+        {"MaximumRetryAttempts": 2, "DestinationConfig": {"OnFailure": {"Destination": Match.any_value()}}},
+    )
+
+
+def test_scheduler_uses_the_time_zone_and_a_role_scoped_to_the_glue_function(three_chains):
+    template = three_chains.template
+    template.has_resource_properties(
+        "AWS::Scheduler::Schedule",
+        {
+            "ScheduleExpression": "cron(0 3 * * ? *)",
+            "ScheduleExpressionTimezone": "Europe/Berlin",
+            "Target": Match.object_like(
+                {
+                    "Input": Match.string_like_regexp("<aws.scheduler.scheduled-time>"),
+                    "DeadLetterConfig": Match.any_value(),
+                }
+            ),
+        },
+    )
+    policies = template.find_resources("AWS::IAM::Policy")
+    schedule_policy = next(p for lid, p in policies.items() if lid.startswith("NightlyScheduleRole"))
+    statements = {s["Action"]: s["Resource"] for s in schedule_policy["Properties"]["PolicyDocument"]["Statement"]}
+    assert set(statements) == {"lambda:InvokeFunction", "sqs:SendMessage"}  # invoke the glue, dead-letter
+    invoke = json.dumps(statements["lambda:InvokeFunction"])
+    assert invoke.count("PipelineGlueFunction") == 2 and '"*"' not in invoke
+    assert statements["sqs:SendMessage"] == {"Fn::GetAtt": ["PipelineGlueFailures36450FA0", "Arn"]}
+
+
+def test_glue_submits_only_to_exact_queues_and_job_definitions(three_chains):
+    policies = three_chains.template.find_resources("AWS::IAM::Policy")
+    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineGlueRole"))
+    submit = [s for s in glue_policy["Properties"]["PolicyDocument"]["Statement"] if s["Action"] == "batch:SubmitJob"]
+    assert submit
+    for statement in submit:
+        # Exact ARNs only: the queue's and each job definition's, never a pattern.
+        assert all(isinstance(r, dict) and ({"Ref", "Fn::GetAtt"} & set(r)) for r in statement["Resource"])
+
+
+def test_eventbridge_rule_path_passes_the_users_constant_input(three_chains):
+    rules = three_chains.template.find_resources(
+        "AWS::Events::Rule", {"Properties": {"ScheduleExpression": "rate(1 hour)"}}
+    )
+    (rule,) = rules.values()
+    (target,) = rule["Properties"]["Targets"]
+    transformer = json.dumps(target["InputTransformer"])
+    for field in ("jobName", "legacy-convert", "jobQueue", "jobDefinition", "containerOverrides", "parameters"):
+        assert field in transformer
+    assert "$.time" in transformer
+
+
+def test_queue_target_sends_one_message_with_a_scoped_role(three_chains):
+    template = three_chains.template
+    template.has_resource_properties(
+        "AWS::Scheduler::Schedule",
+        {"ScheduleExpression": "rate(5 minutes)", "Target": Match.object_like({"Input": '{"key": "daily"}'})},
+    )
+    policies = template.find_resources("AWS::IAM::Policy")
+    sends = [
+        s
+        for p in policies.values()
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+        if s["Action"] == "sqs:SendMessage"
+    ]
+    assert sends and all(s["Resource"] != "*" for s in sends)
+
+
+def test_message_link_steps_may_publish_only_to_their_chain_topic(three_chains):
+    chain = three_chains.chains[0]
+    policies = three_chains.template.find_resources("AWS::IAM::Policy")
+    fetch_policy = next(p for lid, p in policies.items() if lid.startswith("Chain0fetchJobRole"))
+    publish = [s for s in fetch_policy["Properties"]["PolicyDocument"]["Statement"] if s["Action"] == "sns:Publish"]
+    assert publish == [
+        {
+            "Action": "sns:Publish",
+            "Effect": "Allow",
+            "Resource": {"Ref": cdk.Stack.of(chain).get_logical_id(chain.topic.node.default_child)},
+        }
+    ]
+    convert_policy = next(p for lid, p in policies.items() if lid.startswith("Chain0convertJobRole"))
+    assert "sns:Publish" not in json.dumps(convert_policy)
+
+
+def test_exposes_what_it_made(three_chains):
+    chain = three_chains.chains[0]
+    assert set(chain.job_definitions) == {"fetch", "convert", "report"}
+    assert chain.compute_environment and chain.job_queue and chain.topic
+
+
+def test_cfn_lint_is_clean_on_the_chains_stack(three_chains):
+    errors = [
+        str(m)
+        for m in lint_file(three_chains.path, config=ManualArgs(regions=["eu-central-1"]))
+        if m.rule.severity == "error"
+    ]
+    assert errors == []
+
+
+def test_a_shared_compute_environment_and_queue_are_used_not_copied(three_chains):
+    stack = cdk.Stack(cdk.App(), "Shared", env=cdk.Environment(region="us-east-1"))
+    first = BatchChain(stack, "First", steps=three_steps())
+    second = BatchChain(
+        stack, "Second", steps=three_steps(), compute_environment=first.compute_environment, job_queue=first.job_queue
+    )
+    template = Template.from_stack(stack)
+    template.resource_count_is("AWS::Batch::ComputeEnvironment", 1)
+    template.resource_count_is("AWS::Batch::JobQueue", 1)
+    assert second.job_queue is first.job_queue
+
+
+@pytest.fixture
+def stack() -> cdk.Stack:
+    return cdk.Stack(cdk.App(), "Test", env=cdk.Environment(region="us-east-1"))
+
+
+def step(**changes) -> ChainStep:
+    values = {"name": "only", "image": "public.ecr.aws/docker/library/python:3.13-slim"} | changes
+    return ChainStep(**values)
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([], "Test/Chain: steps=[] is invalid; allowed: a non-empty list"),
+        ([step(link=ChainLink.message()), step()], "Test/Chain: steps[].name='only' is invalid; allowed: unique names"),
+        ([step(memory_mib=2)], "Test/Chain: steps[0].memory_mib=2 is invalid; allowed: 4 to 25165824"),
+        ([step(vcpus=0)], "Test/Chain: steps[0].vcpus=0 is invalid; allowed: 1 to 192"),
+        ([step(vcpus=200)], "Test/Chain: steps[0].vcpus=200 is invalid; allowed: 1 to 192"),
+        (
+            [step(timeout=cdk.Duration.seconds(30))],
+            "Test/Chain: steps[0].timeout='30 seconds' is invalid; allowed: at least 60 seconds",
+        ),
+        ([step(attempts=0)], "Test/Chain: steps[0].attempts=0 is invalid; allowed: 1 to 10"),
+        ([step(attempts=11)], "Test/Chain: steps[0].attempts=11 is invalid; allowed: 1 to 10"),
+        ([step(name="has space")], "Test/Chain: steps[0].name='has space' is invalid"),
+        (
+            [step(link=ChainLink.message())],
+            "Test/Chain: steps[0].link='message' is invalid; allowed: None on the last step",
+        ),
+        ([step(), step(name="second")], "Test/Chain: steps[0].link=None is invalid"),
+        ([step(array_size=1)], "Test/Chain: steps[0].array_size=1 is invalid; allowed: 2 to 10000"),
+    ],
+)
+def test_bad_chains_raise_one_value_error(stack, steps, message):
+    with pytest.raises(ValueError) as error:
+        BatchChain(stack, "Chain", steps=steps)
+    assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"schedule": "cron(0 3 * * *)"}, "Test/Trigger: schedule='cron(0 3 * * *)' is invalid"),
+        ({"schedule": "cron(0 3 * * * *)"}, "allowed: cron with '?' in day-of-month or day-of-week"),
+        ({"schedule": "rate(1 hours)"}, "Test/Trigger: schedule='rate(1 hours)' is invalid"),
+        ({"schedule": "every day"}, "Test/Trigger: schedule='every day' is invalid"),
+        ({"time_zone": "Mars/Olympus"}, "Test/Trigger: time_zone='Mars/Olympus' is invalid"),
+        (
+            {"time_zone": "Europe/Berlin", "use_eventbridge_rule": True},
+            "time_zone='Europe/Berlin' is invalid; allowed: UTC",
+        ),
+        ({"retry_attempts": 200}, "Test/Trigger: retry_attempts=200 is invalid; allowed: 0 to 185"),
+    ],
+)
+def test_bad_triggers_quote_what_was_wrong(stack, kwargs, message):
+    queue = sqs.Queue(stack, "Q")
+    arguments = {"schedule": "rate(1 day)", "queue": queue} | kwargs
+    with pytest.raises(ValueError) as error:
+        ScheduledTrigger(stack, "Trigger", **arguments)
+    assert message in str(error.value)
+
+
+def test_a_trigger_needs_exactly_one_target(stack):
+    with pytest.raises(ValueError, match="chain/job_queue/queue=0 is invalid; allowed: exactly one target"):
+        ScheduledTrigger(stack, "Trigger", schedule="rate(1 day)")
+    queue = batch.JobQueue.from_job_queue_arn(stack, "Q", "arn:aws:batch:us-east-1:111111111111:job-queue/feeds")
+    with pytest.raises(ValueError, match="job_definition=None is invalid; allowed: given together with job_queue"):
+        ScheduledTrigger(stack, "Trigger2", schedule="rate(1 day)", job_queue=queue)
