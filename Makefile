@@ -11,6 +11,8 @@ CDK := $(CURDIR)/node_modules/.bin/cdk
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 ENV ?=
+# e.g. make demo DEMO_FLAGS='--kill-worker-every 4 --poison 3 --spot-notice-after 6'
+DEMO_FLAGS ?=
 BASE_PYTHON ?= python3
 
 # The venv first on PATH: `python` in cdk.json and `node` for jsii and the CDK CLI are the venv's.
@@ -19,7 +21,7 @@ export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export CDK_DISABLE_VERSION_CHECK := true
 
-.PHONY: help setup synth test snapshots demo deploy lint clean
+.PHONY: help setup synth test snapshots demo summary deploy lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -46,7 +48,11 @@ test: setup ## Run the whole test suite
 snapshots: setup ## Re-record the stack snapshots after an intended infrastructure change
 	$(PYTHON) -m pytest tests -k snapshot --snapshot-update
 
-demo: synth ## The main job: synthesize the example app and summarize each stack
+demo: setup ## The main job: run the dev pipeline end to end on a local AWS emulator
+	$(CDK) synth --quiet --no-notices -c env=dev
+	$(PYTHON) -m pipeline_constructs.local --env dev --demo $(DEMO_FLAGS)
+
+summary: synth ## Print what each stack contains: resources by kind, what each construct made
 	$(PYTHON) -m pipeline_constructs.summary
 
 deploy: setup ## cdk deploy one environment: make deploy ENV=<name> (needs AWS credentials)
@@ -58,4 +64,4 @@ lint: setup ## ruff over the code
 	$(BIN)/ruff format --check .
 
 clean: ## Remove synthesized output and caches (keeps .venv and node_modules)
-	rm -rf cdk.out build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf cdk.out build dist *.egg-info .pytest_cache .ruff_cache .demo

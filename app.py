@@ -36,6 +36,7 @@ from pipeline_constructs.logs import retention_from_days
 
 ENVIRONMENTS_CONTEXT_KEY = "pipeline:environments"
 WORKER_IMAGES = Path(__file__).resolve().parent / "worker_images"
+FEED_LATEST_MESSAGE = "feeds/feed_watcher/latest-message.json"  # written by feed_watcher on every change
 
 
 class ConfigError(Exception):
@@ -60,6 +61,9 @@ class EnvironmentConfig:
     region: str | None = None
     account: str | None = None
     alarm_email: str | None = None
+    # "message": the consumer runs only when the watcher announces a change (the users' way);
+    # "success": it runs after every successful watch, reading the watcher's latest message from S3.
+    feed_link: str | None = None
 
     @classmethod
     def from_context(cls, name: str, raw: dict[str, Any]) -> EnvironmentConfig:
@@ -80,6 +84,8 @@ class EnvironmentConfig:
             raise ConfigError(
                 f"environment '{name}': removalPolicy={config.removal_policy!r}; allowed: retain, destroy"
             )
+        if config.feed_link not in (None, "message", "success"):
+            raise ConfigError(f"environment '{name}': feedLink={config.feed_link!r}; allowed: message, success")
         try:
             config.log_retention()
         except ValueError as error:
@@ -168,7 +174,11 @@ class PipelineStack(cdk.Stack):
                     memory_mib=1024,
                     timeout=cdk.Duration.minutes(15),
                     environment={"FEED_URL": config.feed_url, "FEED_TYPE": "lovelive", "FEED_RECORD_TAG": "job"},
-                    link=ChainLink.message({"PARALLELISM": 15}),
+                    link=(
+                        ChainLink.on_success({"PARALLELISM": 15, "MESSAGE_KEY": FEED_LATEST_MESSAGE})
+                        if config.feed_link == "success"
+                        else ChainLink.message({"PARALLELISM": 15})
+                    ),
                 ),
                 ChainStep(
                     name="feed_consumer",

@@ -22,6 +22,12 @@ class SynthesizedStack:
     name: str
     template: dict[str, Any]
     template_path: Path
+    environment: str = "aws://unknown-account/unknown-region"
+
+    @property
+    def region(self) -> str | None:
+        region = self.environment.rsplit("/", 1)[-1]
+        return None if region.startswith("unknown") else region
 
     @property
     def resources(self) -> dict[str, dict[str, Any]]:
@@ -58,7 +64,8 @@ def load_assembly(outdir: str | Path = "cdk.out") -> list[SynthesizedStack]:
         if artifact.get("type") != "aws:cloudformation:stack":
             continue
         template_path = outdir / artifact["properties"]["templateFile"]
-        stacks.append(SynthesizedStack(name, json.loads(template_path.read_text()), template_path))
+        environment = artifact.get("environment", "aws://unknown-account/unknown-region")
+        stacks.append(SynthesizedStack(name, json.loads(template_path.read_text()), template_path, environment))
     return stacks
 
 

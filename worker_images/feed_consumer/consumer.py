@@ -1,8 +1,9 @@
 """feed_consumer: read DOWNLOAD_MESSAGE, download the feed files, stream-parse the XML, write JSON lines.
 
 Environment: DOWNLOAD_MESSAGE (the SNS message the previous step published, passed on unchanged by the
-glue Lambda), PARALLELISM (files processed at once, default 4), PIPELINE_BUCKET and PIPELINE_PREFIX (this
-step's own prefix, for the output), PIPELINE_CHAIN_RUN (names the output folder).
+glue Lambda) or, when a success link started the step, MESSAGE_KEY (the S3 key of that message);
+PARALLELISM (files processed at once, default 4); PIPELINE_BUCKET and PIPELINE_PREFIX (this step's own
+prefix, for the output); PIPELINE_CHAIN_RUN (names the output folder).
 
 The message is ``{"bucket", "keys", "jobXmlTag", "gzipped", "emptyCDATA", ...}``. Real-world publishers
 sometimes send a stray character after the JSON (the users' own example ends in ``}}``): the first JSON
@@ -102,7 +103,12 @@ def convert(s3: Any, message: dict[str, Any], key: str, out_bucket: str, out_pre
 
 def run(environ: dict[str, str] | None = None, *, s3: Any = None) -> list[dict[str, Any]]:
     env = os.environ if environ is None else environ
-    message = parse_message(env.get("DOWNLOAD_MESSAGE", ""))
+    s3 = s3 or boto3.client("s3")
+    raw = env.get("DOWNLOAD_MESSAGE", "")
+    if not raw.strip() and env.get("MESSAGE_KEY", "").strip():
+        # Started by a success link: the previous step's message is in S3, not in the environment.
+        raw = s3.get_object(Bucket=env["PIPELINE_BUCKET"], Key=env["MESSAGE_KEY"].strip())["Body"].read().decode()
+    message = parse_message(raw)
     out_bucket = env.get("PIPELINE_BUCKET", "").strip() or message["bucket"]
     run_id = env.get("PIPELINE_CHAIN_RUN", "").strip() or "manual"
     out_prefix = f"{env.get('PIPELINE_PREFIX', '')}{run_id}/"
@@ -112,7 +118,6 @@ def run(environ: dict[str, str] | None = None, *, s3: Any = None) -> list[dict[s
         raise ValueError(f"PARALLELISM={env.get('PARALLELISM')!r} is not a whole number") from None
     if parallelism < 1:
         raise ValueError(f"PARALLELISM={parallelism} is out of range; allowed: 1 or more")
-    s3 = s3 or boto3.client("s3")
     with ThreadPoolExecutor(max_workers=parallelism) as pool:
         results = list(pool.map(lambda key: convert(s3, message, key, out_bucket, out_prefix), message["keys"]))
     log("done", files=len(results), records=sum(r["records"] for r in results))

@@ -1,5 +1,7 @@
 """feed_watcher: fetch an XML feed, and only when it changed store it in S3 and announce it on SNS.
 
+The message is also written to ``<prefix>latest-message.json``, for a consumer started by a success link.
+
 Environment: FEED_URL; PIPELINE_BUCKET, PIPELINE_PREFIX (this step's own prefix), PIPELINE_TOPIC_ARN (set by
 BatchChain); optional FEED_TYPE (default "feed"), FEED_RECORD_TAG (the repeated record element, default
 "item"), FEED_EMPTY_CDATA ("true"/"false"), PIPELINE_CHAIN_RUN and PIPELINE_STEP (set by the glue Lambda).
@@ -27,6 +29,7 @@ import boto3
 from botocore.exceptions import ClientError
 
 STATE_NAME = "state.json"
+LATEST_MESSAGE = "latest-message.json"
 GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -128,6 +131,8 @@ def run(
         for name, var in (("step", "PIPELINE_STEP"), ("chainRun", "PIPELINE_CHAIN_RUN"))
         if env.get(var)
     }
+    # Also kept in S3, for a next step started by a success link rather than by this message.
+    s3.put_object(Bucket=bucket, Key=f"{prefix}{LATEST_MESSAGE}", Body=json.dumps(message))
     published = sns.publish(TopicArn=topic, Message=json.dumps(message), MessageAttributes=attributes)
     # State last: if publishing failed, the next run sees the change again instead of losing it.
     s3.put_object(Bucket=bucket, Key=state_key, Body=json.dumps(new_state | {"changed_at": now.isoformat()}))

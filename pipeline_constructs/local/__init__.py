@@ -1,0 +1,4 @@
+"""Run a synthesized pipeline locally: an embedded moto server for the data plane, local processes for the
+compute (Lambda, Batch jobs, fleet workers), wired as the template wires them. See ``python -m
+pipeline_constructs.local --help``.
+"""

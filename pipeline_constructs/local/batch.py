@@ -1,0 +1,444 @@
+"""A small AWS Batch endpoint: SubmitJob, DescribeJobs, ListJobs and TerminateJob over the template's
+job definitions, each job a local process running its image's code, with retries, timeouts and events.
+
+Point boto3 at it with ``AWS_ENDPOINT_URL_BATCH``. A job's command comes from its definition's ``Command``
+or its image's Dockerfile (``ENTRYPOINT``/``CMD``), with paths the Dockerfile ``COPY``s into the image
+mapped back to the image directory, and ``python`` to this interpreter.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+TERMINAL = ("SUCCEEDED", "FAILED")
+
+
+@dataclass
+class JobDefinitionSpec:
+    arn: str
+    name: str
+    environment: dict[str, str]
+    image_dir: Path | None
+    command: list[str] | None
+    vcpus: int = 1
+    attempts: int = 1
+    evaluate_on_exit: list[dict[str, str]] = field(default_factory=list)
+    timeout_seconds: int | None = None
+
+
+def dockerfile_command(image_dir: Path) -> tuple[list[str], list[str], dict[str, Path]]:
+    """(entrypoint, cmd, image path -> local path) read from the image's Dockerfile."""
+    entrypoint: list[str] = []
+    cmd: list[str] = []
+    copies: dict[str, Path] = {}
+    workdir = "/"
+    text = (image_dir / "Dockerfile").read_text()
+    logical_lines = text.replace("\\\n", " ").splitlines()
+    for line in logical_lines:
+        parts = line.strip().split(None, 1)
+        if len(parts) < 2 or parts[0].startswith("#"):
+            continue
+        instruction, argument = parts[0].upper(), parts[1].strip()
+        if instruction == "WORKDIR":
+            workdir = argument if argument.startswith("/") else f"{workdir.rstrip('/')}/{argument}"
+        elif instruction == "COPY" and not argument.startswith("--from"):
+            *sources, destination = shlex.split(argument)
+            sources = [s for s in sources if not s.startswith("--")]
+            target = destination if destination.startswith("/") else f"{workdir.rstrip('/')}/{destination}"
+            for source in sources:
+                local = (image_dir / source).resolve()
+                if destination.endswith("/") or len(sources) > 1 or source == ".":
+                    key = target.rstrip("/") + ("/" + Path(source).name if source != "." else "")
+                else:
+                    key = target
+                copies[key] = local
+        elif instruction in ("ENTRYPOINT", "CMD"):
+            words = json.loads(argument) if argument.startswith("[") else ["/bin/sh", "-c", argument]
+            if instruction == "ENTRYPOINT":
+                entrypoint = words
+            else:
+                cmd = words
+    return entrypoint, cmd, copies
+
+
+def local_argv(argv: list[str], copies: dict[str, Path]) -> list[str]:
+    translated = []
+    for word in argv:
+        if word in ("python", "python3") or word.startswith("/usr/local/bin/python"):
+            translated.append(sys.executable)
+            continue
+        for image_path, local in sorted(copies.items(), key=lambda item: -len(item[0])):
+            if word == image_path or word.startswith(image_path.rstrip("/") + "/"):
+                word = str(local) + word[len(image_path) :]
+                break
+        translated.append(word)
+    return translated
+
+
+@dataclass
+class LocalJob:
+    job_id: str
+    name: str
+    queue: str
+    definition: JobDefinitionSpec
+    environment: dict[str, str]
+    parameters: dict[str, str]
+    array_size: int | None = None
+    array_index: int | None = None
+    parent: LocalJob | None = None
+    status: str = "SUBMITTED"
+    status_reason: str = ""
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    created_at: int = field(default_factory=lambda: int(time.time() * 1000))
+    started_at: int | None = None
+    stopped_at: int | None = None
+    children: list[LocalJob] = field(default_factory=list)
+    process: subprocess.Popen | None = None
+    terminate_requested: str = ""
+
+    @property
+    def arn(self) -> str:
+        region = self.queue.split(":")[3] if self.queue.startswith("arn:") else "us-east-1"
+        return f"arn:aws:batch:{region}:123456789012:job/{self.job_id}"
+
+    def detail(self) -> dict[str, Any]:
+        environment = [{"name": k, "value": v} for k, v in (self.definition.environment | self.environment).items()]
+        detail: dict[str, Any] = {
+            "jobArn": self.arn,
+            "jobName": self.name,
+            "jobId": self.job_id,
+            "jobQueue": self.queue,
+            "status": self.status,
+            "statusReason": self.status_reason,
+            "attempts": self.attempts,
+            "createdAt": self.created_at,
+            "jobDefinition": self.definition.arn,
+            "parameters": self.parameters,
+            "container": {"environment": environment, "vcpus": self.definition.vcpus},
+            "retryStrategy": {"attempts": self.definition.attempts},
+            "dependsOn": [],
+            "tags": {},
+        }
+        if self.started_at:
+            detail["startedAt"] = self.started_at
+        if self.stopped_at:
+            detail["stoppedAt"] = self.stopped_at
+        if self.array_size:
+            detail["arrayProperties"] = {"size": self.array_size}
+        if self.array_index is not None:
+            detail["arrayProperties"] = {"index": self.array_index}
+        return detail
+
+
+class LocalBatch:
+    """Job queue semantics for the template's definitions; state changes go to ``emit`` as Batch events."""
+
+    def __init__(
+        self,
+        definitions: dict[str, JobDefinitionSpec],
+        queues: set[str],
+        *,
+        base_environment: dict[str, str],
+        emit: Callable[[dict[str, Any]], None],
+        log_dir: Path,
+        region: str,
+        max_parallel: int = 4,
+        fail_steps: set[str] | None = None,
+    ) -> None:
+        self.definitions = definitions
+        self.queues = queues
+        self.base_environment = base_environment
+        self.emit = emit
+        self.log_dir = log_dir
+        self.region = region
+        self.fail_steps = fail_steps or set()
+        self.jobs: dict[str, LocalJob] = {}
+        self._lock = threading.RLock()
+        self._slots = threading.Semaphore(max_parallel)
+        self._threads: list[threading.Thread] = []
+        self.server = self._server()
+
+    # ------------------------------------------------------------------ API
+
+    def _definition(self, reference: str) -> JobDefinitionSpec:
+        if reference in self.definitions:
+            return self.definitions[reference]
+        family = reference.rsplit(":", 1)[0] if reference.rsplit(":", 1)[-1].isdigit() else reference
+        for spec in self.definitions.values():
+            if family in (spec.name, spec.arn.rsplit(":", 1)[0]):
+                return spec
+        raise KeyError(f"job definition {reference} not found")
+
+    def submit(self, request: dict[str, Any]) -> dict[str, str]:
+        queue = request.get("jobQueue", "")
+        if queue not in self.queues and not any(q.endswith(f"/{queue}") for q in self.queues):
+            raise KeyError(f"job queue {queue} not found")
+        definition = self._definition(request.get("jobDefinition", ""))
+        overrides = request.get("containerOverrides") or {}
+        environment = {e["name"]: e.get("value", "") for e in overrides.get("environment", [])}
+        job = LocalJob(
+            job_id=str(uuid.uuid4()),
+            name=request["jobName"],
+            queue=next((q for q in self.queues if q == queue or q.endswith(f"/{queue}")), queue),
+            definition=definition,
+            environment=environment,
+            parameters=request.get("parameters") or {},
+            array_size=(request.get("arrayProperties") or {}).get("size"),
+        )
+        with self._lock:
+            self.jobs[job.job_id] = job
+        self._transition(job, "SUBMITTED")
+        thread = threading.Thread(target=self._run, args=(job,), name=f"job-{job.name[:30]}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return {"jobArn": job.arn, "jobName": job.name, "jobId": job.job_id}
+
+    def describe(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self.jobs[i].detail() for i in job_ids if i in self.jobs]
+
+    def list(self, queue: str | None, status: str | None) -> list[dict[str, Any]]:
+        with self._lock:
+            jobs = [j for j in self.jobs.values() if j.parent is None]
+        if queue:
+            jobs = [j for j in jobs if j.queue == queue or j.queue.endswith(f"/{queue}")]
+        if status:
+            jobs = [j for j in jobs if j.status == status]
+        return [
+            {
+                k: v
+                for k, v in j.detail().items()
+                if k
+                in (
+                    "jobArn",
+                    "jobId",
+                    "jobName",
+                    "createdAt",
+                    "status",
+                    "statusReason",
+                    "startedAt",
+                    "stoppedAt",
+                    "jobDefinition",
+                )
+            }
+            for j in jobs
+        ]
+
+    def terminate(self, job_id: str, reason: str) -> None:
+        with self._lock:
+            job = self.jobs.get(job_id)
+        if job is None:
+            raise KeyError(f"job {job_id} not found")
+        job.terminate_requested = reason or "Terminated by TerminateJob"
+        for target in [job, *job.children]:
+            if target.process and target.process.poll() is None:
+                target.process.send_signal(signal.SIGTERM)
+
+    # ------------------------------------------------------------------ running
+
+    def _transition(self, job: LocalJob, status: str, reason: str = "") -> None:
+        job.status, job.status_reason = status, reason or job.status_reason
+        if status == "RUNNING" and job.started_at is None:
+            job.started_at = int(time.time() * 1000)
+        if status in TERMINAL:
+            job.stopped_at = int(time.time() * 1000)
+        self.emit(
+            {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": "Batch Job State Change",
+                "source": "aws.batch",
+                "account": "123456789012",
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "region": self.region,
+                "resources": [job.arn],
+                "detail": job.detail(),
+            }
+        )
+
+    def _run(self, job: LocalJob) -> None:
+        for status in ("PENDING", "RUNNABLE"):
+            if job.terminate_requested:
+                break
+            self._transition(job, status)
+        if job.terminate_requested:
+            self._transition(job, "FAILED", job.terminate_requested)
+            return
+        if job.array_size:
+            self._run_array(job)
+            return
+        with self._slots:
+            self._transition(job, "STARTING")
+            self._transition(job, "RUNNING")
+            succeeded, reason = self._attempts(job)
+        self._transition(job, "SUCCEEDED" if succeeded else "FAILED", reason)
+
+    def _run_array(self, parent: LocalJob) -> None:
+        self._transition(parent, "RUNNING")
+        for index in range(parent.array_size or 0):
+            child = LocalJob(
+                job_id=f"{parent.job_id}:{index}",
+                name=parent.name,
+                queue=parent.queue,
+                definition=parent.definition,
+                environment=parent.environment | {"AWS_BATCH_JOB_ARRAY_INDEX": str(index)},
+                parameters=parent.parameters,
+                array_index=index,
+                parent=parent,
+            )
+            parent.children.append(child)
+            with self._lock:
+                self.jobs[child.job_id] = child
+        threads = [threading.Thread(target=self._run_child, args=(c,), daemon=True) for c in parent.children]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        failed = [c for c in parent.children if c.status != "SUCCEEDED"]
+        reason = f"{len(failed)} of {len(parent.children)} child jobs failed" if failed else ""
+        self._transition(parent, "FAILED" if failed else "SUCCEEDED", reason)
+
+    def _run_child(self, child: LocalJob) -> None:
+        with self._slots:
+            self._transition(child, "RUNNING")
+            succeeded, reason = self._attempts(child)
+        self._transition(child, "SUCCEEDED" if succeeded else "FAILED", reason)
+
+    def _argv(self, job: LocalJob) -> tuple[list[str], Path]:
+        spec = job.definition
+        if spec.image_dir is None:
+            raise RuntimeError(f"{spec.name}: image is not built from a local directory; cannot run it locally")
+        entrypoint, cmd, copies = dockerfile_command(spec.image_dir)
+        argv = entrypoint + (spec.command or cmd)  # a definition's Command replaces CMD, as in Docker
+        step = (spec.environment | job.environment).get("PIPELINE_STEP", spec.name)
+        if step in self.fail_steps:
+            # Injected fault: the step's code "crashes" with an application error (exit 3).
+            return [sys.executable, "-c", "import sys; print('injected failure'); sys.exit(3)"], spec.image_dir
+        return local_argv(argv, copies), spec.image_dir
+
+    def _attempts(self, job: LocalJob) -> tuple[bool, str]:
+        spec = job.definition
+        for attempt in range(1, spec.attempts + 1):
+            if job.terminate_requested:
+                return False, job.terminate_requested
+            code, reason = self._attempt(job, attempt)
+            job.attempts.append({"container": {"exitCode": code, "reason": reason}, "statusReason": reason})
+            if code == 0:
+                return True, "Essential container in task exited"
+            action = self._action_for(spec, code, reason)
+            if action == "EXIT" or attempt == spec.attempts:
+                return False, reason or f"Essential container in task exited (exit code {code})"
+        return False, "attempts exhausted"
+
+    @staticmethod
+    def _action_for(spec: JobDefinitionSpec, exit_code: int, reason: str) -> str:
+        for rule in spec.evaluate_on_exit:
+            checks = []
+            if "OnExitCode" in rule or "onExitCode" in rule:
+                checks.append(fnmatch.fnmatch(str(exit_code), rule.get("OnExitCode", rule.get("onExitCode"))))
+            if "OnStatusReason" in rule or "onStatusReason" in rule:
+                checks.append(fnmatch.fnmatch(reason, rule.get("OnStatusReason", rule.get("onStatusReason"))))
+            if "OnReason" in rule or "onReason" in rule:
+                checks.append(fnmatch.fnmatch(reason, rule.get("OnReason", rule.get("onReason"))))
+            if checks and all(checks):
+                return str(rule.get("Action", rule.get("action", "RETRY"))).upper()
+        return "RETRY"
+
+    def _attempt(self, job: LocalJob, attempt: int) -> tuple[int, str]:
+        argv, cwd = self._argv(job)
+        environment = (
+            dict(os.environ)
+            | self.base_environment
+            | job.definition.environment
+            | job.environment
+            | {
+                "AWS_BATCH_JOB_ID": job.job_id,
+                "AWS_BATCH_JOB_ATTEMPT": str(attempt),
+                "AWS_BATCH_JQ_NAME": job.queue.rsplit("/", 1)[-1],
+            }
+        )
+        log_path = self.log_dir / f"job-{job.name}-{job.job_id[:8]}-{attempt}.log"
+        with log_path.open("w") as log:
+            job.process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                code = job.process.wait(timeout=job.definition.timeout_seconds)
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+                job.process.wait()
+                return 137, "Job attempt duration exceeded timeout"
+        if job.terminate_requested:
+            return code or 143, job.terminate_requested
+        return code, "" if code == 0 else f"Essential container in task exited (exit code {code})"
+
+    def busy(self) -> bool:
+        with self._lock:
+            return any(j.status not in TERMINAL for j in self.jobs.values())
+
+    # ------------------------------------------------------------------ HTTP endpoint
+
+    def _server(self) -> ThreadingHTTPServer:
+        batch = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                try:
+                    if self.path == "/v1/submitjob":
+                        reply = batch.submit(body)
+                    elif self.path == "/v1/describejobs":
+                        reply = {"jobs": batch.describe(body.get("jobs", []))}
+                    elif self.path == "/v1/listjobs":
+                        reply = {"jobSummaryList": batch.list(body.get("jobQueue"), body.get("jobStatus"))}
+                    elif self.path == "/v1/terminatejob":
+                        batch.terminate(body.get("jobId", ""), body.get("reason", ""))
+                        reply = {}
+                    else:
+                        self._reply(404, {"message": f"{self.path} is not emulated locally"})
+                        return
+                except KeyError as error:
+                    self._reply(400, {"__type": "ClientException", "message": str(error).strip("'\"")})
+                    return
+                self._reply(200, reply)
+
+            def _reply(self, code: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                if code >= 400:
+                    self.send_header("x-amzn-ErrorType", payload.get("__type", "ClientException"))
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="local-batch", daemon=True).start()
+        return server
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        for job in list(self.jobs.values()):
+            if job.process and job.process.poll() is None:
+                job.process.kill()
+        self.server.shutdown()

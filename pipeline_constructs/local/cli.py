@@ -1,0 +1,272 @@
+"""Command line of the local run: bring a synthesized stack up, drive it, show progress, judge the result.
+
+python -m pipeline_constructs.local --env dev --demo                 # what `make demo` runs
+python -m pipeline_constructs.local --env dev --fire DailyFeed       # fire one schedule, wait, report
+python -m pipeline_constructs.local --env dev --demo --kill-worker-every 4 --poison 3 --spot-notice-after 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from pipeline_constructs.assembly import find_stack, load_assembly
+from pipeline_constructs.local.runner import Faults, LocalPipeline, sample_feed
+
+
+@contextlib.contextmanager
+def embedded_emulator(endpoint: str | None) -> Iterator[str]:
+    if endpoint:
+        yield endpoint
+        return
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+class FeedServer(ThreadingHTTPServer):
+    """Serves the demo's sample feed, with an ETag so the watcher's conditional GET works."""
+
+    daemon_threads = True
+
+    def __init__(self, body: bytes) -> None:
+        server = self
+        self.body = body
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                etag = f'"{hash(server.body) & 0xFFFFFFFF:x}"'
+                if self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Type", "application/gzip")
+                self.send_header("Content-Length", str(len(server.body)))
+                self.end_headers()
+                self.wfile.write(server.body)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, name="feed-server", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/sample-feed.xml.gz"
+
+
+def progress_view(pipeline: LocalPipeline, started: float) -> Group:
+    jobs = Table(title=f"Batch jobs ({time.monotonic() - started:.0f} s)", title_justify="left")
+    for column in ("job", "status", "attempts", "reason"):
+        jobs.add_column(column)
+    if pipeline.batch is not None:
+        for job in list(pipeline.batch.jobs.values()):
+            if job.parent is None:
+                jobs.add_row(job.name, job.status, str(len(job.attempts)), job.status_reason[:60])
+    fleets = Table(title="Fleets", title_justify="left")
+    for column in ("fleet", "expected", "done", "waiting", "in flight", "DLQ", "workers"):
+        fleets.add_column(column)
+    for fleet in pipeline.fleets.values():
+        p = pipeline.fleet_progress(fleet)
+        live = sum(1 for w in fleet.workers if w.process.poll() is None)
+        fleets.add_row(
+            fleet.name,
+            str(p["expected"]),
+            str(p["done"]),
+            str(p["waiting"]),
+            str(p["in_flight"]),
+            str(p["dead"]),
+            str(live),
+        )
+    return Group(jobs, fleets)
+
+
+def print_summary(console: Console, result: dict[str, Any]) -> None:
+    jobs = Table(title="Jobs", title_justify="left")
+    for column in ("job", "step", "final state", "attempts", "reason"):
+        jobs.add_column(column)
+    for job in result["jobs"]:
+        jobs.add_row(job["name"], job["step"], job["status"], str(job["attempts"]), job["reason"][:70])
+    fleets = Table(title="Fleet tasks", title_justify="left")
+    for column in ("fleet", "expected", "done", "in DLQ", "lost", "kills", "restarts", "spot notices"):
+        fleets.add_column(column)
+    for name, p in result["fleets"].items():
+        fleets.add_row(
+            name,
+            str(p["expected"]),
+            str(p["done"]),
+            str(p["dead"]),
+            str(p["lost"]),
+            str(p["kills"]),
+            str(p["restarts"]),
+            str(p["spot_notices"]),
+        )
+    functions = Table(title="Lambda functions", title_justify="left")
+    for column in ("function", "invocations", "succeeded", "failed"):
+        functions.add_column(column)
+    for name, counts in result["functions"].items():
+        functions.add_row(name, str(counts["invocations"]), str(counts["succeeded"]), str(counts["failed"]))
+    objects = Table(title="Objects written", title_justify="left")
+    objects.add_column("prefix")
+    objects.add_column("objects", justify="right")
+    for prefix, count in sorted(result["objects"].items()):
+        objects.add_row(prefix, str(count))
+    console.print(jobs, fleets, functions, objects)
+    if result["failure_queues"]:
+        console.print("On-failure queues: " + ", ".join(f"{k}={v}" for k, v in result["failure_queues"].items()))
+    if result["not_emulated"]:
+        console.print(
+            "Not emulated (control plane, nothing to run locally): "
+            + ", ".join(f"{kind} ×{count}" for kind, count in sorted(result["not_emulated"].items()))
+        )
+    if result["injected"]:
+        console.print("[bold]Injected:[/] " + "; ".join(result["injected"]))
+        for event in result["fault_events"]:
+            console.print(f"  - {event}")
+        dead = sum(p["dead"] for p in result["fleets"].values())
+        lost = sum(p["lost"] for p in result["fleets"].values())
+        console.print(f"  => tasks lost: {lost}; tasks in dead-letter queues: {dead}")
+    verdict = "[green]everything completed[/]" if result["ok"] else "[red]NOT everything completed[/]"
+    console.print(f"Result: {verdict}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline local", description="Run a synthesized pipeline locally.")
+    parser.add_argument("--assembly", default="cdk.out", help="cloud assembly directory (default: cdk.out)")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--env", default=None, help="environment name: runs stack pipeline-<env>")
+    target.add_argument("--stack", default=None, help="stack name (default: the only or first stack)")
+    parser.add_argument("--endpoint-url", default=None, help="use this AWS emulator instead of an embedded moto")
+    parser.add_argument("--demo", action="store_true", help="serve a sample feed, fire every schedule, submit tasks")
+    parser.add_argument("--fire", action="append", default=[], help="fire this schedule (repeatable; 'all')")
+    parser.add_argument("--tasks", type=int, default=20, help="sample tasks per first-stage fleet (with --demo)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes per fleet (default: 2)")
+    parser.add_argument(
+        "--set-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="replace a variable wherever the template sets it",
+    )
+    parser.add_argument(
+        "--visibility-timeout",
+        type=int,
+        default=15,
+        help="cap on queue visibility timeouts, so redeliveries happen in seconds (default: 15)",
+    )
+    parser.add_argument("--timeout", type=float, default=150, help="seconds to wait for the work (default: 150)")
+    parser.add_argument("--kill-worker-every", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--poison", type=int, default=0, metavar="N", help="add N tasks that always fail")
+    parser.add_argument("--spot-notice-after", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--fail-step", action="append", default=[], metavar="NAME", help="make this Batch step fail")
+    parser.add_argument("--logs", default=".demo/logs", help="where process logs go (default: .demo/logs)")
+    parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no live progress table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        stacks = load_assembly(args.assembly)
+        if args.env:
+            stack = find_stack(stacks, f"pipeline-{args.env}")
+        elif args.stack:
+            stack = find_stack(stacks, args.stack)
+        elif stacks:
+            stack = stacks[0]
+        else:
+            raise KeyError(f"no stacks in {args.assembly}")
+    except (FileNotFoundError, KeyError) as error:
+        console.print(f"[red]error:[/] {str(error).strip(chr(39))}")
+        return 2
+    overrides = dict(item.split("=", 1) for item in args.set_env)
+    faults = Faults(args.kill_worker_every, args.poison, args.spot_notice_after, set(args.fail_step))
+    log_dir = Path(args.logs)
+    shutil.rmtree(log_dir, ignore_errors=True)
+    feed_server = None
+    if args.demo:
+        tags = {
+            e["Value"]
+            for r in stack.resources_of_type("AWS::Batch::JobDefinition").values()
+            for e in r["Properties"].get("ContainerProperties", {}).get("Environment", [])
+            if e.get("Name") == "FEED_RECORD_TAG" and isinstance(e.get("Value"), str)
+        }
+        feed_server = FeedServer(sample_feed(next(iter(tags), "item"), 40))
+        overrides.setdefault("FEED_URL", feed_server.url)
+    started = time.monotonic()
+    with embedded_emulator(args.endpoint_url) as endpoint:
+        pipeline = LocalPipeline(
+            stack,
+            Path(args.assembly),
+            endpoint=endpoint,
+            region=stack.region or "us-east-1",
+            log_dir=log_dir,
+            workers_per_fleet=args.workers,
+            visibility_timeout=args.visibility_timeout,
+            env_overrides=overrides,
+            faults=faults,
+        )
+        try:
+            pipeline.start()
+            console.print(
+                f"[bold]{stack.name}[/] up on {endpoint}: {len(pipeline.functions)} function(s), "
+                f"{len(pipeline.batch.definitions) if pipeline.batch else 0} job definition(s), "
+                f"{len(pipeline.fleets)} fleet(s), schedules: {', '.join(pipeline.schedule_names()) or 'none'}"
+            )
+            fire = args.fire or (["all"] if args.demo and pipeline.schedules else [])
+            for name in fire:
+                try:
+                    for fired in pipeline.fire(name):
+                        console.print(f"fired schedule {fired}")
+                except KeyError as error:
+                    console.print(f"[red]error:[/] {str(error).strip(chr(39))}")
+                    return 2
+            if args.demo:
+                pipeline.submit_sample_tasks(args.tasks)
+            if args.quiet:
+                idle = pipeline.wait_until_idle(args.timeout)
+            else:
+                with Live(progress_view(pipeline, started), console=console, refresh_per_second=2) as live:
+                    idle = pipeline.wait_until_idle(
+                        args.timeout, on_tick=lambda: live.update(progress_view(pipeline, started))
+                    )
+            result = pipeline.result()
+            result["timed_out"] = not idle
+            result["ok"] = result["ok"] and idle
+            result["seconds"] = round(time.monotonic() - started, 1)
+        finally:
+            pipeline.stop()
+            if feed_server is not None:
+                feed_server.shutdown()
+    print_summary(console, result)
+    if result["timed_out"]:
+        console.print(f"[red]timed out after {args.timeout:g} s with work still in progress[/]")
+    console.print(f"(logs of every process in {log_dir}/; {result['seconds']} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return 0 if result["ok"] else 1

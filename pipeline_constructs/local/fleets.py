@@ -1,0 +1,164 @@
+"""SpotWorkerFleets locally: N worker processes per Auto Scaling group, running the shipped runtime.
+
+The worker environment is read from the launch template's user data (the ``/etc/pipeline-worker.env``
+block the construct writes) and the code from the same S3 assets the instances download, so the local
+workers run exactly what an instance would. Like systemd (``Restart=on-failure``) a crashed worker is
+restarted; like the Auto Scaling group, a worker that left after a spot notice is replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline_constructs.local.imds import FakeInstanceMetadata
+
+ENV_BLOCK = re.compile(r"cat > /etc/pipeline-worker\.env <<'PIPELINE_ENV'\n(.*?)\nPIPELINE_ENV", re.S)
+DOWNLOAD = re.compile(r"aws s3 cp 's3://[^/]+/([0-9a-f]{64})\.zip' '(/tmp/[a-z]+\.zip)'")
+
+
+def parse_user_data(script: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(worker environment, local zip name -> asset hash) from a fleet's user data script."""
+    block = ENV_BLOCK.search(script)
+    if block is None:
+        raise ValueError("user data has no /etc/pipeline-worker.env block: not a SpotWorkerFleet launch template")
+    environment = dict(line.split("=", 1) for line in block.group(1).splitlines() if "=" in line)
+    downloads = {Path(local).stem: asset for asset, local in DOWNLOAD.findall(script)}
+    return environment, downloads
+
+
+@dataclass
+class WorkerProcess:
+    number: int
+    process: subprocess.Popen
+    imds: FakeInstanceMetadata | None
+    started: float = field(default_factory=time.monotonic)
+
+
+class LocalFleet:
+    def __init__(
+        self,
+        name: str,
+        *,
+        environment: dict[str, str],
+        task_dir: Path,
+        runtime_dir: Path,
+        workers: int,
+        log_dir: Path,
+        watch_spot: bool,
+    ) -> None:
+        self.name = name
+        self.environment = environment
+        self.task_dir = task_dir
+        self.workers_wanted = workers
+        self.log_dir = log_dir
+        self.watch_spot = watch_spot
+        # The runtime ships as package ``pipeline_worker``: a link to the asset gives it that name.
+        self._lib = Path(tempfile.mkdtemp(prefix="pipeline-worker-lib-"))
+        (self._lib / "pipeline_worker").symlink_to(runtime_dir.resolve(), target_is_directory=True)
+        self.workers: list[WorkerProcess] = []
+        self.started_count = 0
+        self.restarts = 0
+        self.kills = 0
+        self.spot_notices = 0
+        self.replacements = 0
+        self._stopping = False
+        self._lock = threading.Lock()
+
+    @property
+    def queue_url(self) -> str:
+        return self.environment["PIPELINE_QUEUE_URL"]
+
+    @property
+    def downstream_queue_url(self) -> str:
+        return self.environment.get("PIPELINE_DOWNSTREAM_QUEUE_URL", "")
+
+    def _spawn(self) -> WorkerProcess:
+        self.started_count += 1
+        number = self.started_count
+        imds = FakeInstanceMetadata(instance_id=f"i-local{number:04d}") if self.watch_spot else None
+        environment = (
+            dict(os.environ)
+            | self.environment
+            | {
+                "PYTHONPATH": os.pathsep.join([str(self._lib), str(self.task_dir)]),
+                "PIPELINE_WORKER_ID": f"{self.name.rsplit('/', 1)[-1].lower()}-{number}",
+                "PIPELINE_SPOT_WATCH": "on" if imds else "off",
+                "PIPELINE_SCALE_IN_PROTECTION": "off",
+            }
+        )
+        if imds:
+            environment |= {"PIPELINE_METADATA_ENDPOINT": imds.endpoint, "PIPELINE_SPOT_POLL_SECONDS": "1"}
+        log = (self.log_dir / f"worker-{environment['PIPELINE_WORKER_ID']}.log").open("a")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline_worker"], cwd=self.task_dir, env=environment, stdout=log, stderr=log
+        )
+        return WorkerProcess(number, process, imds)
+
+    def start(self) -> None:
+        with self._lock:
+            self.workers = [self._spawn() for _ in range(self.workers_wanted)]
+        threading.Thread(target=self._supervise, name=f"fleet-{self.name}", daemon=True).start()
+
+    def _supervise(self) -> None:
+        """Restart crashed workers (systemd), replace workers that left after a spot notice (the ASG)."""
+        while not self._stopping:
+            with self._lock:
+                for index, worker in enumerate(self.workers):
+                    code = worker.process.poll()
+                    if code is None or self._stopping:
+                        continue
+                    if worker.imds:
+                        worker.imds.close()
+                    if code == 0:
+                        self.replacements += 1
+                    else:
+                        self.restarts += 1
+                    self.workers[index] = self._spawn()
+            time.sleep(0.5)
+
+    def kill_one(self, rng: random.Random) -> str | None:
+        """SIGKILL a random live worker mid-work (it is restarted; its tasks reappear after the timeout)."""
+        with self._lock:
+            live = [w for w in self.workers if w.process.poll() is None]
+            if not live:
+                return None
+            victim = rng.choice(live)
+            victim.process.kill()
+            self.kills += 1
+            return f"{self.name} worker {victim.number}"
+
+    def spot_notice(self, rng: random.Random) -> str | None:
+        with self._lock:
+            live = [w for w in self.workers if w.process.poll() is None and w.imds]
+            if not live:
+                return None
+            victim = rng.choice(live)
+            victim.imds.interrupt()
+            self.spot_notices += 1
+            return f"{self.name} worker {victim.number}"
+
+    def stop(self, timeout: float = 30) -> list[int]:
+        self._stopping = True
+        with self._lock:
+            for worker in self.workers:
+                if worker.process.poll() is None:
+                    worker.process.terminate()
+            codes = []
+            for worker in self.workers:
+                try:
+                    codes.append(worker.process.wait(timeout=timeout))
+                except subprocess.TimeoutExpired:
+                    worker.process.kill()
+                    codes.append(worker.process.wait())
+                if worker.imds:
+                    worker.imds.close()
+        return codes

@@ -1,0 +1,717 @@
+"""LocalPipeline: a synthesized stack brought up on an embedded moto server, with its compute run locally.
+
+Nothing here knows the example app: every queue, function, job, schedule and fleet comes from the template
+and the cloud assembly's asset manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from pipeline_constructs.assembly import SynthesizedStack
+from pipeline_constructs.local.batch import JobDefinitionSpec, LocalBatch
+from pipeline_constructs.local.events import LocalEventBus, LocalRule, Target
+from pipeline_constructs.local.fleets import LocalFleet, parse_user_data
+from pipeline_constructs.local.lambdas import LocalFunction
+from pipeline_constructs.local.resolver import ACCOUNT, Resolver
+
+log = logging.getLogger("pipeline.local")
+
+#: Resource kinds the local run creates or runs; everything else is control plane (IAM, VPC, alarms...).
+EMULATED = {
+    "AWS::S3::Bucket": "created in the emulator",
+    "AWS::SQS::Queue": "created in the emulator",
+    "AWS::SNS::Topic": "created in the emulator",
+    "AWS::SNS::Subscription": "created (sqs) or delivered locally (lambda)",
+    "AWS::DynamoDB::Table": "created in the emulator",
+    "AWS::Lambda::Function": "run locally from its asset",
+    "AWS::Lambda::EventInvokeConfig": "retries and on-failure destination applied",
+    "AWS::Batch::JobQueue": "local Batch endpoint",
+    "AWS::Batch::JobDefinition": "local Batch endpoint, run from its image directory",
+    "AWS::Batch::ComputeEnvironment": "local Batch endpoint (parallel slots)",
+    "AWS::Events::Rule": "local event bus",
+    "AWS::Scheduler::Schedule": "fired on demand or on its schedule",
+    "AWS::AutoScaling::AutoScalingGroup": "local worker processes",
+    "AWS::EC2::LaunchTemplate": "user data read for the worker environment",
+}
+
+
+@dataclass
+class Faults:
+    kill_worker_every: float | None = None
+    poison: int = 0
+    spot_notice_after: float | None = None
+    fail_steps: set[str] = field(default_factory=set)
+    events: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        injected = []
+        if self.kill_worker_every:
+            injected.append(f"kill -9 of a random worker every {self.kill_worker_every:g} s")
+        if self.poison:
+            injected.append(f"{self.poison} poison task(s) (input object missing)")
+        if self.spot_notice_after is not None:
+            injected.append(f"spot interruption notice after {self.spot_notice_after:g} s")
+        for step in sorted(self.fail_steps):
+            injected.append(f"step {step} fails (exit 3)")
+        return injected
+
+
+@dataclass
+class Schedule:
+    logical_id: str
+    path: str
+    expression: str
+    time_zone: str
+    target: Target
+    kind: str  # "scheduler" or "rule"
+    fired: int = 0
+
+
+class LocalPipeline:
+    def __init__(
+        self,
+        stack: SynthesizedStack,
+        assembly_dir: Path,
+        *,
+        endpoint: str,
+        region: str,
+        log_dir: Path,
+        workers_per_fleet: int = 2,
+        visibility_timeout: int = 15,
+        env_overrides: dict[str, str] | None = None,
+        faults: Faults | None = None,
+        seed: int = 7,
+    ) -> None:
+        self.stack = stack
+        self.assembly_dir = assembly_dir
+        self.endpoint = endpoint
+        self.region = region
+        self.log_dir = log_dir
+        self.workers_per_fleet = workers_per_fleet
+        self.visibility_timeout = visibility_timeout
+        self.env_overrides = env_overrides or {}
+        self.faults = faults or Faults()
+        self.rng = random.Random(seed)
+        self.resolver = Resolver(stack.template, stack_name=stack.name, region=region, queue_url_base=endpoint)
+        self.resources = stack.resources
+        self.session = boto3.session.Session(
+            aws_access_key_id="local", aws_secret_access_key="local", region_name=region
+        )
+        client_config = Config(retries={"mode": "standard"}, max_pool_connections=20)
+        self.sqs = self.session.client("sqs", endpoint_url=endpoint, config=client_config)
+        self.s3 = self.session.client("s3", endpoint_url=endpoint, config=client_config)
+        self.sns = self.session.client("sns", endpoint_url=endpoint, config=client_config)
+        self.dynamodb = self.session.client("dynamodb", endpoint_url=endpoint, config=client_config)
+        self.assets = self._asset_manifest()
+        self.functions: dict[str, LocalFunction] = {}
+        self.schedules: list[Schedule] = []
+        self.rules: list[LocalRule] = []
+        self.fleets: dict[str, LocalFleet] = {}
+        self.sns_taps: list[tuple[str, LocalFunction, str]] = []
+        self.not_emulated: Counter[str] = Counter()
+        self.submitted: dict[str, list[str]] = {}
+        self.batch: LocalBatch | None = None
+        self.bus: LocalEventBus | None = None
+        self._stopping = threading.Event()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ assembly
+
+    def _asset_manifest(self) -> dict[str, Path]:
+        """Asset hash -> its staged directory in the cloud assembly (files and Docker images alike)."""
+        manifest_path = self.assembly_dir / f"{self.stack.name}.assets.json"
+        assets: dict[str, Path] = {}
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text())
+            for asset_hash, entry in manifest.get("files", {}).items():
+                assets[asset_hash] = self.assembly_dir / entry["source"]["path"]
+            for asset_hash, entry in manifest.get("dockerImages", {}).items():
+                assets[asset_hash] = self.assembly_dir / entry["source"]["directory"]
+        return assets
+
+    def _of_type(self, kind: str) -> dict[str, dict[str, Any]]:
+        return self.stack.resources_of_type(kind)
+
+    def _path(self, logical_id: str) -> str:
+        return self.resources[logical_id].get("Metadata", {}).get("aws:cdk:path", logical_id)
+
+    def base_environment(self) -> dict[str, str]:
+        """What every local process gets: the emulator, fake credentials, the local Batch endpoint."""
+        environment = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        if self.batch is not None:
+            environment["AWS_ENDPOINT_URL_BATCH"] = self.batch.endpoint
+        return environment
+
+    def _override(self, environment: dict[str, str]) -> dict[str, str]:
+        """``--set-env NAME=VALUE`` replaces a variable wherever the template sets it."""
+        return {k: self.env_overrides.get(k, v) for k, v in environment.items()}
+
+    # ------------------------------------------------------------------ bring-up
+
+    def start(self) -> None:
+        emulated = set(EMULATED)
+        for resource in self.resources.values():
+            if resource["Type"] not in emulated:
+                self.not_emulated[resource["Type"]] += 1
+        self._create_buckets()
+        self._create_queues()
+        self._create_topics()
+        self._create_tables()
+        self._create_batch()
+        self._create_functions()
+        self._create_subscriptions()
+        self._create_rules_and_schedules()
+        self._create_fleets()
+        threading.Thread(target=self._poll_sns_taps, name="sns-taps", daemon=True).start()
+        self._start_fault_injection()
+
+    def _create_buckets(self) -> None:
+        for logical_id, resource in self._of_type("AWS::S3::Bucket").items():
+            name = self.resolver.physical_name(logical_id)
+            arguments: dict[str, Any] = {"Bucket": name}
+            if self.region != "us-east-1":
+                arguments["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+            self.s3.create_bucket(**arguments)
+            versioning = resource.get("Properties", {}).get("VersioningConfiguration", {})
+            if versioning.get("Status") == "Enabled":
+                self.s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+
+    def _create_queues(self) -> None:
+        queues = self._of_type("AWS::SQS::Queue")
+        ordered = sorted(queues, key=lambda lid: "RedrivePolicy" in queues[lid].get("Properties", {}))
+        for logical_id in ordered:
+            props = self.resolver.resolve(queues[logical_id].get("Properties", {}))
+            attributes = {}
+            if "VisibilityTimeout" in props:
+                attributes["VisibilityTimeout"] = str(min(int(props["VisibilityTimeout"]), self.visibility_timeout))
+            if "MessageRetentionPeriod" in props:
+                attributes["MessageRetentionPeriod"] = str(props["MessageRetentionPeriod"])
+            if "RedrivePolicy" in props:
+                attributes["RedrivePolicy"] = json.dumps(props["RedrivePolicy"])
+            url = self.sqs.create_queue(QueueName=self.resolver.physical_name(logical_id), Attributes=attributes)[
+                "QueueUrl"
+            ]
+            expected = self.resolver.ref(logical_id)
+            if url != expected:
+                raise RuntimeError(f"queue URL {url} differs from the resolved {expected}")
+
+    def _create_topics(self) -> None:
+        for logical_id in self._of_type("AWS::SNS::Topic"):
+            self.sns.create_topic(Name=self.resolver.physical_name(logical_id))
+
+    def _create_tables(self) -> None:
+        for logical_id, resource in self._of_type("AWS::DynamoDB::Table").items():
+            props = self.resolver.resolve(resource.get("Properties", {}))
+            name = self.resolver.physical_name(logical_id)
+            self.dynamodb.create_table(
+                TableName=name,
+                KeySchema=props["KeySchema"],
+                AttributeDefinitions=props["AttributeDefinitions"],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            ttl = props.get("TimeToLiveSpecification")
+            if ttl and ttl.get("Enabled"):
+                self.dynamodb.update_time_to_live(
+                    TableName=name, TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True}
+                )
+
+    def _queue_url_of_arn(self, arn: str) -> str:
+        return f"{self.endpoint}/{ACCOUNT}/{arn.rsplit(':', 1)[-1]}"
+
+    def _create_functions(self) -> None:
+        configs = {}
+        for resource in self._of_type("AWS::Lambda::EventInvokeConfig").values():
+            props = self.resolver.resolve(resource["Properties"])
+            configs[props["FunctionName"]] = props
+        for logical_id, resource in self._of_type("AWS::Lambda::Function").items():
+            props = resource["Properties"]
+            name = self.resolver.physical_name(logical_id)
+            code = props.get("Code", {})
+            if "ZipFile" in code:
+                code_dir = self.log_dir / f"inline-{logical_id}"
+                code_dir.mkdir(exist_ok=True)
+                (code_dir / "index.py").write_text(self.resolver.resolve(code["ZipFile"]))
+            else:
+                asset_hash = str(code.get("S3Key", "")).removesuffix(".zip")
+                if asset_hash not in self.assets:
+                    self.not_emulated[f"AWS::Lambda::Function ({logical_id}: code not a local asset)"] += 1
+                    continue
+                code_dir = self.assets[asset_hash]
+            variables = self.resolver.resolve(props.get("Environment", {}).get("Variables", {}))
+            config = configs.get(name, {})
+            failure_arn = config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+            self.functions[self.resolver.get_att(logical_id, "Arn")] = LocalFunction(
+                name=name,
+                arn=self.resolver.get_att(logical_id, "Arn"),
+                code_dir=code_dir,
+                handler=props.get("Handler", "index.handler"),
+                environment=dict(os.environ) | self._override(variables) | self.base_environment(),
+                timeout=int(props.get("Timeout", 3)),
+                retry_attempts=int(config.get("MaximumRetryAttempts", 2)),
+                on_failure=self._failure_sender(failure_arn) if failure_arn else None,
+                log_dir=self.log_dir,
+            )
+
+    def _failure_sender(self, arn: str):
+        def send(record: dict[str, Any]) -> None:
+            self.deliver(arn, record)
+
+        return send
+
+    def _create_batch(self) -> None:
+        definitions: dict[str, JobDefinitionSpec] = {}
+        for logical_id, resource in self._of_type("AWS::Batch::JobDefinition").items():
+            props = self.resolver.resolve(resource["Properties"])
+            container = props.get("ContainerProperties", {})
+            image = str(container.get("Image", ""))
+            image_dir = self.assets.get(image.rsplit(":", 1)[-1])
+            requirements = {r["Type"]: r["Value"] for r in container.get("ResourceRequirements", [])}
+            retry = props.get("RetryStrategy", {})
+            arn = self.resolver.ref(logical_id)
+            definitions[arn] = JobDefinitionSpec(
+                arn=arn,
+                name=self.resolver.physical_name(logical_id),
+                environment=self._override({e["Name"]: str(e["Value"]) for e in container.get("Environment", [])}),
+                image_dir=image_dir,
+                command=container.get("Command"),
+                vcpus=int(float(requirements.get("VCPU", container.get("Vcpus", 1)))),
+                attempts=int(retry.get("Attempts", 1)),
+                evaluate_on_exit=retry.get("EvaluateOnExit", []),
+                timeout_seconds=props.get("Timeout", {}).get("AttemptDurationSeconds"),
+            )
+        queues = {self.resolver.ref(lid) for lid in self._of_type("AWS::Batch::JobQueue")}
+        if definitions or queues:
+            self.batch = LocalBatch(
+                definitions,
+                queues,
+                base_environment={},
+                emit=lambda event: self.bus.put(event) if self.bus else None,
+                log_dir=self.log_dir,
+                region=self.region,
+                fail_steps=self.faults.fail_steps,
+            )
+            self.batch.base_environment = self.base_environment()
+
+    def _create_subscriptions(self) -> None:
+        for resource in self._of_type("AWS::SNS::Subscription").values():
+            props = self.resolver.resolve(resource["Properties"])
+            protocol, topic, endpoint = props["Protocol"], props["TopicArn"], props.get("Endpoint", "")
+            if protocol == "sqs":
+                attributes = {"RawMessageDelivery": str(props.get("RawMessageDelivery", False)).lower()}
+                self.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=endpoint, Attributes=attributes)
+            elif protocol == "lambda" and endpoint in self.functions:
+                tap_name = f"local-sns-tap-{uuid.uuid4().hex[:8]}"
+                tap_url = self.sqs.create_queue(QueueName=tap_name)["QueueUrl"]
+                tap_arn = self.sqs.get_queue_attributes(QueueUrl=tap_url, AttributeNames=["QueueArn"])["Attributes"][
+                    "QueueArn"
+                ]
+                subscription = self.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=tap_arn)["SubscriptionArn"]
+                self.sns_taps.append((tap_url, self.functions[endpoint], subscription))
+            else:
+                self.not_emulated[f"AWS::SNS::Subscription ({protocol})"] += 1
+
+    def _targets(self, raw_targets: list[dict[str, Any]]) -> list[Target]:
+        targets = []
+        for raw in raw_targets:
+            raw = self.resolver.resolve(raw)
+            targets.append(
+                Target(arn=raw["Arn"], input=raw.get("Input"), input_transformer=raw.get("InputTransformer"))
+            )
+        return targets
+
+    def _create_rules_and_schedules(self) -> None:
+        for logical_id, resource in self._of_type("AWS::Events::Rule").items():
+            props = resource["Properties"]
+            targets = self._targets(props.get("Targets", []))
+            if props.get("ScheduleExpression"):
+                for target in targets:
+                    self.schedules.append(
+                        Schedule(logical_id, self._path(logical_id), props["ScheduleExpression"], "UTC", target, "rule")
+                    )
+            elif props.get("EventPattern"):
+                pattern = self.resolver.resolve(props["EventPattern"])
+                self.rules.append(LocalRule(self._path(logical_id), pattern, None, targets))
+        for logical_id, resource in self._of_type("AWS::Scheduler::Schedule").items():
+            props = self.resolver.resolve(resource["Properties"])
+            target = Target(arn=props["Target"]["Arn"], input=None)
+            target.raw_input = props["Target"].get("Input")  # type: ignore[attr-defined]
+            self.schedules.append(
+                Schedule(
+                    logical_id,
+                    self._path(logical_id),
+                    props["ScheduleExpression"],
+                    props.get("ScheduleExpressionTimezone", "UTC"),
+                    target,
+                    "scheduler",
+                )
+            )
+        self.bus = LocalEventBus(self.rules, self.deliver)
+
+    def _create_fleets(self) -> None:
+        templates = self._of_type("AWS::EC2::LaunchTemplate")
+        for logical_id, resource in self._of_type("AWS::AutoScaling::AutoScalingGroup").items():
+            props = resource["Properties"]
+            spec = props.get("MixedInstancesPolicy", {}).get("LaunchTemplate", {}).get(
+                "LaunchTemplateSpecification"
+            ) or props.get("LaunchTemplate", {})
+            template_id = spec.get("LaunchTemplateId", {}).get("Ref")
+            user_data = (
+                templates.get(template_id, {}).get("Properties", {}).get("LaunchTemplateData", {}).get("UserData")
+            )
+            if user_data is None:
+                self.not_emulated[f"AWS::AutoScaling::AutoScalingGroup ({logical_id}: no user data)"] += 1
+                continue
+            try:
+                environment, downloads = parse_user_data(self.resolver.decode_user_data(user_data))
+            except ValueError:
+                self.not_emulated[f"AWS::AutoScaling::AutoScalingGroup ({logical_id}: not a worker fleet)"] += 1
+                continue
+            if "task" not in downloads or "runtime" not in downloads:
+                self.not_emulated[f"AWS::AutoScaling::AutoScalingGroup ({logical_id}: container delivery)"] += 1
+                continue
+            environment = (
+                self._override(environment)
+                | self.base_environment()
+                | {
+                    # Time compression for a laptop: short polls and flushes, the shortened visibility timeout.
+                    "PIPELINE_WAIT_SECONDS": "2",
+                    "PIPELINE_STATUS_FLUSH_SECONDS": "2",
+                    "PIPELINE_WORKER_HEARTBEAT_SECONDS": "5",
+                    "PIPELINE_RETRY_DELAY": "1",
+                    "PIPELINE_CONCURRENCY": "2",
+                    "PIPELINE_STOP_GRACE_SECONDS": "5",
+                    "PIPELINE_VISIBILITY_TIMEOUT": str(
+                        min(
+                            int(environment.get("PIPELINE_VISIBILITY_TIMEOUT", self.visibility_timeout)),
+                            self.visibility_timeout,
+                        )
+                    ),
+                }
+            )
+            self.fleets[logical_id] = LocalFleet(
+                environment.get("PIPELINE_FLEET_NAME", self._path(logical_id)),
+                environment=environment,
+                task_dir=self.assets[downloads["task"]],
+                runtime_dir=self.assets[downloads["runtime"]],
+                workers=self.workers_per_fleet,
+                log_dir=self.log_dir,
+                watch_spot=self.faults.spot_notice_after is not None,
+            )
+        for fleet in self.fleets.values():
+            fleet.start()
+
+    # ------------------------------------------------------------------ delivery
+
+    def deliver(self, arn: str, payload: Any) -> None:
+        """Send a payload to a target ARN, as EventBridge, Scheduler or a Lambda destination would."""
+        if arn.startswith("arn:aws:lambda:"):
+            function = self.functions.get(arn.split(":$")[0].removesuffix(":$LATEST"))
+            if function is None:
+                raise KeyError(f"no local function {arn}")
+            function.invoke_async(payload)
+        elif arn.startswith("arn:aws:sns:"):
+            self.sns.publish(TopicArn=arn, Message=payload if isinstance(payload, str) else json.dumps(payload))
+        elif arn.startswith("arn:aws:sqs:"):
+            body = payload if isinstance(payload, str) else json.dumps(payload)
+            self.sqs.send_message(QueueUrl=self._queue_url_of_arn(arn), MessageBody=body)
+        else:
+            raise KeyError(f"target {arn} is not emulated locally")
+
+    def _poll_sns_taps(self) -> None:
+        """SNS -> Lambda: each lambda subscription is an SQS tap; its notifications become SNS events."""
+        while not self._stopping.is_set():
+            for tap_url, function, subscription in self.sns_taps:
+                messages = self.sqs.receive_message(QueueUrl=tap_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+                for message in messages.get("Messages", []):
+                    envelope = json.loads(message["Body"])
+                    record = {
+                        "EventSource": "aws:sns",
+                        "EventVersion": "1.0",
+                        "EventSubscriptionArn": subscription,
+                        "Sns": {
+                            "Type": envelope.get("Type", "Notification"),
+                            "MessageId": envelope["MessageId"],
+                            "TopicArn": envelope["TopicArn"],
+                            "Subject": envelope.get("Subject"),
+                            "Message": envelope["Message"],
+                            "Timestamp": envelope.get("Timestamp"),
+                            "MessageAttributes": envelope.get("MessageAttributes", {}),
+                        },
+                    }
+                    function.invoke_async({"Records": [record]})
+                    self.sqs.delete_message(QueueUrl=tap_url, ReceiptHandle=message["ReceiptHandle"])
+            self._stopping.wait(0.5)
+
+    # ------------------------------------------------------------------ schedules
+
+    def schedule_names(self) -> list[str]:
+        return [s.path for s in self.schedules]
+
+    def fire(self, name: str = "all") -> list[str]:
+        """Fire the schedules whose construct path, logical id or last path part is ``name`` (or all)."""
+        fired = []
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        for schedule in self.schedules:
+            names = {schedule.path, schedule.logical_id, *schedule.path.split("/")}
+            if name != "all" and name not in names:
+                continue
+            self._fire(schedule, now)
+            fired.append(schedule.path)
+        if not fired:
+            raise KeyError(f"no schedule named {name!r}; schedules: {', '.join(self.schedule_names()) or 'none'}")
+        return fired
+
+    def _fire(self, schedule: Schedule, now: dt.datetime) -> None:
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if schedule.kind == "scheduler":
+            raw = getattr(schedule.target, "raw_input", None) or "{}"
+            text = raw.replace("<aws.scheduler.scheduled-time>", stamp).replace(
+                "<aws.scheduler.execution-id>", str(uuid.uuid4())
+            )
+            try:
+                payload: Any = json.loads(text)
+            except ValueError:
+                payload = text
+        else:
+            event = {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": "Scheduled Event",
+                "source": "aws.events",
+                "account": ACCOUNT,
+                "time": stamp,
+                "region": self.region,
+                "resources": [],
+                "detail": {},
+            }
+            payload = schedule.target.payload(event)
+        schedule.fired += 1
+        self.deliver(schedule.target.arn, payload)
+
+    # ------------------------------------------------------------------ sample work
+
+    def first_stage_fleets(self) -> list[LocalFleet]:
+        downstream = {f.downstream_queue_url for f in self.fleets.values()}
+        return [f for f in self.fleets.values() if f.queue_url not in downstream]
+
+    def submit_sample_tasks(self, count: int) -> None:
+        """Upload ``count`` CSV inputs per first-stage fleet and enqueue a task for each (plus the poison)."""
+        for fleet in self.first_stage_fleets():
+            bucket, prefix = fleet.environment["PIPELINE_BUCKET"], fleet.environment.get("PIPELINE_PREFIX", "")
+            keys = []
+            for index in range(count):
+                key = f"sample-{index:04d}"
+                rows = ["id,price,quantity"] + [
+                    f"{row},{self.rng.uniform(1, 100):.2f},{self.rng.randint(1, 20)}" for row in range(50)
+                ]
+                self.s3.put_object(Bucket=bucket, Key=f"{prefix}input/{key}", Body="\n".join(rows).encode())
+                keys.append(key)
+            keys += [f"poison-{index:02d}" for index in range(self.faults.poison)]  # no input object: they fail
+            for start in range(0, len(keys), 10):
+                self.sqs.send_message_batch(
+                    QueueUrl=fleet.queue_url,
+                    Entries=[
+                        {"Id": str(i), "MessageBody": json.dumps({"key": k})}
+                        for i, k in enumerate(keys[start : start + 10])
+                    ],
+                )
+            self.submitted[fleet.name] = keys
+
+    # ------------------------------------------------------------------ faults
+
+    def _start_fault_injection(self) -> None:
+        if self.faults.kill_worker_every:
+            threading.Thread(target=self._kill_workers, name="fault-kill", daemon=True).start()
+        if self.faults.spot_notice_after is not None:
+            threading.Thread(target=self._spot_notice, name="fault-spot", daemon=True).start()
+
+    def _kill_workers(self) -> None:
+        while not self._stopping.wait(self.faults.kill_worker_every):
+            fleets = list(self.fleets.values())
+            if fleets:
+                victim = self.rng.choice(fleets).kill_one(self.rng)
+                if victim:
+                    self.faults.events.append(f"killed {victim} (kill -9)")
+
+    def _spot_notice(self) -> None:
+        if self._stopping.wait(self.faults.spot_notice_after):
+            return
+        for fleet in self.fleets.values():
+            victim = fleet.spot_notice(self.rng)
+            if victim:
+                self.faults.events.append(f"spot interruption notice to {victim}")
+                return
+
+    # ------------------------------------------------------------------ progress
+
+    def queue_depth(self, url: str) -> tuple[int, int]:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+    def dead_letter_url(self, queue_url: str) -> str | None:
+        attributes = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]
+        if "RedrivePolicy" not in attributes:
+            return None
+        return self._queue_url_of_arn(json.loads(attributes["RedrivePolicy"])["deadLetterTargetArn"])
+
+    def fleet_progress(self, fleet: LocalFleet) -> dict[str, int]:
+        bucket, prefix = fleet.environment["PIPELINE_BUCKET"], fleet.environment.get("PIPELINE_PREFIX", "")
+        paginator = self.s3.get_paginator("list_objects_v2")
+        done = sum(
+            1
+            for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}output/")
+            for entry in page.get("Contents", [])
+            if entry["Key"].endswith("/_SUCCESS")
+        )
+        visible, in_flight = self.queue_depth(fleet.queue_url)
+        dlq = self.dead_letter_url(fleet.queue_url)
+        dead = sum(self.queue_depth(dlq)) if dlq else 0
+        upstream = [f for f in self.fleets.values() if f.downstream_queue_url == fleet.queue_url]
+        if upstream:
+            expected = sum(self.fleet_progress(f)["done"] for f in upstream)
+        else:
+            expected = len(self.submitted.get(fleet.name, []))
+        return {"expected": expected, "done": done, "waiting": visible, "in_flight": in_flight, "dead": dead}
+
+    def failure_queue_depths(self) -> dict[str, int]:
+        """Depth of every on-failure destination and subscription/target DLQ of the template."""
+        arns = set()
+        for resource in self._of_type("AWS::Lambda::EventInvokeConfig").values():
+            destination = resource["Properties"].get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+            if destination:
+                arns.add(self.resolver.resolve(destination))
+        return {arn.rsplit(":", 1)[-1]: sum(self.queue_depth(self._queue_url_of_arn(arn))) for arn in arns}
+
+    def busy(self) -> bool:
+        if self.batch is not None and self.batch.busy():
+            return True
+        if any(function.busy() for function in self.functions.values()):
+            return True
+        if any(sum(self.queue_depth(url)) for url, _, _ in self.sns_taps):
+            return True
+        return any(sum(self.queue_depth(fleet.queue_url)) for fleet in self.fleets.values())
+
+    def wait_until_idle(self, timeout: float, quiet_checks: int = 4, on_tick=None) -> bool:
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while time.monotonic() < deadline:
+            if on_tick:
+                on_tick()
+            quiet = 0 if self.busy() else quiet + 1
+            if quiet >= quiet_checks:
+                return True
+            time.sleep(1)
+        return False
+
+    # ------------------------------------------------------------------ result
+
+    def objects_written(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for logical_id in self._of_type("AWS::S3::Bucket"):
+            bucket = self.resolver.physical_name(logical_id)
+            paginator = self.s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket):
+                for entry in page.get("Contents", []):
+                    counts[f"{bucket}/{'/'.join(entry['Key'].split('/')[:2])}/"] += 1
+        return dict(counts)
+
+    def result(self) -> dict[str, Any]:
+        jobs = []
+        if self.batch is not None:
+            for job in self.batch.jobs.values():
+                if job.parent is None:
+                    environment = job.definition.environment | job.environment
+                    jobs.append(
+                        {
+                            "name": job.name,
+                            "step": environment.get("PIPELINE_STEP", job.definition.name),
+                            "status": job.status,
+                            "attempts": len(job.attempts),
+                            "reason": job.status_reason,
+                        }
+                    )
+        fleets = {}
+        for fleet in self.fleets.values():
+            progress = self.fleet_progress(fleet)
+            poison = self.faults.poison if fleet in self.first_stage_fleets() else 0
+            progress["lost"] = max(
+                0,
+                progress["expected"]
+                - progress["done"]
+                - progress["dead"]
+                - progress["waiting"]
+                - progress["in_flight"],
+            )
+            progress["unexpected_dead"] = max(0, progress["dead"] - poison)
+            progress |= {
+                "kills": fleet.kills,
+                "restarts": fleet.restarts,
+                "spot_notices": fleet.spot_notices,
+                "replacements": fleet.replacements,
+            }
+            fleets[fleet.name] = progress
+        functions = {f.name: f.counts() for f in self.functions.values()}
+        failures = self.failure_queue_depths()
+        ok = (
+            all(job["status"] == "SUCCEEDED" for job in jobs)
+            and all(
+                p["lost"] == 0 and p["unexpected_dead"] == 0 and p["waiting"] == 0 and p["in_flight"] == 0
+                for p in fleets.values()
+            )
+            and all(depth == 0 for depth in failures.values())
+        )
+        return {
+            "ok": ok,
+            "jobs": jobs,
+            "fleets": fleets,
+            "functions": functions,
+            "failure_queues": failures,
+            "objects": self.objects_written(),
+            "injected": self.faults.describe(),
+            "fault_events": list(self.faults.events),
+            "not_emulated": dict(self.not_emulated),
+            "schedules": {s.path: s.fired for s in self.schedules},
+        }
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for fleet in self.fleets.values():
+            fleet.stop()
+        for function in self.functions.values():
+            function.shutdown()
+        if self.batch is not None:
+            self.batch.close()
+
+
+def sample_feed(record_tag: str, count: int) -> bytes:
+    """A gzipped XML feed of ``count`` ``record_tag`` elements, for the demo's local feed server."""
+    records = "".join(
+        f'<{record_tag} id="{i}"><title>Sample {i}</title><location>Osaka</location></{record_tag}>'
+        for i in range(count)
+    )
+    return gzip.compress(f'<?xml version="1.0" encoding="UTF-8"?><feed>{records}</feed>'.encode())
