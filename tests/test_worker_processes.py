@@ -7,15 +7,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
+
+from pipeline_constructs.local.imds import FakeInstanceMetadata
 
 TESTS = Path(__file__).resolve().parent
 
@@ -214,47 +214,6 @@ def test_poison_task_lands_in_the_dlq_and_the_status_store_says_why(pipeline, aw
     assert p.outputs() == {"good": 1}
 
 
-class FakeInstanceMetadata(ThreadingHTTPServer):
-    """IMDSv2 as a worker sees it: a token, then spot/instance-action (404 until a notice is issued)."""
-
-    def __init__(self) -> None:
-        self.notice: dict | None = None
-        self.tokens_issued = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_PUT(self) -> None:
-                if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-                    self.send_error(400)
-                    return
-                server.tokens_issued += 1
-                self._reply(200, b"token-abc")
-
-            def do_GET(self) -> None:
-                if self.headers.get("X-aws-ec2-metadata-token") != "token-abc":
-                    self._reply(401, b"")
-                elif self.path == "/latest/meta-data/spot/instance-action" and server.notice:
-                    self._reply(200, json.dumps(server.notice).encode())
-                else:
-                    self._reply(404, b"")
-
-            def _reply(self, code: int, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
 def test_spot_notice_releases_in_flight_tasks_within_5_seconds_and_exits_0(pipeline, aws_env):
     imds = FakeInstanceMetadata()
     p = pipeline(visibility=600)
@@ -270,12 +229,12 @@ def test_spot_notice_releases_in_flight_tasks_within_5_seconds_and_exits_0(pipel
     wait_until(lambda: p.queue_counts() == (0, 3), timeout=30, message="3 tasks in flight")
     wait_until(lambda: sum(p.runs(f"long-{i}") for i in range(3)) == 3, timeout=30, message="3 running tasks")
 
-    imds.notice = {"action": "terminate", "time": "2026-11-23T12:00:00Z"}
+    imds.interrupt()
     noticed = time.monotonic()
     wait_until(lambda: p.queue_counts()[0] == 3, timeout=5, interval=0.2, message="released tasks")
     released_after = time.monotonic() - noticed
     assert worker.wait(timeout=60) == 0
-    imds.shutdown()
+    imds.close()
     assert released_after < 5
     assert imds.tokens_issued >= 1
     assert p.outputs() == {}

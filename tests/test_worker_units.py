@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from test_worker_processes import FakeInstanceMetadata
 
+from pipeline_constructs.local.imds import FakeInstanceMetadata
 from pipeline_constructs.worker import runtime
 from pipeline_constructs.worker.config import ConfigError, WorkerConfig
 from pipeline_constructs.worker.metadata import InstanceMetadata
@@ -91,10 +91,10 @@ def test_metadata_client_uses_a_token_and_reads_notices():
         client = InstanceMetadata(imds.endpoint)
         assert client.available()
         assert client.spot_interruption() is None
-        imds.notice = {"action": "terminate", "time": "2026-11-23T12:00:00Z"}
-        assert client.spot_interruption() == imds.notice
+        imds.interrupt("2026-11-23T12:00:00Z")
+        assert client.spot_interruption() == {"action": "terminate", "time": "2026-11-23T12:00:00Z"}
     finally:
-        imds.shutdown()
+        imds.close()
     assert not InstanceMetadata("http://127.0.0.1:9", timeout=0.5).available()
 
 

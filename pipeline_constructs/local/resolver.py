@@ -26,8 +26,12 @@ def _clean(text: str, allowed: str, limit: int, lower: bool = False) -> str:
 
 
 class Resolver:
-    def __init__(self, template: dict[str, Any], *, stack_name: str, region: str, queue_url_base: str) -> None:
+    def __init__(
+        self, template: dict[str, Any], *, stack_name: str, region: str, queue_url_base: str, run_id: str = ""
+    ) -> None:
         self.template = template
+        # Names carry the run id, so several runs can share one emulator without colliding.
+        self.name_prefix = f"{stack_name}-{run_id}" if run_id else stack_name
         self.resources: dict[str, dict[str, Any]] = template.get("Resources", {})
         self.stack_name = stack_name
         self.region = region
@@ -62,15 +66,15 @@ class Resolver:
         if isinstance(name, str):
             pass
         elif kind == "AWS::S3::Bucket":
-            name = _clean(f"{self.stack_name}-{logical_id}", "a-z0-9-", 63, lower=True)
+            name = _clean(f"{self.name_prefix}-{logical_id}", "a-z0-9-", 63, lower=True)
         elif kind == "AWS::SQS::Queue":
-            name = _clean(f"{self.stack_name}-{logical_id}", "A-Za-z0-9_-", 80)
+            name = _clean(f"{self.name_prefix}-{logical_id}", "A-Za-z0-9_-", 80)
             if props.get("FifoQueue"):
                 name = f"{name[:75]}.fifo"
         elif kind == "AWS::Logs::LogGroup":
-            name = f"/local/{self.stack_name}/{logical_id}"
+            name = f"/local/{self.name_prefix}/{logical_id}"
         else:
-            name = _clean(f"{self.stack_name}-{logical_id}", "A-Za-z0-9_-", 64)
+            name = _clean(f"{self.name_prefix}-{logical_id}", "A-Za-z0-9_-", 64)
         self._names[logical_id] = name
         return name
 

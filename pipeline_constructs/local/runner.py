@@ -108,7 +108,10 @@ class LocalPipeline:
         self.env_overrides = env_overrides or {}
         self.faults = faults or Faults()
         self.rng = random.Random(seed)
-        self.resolver = Resolver(stack.template, stack_name=stack.name, region=region, queue_url_base=endpoint)
+        self.run_id = uuid.uuid4().hex[:6]
+        self.resolver = Resolver(
+            stack.template, stack_name=stack.name, region=region, queue_url_base=endpoint, run_id=self.run_id
+        )
         self.resources = stack.resources
         self.session = boto3.session.Session(
             aws_access_key_id="local", aws_secret_access_key="local", region_name=region
@@ -476,7 +479,8 @@ class LocalPipeline:
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
         for schedule in self.schedules:
             names = {schedule.path, schedule.logical_id, *schedule.path.split("/")}
-            if name != "all" and name not in names:
+            # Without path metadata (synth outside the CLI) the logical id still starts with the construct id.
+            if name != "all" and name not in names and not schedule.logical_id.startswith(name):
                 continue
             self._fire(schedule, now)
             fired.append(schedule.path)

@@ -1,0 +1,191 @@
+"""The local run drives the real synthesized example: the feed chain, both fleet stages, injected faults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import synth_example
+
+from pipeline_constructs.assembly import find_stack, load_assembly
+from pipeline_constructs.local import cli
+from pipeline_constructs.local.batch import dockerfile_command, local_argv
+from pipeline_constructs.local.events import matches, transform
+from pipeline_constructs.local.resolver import Resolver
+from pipeline_constructs.local.runner import LocalPipeline, sample_feed
+
+
+def run_local(outdir: Path, tmp_path: Path, *args: str) -> tuple[int, dict]:
+    result_file = tmp_path / "result.json"
+    code = cli.main(
+        [
+            "--assembly",
+            str(outdir),
+            "--env",
+            "dev",
+            "--quiet",
+            "--logs",
+            str(tmp_path / "logs"),
+            "--json",
+            str(result_file),
+            *args,
+        ]
+    )
+    return code, json.loads(result_file.read_text())
+
+
+def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_synth, tmp_path):
+    _, outdir = example_synth
+    code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "8")
+    assert code == 0, result
+    assert [(j["step"], j["status"]) for j in result["jobs"]] == [
+        ("feed_watcher", "SUCCEEDED"),
+        ("feed_consumer", "SUCCEEDED"),
+    ]
+    fleets = result["fleets"]
+    assert {p["expected"] for p in fleets.values()} == {8}
+    assert all(p["done"] == 8 and p["lost"] == 0 and p["dead"] == 0 for p in fleets.values())
+    consumer_output = [prefix for prefix in result["objects"] if prefix.endswith("/feeds/feed_consumer/")]
+    assert consumer_output
+    assert "AWS::IAM::Role" in result["not_emulated"]  # listed, not silently dropped
+    assert result["failure_queues"] and set(result["failure_queues"].values()) == {0}
+
+
+def test_fault_run_loses_nothing_and_dead_letters_the_poison(example_synth, tmp_path):
+    _, outdir = example_synth
+    code, result = run_local(
+        outdir,
+        tmp_path,
+        "--demo",
+        "--tasks",
+        "12",
+        "--kill-worker-every",
+        "2",
+        "--poison",
+        "2",
+        "--spot-notice-after",
+        "3",
+        "--timeout",
+        "170",
+    )
+    assert code == 0, result
+    fleets = result["fleets"]
+    assert sum(p["lost"] for p in fleets.values()) == 0
+    assert sum(p["dead"] for p in fleets.values()) == 2
+    assert sum(p["kills"] for p in fleets.values()) >= 2
+    assert sum(p["spot_notices"] for p in fleets.values()) == 1
+    assert any("spot interruption notice" in event for event in result["fault_events"])
+    assert all(p["done"] == p["expected"] - (2 if p["dead"] else 0) for p in fleets.values())
+
+
+def test_a_failed_step_makes_the_run_exit_non_zero(example_synth, tmp_path):
+    _, outdir = example_synth
+    code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "2", "--fail-step", "feed_consumer")
+    assert code == 1
+    consumer = next(j for j in result["jobs"] if j["step"] == "feed_consumer")
+    assert consumer["status"] == "FAILED"
+    assert consumer["attempts"] == 1  # an application error exits at once; retrying a bug wastes money
+    assert "exit code 3" in consumer["reason"]
+
+
+def test_a_lost_task_makes_the_result_fail(example_synth, tmp_path):
+    _, outdir = example_synth
+    from pipeline_constructs.local.cli import embedded_emulator
+
+    stack = find_stack(load_assembly(outdir), "pipeline-dev")
+    with embedded_emulator(None) as endpoint:
+        pipeline = LocalPipeline(
+            stack, outdir, endpoint=endpoint, region="us-east-1", log_dir=tmp_path / "logs", workers_per_fleet=0
+        )
+        try:
+            pipeline.start()
+            pipeline.submit_sample_tasks(3)
+            (first,) = pipeline.first_stage_fleets()
+            pipeline.sqs.purge_queue(QueueUrl=first.queue_url)  # three tasks vanish without a trace
+            result = pipeline.result()
+        finally:
+            pipeline.stop()
+    assert result["ok"] is False
+    assert result["fleets"][first.name]["lost"] == 3
+
+
+def test_the_local_run_follows_a_changed_example_app(tmp_path):
+    """Switch the feed link to a success link and point the feed at a local server, in the app's config:
+    the local run takes both from the template (nothing about the example is built into the runner)."""
+    feed = cli.FeedServer(sample_feed("job", 7))
+    try:
+        outdir = tmp_path / "cdk.out"
+        dev = _dev_config() | {"feedLink": "success", "feedUrl": feed.url}
+        synth_example(outdir, {"pipeline:environments": {"dev": dev}, "env": "dev"})
+        code, result = run_local(outdir, tmp_path, "--fire", "DailyFeed", "--timeout", "90")
+    finally:
+        feed.shutdown()
+    assert code == 0, result
+    assert [(j["step"], j["status"]) for j in result["jobs"]] == [
+        ("feed_watcher", "SUCCEEDED"),
+        ("feed_consumer", "SUCCEEDED"),
+    ]
+    assert "sample-feed" in next(iter(result["objects"])) or any("feed_consumer" in p for p in result["objects"])
+    logs = "".join(path.read_text() for path in (tmp_path / "logs").glob("job-feeds-feed_consumer-*.log"))
+    assert '"records": 7' in logs
+
+
+def _dev_config() -> dict:
+    from conftest import cdk_json_context
+
+    return cdk_json_context()["pipeline:environments"]["dev"]
+
+
+# ---------------------------------------------------------------- the pieces
+
+
+def test_resolver_spells_names_arns_and_intrinsics():
+    template = {
+        "Resources": {
+            "Queue1": {"Type": "AWS::SQS::Queue", "Properties": {}},
+            "Topic1": {"Type": "AWS::SNS::Topic"},
+            "Bucket1": {"Type": "AWS::S3::Bucket"},
+        }
+    }
+    resolver = Resolver(template, stack_name="s", region="eu-central-1", queue_url_base="http://127.0.0.1:1")
+    assert resolver.resolve({"Ref": "Queue1"}) == "http://127.0.0.1:1/123456789012/s-Queue1"
+    assert resolver.resolve({"Fn::GetAtt": ["Queue1", "Arn"]}) == "arn:aws:sqs:eu-central-1:123456789012:s-Queue1"
+    assert resolver.resolve({"Fn::Sub": "${Topic1}|${AWS::Region}|${!Literal}"}) == (
+        "arn:aws:sns:eu-central-1:123456789012:s-Topic1|eu-central-1|${Literal}"
+    )
+    assert (
+        resolver.resolve({"Fn::Join": ["/", [{"Fn::GetAtt": ["Bucket1", "Arn"]}, "x/*"]]})
+        == "arn:aws:s3:::s-bucket1/x/*"
+    )
+    assert resolver.resolve({"Fn::Select": [1, {"Fn::GetAZs": ""}]}) == "eu-central-1b"
+
+
+def test_event_patterns_and_input_transformers():
+    event = {"source": "aws.batch", "detail": {"status": "FAILED", "jobName": 'n"1', "jobDefinition": "arn:x:1"}}
+    assert matches({"source": ["aws.batch"], "detail": {"status": ["FAILED", "SUCCEEDED"]}}, event)
+    assert matches({"detail": {"jobDefinition": [{"prefix": "arn:x"}]}}, event)
+    assert not matches({"detail": {"status": ["RUNNING"]}}, event)
+    transformer = {
+        "InputPathsMap": {"name": "$.detail.jobName"},
+        "InputTemplate": '{"job": <name>, "text": "job <name>"}',
+    }
+    assert json.loads(transform(transformer, event)) == {"job": 'n"1', "text": 'job n"1'}
+
+
+def test_dockerfile_entrypoints_map_back_to_the_image_directory(tmp_path):
+    (tmp_path / "Dockerfile").write_text(
+        'FROM python:3.13-slim\nWORKDIR /app\nCOPY watcher.py /app/\nENTRYPOINT ["python", "/app/watcher.py"]\n'
+    )
+    (tmp_path / "watcher.py").write_text("")
+    entrypoint, cmd, copies = dockerfile_command(tmp_path)
+    argv = local_argv(entrypoint + cmd, copies)
+    assert argv[1] == str((tmp_path / "watcher.py").resolve())
+
+
+@pytest.mark.parametrize("argv", [["--env", "staging"], ["--assembly", "/nonexistent"]])
+def test_bad_targets_are_one_line_errors(example_synth, argv, capsys):
+    _, outdir = example_synth
+    arguments = ["--assembly", str(outdir), *argv] if argv[0] == "--env" else argv
+    assert cli.main(arguments) == 2
+    assert "error:" in capsys.readouterr().out
