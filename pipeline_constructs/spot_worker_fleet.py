@@ -496,53 +496,72 @@ class SpotWorkerFleet(Construct):
         )
         # Target tracking does not act without in-service instances: a step adds the first worker. A change
         # (not an exact capacity) so it never cuts a scale-out whose instances are still launching.
-        leave_zero = autoscaling.StepScalingAction(
-            self,
+        self.leave_zero_alarm = self._step_on_alarm(
             "LeaveZero",
-            auto_scaling_group=self.auto_scaling_group,
-            adjustment_type=autoscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-        )
-        leave_zero.add_adjustment(adjustment=1, lower_bound=0)
-        self.leave_zero_alarm = cloudwatch.Alarm(
-            self,
-            "TasksWaitingWithNoWorker",
-            metric=cloudwatch.MathExpression(
-                expression="IF(visible > 0 AND FILL(inservice, 0) == 0, 1, 0)",
-                using_metrics={"visible": visible, "inservice": in_service},
-                period=Duration.minutes(1),
-                label="tasks waiting, no worker in service",
-            ),
-            threshold=0.5,
+            alarm_id="TasksWaitingWithNoWorker",
+            expression="IF(visible > 0 AND FILL(inservice, 0) == 0, 1, 0)",
+            metrics={"visible": visible, "inservice": in_service},
+            above=True,
             evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            alarm_description="Tasks are waiting and no worker is in service: start one.",
+            adjustment_type=autoscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+            adjustment=1,
+            description="Tasks are waiting and no worker is in service: start one.",
         )
-        self.leave_zero_alarm.add_alarm_action(cloudwatch_actions.AutoScalingAction(leave_zero))
         # ... and a step returns to zero once nothing is waiting or in flight for 15 minutes.
-        back_to_zero = autoscaling.StepScalingAction(
-            self,
+        self.queue_empty_alarm = self._step_on_alarm(
             "BackToZero",
-            auto_scaling_group=self.auto_scaling_group,
+            alarm_id="QueueEmpty",
+            expression="visible + inflight",
+            metrics={"visible": visible, "inflight": in_flight},
+            above=False,
+            evaluation_periods=15,
             adjustment_type=autoscaling.AdjustmentType.EXACT_CAPACITY,
+            adjustment=0,
+            description="No task waiting or in flight for 15 minutes: scale the fleet to zero.",
         )
-        back_to_zero.add_adjustment(adjustment=0, upper_bound=0)
-        self.queue_empty_alarm = cloudwatch.Alarm(
+
+    def _step_on_alarm(
+        self,
+        action_id: str,
+        *,
+        alarm_id: str,
+        expression: str,
+        metrics: dict[str, cloudwatch.IMetric],
+        above: bool,
+        evaluation_periods: int,
+        adjustment_type: autoscaling.AdjustmentType,
+        adjustment: int,
+        description: str,
+    ) -> cloudwatch.Alarm:
+        """A step scaling action fired by an alarm on ``expression`` crossing 0.5 (above or below)."""
+        action = autoscaling.StepScalingAction(
+            self, action_id, auto_scaling_group=self.auto_scaling_group, adjustment_type=adjustment_type
+        )
+        if above:
+            action.add_adjustment(adjustment=adjustment, lower_bound=0)
+        else:
+            action.add_adjustment(adjustment=adjustment, upper_bound=0)
+        alarm = cloudwatch.Alarm(
             self,
-            "QueueEmpty",
+            alarm_id,
             metric=cloudwatch.MathExpression(
-                expression="visible + inflight",
-                using_metrics={"visible": visible, "inflight": in_flight},
-                period=Duration.minutes(1),
-                label="tasks waiting or in flight",
+                expression=expression, using_metrics=metrics, period=Duration.minutes(1), label=description
             ),
             threshold=0.5,
-            evaluation_periods=15,
-            comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
-            alarm_description="No task waiting or in flight for 15 minutes: scale the fleet to zero.",
+            evaluation_periods=evaluation_periods,
+            comparison_operator=(
+                cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD
+                if above
+                else cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD
+            ),
+            # Leaving zero ignores gaps; an empty queue publishes nothing, which must count as empty.
+            treat_missing_data=(
+                cloudwatch.TreatMissingData.NOT_BREACHING if above else cloudwatch.TreatMissingData.BREACHING
+            ),
+            alarm_description=description,
         )
-        self.queue_empty_alarm.add_alarm_action(cloudwatch_actions.AutoScalingAction(back_to_zero))
+        alarm.add_alarm_action(cloudwatch_actions.AutoScalingAction(action))
+        return alarm
 
     # ------------------------------------------------------------------ cdk-nag
 

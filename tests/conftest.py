@@ -103,3 +103,16 @@ def aws(aws_env, monkeypatch):
             "session": session,
         },
     )
+
+
+def create_status_table(dynamodb, name: str):
+    """A table shaped like the StatusStore's (pk, sk), in the emulator."""
+    return dynamodb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )

@@ -9,6 +9,7 @@ import uuid
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from conftest import create_status_table
 
 from pipeline_constructs.glue import handler as glue
 
@@ -39,15 +40,7 @@ def batch_world(aws):
         )["jobDefinitionArn"]
         for step in ("watcher", "consumer", "report")
     }
-    table = aws.dynamodb.create_table(
-        TableName=f"status{name}",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    table = create_status_table(aws.dynamodb, f"status{name}")
     topic = f"arn:aws:sns:us-east-1:123456789012:start_feed_consumer{name}"
     config = {
         "chains": {

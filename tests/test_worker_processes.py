@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, create_status_table
 
 from pipeline_constructs.local.imds import FakeInstanceMetadata
 
@@ -50,15 +50,7 @@ class Pipeline:
         self.bucket = f"{name}-data"
         aws.s3.create_bucket(Bucket=self.bucket)
         aws.s3.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
-        self.table = aws.dynamodb.create_table(
-            TableName=f"{name}-status",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        self.table = create_status_table(aws.dynamodb, f"{name}-status")
         self.fleet = name
         self.processes: list[subprocess.Popen] = []
 

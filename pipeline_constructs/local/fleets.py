@@ -125,26 +125,27 @@ class LocalFleet:
                     self.workers[index] = self._spawn()
             time.sleep(0.5)
 
-    def kill_one(self, rng: random.Random) -> str | None:
-        """SIGKILL a random live worker mid-work (it is restarted; its tasks reappear after the timeout)."""
+    def _strike(self, rng: random.Random, *, spot: bool) -> str | None:
         with self._lock:
-            live = [w for w in self.workers if w.process.poll() is None]
+            live = [w for w in self.workers if w.process.poll() is None and (w.imds or not spot)]
             if not live:
                 return None
             victim = rng.choice(live)
-            victim.process.kill()
-            self.kills += 1
+            if spot:
+                victim.imds.interrupt()
+                self.spot_notices += 1
+            else:
+                victim.process.kill()
+                self.kills += 1
             return f"{self.name} worker {victim.number}"
 
+    def kill_one(self, rng: random.Random) -> str | None:
+        """SIGKILL a random live worker mid-work (it is restarted; its tasks reappear after the timeout)."""
+        return self._strike(rng, spot=False)
+
     def spot_notice(self, rng: random.Random) -> str | None:
-        with self._lock:
-            live = [w for w in self.workers if w.process.poll() is None and w.imds]
-            if not live:
-                return None
-            victim = rng.choice(live)
-            victim.imds.interrupt()
-            self.spot_notices += 1
-            return f"{self.name} worker {victim.number}"
+        """Issue a spot interruption notice to a random live worker (it releases its tasks and leaves)."""
+        return self._strike(rng, spot=True)
 
     def stop(self, timeout: float = 30) -> list[int]:
         self._stopping = True
