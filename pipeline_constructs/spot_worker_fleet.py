@@ -505,6 +505,7 @@ class SpotWorkerFleet(Construct):
             evaluation_periods=1,
             adjustment_type=autoscaling.AdjustmentType.CHANGE_IN_CAPACITY,
             adjustment=1,
+            label="tasks waiting, no worker in service",
             description="Tasks are waiting and no worker is in service: start one.",
         )
         # ... and a step returns to zero once nothing is waiting or in flight for 15 minutes.
@@ -517,6 +518,7 @@ class SpotWorkerFleet(Construct):
             evaluation_periods=15,
             adjustment_type=autoscaling.AdjustmentType.EXACT_CAPACITY,
             adjustment=0,
+            label="tasks waiting or in flight",
             description="No task waiting or in flight for 15 minutes: scale the fleet to zero.",
         )
 
@@ -531,6 +533,7 @@ class SpotWorkerFleet(Construct):
         evaluation_periods: int,
         adjustment_type: autoscaling.AdjustmentType,
         adjustment: int,
+        label: str,
         description: str,
     ) -> cloudwatch.Alarm:
         """A step scaling action fired by an alarm on ``expression`` crossing 0.5 (above or below)."""
@@ -545,7 +548,7 @@ class SpotWorkerFleet(Construct):
             self,
             alarm_id,
             metric=cloudwatch.MathExpression(
-                expression=expression, using_metrics=metrics, period=Duration.minutes(1), label=description
+                expression=expression, using_metrics=metrics, period=Duration.minutes(1), label=label
             ),
             threshold=0.5,
             evaluation_periods=evaluation_periods,
