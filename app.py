@@ -198,19 +198,11 @@ class PipelineStack(cdk.Stack):
         self.alarms.watch_fleet(self.statistics)
         self.alarms.watch_fleet(self.summaries)
 
+        # For people; the operator CLI reads the PipelineManifest output the constructs write.
         for name, value in {
             "DataBucketName": self.data.bucket.bucket_name,
             "StatusTableName": self.status.table.table_name,
-            "StatisticsQueueUrl": self.statistics.queue.queue_url,
-            "StatisticsDeadLetterQueueUrl": self.statistics.dead_letter_queue.queue_url,
-            "StatisticsGroupName": self.statistics.auto_scaling_group.auto_scaling_group_name,
-            "SummariesQueueUrl": self.summaries.queue.queue_url,
-            "SummariesDeadLetterQueueUrl": self.summaries.dead_letter_queue.queue_url,
-            "SummariesGroupName": self.summaries.auto_scaling_group.auto_scaling_group_name,
-            "FeedsJobQueueArn": self.feeds.job_queue.job_queue_arn,
-            "FeedsTopicArn": self.feeds.topic.topic_arn,
             "GlueFunctionName": self.feeds.glue.function.function_name,
-            "GlueFailureQueueUrl": self.feeds.glue.failure_queue.queue_url,
             "AlarmTopicArn": self.alarms.topic.topic_arn,
         }.items():
             cdk.CfnOutput(self, name, value=value)

@@ -70,8 +70,10 @@ def load_assembly(outdir: str | Path = "cdk.out") -> list[SynthesizedStack]:
 
 
 def find_stack(stacks: list[SynthesizedStack], name: str) -> SynthesizedStack:
-    for stack in stacks:
-        if stack.name == name:
-            return stack
+    """The stack named ``name``, or ``pipeline-<name>`` (an environment name of the example app)."""
+    for wanted in (name, f"pipeline-{name}"):
+        for stack in stacks:
+            if stack.name == wanted:
+                return stack
     known = ", ".join(stack.name for stack in stacks) or "none"
     raise KeyError(f"no stack named {name!r} in the assembly; stacks: {known}")

@@ -26,6 +26,7 @@ from pipeline_constructs._validation import argument_error, check_duration, chec
 from pipeline_constructs.data_bucket import DataBucket
 from pipeline_constructs.glue_function import GlueFunction
 from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
+from pipeline_constructs.manifest import PipelineManifest
 from pipeline_constructs.network import PipelineNetwork
 from pipeline_constructs.status_store import StatusStore
 from pipeline_constructs.topic import secure_topic
@@ -158,6 +159,18 @@ class BatchChain(Construct):
         }
         self.glue = GlueFunction.of(self, log_retention=log_retention)
         self._wire_links()
+        PipelineManifest.of(self).register(
+            "chains",
+            self.chain_name,
+            {
+                "jobQueue": self.job_queue.job_queue_arn,
+                "steps": [step.name for step in self.steps],
+                "jobDefinitions": {name: d.job_definition_arn for name, d in self.job_definitions.items()},
+                "table": self.table.table_name,
+                "topic": self.topic.topic_arn,
+                "glueFailureQueueUrl": self.glue.failure_queue.queue_url,
+            },
+        )
 
     # ------------------------------------------------------------------ validation
 

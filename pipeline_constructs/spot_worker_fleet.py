@@ -30,6 +30,7 @@ from pipeline_constructs._validation import (
 )
 from pipeline_constructs.data_bucket import DataBucket
 from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
+from pipeline_constructs.manifest import PipelineManifest
 from pipeline_constructs.network import PipelineNetwork
 from pipeline_constructs.status_store import StatusStore
 from pipeline_constructs.task_queue import TaskQueue
@@ -158,6 +159,7 @@ class SpotWorkerFleet(Construct):
         self.queue: sqs.IQueue = queue
         self.dead_letter_queue: sqs.IQueue | None = dead_letter_queue
         self.max_receive_count = max_receive_count
+        self.max_size = max_size
         self.visibility_timeout = visibility_timeout
         self.bucket: s3.IBucket = bucket or DataBucket(self, "Data").bucket
         self.table: dynamodb.ITable = table or StatusStore(self, "Status").table
@@ -224,6 +226,19 @@ class SpotWorkerFleet(Construct):
         self._grant_worker_permissions()
         self._add_scaling(tasks_per_worker)
         self._acknowledge_findings()
+        PipelineManifest.of(self).register(
+            "fleets",
+            self.node.path,
+            {
+                "queueUrl": self.queue.queue_url,
+                "deadLetterQueueUrl": self.dead_letter_queue.queue_url if self.dead_letter_queue else None,
+                "downstreamQueueUrl": self.downstream_queue.queue_url if self.downstream_queue else None,
+                "bucket": self.bucket.bucket_name,
+                "prefix": self.prefix,
+                "table": self.table.table_name,
+                "group": self.auto_scaling_group.auto_scaling_group_name,
+            },
+        )
 
     # ------------------------------------------------------------------ validation
 
@@ -462,9 +477,6 @@ class SpotWorkerFleet(Construct):
         visible = self.queue.metric_approximate_number_of_messages_visible(
             period=Duration.minutes(1), statistic="Maximum"
         )
-        in_flight = self.queue.metric_approximate_number_of_messages_not_visible(
-            period=Duration.minutes(1), statistic="Maximum"
-        )
         in_service = cloudwatch.Metric(
             namespace="AWS/AutoScaling",
             metric_name="GroupInServiceInstances",
@@ -494,77 +506,35 @@ class SpotWorkerFleet(Construct):
                 ),
             ),
         )
-        # Target tracking does not act without in-service instances: a step adds the first worker. A change
-        # (not an exact capacity) so it never cuts a scale-out whose instances are still launching.
-        self.leave_zero_alarm = self._step_on_alarm(
-            "LeaveZero",
-            alarm_id="TasksWaitingWithNoWorker",
-            expression="IF(visible > 0 AND FILL(inservice, 0) == 0, 1, 0)",
-            metrics={"visible": visible, "inservice": in_service},
-            above=True,
-            evaluation_periods=1,
-            adjustment_type=autoscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-            adjustment=1,
-            label="tasks waiting, no worker in service",
-            description="Tasks are waiting and no worker is in service: start one.",
-        )
-        # ... and a step returns to zero once nothing is waiting or in flight for 15 minutes.
-        self.queue_empty_alarm = self._step_on_alarm(
-            "BackToZero",
-            alarm_id="QueueEmpty",
-            expression="visible + inflight",
-            metrics={"visible": visible, "inflight": in_flight},
-            above=False,
-            evaluation_periods=15,
-            adjustment_type=autoscaling.AdjustmentType.EXACT_CAPACITY,
-            adjustment=0,
-            label="tasks waiting or in flight",
-            description="No task waiting or in flight for 15 minutes: scale the fleet to zero.",
-        )
-
-    def _step_on_alarm(
-        self,
-        action_id: str,
-        *,
-        alarm_id: str,
-        expression: str,
-        metrics: dict[str, cloudwatch.IMetric],
-        above: bool,
-        evaluation_periods: int,
-        adjustment_type: autoscaling.AdjustmentType,
-        adjustment: int,
-        label: str,
-        description: str,
-    ) -> cloudwatch.Alarm:
-        """A step scaling action fired by an alarm on ``expression`` crossing 0.5 (above or below)."""
-        action = autoscaling.StepScalingAction(
-            self, action_id, auto_scaling_group=self.auto_scaling_group, adjustment_type=adjustment_type
-        )
-        if above:
-            action.add_adjustment(adjustment=adjustment, lower_bound=0)
-        else:
-            action.add_adjustment(adjustment=adjustment, upper_bound=0)
-        alarm = cloudwatch.Alarm(
+        # One step policy, one alarm (alarms bill per metric): the expression is 2 when tasks wait and no
+        # worker is in service (target tracking has no ratio then), 1 when nothing waits, else 0.
+        #   2 -> +1 instance: leave zero (a change, so it never cuts a scale-out still launching);
+        #   1 -> -max_size: back to zero; busy workers are protected from scale-in until their task is done.
+        zero_steps = autoscaling.StepScalingAction(
             self,
-            alarm_id,
+            "ZeroSteps",
+            auto_scaling_group=self.auto_scaling_group,
+            adjustment_type=autoscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+        )
+        zero_steps.add_adjustment(adjustment=-self.max_size, lower_bound=0, upper_bound=1)
+        zero_steps.add_adjustment(adjustment=1, lower_bound=1)
+        self.zero_alarm = cloudwatch.Alarm(
+            self,
+            "LeaveOrReturnToZero",
             metric=cloudwatch.MathExpression(
-                expression=expression, using_metrics=metrics, period=Duration.minutes(1), label=label
+                expression="IF(visible > 0, IF(FILL(inservice, 0) == 0, 2, 0), 1)",
+                using_metrics={"visible": visible, "inservice": in_service},
+                period=Duration.minutes(1),
+                label="2: tasks wait with no worker, 1: nothing waits",
             ),
             threshold=0.5,
-            evaluation_periods=evaluation_periods,
-            comparison_operator=(
-                cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD
-                if above
-                else cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD
-            ),
-            # Leaving zero ignores gaps; an empty queue publishes nothing, which must count as empty.
-            treat_missing_data=(
-                cloudwatch.TreatMissingData.NOT_BREACHING if above else cloudwatch.TreatMissingData.BREACHING
-            ),
-            alarm_description=description,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            # An idle queue may publish no datapoint: that means nothing waits.
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+            alarm_description="Leave zero when tasks wait with no worker in service; return to zero when none wait.",
         )
-        alarm.add_alarm_action(cloudwatch_actions.AutoScalingAction(action))
-        return alarm
+        self.zero_alarm.add_alarm_action(cloudwatch_actions.AutoScalingAction(zero_steps))
 
     # ------------------------------------------------------------------ cdk-nag
 

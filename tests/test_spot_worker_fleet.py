@@ -89,28 +89,27 @@ def test_backlog_target_tracking_and_steps_to_and_from_zero(dev_template: Templa
             },
         },
     )
+    # One step policy, one alarm: +1 when tasks wait with no worker, down to zero when nothing waits.
     dev_template.has_resource_properties(
         "AWS::AutoScaling::ScalingPolicy",
         {
             "PolicyType": "StepScaling",
             "AdjustmentType": "ChangeInCapacity",
-            "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}],
-        },
-    )
-    dev_template.has_resource_properties(
-        "AWS::AutoScaling::ScalingPolicy",
-        {
-            "PolicyType": "StepScaling",
-            "AdjustmentType": "ExactCapacity",
-            "StepAdjustments": [{"MetricIntervalUpperBound": 0, "ScalingAdjustment": 0}],
+            "StepAdjustments": [
+                {"MetricIntervalLowerBound": 0, "MetricIntervalUpperBound": 1, "ScalingAdjustment": -4},
+                {"MetricIntervalLowerBound": 1, "ScalingAdjustment": 1},
+            ],
         },
     )
     dev_template.has_resource_properties(
         "AWS::CloudWatch::Alarm",
         {
-            "EvaluationPeriods": 15,
-            "ComparisonOperator": "LessThanThreshold",
-            "Metrics": Match.array_with([Match.object_like({"Expression": "visible + inflight"})]),
+            "EvaluationPeriods": 1,
+            "Threshold": 0.5,
+            "TreatMissingData": "breaching",
+            "Metrics": Match.array_with(
+                [Match.object_like({"Expression": "IF(visible > 0, IF(FILL(inservice, 0) == 0, 2, 0), 1)"})]
+            ),
         },
     )
 

@@ -26,6 +26,8 @@ from rich.table import Table
 from pipeline_constructs.assembly import find_stack, load_assembly
 from pipeline_constructs.local.runner import Faults, LocalPipeline, sample_feed
 
+LOCAL_STATE_FILE = ".demo/local-run.json"
+
 
 @contextlib.contextmanager
 def embedded_emulator(endpoint: str | None) -> Iterator[str]:
@@ -185,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--logs", default=".demo/logs", help="where process logs go (default: .demo/logs)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no live progress table")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="stay up after the work (Ctrl-C ends it) so `pipeline ... --local` can be used",
+    )
+    parser.add_argument(
+        "--state-file", default=LOCAL_STATE_FILE, help=f"where --serve says where it runs (default: {LOCAL_STATE_FILE})"
+    )
     return parser
 
 
@@ -233,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         try:
             pipeline.start()
+            pipeline.write_state(Path(args.state_file))
             console.print(
                 f"[bold]{stack.name}[/] up on {endpoint}: {len(pipeline.functions)} function(s), "
                 f"{len(pipeline.batch.definitions) if pipeline.batch else 0} job definition(s), "
@@ -255,12 +266,18 @@ def main(argv: list[str] | None = None) -> int:
                     idle = pipeline.wait_until_idle(
                         args.timeout, on_tick=lambda: live.update(progress_view(pipeline, started))
                     )
+            if args.serve:
+                console.print(f"serving; state in {args.state_file}; try `pipeline status --local`. Ctrl-C ends it.")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(1)
             result = pipeline.result()
             result["timed_out"] = not idle
             result["ok"] = result["ok"] and idle
             result["seconds"] = round(time.monotonic() - started, 1)
         finally:
             pipeline.stop()
+            Path(args.state_file).unlink(missing_ok=True)
             if feed_server is not None:
                 feed_server.shutdown()
     print_summary(console, result)

@@ -702,6 +702,26 @@ class LocalPipeline:
             "schedules": {s.path: s.fired for s in self.schedules},
         }
 
+    def outputs(self) -> dict[str, str]:
+        """The stack's outputs as this local run resolves them (what DescribeStacks would return)."""
+        return {
+            name: str(self.resolver.resolve(output["Value"]))
+            for name, output in self.stack.template.get("Outputs", {}).items()
+        }
+
+    def write_state(self, path: Path) -> None:
+        """Where the CLI's ``--local`` finds this run: endpoints and resolved outputs."""
+        state = {
+            "stack": self.stack.name,
+            "region": self.region,
+            "endpoint": self.endpoint,
+            "batchEndpoint": self.batch.endpoint if self.batch else None,
+            "outputs": self.outputs(),
+            "pid": os.getpid(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state, indent=2))
+
     def stop(self) -> None:
         self._stopping.set()
         for fleet in self.fleets.values():
