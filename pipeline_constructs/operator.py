@@ -283,8 +283,8 @@ def queue_depth(target: Target, url: str | None) -> tuple[int, int]:
 def _query_all(table: Any, partition: str, prefix: str) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     arguments: dict[str, Any] = {
-        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-        "ExpressionAttributeValues": {":pk": partition, ":prefix": prefix},
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)" if prefix else "pk = :pk",
+        "ExpressionAttributeValues": {":pk": partition, ":prefix": prefix} if prefix else {":pk": partition},
     }
     while True:
         page = table.query(**arguments)
