@@ -87,8 +87,9 @@ def _status_view(snapshot: dict) -> Table:
         table.add_column(column)
     for name, fleet in snapshot["fleets"].items():
         tasks = ", ".join(f"{state} {count}" for state, count in sorted(fleet["tasks"].items())) or "-"
+        short = name.rsplit("/", 1)[-1]
         table.add_row(
-            name, str(fleet["waiting"]), str(fleet["in_flight"]), str(fleet["dead_letters"]), fleet["size"], tasks
+            short, str(fleet["waiting"]), str(fleet["in_flight"]), str(fleet["dead_letters"]), fleet["size"], tasks
         )
     for name, runs in snapshot["chains"].items():
         for run, steps in runs.items():
