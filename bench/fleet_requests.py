@@ -29,6 +29,18 @@ def message_only_task(task) -> dict[str, Any]:
     return {"length": len(json.dumps(task.body))}
 
 
+def _status_table(dynamodb: Any, name: str) -> Any:
+    return dynamodb.create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
 def _resources(counter: RequestCounter) -> dict[str, Any]:
     session = counter.session
     sqs, s3, dynamodb = session.client("sqs"), session.client("s3"), session.resource("dynamodb")

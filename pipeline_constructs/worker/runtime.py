@@ -2,7 +2,8 @@
 
 Guarantees:
 - a message is deleted only after its outputs are written (and, with a downstream queue, forwarded);
-- a task already done (its completion marker exists) is acknowledged without running again;
+- a redelivered task already done (its completion marker exists) is acknowledged without running again,
+  and outputs are written with conditional puts, so a task never duplicates its output;
 - a message held longer than the visibility timeout is extended (heartbeat), so no other worker gets it;
 - a failed task is released after a back-off, and SQS moves it to the DLQ after ``max_receive_count``;
 - on SIGTERM running tasks may finish for a grace period; on a spot interruption notice every unfinished
@@ -162,7 +163,8 @@ class Worker:
         batch = min(SQS_BATCH, limit)
         with self._lock:
             while not self._stopping.is_set():
-                room = limit - len(self._held)
+                # Finished tasks waiting for their batched delete take no capacity.
+                room = limit - (len(self._held) - len(self._to_ack))
                 if room >= batch:
                     return batch
                 self._slot_freed.wait(timeout=1.0)
@@ -223,17 +225,18 @@ class Worker:
             _on_progress=self._record_progress,
         )
         try:
-            if self._already_done(task.id):
+            # Only a redelivery can find its work done (a worker died after finishing, before deleting):
+            # first deliveries skip the check, so message-only tasks cost no S3 request at all.
+            if held.attempt > 1 and self._already_done(task.id):
                 held.outcome = {"duplicate": True}
                 with self._lock:
                     self.counts["duplicates"] += 1
             else:
                 result = self.task_function(task)
                 held.outcome = {"result": result, "outputs": task.outputs}
-                marker = json.dumps({"task": task.id, "outputs": task.outputs, "worker": self.config.worker_id})
-                put_once(
-                    self.s3, self.config.bucket, self._marker_key(task.id), marker, content_type="application/json"
-                )
+                if task.outputs:  # a marker only where there is output to protect from a redo
+                    marker = json.dumps({"task": task.id, "outputs": task.outputs, "worker": self.config.worker_id})
+                    put_once(self.s3, self.config.bucket, self._marker_key(task.id), marker, content_type=JSON)
         except Exception as error:  # the task's own failure: release for a retry, record why
             self._task_failed(held, error)
             return
