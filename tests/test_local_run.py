@@ -189,3 +189,40 @@ def test_bad_targets_are_one_line_errors(example_synth, argv, capsys):
     arguments = ["--assembly", str(outdir), *argv] if argv[0] == "--env" else argv
     assert cli.main(arguments) == 2
     assert "error:" in capsys.readouterr().out
+
+
+def test_the_cli_operates_a_local_run(example_synth, tmp_path):
+    """`pipeline ... --local` finds the local run's resources through the same manifest output as in AWS."""
+    from typer.testing import CliRunner
+
+    from pipeline_constructs.cli import app
+    from pipeline_constructs.local.cli import embedded_emulator
+
+    _, outdir = example_synth
+    stack = find_stack(load_assembly(outdir), "dev")
+    state = tmp_path / "local-run.json"
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i in range(6):
+        (inputs / f"sales-{i}.csv").write_text("id,price\n1,2.5\n2,3.5\n")
+    with embedded_emulator(None) as endpoint:
+        pipeline = LocalPipeline(
+            stack, outdir, endpoint=endpoint, region="us-east-1", log_dir=tmp_path / "logs", workers_per_fleet=1
+        )
+        try:
+            pipeline.start()
+            pipeline.write_state(state)
+            runner = CliRunner()
+            local = ["--local", "--state-file", str(state)]
+            submitted = runner.invoke(app, ["submit", str(inputs), "--fleet", "Statistics", *local])
+            assert submitted.exit_code == 0, submitted.output
+            assert "enqueued 6" in submitted.output
+            assert pipeline.wait_until_idle(90)
+            status = runner.invoke(app, ["status", "--json", *local])
+            assert status.exit_code == 0, status.output
+            fleets = json.loads(status.output)["fleets"]
+        finally:
+            pipeline.stop()
+    statistics = next(f for name, f in fleets.items() if name.endswith("/Statistics"))
+    assert statistics["tasks"] == {"SUCCEEDED": 6}
+    assert (statistics["waiting"], statistics["in_flight"], statistics["dead_letters"]) == (0, 0, 0)
