@@ -226,3 +226,33 @@ def test_the_cli_operates_a_local_run(example_synth, tmp_path):
     statistics = next(f for name, f in fleets.items() if name.endswith("/Statistics"))
     assert statistics["tasks"] == {"SUCCEEDED": 6}
     assert (statistics["waiting"], statistics["in_flight"], statistics["dead_letters"]) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("expression", "zone", "utc", "expected"),
+    [
+        ("cron(0 3 * * ? *)", "Europe/Berlin", "2026-11-23T02:00", True),  # 03:00 in Berlin (CET)
+        ("cron(0 3 * * ? *)", "Europe/Berlin", "2026-07-01T01:00", True),  # 03:00 in Berlin (CEST)
+        ("cron(0 3 * * ? *)", "Europe/Berlin", "2026-11-23T03:00", False),
+        ("cron(*/15 8-17 ? * MON-FRI *)", "UTC", "2026-11-23T08:45", True),  # a Monday
+        ("cron(*/15 8-17 ? * MON-FRI *)", "UTC", "2026-11-22T08:45", False),  # a Sunday
+        ("cron(0 12 1 JAN,JUL ? 2026)", "UTC", "2026-07-01T12:00", True),
+    ],
+)
+def test_cron_schedules_fire_at_their_local_time(expression, zone, utc, expected):
+    import datetime as dt
+
+    from pipeline_constructs.local.cron import due
+
+    moment = dt.datetime.fromisoformat(utc).replace(tzinfo=dt.UTC)
+    assert due(expression, zone, moment, moment) is expected
+
+
+def test_rate_schedules_count_from_the_start():
+    import datetime as dt
+
+    from pipeline_constructs.local.cron import due
+
+    start = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
+    fired = [m for m in range(0, 31) if due("rate(10 minutes)", "UTC", start + dt.timedelta(minutes=m), start)]
+    assert fired == [10, 20, 30]

@@ -95,7 +95,7 @@ def progress_view(pipeline: LocalPipeline, started: float) -> Group:
         p = pipeline.fleet_progress(fleet)
         live = sum(1 for w in fleet.workers if w.process.poll() is None)
         fleets.add_row(
-            fleet.name,
+            fleet.name.rsplit("/", 1)[-1],
             str(p["expected"]),
             str(p["done"]),
             str(p["waiting"]),
@@ -117,7 +117,7 @@ def print_summary(console: Console, result: dict[str, Any]) -> None:
         fleets.add_column(column)
     for name, p in result["fleets"].items():
         fleets.add_row(
-            name,
+            name.rsplit("/", 1)[-1],
             str(p["expected"]),
             str(p["done"]),
             str(p["dead"]),
@@ -267,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
                         args.timeout, on_tick=lambda: live.update(progress_view(pipeline, started))
                     )
             if args.serve:
-                console.print(f"serving; state in {args.state_file}; try `pipeline status --local`. Ctrl-C ends it.")
+                threading.Thread(target=pipeline.run_schedules, name="schedules", daemon=True).start()
+                console.print(
+                    f"serving, schedules firing on their cron; state in {args.state_file}; "
+                    "try `pipeline status --local`. Ctrl-C ends it."
+                )
                 with contextlib.suppress(KeyboardInterrupt):
                     while True:
                         time.sleep(1)

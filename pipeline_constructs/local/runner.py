@@ -25,6 +25,7 @@ from botocore.config import Config
 
 from pipeline_constructs.assembly import SynthesizedStack
 from pipeline_constructs.local.batch import JobDefinitionSpec, LocalBatch
+from pipeline_constructs.local.cron import UnsupportedSchedule, due
 from pipeline_constructs.local.events import LocalEventBus, LocalRule, Target
 from pipeline_constructs.local.fleets import LocalFleet, parse_user_data
 from pipeline_constructs.local.lambdas import LocalFunction
@@ -487,6 +488,26 @@ class LocalPipeline:
         if not fired:
             raise KeyError(f"no schedule named {name!r}; schedules: {', '.join(self.schedule_names()) or 'none'}")
         return fired
+
+    def run_schedules(self) -> None:
+        """Fire every schedule when its cron or rate comes due, until the run stops (checked each minute)."""
+        started = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+        fired_at: dict[str, dt.datetime] = {}
+        while not self._stopping.wait(5):
+            minute = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+            for schedule in list(self.schedules):
+                if fired_at.get(schedule.logical_id) == minute:
+                    continue
+                try:
+                    is_due = due(schedule.expression, schedule.time_zone, minute, started)
+                except UnsupportedSchedule as error:
+                    log.warning("schedule %s fires only on demand: %s", schedule.path, error)
+                    self.schedules.remove(schedule)
+                    continue
+                if is_due:
+                    fired_at[schedule.logical_id] = minute
+                    self._fire(schedule, minute)
+                    self.faults.events.append(f"schedule {schedule.path} fired on its schedule at {minute:%H:%M} UTC")
 
     def _fire(self, schedule: Schedule, now: dt.datetime) -> None:
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
