@@ -150,7 +150,13 @@ def print_summary(console: Console, result: dict[str, Any]) -> None:
             console.print(f"  - {event}")
         dead = sum(p["dead"] for p in result["fleets"].values())
         lost = sum(p["lost"] for p in result["fleets"].values())
+        stale = sum(p.get("stale_dead", 0) for p in result["fleets"].values())
         console.print(f"  => tasks lost: {lost}; tasks in dead-letter queues: {dead}")
+        if stale:
+            console.print(
+                f"  => {stale} finished task(s) also sit in a DLQ (killed before the delete); "
+                "`pipeline redrive` acknowledges and forwards them"
+            )
     verdict = "[green]everything completed[/]" if result["ok"] else "[red]NOT everything completed[/]"
     console.print(f"Result: {verdict}")
 

@@ -616,12 +616,38 @@ class LocalPipeline:
         visible, in_flight = self.queue_depth(fleet.queue_url)
         dlq = self.dead_letter_url(fleet.queue_url)
         dead = sum(self.queue_depth(dlq)) if dlq else 0
+        stale = self._done_in_dead_letters(fleet, dlq) if dead else 0
         upstream = [f for f in self.fleets.values() if f.downstream_queue_url == fleet.queue_url]
         if upstream:
-            expected = sum(self.fleet_progress(f)["done"] for f in upstream)
+            # Done upstream tasks stuck as stale DLQ copies may never have been forwarded: not expected here.
+            expected = sum(p["done"] - p["stale_dead"] for p in (self.fleet_progress(f) for f in upstream))
         else:
             expected = len(self.submitted.get(fleet.name, []))
-        return {"expected": expected, "done": done, "waiting": visible, "in_flight": in_flight, "dead": dead}
+        return {
+            "expected": expected,
+            "done": done,
+            "waiting": visible,
+            "in_flight": in_flight,
+            "dead": dead - stale,
+            "stale_dead": stale,
+        }
+
+    def _done_in_dead_letters(self, fleet: LocalFleet, dlq: str) -> int:
+        """DLQ messages of tasks that are done (their worker was killed three times before deleting them):
+        stale copies, not lost work; a redrive would acknowledge them as duplicates."""
+        bucket, prefix = fleet.environment["PIPELINE_BUCKET"], fleet.environment.get("PIPELINE_PREFIX", "")
+        messages = self.sqs.receive_message(
+            QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
+        ).get("Messages", [])
+        stale = 0
+        for message in messages:
+            try:
+                key = json.loads(message["Body"]).get("key", "")
+                self.s3.head_object(Bucket=bucket, Key=f"{prefix}output/{key}/_SUCCESS")
+                stale += 1
+            except Exception:  # not JSON, or no marker: a real dead letter
+                continue
+        return stale
 
     def failure_queue_depths(self) -> dict[str, int]:
         """Depth of every on-failure destination and subscription/target DLQ of the template."""

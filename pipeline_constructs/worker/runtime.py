@@ -201,15 +201,16 @@ class Worker:
     def _marker_key(self, task_id: str) -> str:
         return f"{self.config.prefix}output/{task_id}/{COMPLETION_MARKER}"
 
-    def _already_done(self, task_id: str) -> bool:
+    def _completion_marker(self, task_id: str) -> dict[str, Any] | None:
+        """The marker a finished attempt left (its outputs and result), or None."""
         try:
-            self.s3.head_object(Bucket=self.config.bucket, Key=self._marker_key(task_id))
+            body = self.s3.get_object(Bucket=self.config.bucket, Key=self._marker_key(task_id))["Body"].read()
         except Exception as error:
             code = getattr(error, "response", {}).get("Error", {}).get("Code")
             if code in ("404", "NoSuchKey", "NotFound"):
-                return False
+                return None
             raise
-        return True
+        return json.loads(body)
 
     def _process(self, held: Held, body: Any) -> None:
         held.started = time.monotonic()
@@ -227,16 +228,25 @@ class Worker:
         try:
             # Only a redelivery can find its work done (a worker died after finishing, before deleting):
             # first deliveries skip the check, so message-only tasks cost no S3 request at all.
-            if held.attempt > 1 and self._already_done(task.id):
-                held.outcome = {"duplicate": True}
+            marker = self._completion_marker(task.id) if held.attempt > 1 else None
+            if marker is not None:
+                # Done before (the worker died before deleting): acknowledge, and forward it again, since the
+                # first forward may never have happened; the next stage is idempotent in the same way.
+                held.outcome = {"duplicate": True, "outputs": marker.get("outputs"), "result": marker.get("result")}
                 with self._lock:
                     self.counts["duplicates"] += 1
             else:
                 result = self.task_function(task)
                 held.outcome = {"result": result, "outputs": task.outputs}
                 if task.outputs:  # a marker only where there is output to protect from a redo
-                    marker = json.dumps({"task": task.id, "outputs": task.outputs, "worker": self.config.worker_id})
-                    put_once(self.s3, self.config.bucket, self._marker_key(task.id), marker, content_type=JSON)
+                    marker_body = {
+                        "task": task.id,
+                        "outputs": task.outputs,
+                        "result": result,
+                        "worker": self.config.worker_id,
+                    }
+                    body_text = json.dumps(marker_body, default=str)
+                    put_once(self.s3, self.config.bucket, self._marker_key(task.id), body_text, content_type=JSON)
         except Exception as error:  # the task's own failure: release for a retry, record why
             self._task_failed(held, error)
             return
@@ -277,7 +287,9 @@ class Worker:
             self._to_ack.append(held)
             if self._oldest_ack is None:
                 self._oldest_ack = time.monotonic()
-            full = len(self._to_ack) >= SQS_BATCH
+            # On its last delivery a finished task is deleted at once: one more crash would dead-letter it.
+            last_chance = self.max_receive_count is not None and held.attempt >= self.max_receive_count
+            full = len(self._to_ack) >= SQS_BATCH or last_chance
         if full:
             self._flush_acks(force=True)
 
