@@ -243,3 +243,25 @@ def test_task_longer_than_the_visibility_timeout_runs_once_thanks_to_the_heartbe
     assert p.runs("marathon") == 1
     row = p.status_rows()["task#marathon"]
     assert int(row["attempts"]) == 1
+
+
+def test_a_redelivered_finished_task_is_acknowledged_and_forwarded_not_redone(pipeline, aws, aws_env):
+    p = pipeline(visibility=30)
+    downstream = aws.sqs.create_queue(QueueName=f"{p.fleet}-next")["QueueUrl"]
+    marker = {"task": "done-1", "outputs": ["output/done-1/result.json"], "result": {"ok": True}}
+    aws.s3.put_object(Bucket=p.bucket, Key="output/done-1/_SUCCESS", Body=json.dumps(marker))
+    p.submit([{"key": "done-1"}])
+    # A first delivery that never got deleted (its worker died after finishing): visible again at once.
+    (first,) = aws.sqs.receive_message(QueueUrl=p.queue_url, VisibilityTimeout=0)["Messages"]
+    assert first["Body"]
+    p.start_worker(aws_env, PIPELINE_DOWNSTREAM_QUEUE_URL=downstream)
+    wait_until(lambda: p.queue_counts() == (0, 0), timeout=30, message="the duplicate acknowledged")
+    assert p.stop_all() == [0]
+    assert p.runs("done-1") == 0  # not redone
+    (forwarded,) = aws.sqs.receive_message(QueueUrl=downstream, WaitTimeSeconds=1)["Messages"]
+    assert json.loads(forwarded["Body"]) == {
+        "key": "done-1",
+        "source": p.fleet,
+        "outputs": ["output/done-1/result.json"],
+        "result": {"ok": True},
+    }
