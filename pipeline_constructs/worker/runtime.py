@@ -35,7 +35,7 @@ ACK_DELAY_SECONDS = 1.0
 IDLE_UNPROTECT_SECONDS = 30.0
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not field equality: membership tests compare the very message held
 class Held:
     """A received message this worker is responsible for until it is deleted or released."""
 
