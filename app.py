@@ -31,6 +31,7 @@ from pipeline_constructs import (
     ScheduledTrigger,
     SpotWorkerFleet,
     StatusStore,
+    TaskQueue,
 )
 from pipeline_constructs.logs import retention_from_days
 
@@ -55,6 +56,7 @@ class EnvironmentConfig:
     feed_schedule: str
     feed_time_zone: str
     feed_url: str
+    report_schedule: str
     fleet_max_size: int
     tasks_per_worker: int
     # Optional: the CDK CLI drops null context values, so these may be absent.
@@ -137,26 +139,22 @@ class PipelineStack(cdk.Stack):
         self.data = DataBucket(self, "Data", removal_policy=removal)
         self.status = StatusStore(self, "Status", removal_policy=removal)
 
-        # Two-stage fleet: CSV statistics per uploaded file, then a summary of each, on spot workers.
-        shared = {
-            "network": self.network,
-            "bucket": self.data.bucket,
-            "table": self.status.table,
-            "worker_directory": WORKER_IMAGES / "sqs_worker",
-            "max_size": config.fleet_max_size,
-            "tasks_per_worker": config.tasks_per_worker,
-            "log_retention": retention,
-        }
-        self.summaries = SpotWorkerFleet(self, "Summaries", task="task:summarize", **shared)
+        # Stage one: CSV statistics per uploaded file on spot workers; finished tasks go to a queue that
+        # stage two, a daily Batch report, drains (no second fleet: no idle alarms for it).
+        self.finished = TaskQueue(self, "Finished", max_receive_count=3, retention_period=cdk.Duration.days(14))
         self.statistics = SpotWorkerFleet(
             self,
             "Statistics",
             task="task:csv_stats",
-            downstream_queue=self.summaries.queue,
-            **shared,
+            worker_directory=WORKER_IMAGES / "sqs_worker",
+            network=self.network,
+            bucket=self.data.bucket,
+            table=self.status.table,
+            max_size=config.fleet_max_size,
+            tasks_per_worker=config.tasks_per_worker,
+            log_retention=retention,
+            downstream_queue=self.finished.queue,
         )
-        self.statistics.grant_read_outputs(self.summaries.role)
-
         # The daily feed: watch the XML feed, and only when it changed, convert it (message link).
         self.feeds = BatchChain(
             self,
@@ -193,10 +191,34 @@ class PipelineStack(cdk.Stack):
             self, "DailyFeed", schedule=config.feed_schedule, time_zone=config.feed_time_zone, chain=self.feeds
         )
 
+        self.reports = BatchChain(
+            self,
+            "Reports",
+            chain_name="reports",
+            bucket=self.data.bucket,
+            table=self.status.table,
+            compute_environment=self.feeds.compute_environment,  # one spot environment and queue for both
+            job_queue=self.feeds.job_queue,
+            log_retention=retention,
+            steps=[
+                ChainStep(
+                    name="daily_report",
+                    image=WORKER_IMAGES / "daily_report",
+                    memory_mib=1024,
+                    timeout=cdk.Duration.minutes(30),
+                    consumes=self.finished.queue,
+                )
+            ],
+        )
+        self.statistics.grant_read_outputs(self.reports.job_roles["daily_report"])
+        self.daily_report = ScheduledTrigger(
+            self, "DailyReport", schedule=config.report_schedule, time_zone=config.feed_time_zone, chain=self.reports
+        )
+
         self.alarms = PipelineAlarms(self, "Alarms", email=config.alarm_email)
         self.alarms.watch_chain(self.feeds)
         self.alarms.watch_fleet(self.statistics)
-        self.alarms.watch_fleet(self.summaries)
+        self.alarms.watch_queue("FinishedDeadLetters", self.finished.dead_letter_queue, "The finished-task DLQ")
 
         # For people; the operator CLI reads the PipelineManifest output the constructs write.
         for name, value in {

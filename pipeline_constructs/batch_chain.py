@@ -19,6 +19,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge, acknowledge_wildcard_resources
@@ -80,6 +81,8 @@ class ChainStep:
     :param array_size: run as an array job of this many children (fan-out). Default: None. Range: 2 to 10000.
     :param link: how this step starts the next one. Default: None (required on every step but the last).
     :param reads_from: steps whose S3 prefixes this step may read. Default: the previous step.
+    :param consumes: a queue this step drains (e.g. a fleet's downstream queue); the job role may receive,
+        delete and change visibility, and ``PIPELINE_QUEUE_URL`` names it. Default: None.
     """
 
     name: str
@@ -94,6 +97,7 @@ class ChainStep:
     array_size: int | None = None
     link: ChainLink | None = None
     reads_from: Sequence[str] | None = None
+    consumes: sqs.IQueue | None = None
 
 
 class BatchChain(Construct):
@@ -283,6 +287,8 @@ class BatchChain(Construct):
             self.bucket.encryption_key.grant_encrypt_decrypt(role)
         if step.link is not None and step.link.kind == "message":
             self._grant_publish_only(role)
+        if step.consumes is not None:
+            step.consumes.grant_consume_messages(role)
         acknowledge_wildcard_resources(
             role,
             [own, *readable],
@@ -297,6 +303,8 @@ class BatchChain(Construct):
             "PIPELINE_CHAIN": self.chain_name,
             "PIPELINE_STEP": step.name,
         }
+        if step.consumes is not None:
+            environment["PIPELINE_QUEUE_URL"] = step.consumes.queue_url
         container = batch.EcsEc2ContainerDefinition(
             self,
             f"{step.name}Container",

@@ -39,13 +39,18 @@ def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_synth, tmp_path)
     _, outdir = example_synth
     code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "8")
     assert code == 0, result
-    assert [(j["step"], j["status"]) for j in result["jobs"]] == [
-        ("feed_watcher", "SUCCEEDED"),
+    assert sorted((j["step"], j["status"]) for j in result["jobs"]) == [
+        ("daily_report", "SUCCEEDED"),
         ("feed_consumer", "SUCCEEDED"),
+        ("feed_watcher", "SUCCEEDED"),
     ]
-    fleets = result["fleets"]
-    assert {p["expected"] for p in fleets.values()} == {8}
-    assert all(p["done"] == 8 and p["lost"] == 0 and p["dead"] == 0 for p in fleets.values())
+    ((name, statistics),) = result["fleets"].items()
+    assert name.endswith("/Statistics")
+    assert (statistics["expected"], statistics["done"], statistics["lost"], statistics["dead"]) == (8, 8, 0, 0)
+    # The second stage (the daily report) drained every finished task from the downstream queue.
+    assert result["downstream_queues"] and set(result["downstream_queues"].values()) == {0}
+    report_logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("job-reports-daily_report-*.log"))
+    assert '"tasks": 8' in report_logs
     consumer_output = [prefix for prefix in result["objects"] if prefix.endswith("/feeds/feed_consumer/")]
     assert consumer_output
     assert "AWS::IAM::Role" in result["not_emulated"]  # listed, not silently dropped

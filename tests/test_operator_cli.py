@@ -237,4 +237,5 @@ def test_cost_of_the_example_app_lists_its_alarms_and_no_idle_compute(example_st
     kinds = {line.kind for line in report["lines"]}
     assert kinds == {"CloudWatch alarm"}
     assert report["idle_monthly"] == pytest.approx(sum(line.monthly for line in report["lines"]), abs=0.01)
+    assert report["idle_monthly"] <= 1.00
     assert "SQS" in report["pay_per_use"]

@@ -137,6 +137,11 @@ def print_summary(console: Console, result: dict[str, Any]) -> None:
     for prefix, count in sorted(result["objects"].items()):
         objects.add_row(prefix, str(count))
     console.print(jobs, fleets, functions, objects)
+    if result.get("downstream_queues"):
+        console.print(
+            "Downstream queues left (messages + dead letters): "
+            + ", ".join(f"{k}={v}" for k, v in result["downstream_queues"].items())
+        )
     if result["failure_queues"]:
         console.print("On-failure queues: " + ", ".join(f"{k}={v}" for k, v in result["failure_queues"].items()))
     if result["not_emulated"]:
@@ -255,6 +260,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"{len(pipeline.batch.definitions) if pipeline.batch else 0} job definition(s), "
                 f"{len(pipeline.fleets)} fleet(s), schedules: {', '.join(pipeline.schedule_names()) or 'none'}"
             )
+
+            def wait(timeout: float) -> bool:
+                if args.quiet:
+                    return pipeline.wait_until_idle(timeout)
+                with Live(progress_view(pipeline, started), console=console, refresh_per_second=2) as live:
+                    return pipeline.wait_until_idle(
+                        timeout, on_tick=lambda: live.update(progress_view(pipeline, started))
+                    )
+
+            idle = True
+            if args.demo:
+                # The day's tasks first, then the nightly schedules (which may report on those tasks).
+                pipeline.submit_sample_tasks(args.tasks)
+                idle = wait(args.timeout)
             fire = args.fire or (["all"] if args.demo and pipeline.schedules else [])
             for name in fire:
                 try:
@@ -263,15 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 except KeyError as error:
                     console.print(f"[red]error:[/] {str(error).strip(chr(39))}")
                     return 2
-            if args.demo:
-                pipeline.submit_sample_tasks(args.tasks)
-            if args.quiet:
-                idle = pipeline.wait_until_idle(args.timeout)
-            else:
-                with Live(progress_view(pipeline, started), console=console, refresh_per_second=2) as live:
-                    idle = pipeline.wait_until_idle(
-                        args.timeout, on_tick=lambda: live.update(progress_view(pipeline, started))
-                    )
+            idle = wait(max(10.0, args.timeout - (time.monotonic() - started))) and idle
             if args.serve:
                 threading.Thread(target=pipeline.run_schedules, name="schedules", daemon=True).start()
                 console.print(

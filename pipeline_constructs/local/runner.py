@@ -728,6 +728,12 @@ class LocalPipeline:
             fleets[fleet.name] = progress
         functions = {f.name: f.counts() for f in self.functions.values()}
         failures = self.failure_queue_depths()
+        # Downstream queues no fleet consumes (a Batch step drains them): they must end empty, DLQ too.
+        fleet_queues = {f.queue_url for f in self.fleets.values()}
+        drained = {}
+        for url in {f.downstream_queue_url for f in self.fleets.values()} - fleet_queues - {""}:
+            dlq = self.dead_letter_url(url)
+            drained[url.rsplit("/", 1)[-1]] = sum(self.queue_depth(url)) + (sum(self.queue_depth(dlq)) if dlq else 0)
         ok = (
             all(job["status"] == "SUCCEEDED" for job in jobs)
             and all(
@@ -735,6 +741,7 @@ class LocalPipeline:
                 for p in fleets.values()
             )
             and all(depth == 0 for depth in failures.values())
+            and all(depth == 0 for depth in drained.values())
         )
         return {
             "ok": ok,
@@ -742,6 +749,7 @@ class LocalPipeline:
             "fleets": fleets,
             "functions": functions,
             "failure_queues": failures,
+            "downstream_queues": drained,
             "objects": self.objects_written(),
             "injected": self.faults.describe(),
             "fault_events": list(self.faults.events),
