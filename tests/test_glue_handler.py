@@ -9,7 +9,7 @@ import uuid
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from conftest import create_status_table
+from conftest import create_batch_queue, create_status_table
 
 from pipeline_constructs.glue import handler as glue
 
@@ -20,26 +20,8 @@ SNS_MESSAGE = '{"type":"lovelive","jobXmlTag":"job","gzipped":true,"emptyCDATA":
 def batch_world(aws):
     """A job queue with two job definitions in moto, a status table, and the glue config naming them."""
     name = uuid.uuid4().hex[:8]
-    iam = aws.session.client("iam")
     batch = aws.session.client("batch")
-    role = iam.create_role(RoleName=f"r{name}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    environment = batch.create_compute_environment(
-        computeEnvironmentName=f"ce{name}", type="UNMANAGED", serviceRole=role
-    )["computeEnvironmentArn"]
-    queue = batch.create_job_queue(
-        jobQueueName=f"feeds{name}",
-        state="ENABLED",
-        priority=1,
-        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}],
-    )["jobQueueArn"]
-    definitions = {
-        step: batch.register_job_definition(
-            jobDefinitionName=f"{step}{name}",
-            type="container",
-            containerProperties={"image": "busybox", "vcpus": 1, "memory": 128},
-        )["jobDefinitionArn"]
-        for step in ("watcher", "consumer", "report")
-    }
+    queue, definitions = create_batch_queue(aws.session, name, ["watcher", "consumer", "report"])
     table = create_status_table(aws.dynamodb, f"status{name}")
     topic = f"arn:aws:sns:us-east-1:123456789012:start_feed_consumer{name}"
     config = {

@@ -8,7 +8,7 @@ import uuid
 import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_ec2 as ec2
-from conftest import create_status_table
+from conftest import create_batch_queue, create_status_table
 from typer.testing import CliRunner
 
 from pipeline_constructs.cli import app
@@ -176,29 +176,13 @@ def test_local_flag_without_a_local_run_says_how_to_start_one(tmp_path):
 
 def test_start_submits_the_first_step_of_a_chain(deployed, aws, monkeypatch):
     batch = aws.session.client("batch")
-    role = aws.session.client("iam").create_role(RoleName=f"r{deployed.env}", AssumeRolePolicyDocument="{}")["Role"][
-        "Arn"
-    ]
-    environment = batch.create_compute_environment(
-        computeEnvironmentName=f"ce{deployed.env}", type="UNMANAGED", serviceRole=role
-    )["computeEnvironmentArn"]
-    queue = batch.create_job_queue(
-        jobQueueName=f"q{deployed.env}",
-        state="ENABLED",
-        priority=1,
-        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}],
-    )["jobQueueArn"]
-    definition = batch.register_job_definition(
-        jobDefinitionName=f"d{deployed.env}",
-        type="container",
-        containerProperties={"image": "busybox", "vcpus": 1, "memory": 128},
-    )
+    queue, definitions = create_batch_queue(aws.session, deployed.env, ["watch"])
     manifest = deployed.manifest | {
         "chains": {
             "feeds": {
                 "jobQueue": queue,
                 "steps": ["watch"],
-                "jobDefinitions": {"watch": definition["jobDefinitionArn"]},
+                "jobDefinitions": definitions,
                 "table": deployed.table.name,
             }
         }
