@@ -217,6 +217,7 @@ class PipelineStack(cdk.Stack):
 
         self.alarms = PipelineAlarms(self, "Alarms", email=config.alarm_email)
         self.alarms.watch_chain(self.feeds)
+        self.alarms.watch_chain(self.reports)
         self.alarms.watch_fleet(self.statistics)
         self.alarms.watch_queue("FinishedDeadLetters", self.finished.dead_letter_queue, "The finished-task DLQ")
 
