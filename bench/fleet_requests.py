@@ -21,6 +21,7 @@ from botocore.config import Config
 from bench.emulator import RequestCounter, moto_endpoint
 from pipeline_constructs.worker.config import WorkerConfig
 from pipeline_constructs.worker.runtime import Worker
+from pipeline_constructs.worker.status import TABLE_KEYS
 
 DYNAMODB_WRITES = ("PutItem", "UpdateItem", "BatchWriteItem", "DeleteItem")
 
@@ -30,15 +31,7 @@ def message_only_task(task) -> dict[str, Any]:
 
 
 def _status_table(dynamodb: Any, name: str) -> Any:
-    return dynamodb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    return dynamodb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **TABLE_KEYS)
 
 
 def _resources(counter: RequestCounter) -> dict[str, Any]:
@@ -55,15 +48,7 @@ def _resources(counter: RequestCounter) -> dict[str, Any]:
         },
     )["QueueUrl"]
     s3.create_bucket(Bucket=f"{name}-data")
-    table = dynamodb.create_table(
-        TableName=f"{name}-status",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    table = _status_table(dynamodb, f"{name}-status")
     return {"queue": queue, "bucket": f"{name}-data", "table": table, "sqs": sqs, "s3": s3}
 
 

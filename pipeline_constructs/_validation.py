@@ -77,6 +77,21 @@ def check_duration(
     )
 
 
+def check_visibility_covers(
+    scope: Construct | str, visibility_timeout: Duration | None, other: str, timeout: Duration | None
+) -> None:
+    """A queue's visibility timeout must cover ``other`` (the consumer's or task's timeout), else a message
+    is handed to a second consumer while the first is still on it."""
+    visibility_s, timeout_s = seconds(visibility_timeout), seconds(timeout)
+    if visibility_s is not None and timeout_s is not None and visibility_s < timeout_s:
+        raise argument_error(
+            scope,
+            "visibility_timeout",
+            f"{_number(visibility_s)} seconds",
+            f"at least {other} ({_number(timeout_s)} seconds) up to 43200 seconds",
+        )
+
+
 def check_not_empty(scope: Construct | str, argument: str, values: Iterable[object] | None) -> None:
     if values is not None and not list(values):
         raise argument_error(scope, argument, [], "a non-empty list")

@@ -6,10 +6,12 @@ from ``--region`` or the usual AWS settings) or from a running local run (``--lo
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -41,11 +43,27 @@ def _fail(error: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Whatever goes wrong in a command reaches the operator as one line naming what to fix, never a traceback."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as error:
+            raise _fail(error) from None
+
+    return run
+
+
 def _target(stack: str | None, region: str | None, local: bool, state_file: str) -> Target:
     return operator.connect(stack, region=region, local=local, state_file=state_file)
 
 
 @app.command()
+@_one_line_errors
 def submit(
     paths: Annotated[list[Path], typer.Argument(help="files or folders; one task per file")],
     fleet: FleetOption = None,
@@ -56,23 +74,18 @@ def submit(
     state_file: StateOption = ".demo/local-run.json",
 ) -> None:
     """Upload files to the fleet's input/ prefix and enqueue one task each (skips tasks already known)."""
-    try:
-        target = _target(stack, region, local, state_file)
-        files = operator.task_files(paths)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress:
-            bar = progress.add_task("enqueueing", total=len(files))
-            report = operator.submit(
-                target, fleet, paths, dry_run=dry_run, on_progress=lambda n: progress.advance(bar, n)
-            )
-    except Exception as error:
-        raise _fail(error) from None
+    target = _target(stack, region, local, state_file)
+    files = operator.task_files(paths)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        bar = progress.add_task("enqueueing", total=len(files))
+        report = operator.submit(target, fleet, paths, dry_run=dry_run, on_progress=lambda n: progress.advance(bar, n))
     verb = "would enqueue" if dry_run else "enqueued"
     count = report.found - report.already_known if dry_run else report.enqueued
     console.print(f"{report.found} file(s): {verb} {count}, skipped {report.already_known} already enqueued or done")
@@ -98,6 +111,7 @@ def _status_view(snapshot: dict) -> Table:
 
 
 @app.command()
+@_one_line_errors
 def status(
     watch: Annotated[bool, typer.Option("--watch", "-w", help="refresh every 2 seconds until Ctrl-C")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -122,11 +136,10 @@ def status(
                 live.update(_status_view(operator.status(target)))
     except KeyboardInterrupt:
         return
-    except Exception as error:
-        raise _fail(error) from None
 
 
 @app.command()
+@_one_line_errors
 def redrive(
     fleet: FleetOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
@@ -136,24 +149,20 @@ def redrive(
     state_file: StateOption = ".demo/local-run.json",
 ) -> None:
     """Move the fleet's dead-letter messages back to its queue."""
-    try:
-        target = _target(stack, region, local, state_file)
-        name, count = operator.dead_letter_count(target, fleet)
-        if count == 0:
-            console.print(f"{name}: the dead-letter queue is empty")
-            return
-        if not yes and not typer.confirm(f"Move {count} message(s) from {name}'s dead-letter queue back to its queue?"):
-            console.print("nothing moved")
-            raise typer.Exit(1)
-        moved = operator.redrive(target, fleet)
-    except typer.Exit:
-        raise
-    except Exception as error:
-        raise _fail(error) from None
+    target = _target(stack, region, local, state_file)
+    name, count = operator.dead_letter_count(target, fleet)
+    if count == 0:
+        console.print(f"{name}: the dead-letter queue is empty")
+        return
+    if not yes and not typer.confirm(f"Move {count} message(s) from {name}'s dead-letter queue back to its queue?"):
+        console.print("nothing moved")
+        raise typer.Exit(1)
+    moved = operator.redrive(target, fleet)
     console.print(f"moved {moved} message(s) back to {name}")
 
 
 @app.command()
+@_one_line_errors
 def tail(
     fleet: FleetOption = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="how many")] = 20,
@@ -163,10 +172,7 @@ def tail(
     state_file: StateOption = ".demo/local-run.json",
 ) -> None:
     """The latest task failures with their errors."""
-    try:
-        failures = operator.tail(_target(stack, region, local, state_file), fleet, limit)
-    except Exception as error:
-        raise _fail(error) from None
+    failures = operator.tail(_target(stack, region, local, state_file), fleet, limit)
     table = Table(title="latest failures", title_justify="left")
     for column in ("fleet", "task", "state", "attempts", "error"):
         table.add_column(column)
@@ -176,6 +182,7 @@ def tail(
 
 
 @app.command()
+@_one_line_errors
 def start(
     chain: Annotated[str, typer.Argument(help="chain name")],
     env: Annotated[list[str], typer.Option("--env", "-e", help="NAME=VALUE for the first step (repeatable)")] = [],  # noqa: B006
@@ -185,14 +192,11 @@ def start(
     state_file: StateOption = ".demo/local-run.json",
 ) -> None:
     """Start a chain run by hand: submit its first step, with optional environment overrides."""
-    try:
-        bad = [item for item in env if "=" not in item]
-        if bad:
-            raise OperatorError(f"--env {bad[0]!r}: expected NAME=VALUE")
-        overrides = dict(item.split("=", 1) for item in env)
-        started = operator.start(_target(stack, region, local, state_file), chain, overrides)
-    except Exception as error:
-        raise _fail(error) from None
+    bad = [item for item in env if "=" not in item]
+    if bad:
+        raise OperatorError(f"--env {bad[0]!r}: expected NAME=VALUE")
+    overrides = dict(item.split("=", 1) for item in env)
+    started = operator.start(_target(stack, region, local, state_file), chain, overrides)
     console.print(f"started run {started['run']}: job {started['jobName']} ({started['jobId']})")
 
 

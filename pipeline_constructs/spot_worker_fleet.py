@@ -26,6 +26,7 @@ from pipeline_constructs._validation import (
     check_duration,
     check_not_empty,
     check_range,
+    check_visibility_covers,
     seconds,
 )
 from pipeline_constructs.data_bucket import DataBucket
@@ -270,19 +271,15 @@ class SpotWorkerFleet(Construct):
         check_range(self, "concurrency", concurrency, minimum=1, maximum=1024)
         check_range(self, "root_volume_size", root_volume_size, minimum=8, maximum=16384, unit=" GiB")
         check_duration(self, "task_timeout", self.task_timeout, minimum=Duration.seconds(1), maximum=Duration.hours(12))
-        visibility_s, task_s = seconds(visibility_timeout), seconds(self.task_timeout)
-        if visibility_s is not None and task_s is not None and visibility_s < task_s:
-            raise argument_error(
-                self,
-                "visibility_timeout",
-                f"{visibility_s:g} seconds",
-                f"at least task_timeout ({task_s:g} seconds) up to 43200 seconds",
-            )
+        check_visibility_covers(self, visibility_timeout, "task_timeout", self.task_timeout)
         if dead_letter_queue is not None and queue is None:
             raise argument_error(self, "dead_letter_queue", dead_letter_queue.node.path, "only together with queue")
         if queue is not None and visibility_given:
             raise argument_error(
-                self, "visibility_timeout", f"{visibility_s:g} seconds", "only with a created queue (queue=None)"
+                self,
+                "visibility_timeout",
+                f"{seconds(visibility_timeout):g} seconds",
+                "only with a created queue (queue=None)",
             )
 
     # ------------------------------------------------------------------ instance boot

@@ -8,7 +8,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge
-from pipeline_constructs._validation import argument_error, check_duration, check_range, seconds
+from pipeline_constructs._validation import check_duration, check_range, check_visibility_covers, seconds
 
 #: SQS' own limits.
 MAX_VISIBILITY_TIMEOUT = Duration.hours(12)
@@ -66,14 +66,7 @@ class TaskQueue(Construct):
             minimum=Duration.seconds(60),
             maximum=Duration.days(14),
         )
-        visibility_s, consumer_s = seconds(visibility_timeout), seconds(consumer_timeout)
-        if visibility_s is not None and consumer_s is not None and visibility_s < consumer_s:
-            raise argument_error(
-                self,
-                "visibility_timeout",
-                f"{visibility_s:g} seconds",
-                f"at least consumer_timeout ({consumer_s:g} seconds) up to 43200 seconds",
-            )
+        check_visibility_covers(self, visibility_timeout, "consumer_timeout", consumer_timeout)
 
         encryption = sqs.QueueEncryption.KMS if encryption_key else sqs.QueueEncryption.SQS_MANAGED
         self.dead_letter_queue = sqs.Queue(

@@ -107,15 +107,9 @@ def aws(aws_env, monkeypatch):
 
 def create_status_table(dynamodb, name: str):
     """A table shaped like the StatusStore's (pk, sk), in the emulator."""
-    return dynamodb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    from pipeline_constructs.worker.status import TABLE_KEYS
+
+    return dynamodb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **TABLE_KEYS)
 
 
 def create_batch_queue(session, name: str, steps: list[str]) -> tuple[str, dict[str, str]]:

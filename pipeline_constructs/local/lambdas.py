@@ -91,14 +91,6 @@ class LocalFunction:
             return True, outcome["result"], ""
         return False, None, f"{outcome['errorType']}: {outcome['errorMessage']}"
 
-    def invoke(self, event: Any) -> Invocation:
-        """Synchronous: one attempt, the caller sees the error."""
-        invocation = Invocation(self.name, event, attempts=1)
-        invocation.ok, invocation.result, invocation.error = self._run_once(event)
-        with self._lock:
-            self.invocations.append(invocation)
-        return invocation
-
     def invoke_async(self, event: Any) -> Future:
         """Event invocation: retried ``retry_attempts`` times, then sent to the on-failure destination."""
         future = self._pool.submit(self._async, event)

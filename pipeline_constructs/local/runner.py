@@ -82,6 +82,7 @@ class Schedule:
     target: Target
     kind: str  # "scheduler" or "rule"
     fired: int = 0
+    input_text: str | None = None  # Scheduler's input, with <aws.scheduler.*> placeholders
 
 
 class LocalPipeline:
@@ -360,16 +361,15 @@ class LocalPipeline:
                 self.rules.append(LocalRule(self._path(logical_id), pattern, None, targets))
         for logical_id, resource in self._of_type("AWS::Scheduler::Schedule").items():
             props = self.resolver.resolve(resource["Properties"])
-            target = Target(arn=props["Target"]["Arn"], input=None)
-            target.raw_input = props["Target"].get("Input")  # type: ignore[attr-defined]
             self.schedules.append(
                 Schedule(
                     logical_id,
                     self._path(logical_id),
                     props["ScheduleExpression"],
                     props.get("ScheduleExpressionTimezone", "UTC"),
-                    target,
+                    Target(arn=props["Target"]["Arn"]),
                     "scheduler",
+                    input_text=props["Target"].get("Input"),
                 )
             )
         self.bus = LocalEventBus(self.rules, self.deliver)
@@ -432,7 +432,7 @@ class LocalPipeline:
     def deliver(self, arn: str, payload: Any) -> None:
         """Send a payload to a target ARN, as EventBridge, Scheduler or a Lambda destination would."""
         if arn.startswith("arn:aws:lambda:"):
-            function = self.functions.get(arn.split(":$")[0].removesuffix(":$LATEST"))
+            function = self.functions.get(":".join(arn.split(":")[:7]))  # without a version or alias qualifier
             if function is None:
                 raise KeyError(f"no local function {arn}")
             function.invoke_async(payload)
@@ -512,7 +512,7 @@ class LocalPipeline:
     def _fire(self, schedule: Schedule, now: dt.datetime) -> None:
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         if schedule.kind == "scheduler":
-            raw = getattr(schedule.target, "raw_input", None) or "{}"
+            raw = schedule.input_text or "{}"
             text = raw.replace("<aws.scheduler.scheduled-time>", stamp).replace(
                 "<aws.scheduler.execution-id>", str(uuid.uuid4())
             )

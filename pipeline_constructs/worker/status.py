@@ -18,6 +18,16 @@ log = logging.getLogger("pipeline.worker")
 
 BATCH_WRITE_LIMIT = 25
 
+#: The status store's keys, for tools that create a table outside CloudFormation (tests, benchmarks);
+#: the StatusStore construct declares the same ``pk``/``sk`` string keys.
+TABLE_KEYS = {
+    "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+    "AttributeDefinitions": [
+        {"AttributeName": "pk", "AttributeType": "S"},
+        {"AttributeName": "sk", "AttributeType": "S"},
+    ],
+}
+
 
 def _dynamo_value(value: Any) -> Any:
     if isinstance(value, float):
