@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -261,3 +263,47 @@ def test_rate_schedules_count_from_the_start():
     start = dt.datetime(2026, 11, 23, 10, 0, tzinfo=dt.UTC)
     fired = [m for m in range(0, 31) if due("rate(10 minutes)", "UTC", start + dt.timedelta(minutes=m), start)]
     assert fired == [10, 20, 30]
+
+
+def test_a_lost_task_makes_the_demo_exit_non_zero(example_synth, tmp_path, monkeypatch):
+    """Tasks that vanish from the queue (no output, not in a DLQ) fail the run's exit code."""
+    _, outdir = example_synth
+    submit = LocalPipeline.submit_sample_tasks
+
+    def submit_then_lose(self, count):
+        submit(self, count)
+        for fleet in self.first_stage_fleets():
+            self.sqs.purge_queue(QueueUrl=fleet.queue_url)
+
+    monkeypatch.setattr(LocalPipeline, "submit_sample_tasks", submit_then_lose)
+    code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "4", "--timeout", "60")
+    assert code == 1
+    ((_, statistics),) = result["fleets"].items()
+    assert statistics["lost"] == 4
+
+
+def test_schedules_fire_on_their_own_while_the_run_serves(example_synth, tmp_path, monkeypatch):
+    from pipeline_constructs.local import runner
+    from pipeline_constructs.local.cli import embedded_emulator
+
+    _, outdir = example_synth
+    stack = find_stack(load_assembly(outdir), "dev")
+    # Every minute is "due" for the feed schedule only: the loop, not the calendar, is under test here.
+    monkeypatch.setattr(runner, "due", lambda expression, zone, now, started: zone == "Europe/Berlin")
+    with embedded_emulator(None) as endpoint:
+        pipeline = LocalPipeline(
+            stack, outdir, endpoint=endpoint, region="us-east-1", log_dir=tmp_path / "logs", workers_per_fleet=0
+        )
+        try:
+            pipeline.start()
+            threading.Thread(target=pipeline.run_schedules, daemon=True).start()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not pipeline.batch.jobs:
+                time.sleep(0.5)
+            jobs = [job.name for job in pipeline.batch.jobs.values()]
+            fired = {schedule.path: schedule.fired for schedule in pipeline.schedules}
+        finally:
+            pipeline.stop()
+    assert jobs and all(name.startswith(("feeds-", "reports-")) for name in jobs)
+    assert sum(fired.values()) >= 2  # both schedules share the zone; each fired once in the minute
+    assert any("fired on its schedule" in event for event in pipeline.faults.events)

@@ -431,6 +431,8 @@ class LocalPipeline:
 
     def deliver(self, arn: str, payload: Any) -> None:
         """Send a payload to a target ARN, as EventBridge, Scheduler or a Lambda destination would."""
+        if self._stopping.is_set():  # the run is over: job threads still winding down have no one to tell
+            return
         if arn.startswith("arn:aws:lambda:"):
             function = self.functions.get(":".join(arn.split(":")[:7]))  # without a version or alias qualifier
             if function is None:
