@@ -55,9 +55,13 @@ WORK_TASK = textwrap.dedent(
 )
 
 
+def _cdk_context() -> dict:
+    return json.loads((ROOT / "cdk.json").read_text())["context"]
+
+
 def _steady_backlog() -> int:
     """The backlog a worker faces at steady state: target tracking holds ``tasksPerWorker`` per instance."""
-    environments = json.loads((ROOT / "cdk.json").read_text())["context"]["pipeline:environments"]
+    environments = _cdk_context()["pipeline:environments"]
     return max(int(environment["tasksPerWorker"]) for environment in environments.values())
 
 
@@ -77,11 +81,10 @@ def _consume_seconds(
 
     def top_up(waiting: int) -> None:
         nonlocal sent
-        while sent < tasks and waiting < backlog:
-            count = min(10, tasks - sent)
-            entries = [{"Id": str(i), "MessageBody": json.dumps({"key": f"t{sent + i}"})} for i in range(count)]
-            sqs.send_message_batch(QueueUrl=url, Entries=entries)
-            sent, waiting = sent + count, waiting + count
+        missing = max(0, backlog - waiting)
+        count = min(tasks - sent, -(-missing // 10) * 10)  # in whole batches of ten
+        fleet_requests.enqueue_tasks(sqs, url, count, first=sent)
+        sent += count
 
     top_up(0)
     started = time.monotonic()
@@ -119,9 +122,7 @@ def emulator_receive_cost(depths: tuple[int, ...] = (40, 400), rounds: int = 3) 
             samples = []
             for _ in range(rounds):
                 url = sqs.create_queue(QueueName=f"bench{uuid.uuid4().hex[:8]}")["QueueUrl"]
-                for start in range(0, depth, 10):
-                    entries = [{"Id": str(i), "MessageBody": f"t{start + i}"} for i in range(10)]
-                    sqs.send_message_batch(QueueUrl=url, Entries=entries)
+                fleet_requests.enqueue_tasks(sqs, url, depth)
                 started = time.monotonic()
                 sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
                 samples.append((time.monotonic() - started) * 1000 / 10)
@@ -227,7 +228,7 @@ def synth_ratio(rounds: int = 3) -> dict[str, float]:
         app.synth()
         """
     )
-    context = json.dumps(json.loads((ROOT / "cdk.json").read_text())["context"])
+    context = json.dumps(_cdk_context())
     apps = {"example": [sys.executable, "app.py"], "one_queue": [sys.executable, "-c", one_queue]}
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as scratch:

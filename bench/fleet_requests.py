@@ -76,13 +76,14 @@ def _worker(counter: RequestCounter, resources: dict[str, Any], *, wait_seconds:
     )
 
 
-def _enqueue(sqs: Any, queue: str, count: int) -> None:
-    for start in range(0, count, 10):
+def enqueue_tasks(sqs: Any, queue: str, count: int, *, first: int = 0) -> None:
+    """Send ``count`` message-only tasks, numbered from ``first``, in batches of ten."""
+    for start in range(first, first + count, 10):
         sqs.send_message_batch(
             QueueUrl=queue,
             Entries=[
                 {"Id": str(i), "MessageBody": json.dumps({"key": f"task-{start + i:05d}", "payload": "x" * 64})}
-                for i in range(min(10, count - start))
+                for i in range(min(10, first + count - start))
             ],
         )
 
@@ -91,7 +92,7 @@ def measure(tasks: int = 500, idle_seconds: float = 60.0, concurrency: int = 8) 
     with moto_endpoint():
         setup = RequestCounter()
         resources = _resources(setup)
-        _enqueue(resources["sqs"], resources["queue"], tasks)
+        enqueue_tasks(resources["sqs"], resources["queue"], tasks)
 
         counter = RequestCounter()
         worker = _worker(counter, resources, wait_seconds=20, concurrency=concurrency)

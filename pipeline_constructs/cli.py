@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline_constructs import operator
+from pipeline_constructs.local import LOCAL_STATE_FILE
 from pipeline_constructs.operator import OperatorError, Target
 
 app = typer.Typer(
@@ -71,7 +72,7 @@ def submit(
     stack: StackOption = None,
     region: RegionOption = None,
     local: LocalOption = False,
-    state_file: StateOption = ".demo/local-run.json",
+    state_file: StateOption = LOCAL_STATE_FILE,
 ) -> None:
     """Upload files to the fleet's input/ prefix and enqueue one task each (skips tasks already known)."""
     target = _target(stack, region, local, state_file)
@@ -118,7 +119,7 @@ def status(
     stack: StackOption = None,
     region: RegionOption = None,
     local: LocalOption = False,
-    state_file: StateOption = ".demo/local-run.json",
+    state_file: StateOption = LOCAL_STATE_FILE,
 ) -> None:
     """Queue depth, in flight, DLQ depth, fleet size, task progress and chain runs."""
     try:
@@ -146,7 +147,7 @@ def redrive(
     stack: StackOption = None,
     region: RegionOption = None,
     local: LocalOption = False,
-    state_file: StateOption = ".demo/local-run.json",
+    state_file: StateOption = LOCAL_STATE_FILE,
 ) -> None:
     """Move the fleet's dead-letter messages back to its queue."""
     target = _target(stack, region, local, state_file)
@@ -169,7 +170,7 @@ def tail(
     stack: StackOption = None,
     region: RegionOption = None,
     local: LocalOption = False,
-    state_file: StateOption = ".demo/local-run.json",
+    state_file: StateOption = LOCAL_STATE_FILE,
 ) -> None:
     """The latest task failures with their errors."""
     failures = operator.tail(_target(stack, region, local, state_file), fleet, limit)
@@ -189,7 +190,7 @@ def start(
     stack: StackOption = None,
     region: RegionOption = None,
     local: LocalOption = False,
-    state_file: StateOption = ".demo/local-run.json",
+    state_file: StateOption = LOCAL_STATE_FILE,
 ) -> None:
     """Start a chain run by hand: submit its first step, with optional environment overrides."""
     bad = [item for item in env if "=" not in item]

@@ -26,6 +26,8 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from pipeline_constructs.local import LOCAL_STATE_FILE
+
 MANIFEST_OUTPUT = "PipelineManifest"
 SQS_BATCH = 10
 STATUS_TTL_SECONDS = 90 * 86400
@@ -115,7 +117,7 @@ def connect(
     *,
     region: str | None = None,
     local: bool = False,
-    state_file: str | Path = ".demo/local-run.json",
+    state_file: str | Path = LOCAL_STATE_FILE,
 ) -> Target:
     """Find the pipeline: a local run's state file, or a deployed stack by stack or environment name."""
     if local:

@@ -7,12 +7,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import ROOT
+
+from pipeline_constructs.local.cli import FeedServer
 
 WATCHER = ROOT / "worker_images" / "feed_watcher" / "watcher.py"
 CONSUMER = ROOT / "worker_images" / "feed_consumer" / "consumer.py"
@@ -26,41 +26,6 @@ def feed_xml(count: int, version: str = "1") -> bytes:
     return f'<?xml version="1.0" encoding="UTF-8"?><source version="{version}">{jobs}</source>'.encode()
 
 
-class FeedServer(ThreadingHTTPServer):
-    """Serves one gzipped feed with an ETag; answers 304 to a matching If-None-Match unless told not to."""
-
-    def __init__(self) -> None:
-        self.body = gzip.compress(feed_xml(25))
-        self.etag = '"v1"'
-        self.honour_conditionals = True
-        self.requests: list[dict[str, str]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server.requests.append(dict(self.headers))
-                if server.honour_conditionals and self.headers.get("If-None-Match") == server.etag:
-                    self.send_response(304)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("ETag", server.etag)
-                self.send_header("Content-Type", "application/gzip")
-                self.send_header("Content-Length", str(len(server.body)))
-                self.end_headers()
-                self.wfile.write(server.body)
-
-        super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/feeds/lovelive.xml.gz"
-
-
 @pytest.fixture
 def feed_world(aws, aws_env):
     name = uuid.uuid4().hex[:8]
@@ -71,7 +36,7 @@ def feed_world(aws, aws_env):
     inbox = aws.sqs.create_queue(QueueName=f"inbox{name}")["QueueUrl"]
     inbox_arn = aws.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn, Attributes={"RawMessageDelivery": "true"})
-    server = FeedServer()
+    server = FeedServer(gzip.compress(feed_xml(25)), feed_path="feeds/lovelive.xml.gz")
     yield type(
         "FeedWorld",
         (),
@@ -123,7 +88,7 @@ def test_changed_feed_is_stored_announced_and_converted_unchanged_feed_is_silent
 
     second = run_script(WATCHER, watcher_env(feed_world))
     assert second.returncode == 0, second.stderr
-    assert feed_world.server.requests[-1]["If-None-Match"] == '"v1"'
+    assert feed_world.server.requests[-1]["If-None-Match"] == feed_world.server.etag
     assert published(feed_world) == []
 
     # The users' message as it really arrives: one stray brace after the JSON.
@@ -153,7 +118,6 @@ def test_content_hash_catches_a_server_that_ignores_conditional_requests(feed_wo
     assert run_script(WATCHER, watcher_env(feed_world)).returncode == 0
     assert published(feed_world) == []  # same bytes: no announcement
     feed_world.server.body = gzip.compress(feed_xml(30, version="2"))
-    feed_world.server.etag = '"v2"'
     assert run_script(WATCHER, watcher_env(feed_world)).returncode == 0
     (message,) = published(feed_world)
     assert json.loads(message)["sha256"]

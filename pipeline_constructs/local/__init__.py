@@ -2,3 +2,6 @@
 compute (Lambda, Batch jobs, fleet workers), wired as the template wires them. See ``python -m
 pipeline_constructs.local --help``.
 """
+
+# Where a serving local run says where it runs; the operator CLI reads it with --local.
+LOCAL_STATE_FILE = ".demo/local-run.json"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
@@ -24,9 +25,8 @@ from rich.live import Live
 from rich.table import Table
 
 from pipeline_constructs.assembly import find_stack, load_assembly
+from pipeline_constructs.local import LOCAL_STATE_FILE
 from pipeline_constructs.local.runner import Faults, LocalPipeline, sample_feed
-
-LOCAL_STATE_FILE = ".demo/local-run.json"
 
 
 @contextlib.contextmanager
@@ -47,21 +47,29 @@ def embedded_emulator(endpoint: str | None) -> Iterator[str]:
 
 
 class FeedServer(ThreadingHTTPServer):
-    """Serves the demo's sample feed, with an ETag so the watcher's conditional GET works."""
+    """Serves one gzipped feed at ``url`` with an ETag of its content, so the watcher's conditional GET works.
+
+    ``body`` may be replaced while serving; ``honour_conditionals=False`` plays a server that ignores
+    If-None-Match; ``requests`` keeps the headers of every GET.
+    """
 
     daemon_threads = True
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, *, feed_path: str = "sample-feed.xml.gz", honour_conditionals: bool = True) -> None:
         server = self
         self.body = body
+        self.feed_path = feed_path
+        self.honour_conditionals = honour_conditionals
+        self.requests: list[dict[str, str]] = []
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
 
             def do_GET(self) -> None:
-                etag = f'"{hash(server.body) & 0xFFFFFFFF:x}"'
-                if self.headers.get("If-None-Match") == etag:
+                server.requests.append(dict(self.headers))
+                etag = server.etag
+                if server.honour_conditionals and self.headers.get("If-None-Match") == etag:
                     self.send_response(304)
                     self.end_headers()
                     return
@@ -76,8 +84,12 @@ class FeedServer(ThreadingHTTPServer):
         threading.Thread(target=self.serve_forever, name="feed-server", daemon=True).start()
 
     @property
+    def etag(self) -> str:
+        return f'"{hashlib.sha256(self.body).hexdigest()[:16]}"'
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/sample-feed.xml.gz"
+        return f"http://127.0.0.1:{self.server_address[1]}/{self.feed_path}"
 
 
 def progress_view(pipeline: LocalPipeline, started: float) -> Group:
