@@ -368,6 +368,7 @@ class BatchChain(Construct):
         )
         self.glue.grant_submit(self.job_queue, list(self.job_definitions.values()))
         self.glue.grant_status(self.table)
+        self.glue.use_guard_table(self.table)
         if has_message_link:
             # Made here rather than with SnsEventSource, whose ids (the topic's id under the shared
             # function) would collide between the chains of one stack.

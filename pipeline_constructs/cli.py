@@ -187,6 +187,9 @@ def tail(
 def start(
     chain: Annotated[str, typer.Argument(help="chain name")],
     env: Annotated[list[str], typer.Option("--env", "-e", help="NAME=VALUE for the first step (repeatable)")] = [],  # noqa: B006
+    run: Annotated[
+        str | None, typer.Option("--run", help="run name; a start repeated with the same name submits once")
+    ] = None,
     stack: StackOption = None,
     region: RegionOption = None,
     local: LocalOption = False,
@@ -197,8 +200,9 @@ def start(
     if bad:
         raise OperatorError(f"--env {bad[0]!r}: expected NAME=VALUE")
     overrides = dict(item.split("=", 1) for item in env)
-    started = operator.start(_target(stack, region, local, state_file), chain, overrides)
-    console.print(f"started run {started['run']}: job {started['jobName']} ({started['jobId']})")
+    started = operator.start(_target(stack, region, local, state_file), chain, overrides, run=run)
+    again = " (already started: nothing submitted)" if started.get("duplicate") else ""
+    console.print(f"started run {started['run']}: job {started['jobName']} ({started['jobId']}){again}")
 
 
 @app.command()

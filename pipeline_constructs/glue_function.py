@@ -40,6 +40,8 @@ class GlueFunction(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, log_retention: logs.RetentionDays = DEFAULT_RETENTION):
         super().__init__(scope, construct_id)
         self.config: dict[str, Any] = {"chains": {}}
+        #: The table guarding constant-input schedules (submit once); the first chain's or trigger's table.
+        self.guard_table: dynamodb.ITable | None = None
         self.failure_queue = failure_queue(self, "Failures")
         self.log_group = pipeline_log_group(self, "Logs", retention=log_retention)
         # An explicit role: the log group is this function's own, so no AWS managed policy is needed.
@@ -67,6 +69,15 @@ class GlueFunction(Construct):
             dead_letter_queue_enabled=False,
         )
         self.node.add_validation(_ConfigSizeCheck(self))
+        # A delivery that takes over an expired submit guard first looks for the job its holder may have
+        # submitted (by its deterministic name); ListJobs has no resource-level permissions.
+        self.role.add_to_principal_policy(iam.PolicyStatement(actions=["batch:ListJobs"], resources=["*"]))
+        acknowledge(
+            self.role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "batch:ListJobs supports no resource-level permissions (the service authorization reference lists "
+            "'*' only); it reads job names and states, and is used only to find a job before a resubmission.",
+        )
         acknowledge(
             self.function,
             "Serverless-LambdaDLQ",
@@ -106,6 +117,15 @@ class GlueFunction(Construct):
                 resources=[job_queue.job_queue_arn, *(d.job_definition_arn for d in job_definitions)],
             )
         )
+
+    def use_guard_table(self, table: dynamodb.ITable) -> dynamodb.ITable:
+        """The table that guards constant-input schedules: the first one offered (later ones share it)."""
+        if self.guard_table is None:
+            self.guard_table = table
+            self.config["table"] = table.table_name
+            self.function.add_environment("GLUE_CONFIG", self._config_json())
+            self.grant_status(table)
+        return self.guard_table
 
     def grant_status(self, table: dynamodb.ITable) -> None:
         """Trigger guards and run tracking: write and read back single items, nothing else."""

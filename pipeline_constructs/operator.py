@@ -26,6 +26,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from pipeline_constructs.glue.handler import SubmitGuard, job_name
 from pipeline_constructs.local import LOCAL_STATE_FILE
 
 MANIFEST_OUTPUT = "PipelineManifest"
@@ -388,16 +389,23 @@ def redrive(target: Target, fleet_name: str | None) -> int:
     return moved
 
 
-def start(target: Target, chain_name: str, environment: dict[str, str]) -> dict[str, str]:
-    """Submit the chain's first step by hand, as a run of its own."""
+def start(target: Target, chain_name: str, environment: dict[str, str], *, run: str | None = None) -> dict[str, str]:
+    """Submit the chain's first step by hand, as a run of its own, once per run name.
+
+    The run name (default: the chain and the current second) keys the same submit-once guard the glue
+    function uses, so a start repeated with the same ``run`` (a retried script, two operators at once)
+    submits one job and reports it.
+    """
     chain = target.chain(chain_name)
     first = chain["steps"][0]
-    run = f"{chain_name}-manual-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    run = run or f"{chain_name}-manual-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     overrides = environment | {"PIPELINE_CHAIN": chain_name, "PIPELINE_CHAIN_RUN": run, "PIPELINE_STEP": first}
-    response = target.client("batch").submit_job(
-        jobName=f"{run}-{first}"[:128],
-        jobQueue=chain["jobQueue"],
-        jobDefinition=chain["jobDefinitions"][first],
-        containerOverrides={"environment": [{"name": k, "value": str(v)} for k, v in overrides.items()]},
-    )
-    return {"run": run, "jobId": response["jobId"], "jobName": response["jobName"]}
+    request = {
+        "jobName": job_name(run, first),
+        "jobQueue": chain["jobQueue"],
+        "jobDefinition": chain["jobDefinitions"][first],
+        "containerOverrides": {"environment": [{"name": k, "value": str(v)} for k, v in overrides.items()]},
+    }
+    guard = SubmitGuard(target.table(chain["table"]), target.client("batch"))
+    submitted = guard.submit_once(f"trigger#{chain_name}", f"start#{run}", request)
+    return {"run": run, **submitted}

@@ -10,6 +10,7 @@ from typing import Any
 
 from aws_cdk import Duration, TimeZone
 from aws_cdk import aws_batch as batch
+from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_iam as iam
@@ -22,6 +23,7 @@ from pipeline_constructs._nag import acknowledge_wildcard_resources
 from pipeline_constructs._validation import argument_error, check_range
 from pipeline_constructs.batch_chain import BatchChain
 from pipeline_constructs.glue_function import GlueFunction
+from pipeline_constructs.status_store import StatusStore
 
 _CRON_FIELD = r"[0-9A-Za-z*?,/#\-LW]+"
 CRON = re.compile(rf"^cron\(({_CRON_FIELD})( {_CRON_FIELD}){{5}}\)$")
@@ -70,6 +72,9 @@ class ScheduledTrigger(Construct):
     :param parameters: Batch ``parameters`` of the submitted job. Default: none.
     :param queue: send one message to this queue (feeds a worker fleet). Default: None.
     :param message: that message's body (object -> JSON). Default: ``{"trigger": <construct id>}``.
+    :param table: status store holding the guard that makes a redelivered schedule event submit once (a job
+        target; a chain uses its own table). Default: the table of the stack's first chain or guarded
+        trigger, else a new :class:`StatusStore`.
     :param enabled: whether the schedule fires. Default: True.
     :param retry_attempts: delivery retries before the event lands in the DLQ. Default: 3. Range: 0 to 185.
     """
@@ -91,6 +96,7 @@ class ScheduledTrigger(Construct):
         parameters: Mapping[str, Any] | None = None,
         queue: sqs.IQueue | None = None,
         message: Mapping[str, Any] | str | None = None,
+        table: dynamodb.ITable | None = None,
         enabled: bool = True,
         retry_attempts: int = 3,
     ) -> None:
@@ -119,6 +125,9 @@ class ScheduledTrigger(Construct):
                 self.input = {"chain": chain.chain_name, "environment": dict(chain_environment or {})}
             else:
                 self.glue.grant_submit(job_queue, [job_definition])
+                if table is None and self.glue.guard_table is None:
+                    table = StatusStore(self, "Status").table
+                self.table = self.glue.use_guard_table(table) if table is not None else self.glue.guard_table
                 self.input = {
                     "jobName": job_name or construct_id,
                     "jobQueue": job_queue.job_queue_arn,

@@ -183,6 +183,35 @@ def test_eventbridge_rule_path_passes_the_users_constant_input(three_chains):
     assert "$.time" in transformer
 
 
+def test_constant_input_schedules_are_guarded_by_a_table_the_glue_may_write(three_chains):
+    (function,) = three_chains.template.find_resources(
+        "AWS::Lambda::Function", {"Properties": {"Handler": "handler.handler"}}
+    ).values()
+    config = json.dumps(function["Properties"]["Environment"]["Variables"]["GLUE_CONFIG"])
+    first_table = three_chains.stack.resolve(three_chains.chains[0].table.table_name)["Ref"]
+    assert f'\\"table\\":\\"", {{"Ref": "{first_table}"}}' in config
+    policies = three_chains.template.find_resources("AWS::IAM::Policy")
+    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineGlueRole"))
+    writes = [s for s in glue_policy["Properties"]["PolicyDocument"]["Statement"] if "dynamodb:PutItem" in s["Action"]]
+    assert {"Fn::GetAtt": [first_table, "Arn"]} in [s["Resource"] for s in writes]
+
+
+def test_a_job_trigger_alone_in_its_stack_gets_a_status_store_for_its_guard(tmp_path):
+    app = cdk.App(outdir=str(tmp_path), context={"aws:cdk:version-reporting": False})
+    stack = cdk.Stack(app, "Alone")
+    queue = batch.JobQueue.from_job_queue_arn(stack, "Q", "arn:aws:batch:us-east-1:1:job-queue/q")
+    definition = batch.EcsJobDefinition.from_job_definition_arn(
+        stack, "D", "arn:aws:batch:us-east-1:1:job-definition/d:1"
+    )
+    trigger = ScheduledTrigger(
+        stack, "Nightly", schedule="cron(0 3 * * ? *)", job_queue=queue, job_definition=definition
+    )
+    assert trigger.table is not None
+    template = Template.from_stack(stack)
+    template.resource_count_is("AWS::DynamoDB::Table", 1)
+    assert '\\"table\\"' in json.dumps(template.find_resources("AWS::Lambda::Function"))
+
+
 def test_queue_target_sends_one_message_with_a_scoped_role(three_chains):
     template = three_chains.template
     template.has_resource_properties(

@@ -25,6 +25,7 @@ def batch_world(aws):
     table = create_status_table(aws.dynamodb, f"status{name}")
     topic = f"arn:aws:sns:us-east-1:123456789012:start_feed_consumer{name}"
     config = {
+        "table": table.name,
         "chains": {
             "feeds": {
                 "jobQueue": queue,
@@ -44,7 +45,7 @@ def batch_world(aws):
                     {"name": "report", "jobDefinition": definitions["report"], "arraySize": 3},
                 ],
             }
-        }
+        },
     }
     requests: list[dict] = []
     session = boto3.session.Session()

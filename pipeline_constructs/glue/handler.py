@@ -27,8 +27,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import time
+import uuid
+from decimal import Decimal
 from typing import Any
 
 import boto3
@@ -330,31 +333,12 @@ class Glue:
     def submit_once(self, chain: str | None, guard: str, request: dict[str, Any]) -> dict[str, str]:
         """SubmitJob, unless this trigger already submitted its job (redelivered event, Lambda retry)."""
         table = self._table(chain)
-        key = {"pk": f"trigger#{chain or 'schedule'}", "sk": guard}
-        if table is not None:
-            try:
-                table.put_item(
-                    Item=key | {"state": "SUBMITTING", "jobName": request["jobName"], "expires_at": _expiry()},
-                    ConditionExpression="attribute_not_exists(pk) OR #state = :submitting",
-                    ExpressionAttributeNames={"#state": "state"},
-                    ExpressionAttributeValues={":submitting": "SUBMITTING"},
-                )
-            except ClientError as error:
-                if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                    raise
-                existing = table.get_item(Key=key).get("Item", {})
-                log.info("trigger already handled", extra={"guard": guard, "jobId": existing.get("jobId")})
-                return {"jobName": request["jobName"], "jobId": existing.get("jobId", ""), "duplicate": "true"}
-        response = self.batch.submit_job(**request)  # a failure raises: never swallowed
-        log.info("job submitted", extra={"jobName": request["jobName"], "jobId": response["jobId"], "guard": guard})
-        if table is not None:
-            table.update_item(
-                Key=key,
-                UpdateExpression="SET #state = :submitted, jobId = :job",
-                ExpressionAttributeNames={"#state": "state"},
-                ExpressionAttributeValues={":submitted": "SUBMITTED", ":job": response["jobId"]},
+        if table is None:
+            raise RuntimeError(
+                f"GLUE_CONFIG names no status table for {chain or 'constant-input schedules'}: "
+                "a redelivered trigger could submit twice"
             )
-        return {"jobName": request["jobName"], "jobId": response["jobId"]}
+        return SubmitGuard(table, self.batch).submit_once(f"trigger#{chain or 'schedule'}", guard, request)
 
     def record(self, facts: dict[str, Any]) -> None:
         """The job's latest state under its chain run; an older event never overwrites a newer state."""
@@ -395,6 +379,150 @@ class Glue:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
             log.info("stale job state ignored", extra={"jobId": facts["job_id"], "status": facts["status"]})
+
+
+# ---------------------------------------------------------------- submit once, under concurrency
+
+#: A guard's lease outlives its holder: the glue function times out after 60 s, so after 90 s the holder
+#: is certainly gone and another delivery may take over (after looking for the job the holder submitted).
+LEASE_SECONDS = 90.0
+#: How long a duplicate delivery waits for the holder to finish before handing over to a later retry.
+WAIT_SECONDS = 20.0
+POLL_SECONDS = 0.25
+
+
+class InFlight(RuntimeError):
+    """Another delivery of this trigger holds its guard; raised so that Lambda retries this one later."""
+
+
+class SubmitGuard:
+    """Exactly one SubmitJob per trigger, however many deliveries of it arrive at the same moment.
+
+    A guard item ``{pk, sk}`` in the status store is claimed with a conditional put (one winner); the
+    winner holds a lease, submits, then records the job id. A delivery that finds the guard SUBMITTED
+    returns that job; one that finds it held waits for the holder (up to ``wait_seconds``), then raises
+    :class:`InFlight` so that a retry comes back later. Only after the lease expired (the holder died or
+    its submit failed) does another delivery take over, and it first looks for a job the holder may have
+    submitted under the same deterministic name before submitting one itself.
+    """
+
+    def __init__(
+        self,
+        table: Any,
+        batch: Any,
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+        wait_seconds: float = WAIT_SECONDS,
+        clock: Any = time.time,
+        sleep: Any = time.sleep,
+    ) -> None:
+        self.table, self.batch = table, batch
+        self.lease_seconds, self.wait_seconds = lease_seconds, wait_seconds
+        self.clock, self.sleep = clock, sleep
+
+    def submit_once(self, partition: str, guard: str, request: dict[str, Any]) -> dict[str, str]:
+        key = {"pk": partition, "sk": guard}
+        owner = uuid.uuid4().hex
+        give_up = self.clock() + self.wait_seconds
+        while True:
+            existing = self._claim(key, owner, request["jobName"])
+            if existing is None:
+                return self._submit(key, owner, request, look_first=False)
+            if existing.get("state") == "SUBMITTED":
+                log.info("trigger already handled", extra={"guard": guard, "jobId": existing.get("jobId")})
+                return {"jobName": request["jobName"], "jobId": existing.get("jobId", ""), "duplicate": "true"}
+            if float(existing.get("lease_until", 0)) <= self.clock() and self._take_over(key, owner, existing):
+                log.warning("guard taken over", extra={"guard": guard, "previous": existing.get("owner")})
+                return self._submit(key, owner, request, look_first=True)
+            if self.clock() >= give_up:
+                raise InFlight(f"trigger {guard} is being submitted by another delivery; retry later")
+            self.sleep(POLL_SECONDS * (1 + random.random()))
+
+    def _claim(self, key: dict[str, str], owner: str, name: str) -> dict[str, Any] | None:
+        """None if this delivery now holds the guard, else the guard item as it stands."""
+        try:
+            self.table.put_item(
+                Item=key
+                | {
+                    "state": "SUBMITTING",
+                    "owner": owner,
+                    "lease_until": _decimal(self.clock() + self.lease_seconds),
+                    "jobName": name,
+                    "expires_at": _expiry(),
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return None
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+        item = self.table.get_item(Key=key, ConsistentRead=True).get("Item")
+        return item if item is not None else {"state": "RELEASED", "lease_until": 0}
+
+    def _take_over(self, key: dict[str, str], owner: str, existing: dict[str, Any]) -> bool:
+        if existing.get("state") == "RELEASED":  # deleted between our put and our read: claim again
+            return False
+        try:
+            self.table.update_item(
+                Key=key,
+                UpdateExpression="SET #owner = :me, lease_until = :lease",
+                ConditionExpression="#state = :submitting AND #owner = :previous AND lease_until = :seen",
+                ExpressionAttributeNames={"#owner": "owner", "#state": "state"},
+                ExpressionAttributeValues={
+                    ":me": owner,
+                    ":lease": _decimal(self.clock() + self.lease_seconds),
+                    ":submitting": "SUBMITTING",
+                    ":previous": existing.get("owner", ""),
+                    ":seen": existing.get("lease_until", 0),
+                },
+            )
+            return True
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return False  # another delivery took over first
+
+    def _submit(self, key: dict[str, str], owner: str, request: dict[str, Any], *, look_first: bool) -> dict[str, str]:
+        job_id = self._submitted_job(request) if look_first else None
+        if job_id is None:
+            try:
+                job_id = self.batch.submit_job(**request)["jobId"]  # a failure raises: never swallowed
+            except Exception:
+                # The job may or may not exist (a timeout after Batch accepted it): expire the lease so the
+                # retry takes over at once, and looks for the job before submitting again.
+                self._update(key, owner, "SET lease_until = :zero", {":zero": 0})
+                raise
+            log.info("job submitted", extra={"jobName": request["jobName"], "jobId": job_id, "guard": key["sk"]})
+        else:
+            log.warning("job found after takeover", extra={"jobName": request["jobName"], "jobId": job_id})
+        self._update(key, owner, "SET #state = :submitted, jobId = :job", {":submitted": "SUBMITTED", ":job": job_id})
+        return {"jobName": request["jobName"], "jobId": job_id}
+
+    def _submitted_job(self, request: dict[str, Any]) -> str | None:
+        """The job a previous holder submitted under this deterministic name, if any (any status)."""
+        listed = self.batch.list_jobs(
+            jobQueue=request["jobQueue"], filters=[{"name": "JOB_NAME", "values": [request["jobName"]]}]
+        )
+        names = [job for job in listed.get("jobSummaryList", []) if job.get("jobName") == request["jobName"]]
+        return names[0]["jobId"] if names else None
+
+    def _update(self, key: dict[str, str], owner: str, expression: str, values: dict[str, Any]) -> None:
+        try:
+            self.table.update_item(
+                Key=key,
+                UpdateExpression=expression,
+                ConditionExpression="#owner = :me",
+                ExpressionAttributeNames={"#owner": "owner", **({"#state": "state"} if "#state" in expression else {})},
+                ExpressionAttributeValues=values | {":me": owner},
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            log.warning("guard changed hands meanwhile", extra={"guard": key["sk"]})
+
+
+def _decimal(value: float) -> Decimal:
+    return Decimal(str(round(value, 3)))
 
 
 def _expiry() -> int:

@@ -211,12 +211,15 @@ class LocalBatch:
         with self._lock:
             return [self.jobs[i].detail() for i in job_ids if i in self.jobs]
 
-    def list(self, queue: str | None, status: str | None) -> list[dict[str, Any]]:
+    def list(self, queue: str | None, status: str | None, names: list[str] | None = None) -> list[dict[str, Any]]:
+        """Like ListJobs: by status, or (a JOB_NAME filter, which ignores the status) by exact name or ``prefix*``."""
         with self._lock:
             jobs = [j for j in self.jobs.values() if j.parent is None]
         if queue:
             jobs = [j for j in jobs if j.queue == queue or j.queue.endswith(f"/{queue}")]
-        if status:
+        if names is not None:
+            jobs = [j for j in jobs if any(_name_matches(j.name, pattern) for pattern in names)]
+        elif status:
             jobs = [j for j in jobs if j.status == status]
         return [
             {
@@ -406,7 +409,14 @@ class LocalBatch:
                     elif self.path == "/v1/describejobs":
                         reply = {"jobs": batch.describe(body.get("jobs", []))}
                     elif self.path == "/v1/listjobs":
-                        reply = {"jobSummaryList": batch.list(body.get("jobQueue"), body.get("jobStatus"))}
+                        names = [
+                            v for f in body.get("filters") or [] if f.get("name") == "JOB_NAME" for v in f["values"]
+                        ]
+                        reply = {
+                            "jobSummaryList": batch.list(
+                                body.get("jobQueue"), body.get("jobStatus"), names if body.get("filters") else None
+                            )
+                        }
                     elif self.path == "/v1/terminatejob":
                         batch.terminate(body.get("jobId", ""), body.get("reason", ""))
                         reply = {}
@@ -442,3 +452,7 @@ class LocalBatch:
             if job.process and job.process.poll() is None:
                 job.process.kill()
         self.server.shutdown()
+
+
+def _name_matches(name: str, pattern: str) -> bool:
+    return name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
