@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from aws_cdk import Aws, Duration, Stack, Token
+from aws_cdk import Aws, Duration, Token
 from aws_cdk import aws_autoscaling as autoscaling
-from aws_cdk import aws_cloudwatch as cloudwatch
-from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
@@ -30,27 +25,18 @@ from pipeline_constructs._validation import (
     seconds,
 )
 from pipeline_constructs.data_bucket import DataBucket
+from pipeline_constructs.fleet_boot import WorkerDelivery, worker_user_data
+from pipeline_constructs.fleet_permissions import grant_worker_permissions
+from pipeline_constructs.fleet_scaling import DRAIN_HOOK_NAME, add_backlog_scaling, add_drain_hook, instance_refresh
 from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
 from pipeline_constructs.manifest import PipelineManifest
 from pipeline_constructs.network import PipelineNetwork
 from pipeline_constructs.status_store import StatusStore
 from pipeline_constructs.task_queue import TaskQueue
 
-#: Where the worker runtime lives; shipped to instances as the package ``pipeline_worker``.
-WORKER_RUNTIME_DIR = Path(__file__).resolve().parent / "worker"
-
 #: Several current-generation families of one size, so spot capacity is found in more pools.
 DEFAULT_X86_INSTANCE_TYPES = ("m7i.large", "m6i.large", "m6a.large", "m5.large", "c7i.large", "c6i.large", "c6a.large")
 DEFAULT_ARM_INSTANCE_TYPES = ("m7g.large", "m6g.large", "c7g.large", "c6g.large", "r7g.large")
-
-
-class WorkerDelivery(enum.Enum):
-    """How the worker code reaches an instance."""
-
-    #: The worker directory and the runtime as S3 assets, run under systemd: no Docker needed to deploy.
-    PYTHON_BUNDLE = "python-bundle"
-    #: A Docker image built from the worker directory's Dockerfile, run by Docker on the instance.
-    CONTAINER = "container"
 
 
 class SpotWorkerFleet(Construct):
@@ -60,7 +46,9 @@ class SpotWorkerFleet(Construct):
         ``requirements.txt`` and, for container delivery, its ``Dockerfile``.
     :param task: the task function, ``module:function`` inside ``worker_directory``.
     :param network: where instances run. Default: a new :class:`PipelineNetwork` (public subnets, no NAT).
-    :param queue: task queue to consume. Default: a new :class:`TaskQueue` with a DLQ.
+    :param queue: task queue to consume. Default: a new :class:`TaskQueue` with a DLQ. A queue of your own
+        keeps its redrive policy: with ``maxReceiveCount`` N a task gets N - 1 attempts, and the last
+        delivery records why it is dead-lettered (N = 1: one attempt, and no reason when its worker is lost).
     :param dead_letter_queue: the passed ``queue``'s DLQ, for alarms and the CLI. Default: the created one, or None.
     :param bucket: data bucket. Default: a new :class:`DataBucket`.
     :param table: status store table. Default: a new :class:`StatusStore`.
@@ -77,10 +65,12 @@ class SpotWorkerFleet(Construct):
     :param on_demand_percentage_above_base: on-demand share above the base, in percent. Default: 0.
     :param tasks_per_worker: the backlog each instance should face (target tracking target). Default: 10.
     :param concurrency: tasks one worker runs at once. Default: the instance's vCPU count.
-    :param task_timeout: the longest one task may take. Default: 15 minutes. Range: 1 s to 12 hours.
+    :param task_timeout: the longest one attempt of a task may take: past it the worker kills the task's
+        process and counts a failed attempt ("timed out after N s"). Default: 15 minutes. Range: 1 s to 12 hours.
     :param visibility_timeout: the created queue's visibility timeout. Default: ``task_timeout`` plus 1 minute.
         At least ``task_timeout``; the worker's heartbeat extends it for tasks that run longer anyway.
-    :param max_receive_count: deliveries before a task goes to the DLQ (created queue). Default: 3.
+    :param max_receive_count: attempts a task gets before it goes to the DLQ (created queue; its redrive
+        policy allows one delivery more, on which a worker records why). Default: 3. Range: 1 to 999.
     :param environment: extra environment variables for the task code. Default: none.
     :param root_volume_size: root EBS volume in GiB (encrypted gp3). Default: 20. Range: 8 to 16384.
     :param log_retention: retention of the workers' log group. Default: one month.
@@ -136,6 +126,7 @@ class SpotWorkerFleet(Construct):
             concurrency=concurrency,
             visibility_timeout=visibility_timeout,
             root_volume_size=root_volume_size,
+            max_receive_count=max_receive_count,
             queue=queue,
             dead_letter_queue=dead_letter_queue,
             visibility_given=visibility_given,
@@ -148,13 +139,15 @@ class SpotWorkerFleet(Construct):
             self.prefix += "/"
 
         self.network = network or PipelineNetwork(self, "Network")
+        self.created_queue = queue is None
         if queue is None:
             task_queue = TaskQueue(
                 self,
                 "Tasks",
                 visibility_timeout=visibility_timeout,
                 consumer_timeout=self.task_timeout,
-                max_receive_count=max_receive_count,
+                # One delivery beyond the attempts: a worker records why the task is dead-lettered.
+                max_receive_count=max_receive_count + 1,
             )
             queue, dead_letter_queue = task_queue.queue, task_queue.dead_letter_queue
         self.queue: sqs.IQueue = queue
@@ -177,7 +170,7 @@ class SpotWorkerFleet(Construct):
             self, "SecurityGroup", description=f"{self.node.path} workers: no inbound traffic"
         )
         environment_variables = self._worker_environment(dict(environment or {}), concurrency)
-        user_data = self._user_data(environment_variables)
+        user_data = worker_user_data(self, environment_variables)
         self.launch_template = ec2.LaunchTemplate(
             self,
             "LaunchTemplate",
@@ -223,9 +216,11 @@ class SpotWorkerFleet(Construct):
             capacity_rebalance=True,
             group_metrics=[autoscaling.GroupMetrics(autoscaling.GroupMetric.IN_SERVICE_INSTANCES)],
             default_instance_warmup=Duration.minutes(3),
+            update_policy=instance_refresh(),
         )
-        self._grant_worker_permissions()
-        self._add_scaling(tasks_per_worker)
+        self.drain_hook = add_drain_hook(self)
+        grant_worker_permissions(self)
+        add_backlog_scaling(self, tasks_per_worker)
         self._acknowledge_findings()
         PipelineManifest.of(self).register(
             "fleets",
@@ -254,6 +249,7 @@ class SpotWorkerFleet(Construct):
         concurrency: int | None,
         visibility_timeout: Duration | None,
         root_volume_size: int,
+        max_receive_count: int,
         queue: sqs.IQueue | None,
         dead_letter_queue: sqs.IQueue | None,
         visibility_given: bool,
@@ -270,6 +266,7 @@ class SpotWorkerFleet(Construct):
         check_range(self, "tasks_per_worker", tasks_per_worker, minimum=1, maximum=100000)
         check_range(self, "concurrency", concurrency, minimum=1, maximum=1024)
         check_range(self, "root_volume_size", root_volume_size, minimum=8, maximum=16384, unit=" GiB")
+        check_range(self, "max_receive_count", max_receive_count, minimum=1, maximum=999)
         check_duration(self, "task_timeout", self.task_timeout, minimum=Duration.seconds(1), maximum=Duration.hours(12))
         check_visibility_covers(self, visibility_timeout, "task_timeout", self.task_timeout)
         if dead_letter_queue is not None and queue is None:
@@ -302,151 +299,17 @@ class SpotWorkerFleet(Construct):
             variables["PIPELINE_DOWNSTREAM_QUEUE_URL"] = self.downstream_queue.queue_url
         if concurrency is not None:
             variables["PIPELINE_CONCURRENCY"] = str(concurrency)
-        if self.visibility_timeout is not None and self.dead_letter_queue is not None:
+        if self.created_queue:
             # Known at synth for a created queue: saves the worker a GetQueueAttributes call at start.
             variables["PIPELINE_VISIBILITY_TIMEOUT"] = str(int(seconds(self.visibility_timeout)))
-            variables["PIPELINE_MAX_RECEIVE_COUNT"] = str(self.max_receive_count)
+            variables["PIPELINE_MAX_RECEIVE_COUNT"] = str(self.max_receive_count + 1)
+            variables["PIPELINE_MAX_ATTEMPTS"] = str(self.max_receive_count)
+        if seconds(self.task_timeout) is not None:
+            variables["PIPELINE_TASK_TIMEOUT"] = str(int(seconds(self.task_timeout)))
+        variables["PIPELINE_LIFECYCLE_HOOK"] = DRAIN_HOOK_NAME
         return variables | extra
 
-    def _user_data(self, variables: dict[str, str]) -> ec2.UserData:
-        user_data = ec2.UserData.for_linux()
-        env_lines = "\n".join(f"{name}={value}" for name, value in variables.items())
-        user_data.add_commands(
-            "set -euo pipefail",
-            "install -d -m 0755 /opt/pipeline /var/log/pipeline-worker",
-            f"cat > /etc/pipeline-worker.env <<'PIPELINE_ENV'\n{env_lines}\nPIPELINE_ENV",
-            "chmod 0644 /etc/pipeline-worker.env",
-        )
-        if self.delivery is WorkerDelivery.CONTAINER:
-            self._container_boot(user_data)
-        else:
-            self._bundle_boot(user_data)
-        return user_data
-
-    def _download(self, user_data: ec2.UserData, asset: s3_assets.Asset, local_file: str) -> None:
-        user_data.add_s3_download_command(bucket=asset.bucket, bucket_key=asset.s3_object_key, local_file=local_file)
-        # Read access to this one object, not the whole asset bucket.
-        self.role.add_to_principal_policy(
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[asset.bucket.arn_for_objects(asset.s3_object_key)])
-        )
-
-    def _bundle_boot(self, user_data: ec2.UserData) -> None:
-        task_asset = s3_assets.Asset(
-            self, "TaskBundle", path=str(self.worker_directory), exclude=["__pycache__", "*.pyc", "tests"]
-        )
-        runtime_asset = s3_assets.Asset(
-            self, "RuntimeBundle", path=str(WORKER_RUNTIME_DIR), exclude=["__pycache__", "*.pyc"]
-        )
-        self._download(user_data, task_asset, "/tmp/task.zip")
-        self._download(user_data, runtime_asset, "/tmp/runtime.zip")
-        agent_config = (
-            '{"logs":{"logs_collected":{"files":{"collect_list":[{"file_path":'
-            '"/var/log/pipeline-worker/worker.log","log_group_name":"'
-            f"{self.log_group.log_group_name}"
-            '","log_stream_name":"{instance_id}"}]}}}}'
-        )
-        user_data.add_commands(
-            "dnf install -y python3.11 python3.11-pip unzip amazon-cloudwatch-agent",
-            "id pipeline-worker || useradd --system --home-dir /opt/pipeline --shell /sbin/nologin pipeline-worker",
-            "unzip -q -o /tmp/task.zip -d /opt/pipeline/task",
-            "unzip -q -o /tmp/runtime.zip -d /opt/pipeline/lib/pipeline_worker",
-            "python3.11 -m venv /opt/pipeline/venv",
-            "/opt/pipeline/venv/bin/pip install -q 'boto3>=1.40,<2' -r /opt/pipeline/task/requirements.txt",
-            "chown -R pipeline-worker:pipeline-worker /var/log/pipeline-worker",
-            f"cat > /opt/aws/amazon-cloudwatch-agent/etc/pipeline-worker.json <<'AGENT'\n{agent_config}\nAGENT",
-            "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s "
-            "-c file:/opt/aws/amazon-cloudwatch-agent/etc/pipeline-worker.json",
-            "install -m 0644 /opt/pipeline/lib/pipeline_worker/pipeline-worker.service /etc/systemd/system/",
-            "systemctl daemon-reload",
-            "systemctl enable --now pipeline-worker.service",
-        )
-
-    def _container_boot(self, user_data: ec2.UserData) -> None:
-        image = ecr_assets.DockerImageAsset(
-            self,
-            "Image",
-            directory=str(self.worker_directory),
-            build_contexts={"runtime": str(WORKER_RUNTIME_DIR)},
-            platform=ecr_assets.Platform.LINUX_ARM64
-            if self.architecture == "arm64"
-            else ecr_assets.Platform.LINUX_AMD64,
-        )
-        self.image = image
-        image.repository.grant_pull(self.role)
-        registry = f"{Aws.ACCOUNT_ID}.dkr.ecr.{Aws.REGION}.{Aws.URL_SUFFIX}"
-        runtime_asset = s3_assets.Asset(
-            self, "RuntimeBundle", path=str(WORKER_RUNTIME_DIR), exclude=["__pycache__", "*.pyc"]
-        )
-        self._download(user_data, runtime_asset, "/tmp/runtime.zip")
-        user_data.add_commands(
-            "dnf install -y docker unzip",
-            "systemctl enable --now docker",
-            f"echo PIPELINE_IMAGE={image.image_uri} >> /etc/pipeline-worker.env",
-            f"aws ecr get-login-password --region {Aws.REGION}"
-            f" | docker login --username AWS --password-stdin {registry}",
-            f"docker pull {image.image_uri}",
-            "unzip -q -o /tmp/runtime.zip -d /opt/pipeline/runtime",
-            "install -m 0644 /opt/pipeline/runtime/pipeline-worker-container.service "
-            "/etc/systemd/system/pipeline-worker.service",
-            "systemctl daemon-reload",
-            "systemctl enable --now pipeline-worker.service",
-        )
-
     # ------------------------------------------------------------------ permissions
-
-    def _grant_worker_permissions(self) -> None:
-        role, bucket, prefix = self.role, self.bucket, self.prefix
-        input_objects = bucket.arn_for_objects(f"{prefix}input/*")
-        written_objects = [
-            bucket.arn_for_objects(f"{prefix}output/*"),
-            bucket.arn_for_objects(f"{prefix}intermediate/*"),
-        ]
-        self.queue.grant_consume_messages(role)
-        if self.downstream_queue is not None:
-            self.downstream_queue.grant_send_messages(role)
-        statements = [
-            iam.PolicyStatement(actions=["s3:GetObject"], resources=[input_objects]),
-            # Get as well as Put: the worker checks a task's completion marker before redoing it.
-            iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=written_objects),
-            # Without ListBucket a missing completion marker answers 403 instead of 404.
-            iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn]),
-            iam.PolicyStatement(
-                actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem"],
-                resources=[self.table.table_arn],
-            ),
-        ]
-        for statement in statements:
-            role.add_to_principal_policy(statement)
-        acknowledge_wildcard_resources(
-            role,
-            [input_objects, *written_objects],
-            "Object access is scoped to this fleet's own prefixes (input/, output/, intermediate/ under "
-            f"'{prefix}'); task keys are only known at run time, so a key wildcard is the narrowest grant.",
-        )
-        # A policy of its own: the launch template depends on the role's default policy, so a statement
-        # naming the group there would make group -> template -> policy -> group a cycle.
-        group_arn = Stack.of(self).format_arn(
-            service="autoscaling",
-            resource="autoScalingGroup",
-            resource_name=f"*:autoScalingGroupName/{self.auto_scaling_group.auto_scaling_group_name}",
-        )
-        self.scale_in_protection_policy = iam.Policy(
-            self,
-            "ScaleInProtectionPolicy",
-            roles=[role],
-            statements=[iam.PolicyStatement(actions=["autoscaling:SetInstanceProtection"], resources=[group_arn])],
-        )
-        acknowledge_wildcard_resources(
-            self.scale_in_protection_policy,
-            [group_arn],
-            "The group's ARN holds a UUID that CloudFormation does not return; the ARN is pinned to this "
-            "group by name, the wildcard stands only for that UUID.",
-        )
-        if bucket.encryption_key is not None:
-            bucket.encryption_key.grant_encrypt_decrypt(role)
-        if self.table.encryption_key is not None:
-            self.table.encryption_key.grant_encrypt_decrypt(role)
-        self.log_group.grant_write(role)
 
     def grant_submit(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let a producer enqueue tasks and upload their inputs under ``<prefix>input/``."""
@@ -467,72 +330,6 @@ class SpotWorkerFleet(Construct):
             )
         return grant
 
-    # ------------------------------------------------------------------ scaling
-
-    def _add_scaling(self, tasks_per_worker: int) -> None:
-        group_name = self.auto_scaling_group.auto_scaling_group_name
-        visible = self.queue.metric_approximate_number_of_messages_visible(
-            period=Duration.minutes(1), statistic="Maximum"
-        )
-        in_service = cloudwatch.Metric(
-            namespace="AWS/AutoScaling",
-            metric_name="GroupInServiceInstances",
-            dimensions_map={"AutoScalingGroupName": group_name},
-            period=Duration.minutes(1),
-            statistic="Average",
-        )
-        # Target tracking on backlog per instance (visible messages / in-service instances).
-        autoscaling.CfnScalingPolicy(
-            self,
-            "BacklogPerInstance",
-            auto_scaling_group_name=group_name,
-            policy_type="TargetTrackingScaling",
-            target_tracking_configuration=autoscaling.CfnScalingPolicy.TargetTrackingConfigurationProperty(
-                target_value=tasks_per_worker,
-                customized_metric_specification=autoscaling.CfnScalingPolicy.CustomizedMetricSpecificationProperty(
-                    metrics=[
-                        _metric_query("visible", visible, "Maximum"),
-                        _metric_query("inservice", in_service, "Average"),
-                        autoscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty(
-                            id="backlog",
-                            expression="visible / IF(inservice > 0, inservice, 1)",
-                            label="Backlog per in-service instance",
-                            return_data=True,
-                        ),
-                    ]
-                ),
-            ),
-        )
-        # One step policy, one alarm (alarms bill per metric): the expression is 2 when tasks wait and no
-        # worker is in service (target tracking has no ratio then), 1 when nothing waits, else 0.
-        #   2 -> +1 instance: leave zero (a change, so it never cuts a scale-out still launching);
-        #   1 -> -max_size: back to zero; busy workers are protected from scale-in until their task is done.
-        zero_steps = autoscaling.StepScalingAction(
-            self,
-            "ZeroSteps",
-            auto_scaling_group=self.auto_scaling_group,
-            adjustment_type=autoscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-        )
-        zero_steps.add_adjustment(adjustment=-self.max_size, lower_bound=0, upper_bound=1)
-        zero_steps.add_adjustment(adjustment=1, lower_bound=1)
-        self.zero_alarm = cloudwatch.Alarm(
-            self,
-            "LeaveOrReturnToZero",
-            metric=cloudwatch.MathExpression(
-                expression="IF(visible > 0, IF(FILL(inservice, 0) == 0, 2, 0), 1)",
-                using_metrics={"visible": visible, "inservice": in_service},
-                period=Duration.minutes(1),
-                label="2: tasks wait with no worker, 1: nothing waits",
-            ),
-            threshold=0.5,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-            # An idle queue may publish no datapoint: that means nothing waits.
-            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
-            alarm_description="Leave zero when tasks wait with no worker in service; return to zero when none wait.",
-        )
-        self.zero_alarm.add_alarm_action(cloudwatch_actions.AutoScalingAction(zero_steps))
-
     # ------------------------------------------------------------------ cdk-nag
 
     def _acknowledge_findings(self) -> None:
@@ -548,24 +345,3 @@ class SpotWorkerFleet(Construct):
             "Scaling activity is visible in the Auto Scaling activity history and the worker status rows; "
             "e-mail per spot launch and reclaim would be noise for a fleet that scales to zero daily.",
         )
-
-
-def _metric_query(
-    query_id: str, metric: cloudwatch.Metric, statistic: str
-) -> autoscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty:
-    config = metric.to_metric_config().metric_stat
-    return autoscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty(
-        id=query_id,
-        return_data=False,
-        metric_stat=autoscaling.CfnScalingPolicy.TargetTrackingMetricStatProperty(
-            metric=autoscaling.CfnScalingPolicy.MetricProperty(
-                namespace=config.namespace,
-                metric_name=config.metric_name,
-                dimensions=[
-                    autoscaling.CfnScalingPolicy.MetricDimensionProperty(name=d.name, value=d.value)
-                    for d in config.dimensions or []
-                ],
-            ),
-            stat=statistic,
-        ),
-    )

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Template
 
+from bench.duplicates import create_batch_queue  # noqa: F401 - shared with the tests
 from pipeline_constructs.assembly import SynthesizedStack, load_assembly
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,25 +113,18 @@ def create_status_table(dynamodb, name: str):
     return dynamodb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **TABLE_KEYS)
 
 
-def create_batch_queue(session, name: str, steps: list[str]) -> tuple[str, dict[str, str]]:
-    """A Batch job queue and one job definition per step in the emulator: (queue ARN, step -> definition ARN)."""
-    batch = session.client("batch")
-    role = session.client("iam").create_role(RoleName=f"r{name}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    environment = batch.create_compute_environment(
-        computeEnvironmentName=f"ce{name}", type="UNMANAGED", serviceRole=role
-    )["computeEnvironmentArn"]
-    queue = batch.create_job_queue(
-        jobQueueName=f"q{name}",
-        state="ENABLED",
-        priority=1,
-        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}],
-    )["jobQueueArn"]
-    definitions = {
-        step: batch.register_job_definition(
-            jobDefinitionName=f"{step}{name}",
-            type="container",
-            containerProperties={"image": "busybox", "vcpus": 1, "memory": 128},
-        )["jobDefinitionArn"]
-        for step in steps
-    }
-    return queue, definitions
+@pytest.fixture
+def pipeline(aws):
+    """``pipeline(visibility=..., max_receive_count=...)``: a fresh queue, DLQ, bucket and table; its worker
+    processes are killed when the test ends."""
+    from worker_harness import Pipeline
+
+    created = []
+
+    def make(**kwargs) -> Pipeline:
+        created.append(Pipeline(aws, **kwargs))
+        return created[-1]
+
+    yield make
+    for made in created:
+        made.kill_all()

@@ -11,6 +11,9 @@ def work(task) -> dict:
     """Message-only work driven by the body: count the run, optionally write early, sleep, fail or finish."""
     body = task.body if isinstance(task.body, dict) else {}
     task.write_intermediate(f"run-{uuid.uuid4().hex}", b"")  # one object per run: tests count the runs
+    for tick in range(int(body.get("ticks", 0))):  # visible signs of life: one object every 0.3 s
+        task.write_intermediate(f"tick-{tick:04d}", b"")
+        time.sleep(0.3)
     if body.get("poison"):
         raise ValueError(f"poison task {task.id}")
     if body.get("crash_window") and task.attempt == 1:

@@ -84,6 +84,18 @@ def test_fault_run_loses_nothing_and_dead_letters_the_poison(example_synth, tmp_
     assert sum(p["spot_notices"] for p in fleets.values()) == 1
     assert any("spot interruption notice" in event for event in result["fault_events"])
     assert all(p["done"] == p["expected"] - (2 if p["dead"] else 0) for p in fleets.values())
+    # The status store agrees: a SUCCEEDED row per finished task, a FAILED row per dead letter.
+    assert all((p["rows_succeeded"], p["rows_failed"]) == (p["done"], p["dead"]) for p in fleets.values())
+
+
+def test_a_lifecycle_termination_is_drained_and_completed_in_the_local_run(example_synth, tmp_path):
+    _, outdir = example_synth
+    code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "6", "--lifecycle-terminate-after", "1")
+    assert code == 0, result
+    (fleet,) = [p for p in result["fleets"].values() if p["lifecycle_terminations"]]
+    assert (fleet["lifecycle_terminations"], fleet["lifecycle_completed"]) == (1, 1)
+    assert fleet["replacements"] >= 1, "the group replaces the drained worker"
+    assert fleet["lost"] == 0 and fleet["rows_succeeded"] == fleet["done"] == 6
 
 
 def test_a_failed_step_makes_the_run_exit_non_zero(example_synth, tmp_path):

@@ -1,4 +1,4 @@
-"""worker_images/daily_report as a plain process: drains the finished-task queue, reports, then deletes."""
+"""worker_images/daily_report as a plain process: drains the finished-task queue, reports distinct tasks, deletes."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ def test_report_counts_every_finished_task_then_empties_the_queue(aws, aws_env):
         stats_key = f"statistics/output/t{i}/stats.json"
         stats = {"price": {"count": 10 + i}, "quantity": {"count": 10 + i}}
         aws.s3.put_object(Bucket=name, Key=stats_key, Body=json.dumps(stats))
-        body = {"key": f"t{i}", "outputs": [stats_key], "result": {"columns": 2}}
+        body = {"key": f"t{i}", "source": "stack/Statistics", "outputs": [stats_key], "result": {"columns": 2}}
         aws.sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(body))
+        if i < 2:  # forwarded again: its worker died after forwarding, before deleting (at least once)
+            aws.sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(body))
     aws.sqs.send_message(QueueUrl=queue, MessageBody="not json")
     environment = (
         os.environ
@@ -37,7 +39,8 @@ def test_report_counts_every_finished_task_then_empties_the_queue(aws, aws_env):
     result = subprocess.run([sys.executable, str(REPORT)], env=environment, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(aws.s3.get_object(Bucket=name, Key="reports/daily_report/run-1/report.json")["Body"].read())
-    assert report["tasks"] == 23
+    assert report["tasks"] == 23, "each task counted once, however often it was forwarded"
+    assert report["duplicate_messages"] == 2
     assert report["rows"] == sum(10 + i for i in range(23))
     assert report["columns"] == ["price", "quantity"]
     assert len(report["unreadable_messages"]) == 1

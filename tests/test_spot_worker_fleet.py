@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import aws_cdk as cdk
@@ -138,9 +140,47 @@ def test_instance_role_names_no_wildcard_resource_beyond_its_own_prefixes(dev_te
                 assert any(part in text for part in allowed), text
 
 
+#: The worker runtime's client variables, by service; batch calls are authorized by their single action.
+WORKER_CLIENTS = {
+    "sqs": "sqs",
+    "s3": "s3",
+    "_s3": "s3",
+    "autoscaling": "autoscaling",
+    "client": "dynamodb",
+    "_table": "dynamodb",
+}
+BATCH_ACTIONS = {
+    "DeleteMessageBatch": "DeleteMessage",
+    "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
+    "SendMessageBatch": "SendMessage",
+}
+
+
+def worker_runtime_calls() -> set[str]:
+    """Every AWS call in the worker runtime's source, as the IAM action that authorizes it."""
+    calls = set()
+    for path in (ROOT / "pipeline_constructs" / "worker").glob("*.py"):
+        pattern = r"\b(?:self\.)?(sqs|s3|_s3|autoscaling|client|_table)\.([a-z_]+)\("
+        for client, method in re.findall(pattern, path.read_text()):
+            action = "".join(part.title() for part in method.split("_"))
+            calls.add(f"{WORKER_CLIENTS[client]}:{BATCH_ACTIONS.get(action, action)}")
+    return calls
+
+
+def _granted_actions(template: Template) -> set[str]:
+    actions = {a for s in _instance_role_statements(template) for a in s["Action"] if isinstance(s["Action"], list)}
+    return actions | {s["Action"] for s in _instance_role_statements(template) if isinstance(s["Action"], str)}
+
+
+def test_instance_role_allows_every_call_the_worker_runtime_makes(dev_template: Template):
+    calls = worker_runtime_calls()
+    assert len(calls) >= 12, calls  # the scan still finds the calls
+    assert {"autoscaling:CompleteLifecycleAction", "dynamodb:GetItem", "sqs:ChangeMessageVisibility"} <= calls
+    assert calls - _granted_actions(dev_template) == set()
+
+
 def test_instance_role_grants_exactly_the_fleet_duties(dev_template: Template):
-    actions = {a for s in _instance_role_statements(dev_template) for a in s["Action"] if isinstance(s["Action"], list)}
-    actions |= {s["Action"] for s in _instance_role_statements(dev_template) if isinstance(s["Action"], str)}
+    actions = _granted_actions(dev_template)
     assert {
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
@@ -259,3 +299,71 @@ def test_grant_submit_lets_a_producer_enqueue_and_upload_inputs(stack):
     text = json.dumps(producer_policy)
     assert "sqs:SendMessage" in text and "fleet/input/*" in text
     assert "sqs:ReceiveMessage" not in text
+
+
+def _fleet_template(worker_directory: Path) -> dict:
+    stack = cdk.Stack(cdk.App(), "Rolling", env=cdk.Environment(region="us-east-1"))
+    SpotWorkerFleet(stack, "Fleet", worker_directory=worker_directory, task="task:csv_stats")
+    return Template.from_stack(stack).to_json()
+
+
+def test_changed_worker_code_rolls_out_as_an_instance_refresh_that_drains_each_worker(tmp_path):
+    worker = tmp_path / "worker"
+    shutil.copytree(SQS_WORKER, worker, ignore=shutil.ignore_patterns("__pycache__"))
+    before = _fleet_template(worker)
+    (worker / "task.py").write_text((worker / "task.py").read_text() + "\n# changed\n")
+    after = _fleet_template(worker)
+
+    def only(template: dict, kind: str) -> tuple[str, dict]:
+        (found,) = [(lid, r) for lid, r in template["Resources"].items() if r["Type"] == kind]
+        return found
+
+    # The new code is a new launch template version of the same group (no group replacement) ...
+    lt_id, lt_before = only(before, "AWS::EC2::LaunchTemplate")
+    _, lt_after = only(after, "AWS::EC2::LaunchTemplate")
+    assert lt_before["Properties"]["LaunchTemplateData"] != lt_after["Properties"]["LaunchTemplateData"]
+    group_id, group = only(before, "AWS::AutoScaling::AutoScalingGroup")
+    assert only(after, "AWS::AutoScaling::AutoScalingGroup") == (group_id, group)
+    spec = group["Properties"]["MixedInstancesPolicy"]["LaunchTemplate"]["LaunchTemplateSpecification"]
+    assert spec["Version"] == {"Fn::GetAtt": [lt_id, "LatestVersionNumber"]}
+    # ... which CloudFormation rolls out as an instance refresh, busy instances included ...
+    refresh = group["UpdatePolicy"]["AutoScalingInstanceRefresh"]
+    assert refresh["Strategy"] == "Rolling"
+    assert refresh["Preferences"] | {"MinHealthyPercentage": 0} == {
+        "MaxHealthyPercentage": 100,
+        "MinHealthyPercentage": 0,
+        "ScaleInProtectedInstances": "Refresh",
+        "SkipMatching": True,
+    }
+    assert "AutoScalingRollingUpdate" not in group["UpdatePolicy"]
+    # ... and every terminated instance first waits on the drain hook that its worker completes.
+    _, hook = only(after, "AWS::AutoScaling::LifecycleHook")
+    assert hook["Properties"] | {"AutoScalingGroupName": None} == {
+        "AutoScalingGroupName": None,
+        "LifecycleHookName": "pipeline-drain",
+        "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+        "HeartbeatTimeout": 120,
+        "DefaultResult": "CONTINUE",
+    }
+    assert hook["Properties"]["AutoScalingGroupName"] == {"Ref": group_id}
+    assert "PIPELINE_LIFECYCLE_HOOK=pipeline-drain" in json.dumps(lt_after["Properties"]["LaunchTemplateData"])
+    policies = {lid: r for lid, r in after["Resources"].items() if r["Type"] == "AWS::IAM::Policy"}
+    assert "autoscaling:CompleteLifecycleAction" in json.dumps(policies)
+
+
+def test_the_worker_gets_its_task_timeout_and_attempt_budget_and_the_queue_one_spare_delivery(stack):
+    SpotWorkerFleet(
+        stack,
+        "Fleet",
+        worker_directory=SQS_WORKER,
+        task="task:csv_stats",
+        task_timeout=cdk.Duration.minutes(5),
+        max_receive_count=4,
+    )
+    template = Template.from_stack(stack)
+    user_data = json.dumps(template.find_resources("AWS::EC2::LaunchTemplate"))
+    for line in ("PIPELINE_TASK_TIMEOUT=300", "PIPELINE_MAX_ATTEMPTS=4", "PIPELINE_MAX_RECEIVE_COUNT=5"):
+        assert line in user_data
+    template.has_resource_properties(
+        "AWS::SQS::Queue", {"RedrivePolicy": Match.object_like({"maxReceiveCount": 5}), "VisibilityTimeout": 360}
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline_constructs.local.imds import FakeInstanceMetadata
-from pipeline_constructs.worker import runtime
+from pipeline_constructs.worker import instance, runtime
 from pipeline_constructs.worker.config import ConfigError, WorkerConfig
 from pipeline_constructs.worker.metadata import InstanceMetadata
 from pipeline_constructs.worker.status import StatusRecorder
@@ -73,16 +73,29 @@ class RecordingTable:
         self.puts.append(Item)
 
 
-def test_status_records_are_batched_and_failures_written_at_once():
+def test_finished_rows_go_25_a_request_and_failures_at_once():
     table = RecordingTable()
-    recorder = StatusRecorder(table, "fleet", flush_seconds=3600, ttl_days=1)
-    for i in range(60):
-        recorder.task_finished(f"t{i}", state="SUCCEEDED", duration_s=0.25)
+    recorder = StatusRecorder(table, "fleet", ttl_days=1)
+    assert recorder.tasks_finished([(f"t{i}", {"state": "SUCCEEDED", "duration_s": 0.25}) for i in range(60)])
     recorder.task_failed("bad", state="RETRYING", attempts=1, error="boom")
-    recorder.flush()
     assert table.batches == [25, 25, 10]
     assert [p["sk"] for p in table.puts] == ["task#bad"]
     assert table.puts[0]["pk"] == "fleet#fleet" and table.puts[0]["expires_at"] > 0
+
+
+def test_finished_rows_that_cannot_be_stored_say_so():
+    table = RecordingTable()
+
+    def refuse(RequestItems):
+        raise RuntimeError("throttled")
+
+    table.meta.client.batch_write_item = refuse
+    assert not StatusRecorder(table, "fleet", ttl_days=1).tasks_finished([("t1", {"state": "SUCCEEDED"})])
+
+
+@pytest.mark.parametrize(("max_receive_count", "attempts"), [(None, None), (1, 1), (2, 1), (4, 3)])
+def test_one_delivery_is_kept_spare_to_record_why_a_task_is_dead_lettered(max_receive_count, attempts):
+    assert runtime.attempt_budget(max_receive_count) == attempts
 
 
 def test_metadata_client_uses_a_token_and_reads_notices():
@@ -116,18 +129,13 @@ class StubMetadata:
 
 
 def test_scale_in_protection_while_busy_and_cleared_when_idle(monkeypatch):
-    monkeypatch.setattr(runtime, "IDLE_UNPROTECT_SECONDS", 0.0)
+    monkeypatch.setattr(instance, "IDLE_UNPROTECT_SECONDS", 0.0)
     autoscaling = RecordingAutoscaling()
-    worker = runtime.Worker(
-        WorkerConfig.from_env(REQUIRED),
-        lambda task: None,
-        sqs=None,
-        s3=None,
-        autoscaling=autoscaling,
-        metadata=StubMetadata(),
-    )
-    worker._protection_enabled = True
-    worker._set_protection(True)
-    worker._set_protection(True)  # already protected: no second call
-    worker._update_protection()  # idle now: cleared
+    duties = instance.InstanceDuties(WorkerConfig.from_env(REQUIRED), metadata=StubMetadata(), autoscaling=autoscaling)
+    duties.protection_enabled = True
+    duties.set_protection(True)
+    duties.set_protection(True)  # already protected: no second call
+    duties.update_protection(busy=True)  # still busy: kept
+    assert autoscaling.calls == [True]
+    duties.update_protection(busy=False)  # idle now: cleared
     assert autoscaling.calls == [True, False]

@@ -125,7 +125,8 @@ def print_summary(console: Console, result: dict[str, Any]) -> None:
     for job in result["jobs"]:
         jobs.add_row(job["name"], job["step"], job["status"], str(job["attempts"]), job["reason"][:70])
     fleets = Table(title="Fleet tasks", title_justify="left")
-    for column in ("fleet", "expected", "done", "in DLQ", "lost", "kills", "restarts", "spot notices"):
+    columns = ("fleet", "expected", "done", "in DLQ", "lost", "status rows", "kills", "restarts", "spot", "drained")
+    for column in columns:
         fleets.add_column(column)
     for name, p in result["fleets"].items():
         fleets.add_row(
@@ -134,9 +135,11 @@ def print_summary(console: Console, result: dict[str, Any]) -> None:
             str(p["done"]),
             str(p["dead"]),
             str(p["lost"]),
+            f"{p['rows_succeeded']} ok, {p['rows_failed']} failed",
             str(p["kills"]),
             str(p["restarts"]),
             str(p["spot_notices"]),
+            f"{p['lifecycle_completed']}/{p['lifecycle_terminations']}",
         )
     functions = Table(title="Lambda functions", title_justify="left")
     for column in ("function", "invocations", "succeeded", "failed"):
@@ -206,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kill-worker-every", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--poison", type=int, default=0, metavar="N", help="add N tasks that always fail")
     parser.add_argument("--spot-notice-after", type=float, default=None, metavar="SECONDS")
+    parser.add_argument(
+        "--lifecycle-terminate-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start terminating one worker's instance (scale-in, instance refresh): it drains and completes",
+    )
     parser.add_argument("--fail-step", action="append", default=[], metavar="NAME", help="make this Batch step fail")
     parser.add_argument("--logs", default=".demo/logs", help="where process logs go (default: .demo/logs)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
@@ -238,7 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/] {str(error).strip(chr(39))}")
         return 2
     overrides = dict(item.split("=", 1) for item in args.set_env)
-    faults = Faults(args.kill_worker_every, args.poison, args.spot_notice_after, set(args.fail_step))
+    faults = Faults(
+        args.kill_worker_every,
+        args.poison,
+        args.spot_notice_after,
+        set(args.fail_step),
+        lifecycle_after=args.lifecycle_terminate_after,
+    )
     log_dir = Path(args.logs)
     shutil.rmtree(log_dir, ignore_errors=True)
     feed_server = None

@@ -3,7 +3,8 @@
 The worker environment is read from the launch template's user data (the ``/etc/pipeline-worker.env``
 block the construct writes) and the code from the same S3 assets the instances download, so the local
 workers run exactly what an instance would. Like systemd (``Restart=on-failure``) a crashed worker is
-restarted; like the Auto Scaling group, a worker that left after a spot notice is replaced.
+restarted; like the Auto Scaling group, a worker that left after a spot notice or a termination lifecycle
+action is replaced. Workers reach a local Auto Scaling endpoint (:mod:`.autoscaling`) to complete the action.
 """
 
 from __future__ import annotations
@@ -69,9 +70,15 @@ class LocalFleet:
         self.restarts = 0
         self.kills = 0
         self.spot_notices = 0
+        self.lifecycle_terminations = 0
         self.replacements = 0
         self._stopping = False
         self._lock = threading.Lock()
+
+    @property
+    def group_name(self) -> str:
+        """The Auto Scaling group's name as its workers read it from their instance tags."""
+        return self.name.replace("/", "-")
 
     @property
     def queue_url(self) -> str:
@@ -84,7 +91,9 @@ class LocalFleet:
     def _spawn(self) -> WorkerProcess:
         self.started_count += 1
         number = self.started_count
-        imds = FakeInstanceMetadata(instance_id=f"i-local{number:04d}") if self.watch_spot else None
+        imds = (
+            FakeInstanceMetadata(instance_id=f"i-local{number:04d}", group=self.group_name) if self.watch_spot else None
+        )
         environment = (
             dict(os.environ)
             | self.environment
@@ -125,15 +134,18 @@ class LocalFleet:
                     self.workers[index] = self._spawn()
             time.sleep(0.5)
 
-    def _strike(self, rng: random.Random, *, spot: bool) -> str | None:
+    def _strike(self, rng: random.Random, how: str) -> str | None:
         with self._lock:
-            live = [w for w in self.workers if w.process.poll() is None and (w.imds or not spot)]
+            live = [w for w in self.workers if w.process.poll() is None and (w.imds or how == "kill")]
             if not live:
                 return None
             victim = rng.choice(live)
-            if spot:
+            if how == "spot":
                 victim.imds.interrupt()
                 self.spot_notices += 1
+            elif how == "lifecycle":
+                victim.imds.terminate_lifecycle()
+                self.lifecycle_terminations += 1
             else:
                 victim.process.kill()
                 self.kills += 1
@@ -141,11 +153,16 @@ class LocalFleet:
 
     def kill_one(self, rng: random.Random) -> str | None:
         """SIGKILL a random live worker mid-work (it is restarted; its tasks reappear after the timeout)."""
-        return self._strike(rng, spot=False)
+        return self._strike(rng, "kill")
 
     def spot_notice(self, rng: random.Random) -> str | None:
         """Issue a spot interruption notice to a random live worker (it releases its tasks and leaves)."""
-        return self._strike(rng, spot=True)
+        return self._strike(rng, "spot")
+
+    def lifecycle_termination(self, rng: random.Random) -> str | None:
+        """Start terminating a random live worker's instance, as scale-in or an instance refresh would (it
+        releases its tasks, completes the lifecycle action and leaves)."""
+        return self._strike(rng, "lifecycle")
 
     def stop(self, timeout: float = 30) -> list[int]:
         self._stopping = True

@@ -1,4 +1,4 @@
-"""A stand-in for the EC2 instance metadata service (IMDSv2), to deliver spot interruption notices locally."""
+"""A stand-in for the EC2 instance metadata service (IMDSv2): spot notices and lifecycle terminations, locally."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class FakeInstanceMetadata(ThreadingHTTPServer):
         self.paths = {
             "/latest/meta-data/instance-id": instance_id,
             "/latest/meta-data/tags/instance/aws:autoscaling:groupName": group,
+            "/latest/meta-data/autoscaling/target-lifecycle-state": "InService",
         }
         server = self
 
@@ -61,6 +62,10 @@ class FakeInstanceMetadata(ThreadingHTTPServer):
 
     def interrupt(self, when: str = "2026-01-01T00:02:00Z") -> None:
         self.notice = {"action": "terminate", "time": when}
+
+    def terminate_lifecycle(self) -> None:
+        """The group starts terminating the instance (scale-in, rebalance, refresh): a lifecycle hook waits."""
+        self.paths["/latest/meta-data/autoscaling/target-lifecycle-state"] = "Terminated"
 
     def close(self) -> None:
         self.shutdown()

@@ -24,6 +24,7 @@ import boto3
 from botocore.config import Config
 
 from pipeline_constructs.assembly import SynthesizedStack
+from pipeline_constructs.local.autoscaling import LocalAutoScaling
 from pipeline_constructs.local.batch import JobDefinitionSpec, LocalBatch
 from pipeline_constructs.local.cron import UnsupportedSchedule, due
 from pipeline_constructs.local.events import LocalEventBus, LocalRule, Target
@@ -48,6 +49,7 @@ EMULATED = {
     "AWS::Events::Rule": "local event bus",
     "AWS::Scheduler::Schedule": "fired on demand or on its schedule",
     "AWS::AutoScaling::AutoScalingGroup": "local worker processes",
+    "AWS::AutoScaling::LifecycleHook": "workers drain and complete it (local Auto Scaling endpoint)",
     "AWS::EC2::LaunchTemplate": "user data read for the worker environment",
 }
 
@@ -58,6 +60,7 @@ class Faults:
     poison: int = 0
     spot_notice_after: float | None = None
     fail_steps: set[str] = field(default_factory=set)
+    lifecycle_after: float | None = None
     events: list[str] = field(default_factory=list)
 
     def describe(self) -> list[str]:
@@ -68,6 +71,8 @@ class Faults:
             injected.append(f"{self.poison} poison task(s) (input object missing)")
         if self.spot_notice_after is not None:
             injected.append(f"spot interruption notice after {self.spot_notice_after:g} s")
+        if self.lifecycle_after is not None:
+            injected.append(f"termination lifecycle action after {self.lifecycle_after:g} s")
         for step in sorted(self.fail_steps):
             injected.append(f"step {step} fails (exit 3)")
         return injected
@@ -128,6 +133,7 @@ class LocalPipeline:
         self.schedules: list[Schedule] = []
         self.rules: list[LocalRule] = []
         self.fleets: dict[str, LocalFleet] = {}
+        self.autoscaling = LocalAutoScaling()
         self.sns_taps: list[tuple[str, LocalFunction, str]] = []
         self.not_emulated: Counter[str] = Counter()
         self.submitted: dict[str, list[str]] = {}
@@ -168,6 +174,7 @@ class LocalPipeline:
         }
         if self.batch is not None:
             environment["AWS_ENDPOINT_URL_BATCH"] = self.batch.endpoint
+        environment["AWS_ENDPOINT_URL_AUTO_SCALING"] = self.autoscaling.endpoint
         return environment
 
     def _override(self, environment: dict[str, str]) -> dict[str, str]:
@@ -402,7 +409,7 @@ class LocalPipeline:
                 | {
                     # Time compression for a laptop: short polls and flushes, the shortened visibility timeout.
                     "PIPELINE_WAIT_SECONDS": "2",
-                    "PIPELINE_STATUS_FLUSH_SECONDS": "2",
+                    "PIPELINE_ACK_DELAY_SECONDS": "1",
                     "PIPELINE_WORKER_HEARTBEAT_SECONDS": "5",
                     "PIPELINE_RETRY_DELAY": "1",
                     "PIPELINE_CONCURRENCY": "2",
@@ -422,7 +429,7 @@ class LocalPipeline:
                 runtime_dir=self.assets[downloads["runtime"]],
                 workers=self.workers_per_fleet,
                 log_dir=self.log_dir,
-                watch_spot=self.faults.spot_notice_after is not None,
+                watch_spot=self.faults.spot_notice_after is not None or self.faults.lifecycle_after is not None,
             )
         for fleet in self.fleets.values():
             fleet.start()
@@ -574,6 +581,8 @@ class LocalPipeline:
             threading.Thread(target=self._kill_workers, name="fault-kill", daemon=True).start()
         if self.faults.spot_notice_after is not None:
             threading.Thread(target=self._spot_notice, name="fault-spot", daemon=True).start()
+        if self.faults.lifecycle_after is not None:
+            threading.Thread(target=self._lifecycle_termination, name="fault-lifecycle", daemon=True).start()
 
     def _kill_workers(self) -> None:
         while not self._stopping.wait(self.faults.kill_worker_every):
@@ -590,6 +599,15 @@ class LocalPipeline:
             victim = fleet.spot_notice(self.rng)
             if victim:
                 self.faults.events.append(f"spot interruption notice to {victim}")
+                return
+
+    def _lifecycle_termination(self) -> None:
+        if self._stopping.wait(self.faults.lifecycle_after):
+            return
+        for fleet in self.fleets.values():
+            victim = fleet.lifecycle_termination(self.rng)
+            if victim:
+                self.faults.events.append(f"termination lifecycle action on {victim}")
                 return
 
     # ------------------------------------------------------------------ progress
@@ -633,6 +651,22 @@ class LocalPipeline:
             "dead": dead - stale,
             "stale_dead": stale,
         }
+
+    def status_rows(self, fleet: LocalFleet) -> Counter[str]:
+        """The fleet's task rows in the status store, by state (what `pipeline status` reports)."""
+        table = fleet.environment.get("PIPELINE_TABLE")
+        states: Counter[str] = Counter()
+        if not table:
+            return states
+        paginator = self.dynamodb.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :task)",
+            ExpressionAttributeValues={":pk": {"S": f"fleet#{fleet.name}"}, ":task": {"S": "task#"}},
+        )
+        for page in pages:
+            states.update(item.get("state", {}).get("S", "?") for item in page["Items"])
+        return states
 
     def _done_in_dead_letters(self, fleet: LocalFleet, dlq: str) -> int:
         """DLQ messages of tasks that are done (their worker was killed three times before deleting them):
@@ -721,10 +755,14 @@ class LocalPipeline:
                 - progress["in_flight"],
             )
             progress["unexpected_dead"] = max(0, progress["dead"] - poison)
+            rows = self.status_rows(fleet)
+            progress["rows_succeeded"], progress["rows_failed"] = rows["SUCCEEDED"], rows["FAILED"]
             progress |= {
                 "kills": fleet.kills,
                 "restarts": fleet.restarts,
                 "spot_notices": fleet.spot_notices,
+                "lifecycle_terminations": fleet.lifecycle_terminations,
+                "lifecycle_completed": len(self.autoscaling.completed_lifecycle_actions(fleet.group_name)),
                 "replacements": fleet.replacements,
             }
             fleets[fleet.name] = progress
@@ -742,6 +780,8 @@ class LocalPipeline:
                 p["lost"] == 0 and p["unexpected_dead"] == 0 and p["waiting"] == 0 and p["in_flight"] == 0
                 for p in fleets.values()
             )
+            # The status store tells the truth: a SUCCEEDED row per finished task, a FAILED one per dead letter.
+            and all(p["rows_succeeded"] == p["done"] and p["rows_failed"] == p["dead"] for p in fleets.values())
             and all(depth == 0 for depth in failures.values())
             and all(depth == 0 for depth in drained.values())
         )
@@ -787,6 +827,7 @@ class LocalPipeline:
             function.shutdown()
         if self.batch is not None:
             self.batch.close()
+        self.autoscaling.close()
 
 
 def sample_feed(record_tag: str, count: int) -> bytes:

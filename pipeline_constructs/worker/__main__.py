@@ -14,6 +14,7 @@ import boto3
 from botocore.config import Config
 
 from .config import ConfigError, WorkerConfig
+from .isolation import TaskProcesses
 from .metadata import InstanceMetadata
 from .runtime import Worker
 from .task import load_task_function
@@ -42,16 +43,25 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         config = WorkerConfig.from_env()
-        task_function = load_task_function(config.task)
+        load_task_function(config.task)  # fail here, once, not in every task process
     except (ConfigError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     # Enough connections for every task thread plus the heartbeat; standard retries with back-off.
-    boto_config = Config(max_pool_connections=config.concurrency + 10, retries={"mode": "standard"})
+    boto_settings = {"max_pool_connections": config.concurrency + 10, "retries": {"mode": "standard"}}
+    boto_config = Config(**boto_settings)
     dynamodb = boto3.resource("dynamodb", config=boto_config) if config.table else None
+    tasks = TaskProcesses(
+        config.task,
+        size=config.concurrency,
+        bucket=config.bucket,
+        prefix=config.prefix,
+        timeout=config.task_timeout or None,
+        boto_settings=boto_settings,
+    )
     worker = Worker(
         config,
-        task_function,
+        tasks,
         sqs=boto3.client("sqs", config=boto_config),
         s3=boto3.client("s3", config=boto_config),
         table=dynamodb.Table(config.table) if dynamodb else None,
@@ -65,7 +75,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = worker.run()
-    # Task threads still running past the stop were released to other workers: end them with the process
+    # Slot threads still waiting on killed task processes hold nothing any more: end them with the process
     # instead of letting the interpreter wait for them at exit.
     logging.shutdown()
     sys.stdout.flush()

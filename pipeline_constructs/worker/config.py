@@ -14,14 +14,17 @@
 | ``PIPELINE_WAIT_SECONDS`` | long-poll wait of each receive (0 to 20) | 20 |
 | ``PIPELINE_VISIBILITY_TIMEOUT`` | seconds a received message stays hidden | the queue's setting |
 | ``PIPELINE_MAX_RECEIVE_COUNT`` | receives before SQS moves a message to the DLQ | the queue's redrive policy |
+| ``PIPELINE_MAX_ATTEMPTS`` | attempts a task gets; the next delivery records why it is dead-lettered | receives - 1 |
+| ``PIPELINE_TASK_TIMEOUT`` | seconds one attempt may run before its process is killed; 0: no limit | 0 |
 | ``PIPELINE_RETRY_DELAY`` | seconds before a failed task is visible again, times the attempt | 10 |
 | ``PIPELINE_STOP_GRACE_SECONDS`` | on SIGTERM, how long running tasks may finish before release | 30 |
-| ``PIPELINE_STATUS_FLUSH_SECONDS`` | longest a finished task's status waits to be written in a batch | 10 |
+| ``PIPELINE_ACK_DELAY_SECONDS`` | longest a finished task waits for its batched row write and delete | 1 |
 | ``PIPELINE_WORKER_HEARTBEAT_SECONDS`` | how often the worker's own status row is refreshed | 60 |
 | ``PIPELINE_STATUS_TTL_DAYS`` | days a status record lives (DynamoDB TTL) | 90 |
 | ``PIPELINE_SPOT_WATCH`` | watch spot notices: ``auto`` (if metadata answers), ``on``, ``off`` | ``auto`` |
 | ``PIPELINE_METADATA_ENDPOINT`` | instance metadata service | ``http://169.254.169.254`` |
 | ``PIPELINE_SPOT_POLL_SECONDS`` | how often the notice is polled | 5 |
+| ``PIPELINE_LIFECYCLE_HOOK`` | termination lifecycle hook to complete after draining; empty: none | ``""`` |
 | ``PIPELINE_SCALE_IN_PROTECTION`` | protect the instance from scale-in while busy (needs the ASG name tag) | ``auto`` |
 | ``PIPELINE_WORKER_ID`` | this worker's name in the status store | ``<hostname>-<pid>`` |
 """
@@ -72,15 +75,18 @@ class WorkerConfig:
     wait_seconds: int = 20
     visibility_timeout: int | None = None
     max_receive_count: int | None = None
+    max_attempts: int | None = None
+    task_timeout: int = 0
     retry_delay: int = 10
     stop_grace_seconds: int = 30
-    status_flush_seconds: int = 10
+    ack_delay_seconds: float = 1.0
     worker_heartbeat_seconds: int = 60
     status_ttl_days: int = 90
     spot_watch: str = "auto"
     metadata_endpoint: str = "http://169.254.169.254"
     spot_poll_seconds: int = 5
     scale_in_protection: str = "auto"
+    lifecycle_hook: str = ""
     worker_id: str = ""
 
     @classmethod
@@ -113,14 +119,17 @@ class WorkerConfig:
             wait_seconds=_int(env, "PIPELINE_WAIT_SECONDS", 20, 0, 20),
             visibility_timeout=_int(env, "PIPELINE_VISIBILITY_TIMEOUT", None, 1, 43200),
             max_receive_count=_int(env, "PIPELINE_MAX_RECEIVE_COUNT", None, 1, 1000),
+            max_attempts=_int(env, "PIPELINE_MAX_ATTEMPTS", None, 1, 1000),
+            task_timeout=_int(env, "PIPELINE_TASK_TIMEOUT", 0, 0, 43200),
             retry_delay=_int(env, "PIPELINE_RETRY_DELAY", 10, 0, 43200),
             stop_grace_seconds=_int(env, "PIPELINE_STOP_GRACE_SECONDS", 30, 0, 3600),
-            status_flush_seconds=_int(env, "PIPELINE_STATUS_FLUSH_SECONDS", 10, 0, 3600),
+            ack_delay_seconds=_int(env, "PIPELINE_ACK_DELAY_SECONDS", 1, 0, 60),
             worker_heartbeat_seconds=_int(env, "PIPELINE_WORKER_HEARTBEAT_SECONDS", 60, 1, 86400),
             status_ttl_days=_int(env, "PIPELINE_STATUS_TTL_DAYS", 90, 1, 3650),
             spot_watch=_choice(env, "PIPELINE_SPOT_WATCH", "auto", ("auto", "on", "off")),
             metadata_endpoint=env.get("PIPELINE_METADATA_ENDPOINT", "").strip().rstrip("/") or "http://169.254.169.254",
             spot_poll_seconds=_int(env, "PIPELINE_SPOT_POLL_SECONDS", 5, 1, 120),
             scale_in_protection=_choice(env, "PIPELINE_SCALE_IN_PROTECTION", "auto", ("auto", "on", "off")),
+            lifecycle_hook=env.get("PIPELINE_LIFECYCLE_HOOK", "").strip(),
             worker_id=env.get("PIPELINE_WORKER_ID", "").strip() or f"{socket.gethostname()}-{os.getpid()}",
         )

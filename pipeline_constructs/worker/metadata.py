@@ -1,4 +1,4 @@
-"""EC2 instance metadata over IMDSv2: the spot interruption notice, the instance id and its ASG name."""
+"""EC2 instance metadata over IMDSv2: spot interruption notice, lifecycle state, instance id and ASG name."""
 
 from __future__ import annotations
 
@@ -66,6 +66,10 @@ class InstanceMetadata:
             return json.loads(text)
         except ValueError:
             return {"action": "unknown", "raw": text}
+
+    def target_lifecycle_state(self) -> str | None:
+        """``Terminated`` once the Auto Scaling group began terminating the instance (a lifecycle hook waits)."""
+        return self.get("meta-data/autoscaling/target-lifecycle-state")
 
     def instance_id(self) -> str | None:
         return self.get("meta-data/instance-id")

@@ -1,13 +1,18 @@
-"""The worker loop: receive in batches, run tasks on threads, keep them hidden, acknowledge in batches.
+"""The worker loop: receive in batches, run tasks in child processes, keep them hidden, acknowledge in batches.
 
-Guarantees:
-- a message is deleted only after its outputs are written (and, with a downstream queue, forwarded);
+Guarantees (each has a test that attacks it, listed in the README):
+- a message is deleted only after its outputs are written, its SUCCEEDED row is stored and (with a
+  downstream queue) it was forwarded, so a ``kill -9`` at any point loses neither the task nor its row;
 - a redelivered task already done (its completion marker exists) is acknowledged without running again,
   and outputs are written with conditional puts, so a task never duplicates its output;
 - a message held longer than the visibility timeout is extended (heartbeat), so no other worker gets it;
-- a failed task is released after a back-off, and SQS moves it to the DLQ after ``max_receive_count``;
-- on SIGTERM running tasks may finish for a grace period; on a spot interruption notice every unfinished
-  message is made visible again at once; then the worker exits 0.
+- a task past ``task_timeout`` is stopped (its process killed) and counted as a failed attempt; a failed
+  attempt is released after a back-off; after ``max_attempts`` the task is dead-lettered with a FAILED
+  row giving the reason: its own error, ``timed out after N s``, or ``worker lost during N attempts``
+  (written on one spare delivery the queue's redrive policy allows beyond the attempts);
+- on SIGTERM running tasks may finish for a grace period; on a spot interruption notice or a termination
+  lifecycle action every unfinished message is made visible again at once, the lifecycle action is
+  completed, and the worker exits 0.
 """
 
 from __future__ import annotations
@@ -16,23 +21,24 @@ import json
 import logging
 import threading
 import time
-import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import WorkerConfig
+from .instance import LIFECYCLE_TERMINATION, InstanceDuties
+from .isolation import TaskCall, TaskOutcome, TaskProcesses
 from .metadata import InstanceMetadata
 from .status import StatusRecorder
-from .task import Task, TaskFunction, parse_body, put_once, task_id_of
+from .task import parse_body, put_once, task_id_of
 
 log = logging.getLogger("pipeline.worker")
 
 SQS_BATCH = 10
+#: Finished tasks acknowledged together: one status-store write (25 items at most), then deletes of 10.
+ACK_BATCH = 25
 COMPLETION_MARKER = "_SUCCESS"
 JSON = "application/json"
-ACK_DELAY_SECONDS = 1.0
-IDLE_UNPROTECT_SECONDS = 30.0
 
 
 @dataclass(eq=False)  # identity, not field equality: membership tests compare the very message held
@@ -48,12 +54,24 @@ class Held:
     future: Future | None = None
     outcome: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def message_id(self) -> str:
+        return self.message["MessageId"]
+
+
+def attempt_budget(max_receive_count: int | None) -> int | None:
+    """Attempts a task gets under a redrive policy of ``max_receive_count``: one delivery is kept spare, on
+    which a worker records why the task is dead-lettered when the workers of every attempt were lost."""
+    if max_receive_count is None:
+        return None
+    return max_receive_count - 1 if max_receive_count >= 2 else 1
+
 
 class Worker:
     def __init__(
         self,
         config: WorkerConfig,
-        task_function: TaskFunction,
+        tasks: TaskProcesses,
         *,
         sqs: Any,
         s3: Any,
@@ -62,13 +80,13 @@ class Worker:
         metadata: InstanceMetadata | None = None,
     ) -> None:
         self.config = config
-        self.task_function = task_function
-        self.sqs, self.s3, self.autoscaling, self.metadata = sqs, s3, autoscaling, metadata
-        self.status = StatusRecorder(
-            table, config.fleet_name, flush_seconds=config.status_flush_seconds, ttl_days=config.status_ttl_days
-        )
+        self.tasks = tasks
+        self.sqs, self.s3 = sqs, s3
+        self.status = StatusRecorder(table, config.fleet_name, ttl_days=config.status_ttl_days)
+        self.instance = InstanceDuties(config, metadata=metadata, autoscaling=autoscaling)
         self.visibility_timeout = config.visibility_timeout
         self.max_receive_count = config.max_receive_count
+        self.max_attempts = config.max_attempts
         self._held: dict[str, Held] = {}  # by message id
         self._to_ack: list[Held] = []
         self._oldest_ack: float | None = None
@@ -76,13 +94,7 @@ class Worker:
         self._lock = threading.RLock()
         self._slot_freed = threading.Condition(self._lock)
         self._stopping = threading.Event()
-        self._released = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="task")
-        self._protected = False
-        self._protection_enabled = False
-        self._busy_since_idle = 0.0
-        self._instance_id: str | None = None
-        self._group: str | None = None
         self.stop_reason = ""
         self.counts = {"succeeded": 0, "failed": 0, "duplicates": 0, "released": 0, "received": 0}
 
@@ -101,14 +113,12 @@ class Worker:
 
     def run(self) -> int:
         self._resolve_queue_settings()
-        metadata_ok = self._metadata_available()
-        self._protection_enabled = (
-            metadata_ok and self.autoscaling is not None and self.config.scale_in_protection != "off"
+        self.instance.start(lambda reason: self.request_stop(reason, release_now=True), self._stopping)
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        log.info(
+            "worker started",
+            extra={"worker": self.config.worker_id, "queue": self.config.queue_url, "max_attempts": self.max_attempts},
         )
-        self._start_background("heartbeat", self._heartbeat_loop)
-        if metadata_ok and self.config.spot_watch != "off":
-            self._start_background("spot-watch", self._spot_watch_loop)
-        log.info("worker started", extra={"worker": self.config.worker_id, "queue": self.config.queue_url})
         try:
             while not self._stopping.is_set():
                 wanted = self._wait_for_capacity()
@@ -118,19 +128,17 @@ class Worker:
             self._shutdown()
         return 0
 
-    def _start_background(self, name: str, target: Any) -> None:
-        threading.Thread(target=target, name=name, daemon=True).start()
-
     def _resolve_queue_settings(self) -> None:
-        if self.visibility_timeout is not None and self.max_receive_count is not None:
-            return
-        attributes = self.sqs.get_queue_attributes(
-            QueueUrl=self.config.queue_url, AttributeNames=["VisibilityTimeout", "RedrivePolicy"]
-        )["Attributes"]
-        if self.visibility_timeout is None:
-            self.visibility_timeout = int(attributes.get("VisibilityTimeout", 30))
-        if self.max_receive_count is None and "RedrivePolicy" in attributes:
-            self.max_receive_count = int(json.loads(attributes["RedrivePolicy"])["maxReceiveCount"])
+        if self.visibility_timeout is None or self.max_receive_count is None:
+            attributes = self.sqs.get_queue_attributes(
+                QueueUrl=self.config.queue_url, AttributeNames=["VisibilityTimeout", "RedrivePolicy"]
+            )["Attributes"]
+            if self.visibility_timeout is None:
+                self.visibility_timeout = int(attributes.get("VisibilityTimeout", 30))
+            if self.max_receive_count is None and "RedrivePolicy" in attributes:
+                self.max_receive_count = int(json.loads(attributes["RedrivePolicy"])["maxReceiveCount"])
+        if self.max_attempts is None:
+            self.max_attempts = attempt_budget(self.max_receive_count)
 
     def _shutdown(self) -> None:
         grace_end = time.monotonic() + self.config.stop_grace_seconds
@@ -139,19 +147,25 @@ class Worker:
         for held in waiting:  # queued but not started: give them back now
             if held.future.cancel():
                 self._release([held])
-        while time.monotonic() < grace_end and not self._released.is_set():
+        while time.monotonic() < grace_end:
             with self._lock:
                 running = [h for h in self._held.values() if h not in self._to_ack]
             if not running:
                 break
             time.sleep(0.2)
         self._release_unfinished()
-        self._flush_acks(force=True)
-        self.status.flush()
-        self._set_protection(False)
+        try:
+            for _ in range(len(self._to_ack) // ACK_BATCH + 1):
+                self._flush_acks(force=True)
+        except Exception:  # whatever stays undeleted is delivered again and found done (completion marker)
+            log.exception("final acknowledgements failed")
+        self.tasks.close()
+        self.instance.set_protection(False)
         self.status.worker_heartbeat(
             self.config.worker_id, state="STOPPED", reason=self.stop_reason, **self._count_fields()
         )
+        if self.stop_reason == LIFECYCLE_TERMINATION:
+            self.instance.complete_lifecycle_action()
         self._pool.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"reason": self.stop_reason, **self.counts})
 
@@ -189,7 +203,7 @@ class Worker:
                 task_id=task_id_of(body, message["MessageId"]),
             )
             with self._lock:
-                self._held[message["MessageId"]] = held
+                self._held[held.message_id] = held
                 self.counts["received"] += 1
             if self._stopping.is_set():  # a long poll that returned after a stop: hand it straight back
                 self._release([held])
@@ -214,52 +228,73 @@ class Worker:
 
     def _process(self, held: Held, body: Any) -> None:
         held.started = time.monotonic()
-        self._set_protection(True)
-        task = Task(
-            id=held.task_id,
-            body=body,
-            message_id=held.message["MessageId"],
-            attempt=held.attempt,
-            bucket=self.config.bucket,
-            prefix=self.config.prefix,
-            _s3=self.s3,
-            _on_progress=self._record_progress,
-        )
+        self.instance.set_protection(True)
         try:
+            if self.max_attempts is not None and held.attempt > self.max_attempts:
+                self._past_last_attempt(held)
+                return
             # Only a redelivery can find its work done (a worker died after finishing, before deleting):
             # first deliveries skip the check, so message-only tasks cost no S3 request at all.
-            marker = self._completion_marker(task.id) if held.attempt > 1 else None
+            marker = self._completion_marker(held.task_id) if held.attempt > 1 else None
             if marker is not None:
-                # Done before (the worker died before deleting): acknowledge, and forward it again, since the
-                # first forward may never have happened; the next stage is idempotent in the same way.
-                held.outcome = {"duplicate": True, "outputs": marker.get("outputs"), "result": marker.get("result")}
-                with self._lock:
-                    self.counts["duplicates"] += 1
+                self._done_before(held, marker)
             else:
-                result = self.task_function(task)
-                held.outcome = {"result": result, "outputs": task.outputs}
-                if task.outputs:  # a marker only where there is output to protect from a redo
+                call = TaskCall(held.task_id, body, held.message_id, held.attempt)
+                outcome = self.tasks.run(call, self._record_progress)
+                if not outcome.ok:
+                    self._task_failed(held, outcome)
+                    return
+                held.outcome = {"result": outcome.result, "outputs": outcome.outputs}
+                if outcome.outputs:  # a marker only where there is output to protect from a redo
                     marker_body = {
-                        "task": task.id,
-                        "outputs": task.outputs,
-                        "result": result,
+                        "task": held.task_id,
+                        "outputs": outcome.outputs,
+                        "result": outcome.result,
                         "worker": self.config.worker_id,
                     }
                     body_text = json.dumps(marker_body, default=str)
-                    put_once(self.s3, self.config.bucket, self._marker_key(task.id), body_text, content_type=JSON)
-        except Exception as error:  # the task's own failure: release for a retry, record why
-            self._task_failed(held, error)
+                    put_once(self.s3, self.config.bucket, self._marker_key(held.task_id), body_text, content_type=JSON)
+        except Exception as error:  # the runtime's own trouble (S3 unreachable...): a failed attempt too
+            log.exception("task attempt failed in the runtime", extra={"task": held.task_id})
+            self._task_failed(held, TaskOutcome("error", error=f"{type(error).__name__}: {error}"[:1000]))
             return
         finally:
             with self._lock:
                 self._progress.pop(held.task_id, None)
         self._queue_ack(held)
 
-    def _task_failed(self, held: Held, error: Exception) -> None:
-        final = self.max_receive_count is not None and held.attempt >= self.max_receive_count
+    def _done_before(self, held: Held, marker: dict[str, Any]) -> None:
+        """Done by an earlier attempt whose worker died before deleting: acknowledge, record and forward it
+        again (the first forward may never have happened; the next stage dedupes on the task id)."""
+        held.outcome = {"duplicate": True, "outputs": marker.get("outputs"), "result": marker.get("result")}
+        with self._lock:
+            self.counts["duplicates"] += 1
+
+    def _past_last_attempt(self, held: Held) -> None:
+        """The spare delivery: every attempt's worker was lost (or the last failure was recorded already).
+        Record why, then release it; SQS moves it to the DLQ on its next receive."""
+        marker = self._completion_marker(held.task_id)
+        row = self.status.read(held.task_id)
+        if marker is not None or (row or {}).get("state") == "SUCCEEDED":
+            self._done_before(held, marker or {"outputs": (row or {}).get("outputs")})
+            self._queue_ack(held)
+            return
+        if (row or {}).get("state") != "FAILED":
+            reason = f"worker lost during {self.max_attempts} attempts"
+            log.warning("task dead-lettered", extra={"task": held.task_id, "reason": reason})
+            self.status.task_failed(
+                held.task_id, state="FAILED", attempts=self.max_attempts, worker=self.config.worker_id, error=reason
+            )
+        self._release([held])
+
+    def _task_failed(self, held: Held, outcome: TaskOutcome) -> None:
+        with self._lock:
+            if held.message_id not in self._held:  # released meanwhile (a stop): not ours to judge
+                return
+        final = self.max_attempts is not None and held.attempt >= self.max_attempts
         log.warning(
             "task failed",
-            extra={"task": held.task_id, "attempt": held.attempt, "final": final, "error": repr(error)},
+            extra={"task": held.task_id, "attempt": held.attempt, "final": final, "error": outcome.error},
         )
         self.status.task_failed(
             held.task_id,
@@ -267,12 +302,13 @@ class Worker:
             attempts=held.attempt,
             worker=self.config.worker_id,
             duration_s=time.monotonic() - (held.started or time.monotonic()),
-            error=f"{type(error).__name__}: {error}"[:1000],
-            traceback="".join(traceback.format_exception(error))[-3000:],
+            error=outcome.error,
+            traceback=outcome.traceback or None,
         )
         with self._lock:
             self.counts["failed"] += 1
-        self._release([held], delay=min(self.config.retry_delay * held.attempt, 43200))
+        # After the last attempt no back-off: the next delivery only dead-letters it.
+        self._release([held], delay=0 if final else min(self.config.retry_delay * held.attempt, 43200))
 
     def _record_progress(self, task_id: str, fraction: float, note: str) -> None:
         with self._lock:
@@ -282,66 +318,84 @@ class Worker:
 
     def _queue_ack(self, held: Held) -> None:
         with self._lock:
-            if held.message["MessageId"] not in self._held:  # released meanwhile (spot notice): not ours
+            if held.message_id not in self._held:  # released meanwhile (spot notice): not ours
                 return
             self._to_ack.append(held)
             if self._oldest_ack is None:
                 self._oldest_ack = time.monotonic()
-            # On its last delivery a finished task is deleted at once: one more crash would dead-letter it.
-            last_chance = self.max_receive_count is not None and held.attempt >= self.max_receive_count
-            full = len(self._to_ack) >= SQS_BATCH or last_chance
+            # On its last delivery a finished task is acknowledged at once: one more crash would dead-letter it.
+            last_chance = self.max_attempts is not None and held.attempt >= self.max_attempts
+            full = len(self._to_ack) >= ACK_BATCH or last_chance
         if full:
             self._flush_acks(force=True)
 
     def _flush_acks(self, *, force: bool = False) -> None:
-        """Forward finished tasks downstream, then delete them: 10 per request each."""
+        """Forward finished tasks downstream, store their SUCCEEDED rows, then delete them.
+
+        In that order, so that whatever is killed when, a deleted message has its row and its forward.
+        """
         with self._lock:
             if not self._to_ack:
                 return
-            if not force and time.monotonic() - (self._oldest_ack or 0) < ACK_DELAY_SECONDS:
+            if not force and time.monotonic() - (self._oldest_ack or 0) < self.config.ack_delay_seconds:
                 return
-            batch, self._to_ack = self._to_ack[:SQS_BATCH], self._to_ack[SQS_BATCH:]
+            batch, self._to_ack = self._to_ack[:ACK_BATCH], self._to_ack[ACK_BATCH:]
             self._oldest_ack = time.monotonic() if self._to_ack else None
         forwarded = self._forward_downstream(batch)
-        done = [h for h in batch if h.message["MessageId"] in forwarded]
-        if done:
+        done = [h for h in batch if h.message_id in forwarded]
+        rows = [
+            (
+                held.task_id,
+                {
+                    "state": "SUCCEEDED",
+                    "attempts": held.attempt,
+                    "worker": self.config.worker_id,
+                    "duration_s": time.monotonic() - (held.started or time.monotonic()),
+                    "outputs": held.outcome.get("outputs") or None,
+                    "redelivered": True if held.outcome.get("duplicate") else None,
+                },
+            )
+            for held in done
+        ]
+        if not self.status.tasks_finished(rows):
+            # Not deleted without its row: back to the queue after a pause; the redelivery finds the task
+            # done (completion marker) and tries the row again.
+            log.error("status rows not stored: tasks released undeleted", extra={"tasks": len(done)})
+            self._release(done, delay=self.config.retry_delay)
+            done = []
+        for start in range(0, len(done), SQS_BATCH):
+            chunk = done[start : start + SQS_BATCH]
             response = self.sqs.delete_message_batch(
                 QueueUrl=self.config.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": h.receipt} for i, h in enumerate(done)],
+                Entries=[{"Id": str(i), "ReceiptHandle": h.receipt} for i, h in enumerate(chunk)],
             )
             for failure in response.get("Failed", []):
-                log.warning("delete failed", extra={"task": done[int(failure["Id"])].task_id, **failure})
-        for held in done:
-            if held.outcome.get("duplicate"):
-                continue
-            self.status.task_finished(
-                held.task_id,
-                state="SUCCEEDED",
-                attempts=held.attempt,
-                worker=self.config.worker_id,
-                duration_s=time.monotonic() - (held.started or time.monotonic()),
-                outputs=held.outcome.get("outputs") or None,
-            )
+                log.warning("delete failed", extra={"task": chunk[int(failure["Id"])].task_id, **failure})
         with self._lock:
             for held in batch:
-                self._held.pop(held.message["MessageId"], None)
+                self._held.pop(held.message_id, None)
             self.counts["succeeded"] += sum(1 for h in done if not h.outcome.get("duplicate"))
             self._slot_freed.notify_all()
-        if len(batch) == SQS_BATCH:
-            self._flush_acks(force=force)
 
     def _forward_downstream(self, batch: list[Held]) -> set[str]:
-        """Message ids that may be deleted: all of them without a downstream queue, else those sent on."""
-        ids = {h.message["MessageId"] for h in batch}
+        """Message ids that may be deleted: all of them without a downstream queue, else those sent on.
+
+        The contract downstream: at least once, ``{"key": <task id>, "source": <fleet>, "outputs"?,
+        "result"?}``; a consumer dedupes on ``key`` (a redelivered finished task is forwarded again).
+        """
+        ids = {h.message_id for h in batch}
         if not self.config.downstream_queue_url:
             return ids
-        entries = []
-        for i, held in enumerate(batch):
-            body = {"key": held.task_id, "source": self.config.fleet_name}
-            body.update({k: v for k, v in held.outcome.items() if k in ("outputs", "result") and v})
-            entries.append({"Id": str(i), "MessageBody": json.dumps(body, default=str)})
-        response = self.sqs.send_message_batch(QueueUrl=self.config.downstream_queue_url, Entries=entries)
-        failed = {batch[int(f["Id"])].message["MessageId"] for f in response.get("Failed", [])}
+        failed: set[str] = set()
+        for start in range(0, len(batch), SQS_BATCH):
+            chunk = batch[start : start + SQS_BATCH]
+            entries = []
+            for i, held in enumerate(chunk):
+                body = {"key": held.task_id, "source": self.config.fleet_name}
+                body.update({k: v for k, v in held.outcome.items() if k in ("outputs", "result") and v})
+                entries.append({"Id": str(i), "MessageBody": json.dumps(body, default=str)})
+            response = self.sqs.send_message_batch(QueueUrl=self.config.downstream_queue_url, Entries=entries)
+            failed |= {chunk[int(f["Id"])].message_id for f in response.get("Failed", [])}
         for message_id in failed:  # not forwarded: leave it undeleted, SQS will deliver it again
             log.warning("forward failed", extra={"message": message_id})
         return ids - failed
@@ -351,7 +405,7 @@ class Worker:
     def _release(self, helds: list[Held], *, delay: int = 0) -> None:
         """Make messages visible again after ``delay`` seconds and forget them."""
         with self._lock:
-            helds = [h for h in helds if self._held.pop(h.message["MessageId"], None) is not None]
+            helds = [h for h in helds if self._held.pop(h.message_id, None) is not None]
             self._to_ack = [h for h in self._to_ack if h not in helds]
             self.counts["released"] += len(helds) if delay == 0 else 0
             self._slot_freed.notify_all()
@@ -373,7 +427,6 @@ class Worker:
             unfinished = [h for h in self._held.values() if h not in self._to_ack]
         if unfinished:
             self._release(unfinished)
-        self._released.set()
 
     # ---------------------------------------------------------------- background duties
 
@@ -383,13 +436,13 @@ class Worker:
             try:
                 self._extend_visibility()
                 self._flush_acks()
-                if self.status.due():
-                    self.status.flush()
                 now = time.monotonic()
                 if now >= next_worker_row and not self._stopping.is_set():
                     next_worker_row = now + self.config.worker_heartbeat_seconds
                     self._write_worker_row()
-                self._update_protection()
+                with self._lock:
+                    busy = any(h.started is not None and h not in self._to_ack for h in self._held.values())
+                self.instance.update_protection(busy)
             except Exception:
                 log.exception("heartbeat failed")
             time.sleep(0.5)
@@ -428,57 +481,3 @@ class Worker:
         self.status.worker_heartbeat(
             self.config.worker_id, state="RUNNING", working_on=working_on or None, **self._count_fields()
         )
-
-    # ---------------------------------------------------------------- spot and scale-in
-
-    def _metadata_available(self) -> bool:
-        if self.metadata is None:
-            return False
-        if self.config.spot_watch == "on":
-            return True
-        available = self.metadata.available()
-        if not available:
-            log.info("no instance metadata service: no spot notices, no scale-in protection")
-        return available
-
-    def _spot_watch_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                notice = self.metadata.spot_interruption()
-            except Exception:
-                log.exception("spot notice poll failed")
-                notice = None
-            if notice:
-                log.warning("spot interruption notice", extra={"notice": notice})
-                self.request_stop("spot interruption notice", release_now=True)
-                return
-            self._stopping.wait(self.config.spot_poll_seconds)
-
-    def _update_protection(self) -> None:
-        with self._lock:
-            busy = any(h.started is not None for h in self._held.values())
-        now = time.monotonic()
-        if busy:
-            self._busy_since_idle = now
-        elif self._protected and now - self._busy_since_idle >= IDLE_UNPROTECT_SECONDS:
-            self._set_protection(False)
-
-    def _set_protection(self, protect: bool) -> None:
-        """Scale-in protection while busy, so the ASG never terminates a worker in the middle of a task."""
-        if protect == self._protected or not self._protection_enabled:
-            return
-        with self._lock:
-            if protect == self._protected:
-                return
-            self._protected = protect
-        try:
-            if self._instance_id is None:
-                self._instance_id = self.metadata.instance_id()
-                self._group = self.metadata.auto_scaling_group()
-            if not self._instance_id or not self._group:
-                return
-            self.autoscaling.set_instance_protection(
-                InstanceIds=[self._instance_id], AutoScalingGroupName=self._group, ProtectedFromScaleIn=protect
-            )
-        except Exception:
-            log.exception("scale-in protection change failed", extra={"protect": protect})

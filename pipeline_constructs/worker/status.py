@@ -1,15 +1,15 @@
 """Status records in the DynamoDB status store, written sparingly.
 
-A DynamoDB write costs more than three SQS requests, so final task states are buffered and written with
-BatchWriteItem (25 items a request) at most every ``flush_seconds``; a failure is written at once, because
-that is what an operator looks for. Layout (shared with the CLI): partition ``fleet#<name>``, sort key
-``task#<id>`` for a task's last state and ``worker#<id>`` for a worker's heartbeat.
+A DynamoDB write costs more than three SQS requests, so the rows of finished tasks are written with
+BatchWriteItem (25 items a request), together with the batched acknowledgement that deletes their
+messages (rows first); a failure is written at once, because that is what an operator looks for.
+Layout (shared with the CLI): partition ``fleet#<name>``, sort key ``task#<id>`` for a task's last state
+and ``worker#<id>`` for a worker's heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from decimal import Decimal
 from typing import Any
@@ -40,16 +40,12 @@ def _dynamo_value(value: Any) -> Any:
 
 
 class StatusRecorder:
-    """Buffers task records and writes them in batches; writes failures and worker rows at once."""
+    """Task rows and worker rows; finished tasks in batches of 25, failures and worker rows one by one."""
 
-    def __init__(self, table: Any | None, fleet: str, *, flush_seconds: float, ttl_days: int) -> None:
+    def __init__(self, table: Any | None, fleet: str, *, ttl_days: int) -> None:
         self._table = table
         self._partition = f"fleet#{fleet}"
-        self._flush_seconds = flush_seconds
         self._ttl_seconds = ttl_days * 86400
-        self._pending: dict[str, dict[str, Any]] = {}
-        self._oldest: float | None = None
-        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -62,54 +58,43 @@ class StatusRecorder:
         item.update(_dynamo_value(fields))
         return item
 
-    def task_finished(self, task_id: str, **fields: Any) -> None:
-        """Queue a final state (SUCCEEDED); written with the next batch."""
-        if not self.enabled:
-            return
-        with self._lock:
-            self._pending[task_id] = self._item(f"task#{task_id}", fields)
-            if self._oldest is None:
-                self._oldest = time.monotonic()
-        if len(self._pending) >= BATCH_WRITE_LIMIT:
-            self.flush()
-
-    def task_failed(self, task_id: str, **fields: Any) -> None:
-        """Write a failed attempt now: the error and attempt count are what an operator needs first."""
-        if not self.enabled:
-            return
-        with self._lock:
-            self._pending.pop(task_id, None)
-        self._put(self._item(f"task#{task_id}", fields))
-
-    def worker_heartbeat(self, worker_id: str, **fields: Any) -> None:
-        if self.enabled:
-            self._put(self._item(f"worker#{worker_id}", fields))
-
-    def due(self) -> bool:
-        with self._lock:
-            return self._oldest is not None and time.monotonic() - self._oldest >= self._flush_seconds
-
-    def flush(self) -> None:
-        """Write every buffered record, 25 a request, retrying what DynamoDB leaves unprocessed."""
-        if not self.enabled:
-            return
-        with self._lock:
-            items = list(self._pending.values())
-            self._pending.clear()
-            self._oldest = None
+    def tasks_finished(self, rows: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Store final rows (task id, fields) now, 25 a request; False if any could not be stored."""
+        if not self.enabled or not rows:
+            return True
+        items = [self._item(f"task#{task_id}", fields) for task_id, fields in rows]
         client = self._table.meta.client
         for start in range(0, len(items), BATCH_WRITE_LIMIT):
             requests = [{"PutRequest": {"Item": item}} for item in items[start : start + BATCH_WRITE_LIMIT]]
             for attempt in range(8):
                 try:
                     response = client.batch_write_item(RequestItems={self._table.name: requests})
-                except Exception:  # a status write must never cost a task; log and keep going
+                except Exception:
                     log.exception("status batch write failed", extra={"records": len(requests)})
-                    break
+                    return False
                 requests = response.get("UnprocessedItems", {}).get(self._table.name, [])
                 if not requests:
                     break
                 time.sleep(min(0.05 * 2**attempt, 2))
+            if requests:
+                return False
+        return True
+
+    def task_failed(self, task_id: str, **fields: Any) -> None:
+        """Write a failed attempt now: the error and attempt count are what an operator needs first."""
+        if self.enabled:
+            self._put(self._item(f"task#{task_id}", fields))
+
+    def read(self, task_id: str) -> dict[str, Any] | None:
+        """A task's row as it stands (strongly consistent), or None."""
+        if not self.enabled:
+            return None
+        key = {"pk": self._partition, "sk": f"task#{task_id}"}
+        return self._table.get_item(Key=key, ConsistentRead=True).get("Item")
+
+    def worker_heartbeat(self, worker_id: str, **fields: Any) -> None:
+        if self.enabled:
+            self._put(self._item(f"worker#{worker_id}", fields))
 
     def _put(self, item: dict[str, Any]) -> None:
         try:

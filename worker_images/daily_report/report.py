@@ -1,7 +1,8 @@
 """daily_report: drain the finished-task queue a fleet forwards to, and write one report of the lot.
 
 The second stage of the example pipeline, as a scheduled Batch step: each message is a task the statistics
-fleet finished (``{"key", "outputs": [...], "result": {...}}``). The report is written before any message
+fleet finished (``{"key", "source", "outputs": [...], "result": {...}}``), delivered at least once: the
+report counts each task once (by ``source`` and ``key``). The report is written before any message
 is deleted, so a crash loses nothing: the next run finds the messages again.
 
 Environment: PIPELINE_QUEUE_URL (the queue to drain), PIPELINE_BUCKET and PIPELINE_PREFIX (this step's own
@@ -36,20 +37,33 @@ def drain(sqs: Any, queue_url: str, limit: int) -> list[dict[str, Any]]:
 
 
 def summarize(s3: Any, bucket: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    tasks, rows, columns, unreadable = 0, 0, set(), []
+    """Counts distinct tasks: the fleet forwards at least once, so the same task may arrive twice (its
+    worker died after forwarding, before deleting); ``source`` and ``key`` identify it."""
+    seen: set[tuple[str, str]] = set()
+    rows, columns, unreadable, duplicates = 0, set(), [], 0
     for message in messages:
         try:
             body = json.loads(message["Body"])
         except ValueError:
             unreadable.append(message["MessageId"])
             continue
-        tasks += 1
+        identity = (str(body.get("source", "")), str(body.get("key") or message["MessageId"]))
+        if identity in seen:
+            duplicates += 1
+            continue
+        seen.add(identity)
         for key in body.get("outputs") or []:
             if key.endswith("stats.json"):
                 stats = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
                 columns.update(stats)
                 rows += max((column.get("count", 0) for column in stats.values()), default=0)
-    return {"tasks": tasks, "rows": rows, "columns": sorted(columns), "unreadable_messages": unreadable}
+    return {
+        "tasks": len(seen),
+        "duplicate_messages": duplicates,
+        "rows": rows,
+        "columns": sorted(columns),
+        "unreadable_messages": unreadable,
+    }
 
 
 def run(environ: dict[str, str] | None = None, *, sqs: Any = None, s3: Any = None) -> dict[str, Any]:

@@ -1,0 +1,134 @@
+"""Fault injection from outside a process: an HTTP proxy in front of the emulator that acts on chosen calls.
+
+The process needs no test hook: its ``AWS_ENDPOINT_URL`` points at the proxy, which forwards every request
+to moto and, on the first request matching a rule, runs the rule's action (``kill -9`` of a worker)
+before forwarding it (the call never lands) or after (it landed, the caller never hears back). That puts a
+crash exactly "right after a delete" or "during a status flush", not wherever a timer happens to fall. The
+proxy also remembers the last call it saw, so a crash at a random moment can be told where it struck.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
+
+
+@dataclass
+class Rule:
+    """Matches a call by its ``X-Amz-Target`` (JSON protocols: ``AmazonSQS.DeleteMessageBatch``) or by
+    method and a path fragment (S3: ``PUT`` of ``/intermediate/``); fires once, ``before`` or ``after``."""
+
+    action: Callable[[], None]
+    target: str | None = None
+    method: str | None = None
+    path_contains: str | None = None
+    when: str = "after"
+    skip: int = 0
+    fired: bool = False
+
+    def matches(self, method: str, path: str, headers: Any) -> bool:
+        if self.fired:
+            return False
+        if self.target is not None and headers.get("X-Amz-Target", "") != self.target:
+            return False
+        if self.method is not None and method != self.method:
+            return False
+        if self.path_contains is not None and self.path_contains not in path:
+            return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        self.fired = True
+        return True
+
+
+def describe_call(method: str, path: str, headers: Any) -> str:
+    """``sqs:DeleteMessageBatch``, ``dynamodb:BatchWriteItem``, ``s3:PUT .../_SUCCESS``: what a request is."""
+    target = headers.get("X-Amz-Target", "")
+    if target:
+        service, _, operation = target.partition(".")
+        service = {"AmazonSQS": "sqs"}.get(service, "dynamodb" if service.startswith("DynamoDB") else service)
+        return f"{service}:{operation}"
+    return f"s3:{method} {path.split('?')[0].rsplit('/', 1)[-1] or path}"
+
+
+class FaultProxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        self.rules: list[Rule] = []
+        self.last_call = ""
+        self._lock = threading.Lock()
+        parts = urlsplit(upstream)
+        host, port = parts.hostname, parts.port
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self) -> None:
+                body = self._body()
+                with proxy._lock:
+                    rule = next((r for r in proxy.rules if r.matches(self.command, self.path, self.headers)), None)
+                    proxy.last_call = describe_call(self.command, self.path, self.headers)
+                if rule is not None and rule.when == "before":
+                    rule.action()
+                    self.close_connection = True
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                headers["Content-Length"] = str(len(body))
+                upstream_conn = http.client.HTTPConnection(host, port, timeout=60)
+                upstream_conn.request(self.command, self.path, body=body, headers=headers)
+                response = upstream_conn.getresponse()
+                payload = response.read()
+                upstream_conn.close()
+                if rule is not None:
+                    rule.action()
+                self.send_response(response.status, response.reason)
+                for key, value in response.getheaders():
+                    if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, name="fault-proxy", daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def add(self, rule: Rule) -> Rule:
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()

@@ -1,0 +1,224 @@
+"""Task code in child processes, one per slot, so that a task past its timeout can be stopped.
+
+A thread cannot be killed, so a hung task on a thread would hold its slot (and the instance's scale-in
+protection) forever. Each slot is a long-lived child process instead: it imports the task function once,
+keeps its own S3 client, and runs one task at a time for the worker, which waits on a pipe. A task past
+``timeout`` gets its process killed (SIGKILL) and a new one takes the slot; so does a task whose process
+died (a segfault, ``os._exit``, the out-of-memory killer). The children ignore SIGTERM and SIGINT (the
+worker decides when they stop) and exit by themselves when the worker dies, even by ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from .task import Task, load_task_function
+
+
+@dataclass(frozen=True)
+class TaskCall:
+    """What a child needs to build the :class:`~.task.Task` it runs."""
+
+    id: str
+    body: Any
+    message_id: str
+    attempt: int
+
+
+@dataclass
+class TaskOutcome:
+    """How one run ended: ``ok`` (with ``result`` and ``outputs``), ``error``, ``timeout`` or ``crashed``
+    (``error`` says why)."""
+
+    kind: str
+    result: Any = None
+    outputs: list[str] = field(default_factory=list)
+    error: str = ""
+    traceback: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+
+ProgressCallback = Callable[[str, float, str], None]
+
+
+class TaskProcess:
+    """One child process running task code; see the module docstring."""
+
+    def __init__(self, spec: str, bucket: str, prefix: str, boto_settings: dict[str, Any]) -> None:
+        # A fork server: forking the threaded worker itself is unsafe, and spawning a fresh interpreter per
+        # slot would import boto3 and the task code every time. The server imports them once.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["boto3", __name__, spec.partition(":")[0]])
+        self._conn, child_conn = context.Pipe()
+        # Never written: when the worker dies (even by kill -9) the child reads end-of-file on it and exits.
+        lifeline, self._lifeline = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=_child_main,
+            args=(child_conn, lifeline, spec, bucket, prefix, boto_settings),
+            name="pipeline-task",
+            daemon=True,
+        )
+        self.process.start()
+        child_conn.close()
+        lifeline.close()
+
+    def run(self, call: TaskCall, timeout: float | None, on_progress: ProgressCallback) -> TaskOutcome:
+        self._conn.send(call)
+        deadline = time.monotonic() + timeout if timeout else None
+        while True:
+            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if wait <= 0:
+                self.kill()
+                return TaskOutcome("timeout", error=f"timed out after {timeout:g} s")
+            try:
+                ready = self._conn.poll(wait)
+                message = self._conn.recv() if ready else None
+            except (EOFError, OSError):
+                return self._crashed()
+            if message is None:
+                if not self.process.is_alive():
+                    return self._crashed()
+                continue
+            kind = message[0]
+            if kind == "progress":
+                on_progress(call.id, message[1], message[2])
+            elif kind == "done":
+                return TaskOutcome("ok", result=message[1], outputs=message[2])
+            else:
+                return TaskOutcome("error", error=message[1], traceback=message[2])
+
+    def _crashed(self) -> TaskOutcome:
+        self.process.join(timeout=2)
+        code = self.process.exitcode
+        self.kill()
+        return TaskOutcome("crashed", error=f"task process exited with code {code} during the task")
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self._conn.close()
+        self._lifeline.close()
+
+
+class TaskProcesses:
+    """The worker's slots: at most ``size`` child processes, started when first needed, replaced when killed."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        size: int,
+        bucket: str,
+        prefix: str,
+        timeout: float | None,
+        boto_settings: dict[str, Any] | None = None,
+    ) -> None:
+        self.spec, self.size, self.bucket, self.prefix, self.timeout = spec, size, bucket, prefix, timeout
+        self.boto_settings = boto_settings or {}
+        self._idle: queue.LifoQueue[TaskProcess] = queue.LifoQueue()
+        self._all: list[TaskProcess] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, call: TaskCall, on_progress: ProgressCallback) -> TaskOutcome:
+        process = self._take()
+        outcome = process.run(call, self.timeout, on_progress)
+        if process.alive and not self._closed:
+            self._idle.put(process)
+        else:
+            with self._lock:
+                self._all = [p for p in self._all if p is not process]
+        return outcome
+
+    def _take(self) -> TaskProcess:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker is stopping: no new task processes")
+            process = TaskProcess(self.spec, self.bucket, self.prefix, self.boto_settings)
+            self._all.append(process)
+            return process
+
+    def close(self) -> None:
+        """Kill every child (running tasks were released to other workers before this)."""
+        with self._lock:
+            self._closed = True
+            processes, self._all = self._all, []
+        for process in processes:
+            process.kill()
+
+
+# ---------------------------------------------------------------- the child side
+
+
+def _child_main(conn: Any, lifeline: Any, spec: str, bucket: str, prefix: str, boto_settings: dict[str, Any]) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_the_worker, args=(lifeline,), name="lifeline", daemon=True).start()
+
+    function = load_task_function(spec)
+    s3 = boto3.client("s3", config=Config(**boto_settings))
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            conn.send(message)
+
+    while True:
+        try:
+            call: TaskCall = conn.recv()
+        except (EOFError, OSError):
+            return
+        task = Task(
+            id=call.id,
+            body=call.body,
+            message_id=call.message_id,
+            attempt=call.attempt,
+            bucket=bucket,
+            prefix=prefix,
+            _s3=s3,
+            _on_progress=lambda task_id, fraction, note: send(("progress", fraction, note)),
+        )
+        try:
+            result = function(task)
+            # Only what JSON can carry travels back: the result is recorded and forwarded downstream.
+            send(("done", json.loads(json.dumps(result, default=str)), list(task.outputs)))
+        except Exception as error:  # the task's own failure, reported to the worker
+            send(
+                (
+                    "failed",
+                    f"{type(error).__name__}: {error}"[:1000],
+                    "".join(traceback.format_exception(error))[-3000:],
+                )
+            )
+
+
+def _exit_with_the_worker(lifeline: Any) -> None:
+    """The fork server outlives a killed worker (its children hold its pipe), so the parent process is no
+    sign of life; the worker's end of the lifeline is: it closes when the worker's process ends."""
+    lifeline.poll(None)
+    os._exit(1)

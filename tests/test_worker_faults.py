@@ -1,0 +1,139 @@
+"""The worker's guarantees attacked with real processes: kill -9 at chosen points, hung tasks, lost workers,
+lifecycle terminations. Each test fails if a task is lost, an output written twice or a status row missing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from worker_harness import wait_until
+
+from pipeline_constructs.local.autoscaling import LocalAutoScaling
+from pipeline_constructs.local.imds import FakeInstanceMetadata
+from pipeline_constructs.local.proxy import FaultProxy, Rule
+
+KILL_POINTS = {
+    # point: how the proxy recognizes the call, and whether the kill comes before it lands or after
+    "before the task (right after a receive)": {"target": "AmazonSQS.ReceiveMessage", "when": "after"},
+    "mid-task (after its first write)": {"method": "PUT", "path_contains": "/intermediate/", "when": "after"},
+    "after the output, before the delete": {"method": "PUT", "path_contains": "/_SUCCESS", "when": "after"},
+    "during a status flush": {"target": "DynamoDB_20120810.BatchWriteItem", "when": "before"},
+    "right after a delete": {"target": "AmazonSQS.DeleteMessageBatch", "when": "after"},
+}
+
+
+@pytest.fixture
+def proxy(moto_endpoint):
+    server = FaultProxy(moto_endpoint)
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_kill_9_at_any_point_loses_nothing_duplicates_nothing_and_every_task_has_its_row(
+    pipeline, aws_env, proxy, point
+):
+    p = pipeline(visibility=3)
+    task_ids = [f"k-{i:02d}" for i in range(12)]
+    p.submit([{"key": task_id} for task_id in task_ids])
+    workers = {}
+    rule = proxy.add(Rule(action=lambda: workers["victim"].kill(), **KILL_POINTS[point]))
+    workers["victim"] = p.start_worker(aws_env, AWS_ENDPOINT_URL=proxy.endpoint)
+    wait_until(lambda: rule.fired and workers["victim"].poll() is not None, timeout=30, message=f"kill {point}")
+    assert workers["victim"].returncode == -9
+
+    p.start_worker(aws_env)  # the rescuer talks to moto directly; nothing is resubmitted
+    wait_until(lambda: len(p.outputs()) == 12 and p.queue_counts() == (0, 0), timeout=60, message="every task")
+    wait_until(lambda: len(p.task_rows()) == 12, timeout=10, message="every row")
+    assert p.stop_all()[-1] == 0
+    assert p.outputs() == dict.fromkeys(task_ids, 1), "an output was lost or written twice"
+    assert {task: row["state"] for task, row in p.task_rows().items()} == dict.fromkeys(task_ids, "SUCCEEDED")
+    assert p.queue_counts(p.dlq_url) == (0, 0)
+
+
+def test_a_hung_task_is_stopped_at_task_timeout_and_dead_lettered_with_the_reason(pipeline, aws_env):
+    p = pipeline(visibility=30, max_receive_count=3)  # two attempts, one spare delivery
+    p.submit([{"key": "hung", "sleep": 3600}] + [{"key": f"fine-{i}"} for i in range(3)])
+    p.start_worker(aws_env, PIPELINE_TASK_TIMEOUT="2", PIPELINE_RETRY_DELAY="0", PIPELINE_CONCURRENCY="2")
+
+    wait_until(lambda: p.queue_counts(p.dlq_url)[0] == 1, timeout=60, message="the hung task in the DLQ")
+    wait_until(lambda: p.queue_counts() == (0, 0), timeout=30, message="an empty queue")
+    started = time.monotonic()
+    assert p.stop_all() == [0]
+    assert time.monotonic() - started < 10, "a stop must not wait for the hung task"
+    row = p.task_rows()["hung"]
+    assert row["state"] == "FAILED" and row["error"] == "timed out after 2 s"
+    assert int(row["attempts"]) == 2
+    assert p.runs("hung") == 2
+    assert sorted(p.outputs()) == ["fine-0", "fine-1", "fine-2"]
+
+
+def test_a_task_whose_workers_die_on_every_attempt_is_dead_lettered_as_worker_lost(pipeline, aws_env):
+    p = pipeline(visibility=2, max_receive_count=3)
+    p.submit([{"key": "doomed", "sleep": 3600}])
+    for attempt in (1, 2):
+        victim = p.start_worker(aws_env)
+        wait_until(lambda a=attempt: p.runs("doomed") == a, timeout=30, message=f"attempt {attempt}")
+        victim.kill()
+        victim.wait()
+    p.start_worker(aws_env)
+    wait_until(lambda: p.queue_counts(p.dlq_url)[0] == 1, timeout=30, message="the task in the DLQ")
+    assert p.stop_all()[-1] == 0
+    row = p.task_rows()["doomed"]
+    assert row["state"] == "FAILED" and row["error"] == "worker lost during 2 attempts"
+    assert p.runs("doomed") == 2, "the spare delivery records the loss; it does not run the task again"
+
+
+def test_task_processes_die_with_their_worker_on_kill_9(pipeline, aws_env):
+    p = pipeline(visibility=60)
+    p.submit([{"key": "ticker", "ticks": 200}])
+    worker = p.start_worker(aws_env)
+    wait_until(lambda: p.ticks("ticker") >= 3, timeout=30, message="the task ticking")
+    worker.kill()
+    worker.wait()
+    time.sleep(1.5)  # the orphan check runs every 0.5 s
+    ticks = p.ticks("ticker")
+    time.sleep(1.5)
+    assert p.ticks("ticker") == ticks, "the task process outlived its worker"
+
+
+def test_a_lifecycle_termination_releases_tasks_and_completes_the_action_within_10_s(pipeline, aws_env):
+    imds = FakeInstanceMetadata(instance_id="i-0abc", group="statistics-workers")
+    autoscaling = LocalAutoScaling()
+    p = pipeline(visibility=600)
+    p.submit([{"key": f"long-{i}", "sleep": 120} for i in range(3)])
+    worker = p.start_worker(
+        aws_env,
+        PIPELINE_SPOT_WATCH="on",
+        PIPELINE_METADATA_ENDPOINT=imds.endpoint,
+        PIPELINE_SPOT_POLL_SECONDS="1",
+        PIPELINE_SCALE_IN_PROTECTION="on",
+        PIPELINE_LIFECYCLE_HOOK="drain-workers",
+        AWS_ENDPOINT_URL_AUTO_SCALING=autoscaling.endpoint,
+        PIPELINE_PREFETCH="0",
+        PIPELINE_CONCURRENCY="3",
+    )
+    try:
+        wait_until(lambda: sum(p.runs(f"long-{i}") for i in range(3)) == 3, timeout=30, message="3 running tasks")
+        imds.terminate_lifecycle()
+        started = time.monotonic()
+        wait_until(autoscaling.completed_lifecycle_actions, timeout=10, interval=0.2, message="the completion")
+        completed_after = time.monotonic() - started
+        assert worker.wait(timeout=30) == 0
+    finally:
+        imds.close()
+        autoscaling.close()
+    assert completed_after < 10
+    assert p.queue_counts() == (3, 0), "every task released before the instance goes"
+    (completion,) = autoscaling.completed_lifecycle_actions()
+    assert completion | {"at": 0} == {
+        "action": "CompleteLifecycleAction",
+        "at": 0,
+        "LifecycleHookName": "drain-workers",
+        "AutoScalingGroupName": "statistics-workers",
+        "InstanceId": "i-0abc",
+        "LifecycleActionResult": "CONTINUE",
+    }
+    protection = [c["ProtectedFromScaleIn"] for c in autoscaling.calls if c["action"] == "SetInstanceProtection"]
+    assert protection[0] == "true", "protected from scale-in while busy"
+    assert p.task_rows() == {}, "a released task is no failed attempt"
