@@ -21,7 +21,7 @@ export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export CDK_DISABLE_VERSION_CHECK := true
 
-.PHONY: help setup synth test snapshots demo summary bench deploy lint clean
+.PHONY: help setup synth test snapshots demo summary bench chaos deploy lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -55,8 +55,11 @@ demo: setup ## The main job: run the dev pipeline end to end on a local AWS emul
 summary: synth ## Print what each stack contains: resources by kind, what each construct made
 	$(PYTHON) -m pipeline_constructs.summary
 
-bench: setup ## Measure requests per task, throughput, synth time, resources; writes bench/REPORT.md
+bench: setup ## Measure requests per task, throughput, synth time, faults; writes bench/REPORT.md
 	$(PYTHON) -m bench
+
+chaos: setup ## The fault matrix alone: 300 tasks on 3 workers under kill -9, spot and lifecycle notices
+	$(PYTHON) -m bench.chaos
 
 deploy: setup ## cdk deploy one environment: make deploy ENV=<name> (needs AWS credentials)
 	@test -n "$(ENV)" || { echo "usage: make deploy ENV=<name>" >&2; exit 2; }

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import boto3
 
-from bench import fleet_requests, resource_counts
+from bench import chaos, duplicates, fleet_requests, resource_counts
 from bench.emulator import RequestCounter, moto_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,10 @@ TARGETS = {
     "enqueue_requests_per_task": ("<=", 0.11),
     "throughput_ratio": (">=", 5.0),
     "synth_ratio": ("<=", 1.3),
+    "jobs_per_20_identical_deliveries": ("<=", 1),
+    "chaos_tasks_lost": ("<=", 0),
+    "chaos_outputs_written_twice": ("<=", 0),
+    "chaos_status_rows_missing": ("<=", 0),
 }
 
 # The users' loop: receive one message, process it, delete it; no long polling.
@@ -270,12 +274,21 @@ def main() -> int:
     receive_cost = emulator_receive_cost()
     synth = synth_ratio()
     resources = resource_counts.measure()
+    with moto_endpoint():
+        delivered = duplicates.measure(deliveries=20)
+    faults = chaos.measure(tasks=300, workers=3)
+    expected_failed = faults["poison"] + faults["hung"]
     figures = {
         "sqs_requests_per_task": fleet["sqs_requests_per_task"],
         "status_writes_per_task": fleet["status_writes_per_task"],
         "enqueue_requests_per_task": submit["enqueue_requests_per_task"],
         "throughput_ratio": speed["throughput_ratio"],
         "synth_ratio": synth["synth_ratio"],
+        "jobs_per_20_identical_deliveries": max(kind["jobs"] for kind in delivered.values()),
+        "chaos_tasks_lost": faults["lost"],
+        "chaos_outputs_written_twice": faults["duplicated_outputs"],
+        "chaos_status_rows_missing": (faults["tasks"] - faults["succeeded_rows_of_good_tasks"])
+        + (expected_failed - faults["failed_rows_with_reason"]),
     }
     lines = [
         "# Benchmark report",
@@ -327,6 +340,30 @@ def main() -> int:
         "The example's extra time goes to loading the aws-cdk-lib service modules it uses and cdk-nag's rule packs, "
         "creating about 130 resources per environment over jsii, and checking them (profile it by pointing "
         "`JSII_NODE` at a script that runs `node --cpu-prof`).",
+        "",
+        "## Submit once: 20 identical deliveries at the same moment, per trigger kind",
+        "- Each kind delivered 20 times on 20 threads released by one barrier, each with its own boto3 session, "
+        "against moto's Batch and DynamoDB (`bench/duplicates.py`):",
+        *[
+            f"  - {kind}: {figures_of['jobs']} job(s) submitted, {figures_of['errors']} failed deliveries"
+            for kind, figures_of in delivered.items()
+        ],
+        "",
+        "## Fault matrix at size (`bench/chaos.py`)",
+        f"- {faults['tasks']} tasks, {faults['poison']} poison tasks and {faults['hung']} hung task on "
+        f"{faults['workers']} worker processes (concurrency 4, task timeout {chaos.TASK_TIMEOUT_SECONDS} s, "
+        f"{chaos.ATTEMPTS} attempts); settled in {faults['seconds']} s.",
+        f"- Faults: {faults['kills']} kill -9 (one every 3-5 s; each worker restarted), "
+        f"{faults['spot_notices']} spot notice, {faults['lifecycle_terminations']} termination lifecycle action "
+        f"({faults['lifecycle_actions_completed']} completed by its worker); {faults['workers_started']} worker "
+        "processes started in all.",
+        f"- Where the kills struck (the victim's last call): `{json.dumps(faults['kills_by_last_call'])}`; the "
+        "tests also kill at each point on purpose (`tests/test_worker_faults.py`).",
+        f"- Lost: {faults['lost']}. Outputs written twice: {faults['duplicated_outputs']}. Status rows: "
+        f"`{json.dumps(faults['rows'])}`; SUCCEEDED rows of the good tasks {faults['succeeded_rows_of_good_tasks']}"
+        f" of {faults['tasks']}; FAILED rows with a reason {faults['failed_rows_with_reason']} of {expected_failed}.",
+        *[f"  - {task}: {reason}" for task, reason in sorted(faults["failed_reasons"].items())],
+        f"- Dead letters: {', '.join(faults['dead_letters'])}.",
         "",
         "## CloudFormation resources",
         *[f"- {name.replace('_', ' ')}: {value}" for name, value in resources.items()],

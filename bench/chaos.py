@@ -54,9 +54,11 @@ class Chaos:
     env: dict[str, str]
     endpoint: str
     autoscaling: LocalAutoScaling
+    log_dir: Path
     workers: list[Worker] = field(default_factory=list)
     started: int = 0
     kills: Counter = field(default_factory=Counter)  # by the last call the victim made
+    draining: set[int] = field(default_factory=set)  # workers given a notice: left to drain, not killed
     events: Counter = field(default_factory=Counter)
     stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,11 +72,9 @@ class Chaos:
             "PIPELINE_WORKER_ID": f"w{self.started}",
             "PIPELINE_METADATA_ENDPOINT": imds.endpoint,
         }
+        log = (self.log_dir / f"worker-{self.started}.log").open("w")
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline_constructs.worker"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "pipeline_constructs.worker"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         return Worker(self.started, process, proxy, imds)
 
@@ -92,7 +92,7 @@ class Chaos:
     def strike(self, rng: random.Random) -> None:
         while not self.stopping.wait(rng.uniform(3, 5)):
             with self.lock:
-                live = [w for w in self.workers if w.process.poll() is None]
+                live = [w for w in self.workers if w.process.poll() is None and w.number not in self.draining]
                 if not live:
                     continue
                 victim = rng.choice(live)
@@ -104,9 +104,10 @@ class Chaos:
         if self.stopping.wait(after):
             return
         with self.lock:
-            live = [w for w in self.workers if w.process.poll() is None]
+            live = [w for w in self.workers if w.process.poll() is None and w.number not in self.draining]
             if live:
                 victim = live[0]
+                self.draining.add(victim.number)
                 victim.imds.interrupt() if how == "spot" else victim.imds.terminate_lifecycle()
                 self.events[how] += 1
 
@@ -168,7 +169,9 @@ def _task_rows(table: Any, fleet: str) -> dict[str, dict[str, Any]]:
         arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def measure(tasks: int = 300, workers: int = 3, seed: int = 7, timeout: float = 900) -> dict[str, Any]:
+def measure(
+    tasks: int = 300, workers: int = 3, seed: int = 7, timeout: float = 900, log_dir: Path = ROOT / ".bench" / "chaos"
+) -> dict[str, Any]:
     from bench.emulator import moto_endpoint
 
     rng = random.Random(seed)
@@ -204,14 +207,15 @@ def measure(tasks: int = 300, workers: int = 3, seed: int = 7, timeout: float = 
             "PIPELINE_SCALE_IN_PROTECTION": "off",
             "PIPELINE_LIFECYCLE_HOOK": "pipeline-drain",
         }
-        chaos = Chaos(env=env, endpoint=endpoint, autoscaling=autoscaling)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        chaos = Chaos(env=env, endpoint=endpoint, autoscaling=autoscaling, log_dir=log_dir)
         chaos.workers = [chaos.spawn() for _ in range(workers)]
         started = time.monotonic()
         for target, args in (
             (chaos.supervise, ()),
             (chaos.strike, (rng,)),
-            (chaos.notify, (10.0, "spot")),
-            (chaos.notify, (20.0, "lifecycle")),
+            (chaos.notify, (6.0, "spot")),
+            (chaos.notify, (12.0, "lifecycle")),
         ):
             threading.Thread(target=target, args=args, daemon=True).start()
 

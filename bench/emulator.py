@@ -16,6 +16,8 @@ def moto_endpoint():
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # moto tries to run submitted Batch jobs in Docker, which is not here; the jobs are only counted.
+    logging.getLogger("moto.batch").setLevel(logging.CRITICAL)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

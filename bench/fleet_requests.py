@@ -20,6 +20,7 @@ from botocore.config import Config
 
 from bench.emulator import RequestCounter, moto_endpoint
 from pipeline_constructs.worker.config import WorkerConfig
+from pipeline_constructs.worker.isolation import TaskProcesses
 from pipeline_constructs.worker.runtime import Worker
 from pipeline_constructs.worker.status import TABLE_KEYS
 
@@ -67,9 +68,10 @@ def _worker(counter: RequestCounter, resources: dict[str, Any], *, wait_seconds:
     )
     session = counter.session
     boto_config = Config(max_pool_connections=concurrency + 10)
+    tasks = TaskProcesses(config.task, size=concurrency, bucket=config.bucket, prefix="", timeout=None)
     return Worker(
         config,
-        message_only_task,
+        tasks,
         sqs=session.client("sqs", config=boto_config),
         s3=session.client("s3", config=boto_config),
         table=session.resource("dynamodb", config=boto_config).Table(resources["table"].name),

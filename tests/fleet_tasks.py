@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 
@@ -14,6 +15,10 @@ def work(task) -> dict:
     for tick in range(int(body.get("ticks", 0))):  # visible signs of life: one object every 0.3 s
         task.write_intermediate(f"tick-{tick:04d}", b"")
         time.sleep(0.3)
+    if "exit" in body:  # the process itself dies (a segfault, the out-of-memory killer, os._exit in a library)
+        os._exit(int(body["exit"]))
+    if task.attempt <= int(body.get("fail_attempts", 0)):
+        raise ValueError(f"failing attempt {task.attempt} of {task.id}")
     if body.get("poison"):
         raise ValueError(f"poison task {task.id}")
     if body.get("crash_window") and task.attempt == 1:

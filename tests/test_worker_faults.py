@@ -84,6 +84,30 @@ def test_a_task_whose_workers_die_on_every_attempt_is_dead_lettered_as_worker_lo
     assert p.runs("doomed") == 2, "the spare delivery records the loss; it does not run the task again"
 
 
+def test_a_lost_last_attempt_after_failed_ones_keeps_the_earlier_error_in_the_reason(pipeline, aws_env):
+    p = pipeline(visibility=2, max_receive_count=3)
+    p.submit([{"key": "flaky", "fail_attempts": 1, "sleep": 3600}])
+    victim = p.start_worker(aws_env, PIPELINE_RETRY_DELAY="0")
+    wait_until(lambda: p.runs("flaky") == 2, timeout=30, message="the second attempt")
+    victim.kill()
+    victim.wait()
+    p.start_worker(aws_env)
+    wait_until(lambda: p.queue_counts(p.dlq_url)[0] == 1, timeout=30, message="the task in the DLQ")
+    row = p.task_rows()["flaky"]
+    assert row["state"] == "FAILED"
+    assert row["error"] == "worker lost during the last of 2 attempts; before: ValueError: failing attempt 1 of flaky"
+
+
+def test_a_task_whose_process_dies_is_a_failed_attempt_and_the_worker_carries_on(pipeline, aws_env):
+    p = pipeline(visibility=30, max_receive_count=2)  # one attempt
+    p.submit([{"key": "crasher", "exit": 3}, {"key": "after"}])
+    p.start_worker(aws_env, PIPELINE_CONCURRENCY="1")
+    wait_until(lambda: p.queue_counts(p.dlq_url)[0] == 1, timeout=30, message="the crashed task in the DLQ")
+    wait_until(lambda: p.outputs() == {"after": 1}, timeout=30, message="the next task done")
+    assert p.stop_all() == [0]
+    assert p.task_rows()["crasher"]["error"] == "task process exited with code 3 during the task"
+
+
 def test_task_processes_die_with_their_worker_on_kill_9(pipeline, aws_env):
     p = pipeline(visibility=60)
     p.submit([{"key": "ticker", "ticks": 200}])
@@ -102,16 +126,12 @@ def test_a_lifecycle_termination_releases_tasks_and_completes_the_action_within_
     autoscaling = LocalAutoScaling()
     p = pipeline(visibility=600)
     p.submit([{"key": f"long-{i}", "sleep": 120} for i in range(3)])
-    worker = p.start_worker(
+    worker = p.start_instance_worker(
         aws_env,
-        PIPELINE_SPOT_WATCH="on",
-        PIPELINE_METADATA_ENDPOINT=imds.endpoint,
-        PIPELINE_SPOT_POLL_SECONDS="1",
+        imds,
         PIPELINE_SCALE_IN_PROTECTION="on",
         PIPELINE_LIFECYCLE_HOOK="drain-workers",
         AWS_ENDPOINT_URL_AUTO_SCALING=autoscaling.endpoint,
-        PIPELINE_PREFETCH="0",
-        PIPELINE_CONCURRENCY="3",
     )
     try:
         wait_until(lambda: sum(p.runs(f"long-{i}") for i in range(3)) == 3, timeout=30, message="3 running tasks")

@@ -79,14 +79,7 @@ def test_spot_notice_releases_in_flight_tasks_within_5_seconds_and_exits_0(pipel
     imds = FakeInstanceMetadata()
     p = pipeline(visibility=600)
     p.submit([{"key": f"long-{i}", "sleep": 120} for i in range(3)])
-    worker = p.start_worker(
-        aws_env,
-        PIPELINE_SPOT_WATCH="on",
-        PIPELINE_METADATA_ENDPOINT=imds.endpoint,
-        PIPELINE_SPOT_POLL_SECONDS="1",
-        PIPELINE_PREFETCH="0",
-        PIPELINE_CONCURRENCY="3",
-    )
+    worker = p.start_instance_worker(aws_env, imds)
     wait_until(lambda: p.queue_counts() == (0, 3), timeout=30, message="3 tasks in flight")
     wait_until(lambda: sum(p.runs(f"long-{i}") for i in range(3)) == 3, timeout=30, message="3 running tasks")
 

@@ -85,6 +85,18 @@ class Pipeline:
         self.processes.append(process)
         return process
 
+    def start_instance_worker(self, aws_env: dict[str, str], imds, **overrides: str) -> subprocess.Popen:
+        """A worker that watches an instance metadata service for notices, running three tasks at once."""
+        return self.start_worker(
+            aws_env,
+            PIPELINE_SPOT_WATCH="on",
+            PIPELINE_METADATA_ENDPOINT=imds.endpoint,
+            PIPELINE_SPOT_POLL_SECONDS="1",
+            PIPELINE_PREFETCH="0",
+            PIPELINE_CONCURRENCY="3",
+            **overrides,
+        )
+
     def queue_counts(self, url: str | None = None) -> tuple[int, int]:
         attributes = self.aws.sqs.get_queue_attributes(
             QueueUrl=url or self.queue_url,

@@ -10,6 +10,7 @@ proxy also remembers the last call it saw, so a crash at a random moment can be 
 from __future__ import annotations
 
 import http.client
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,11 @@ class FaultProxy(ThreadingHTTPServer):
 
         super().__init__(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.serve_forever, name="fault-proxy", daemon=True).start()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A caller killed mid-request (the point of this proxy) is no error worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     @property
     def endpoint(self) -> str:

@@ -580,9 +580,11 @@ class LocalPipeline:
         if self.faults.kill_worker_every:
             threading.Thread(target=self._kill_workers, name="fault-kill", daemon=True).start()
         if self.faults.spot_notice_after is not None:
-            threading.Thread(target=self._spot_notice, name="fault-spot", daemon=True).start()
+            args = (self.faults.spot_notice_after, "spot")
+            threading.Thread(target=self._notify, args=args, name="fault-spot", daemon=True).start()
         if self.faults.lifecycle_after is not None:
-            threading.Thread(target=self._lifecycle_termination, name="fault-lifecycle", daemon=True).start()
+            args = (self.faults.lifecycle_after, "lifecycle")
+            threading.Thread(target=self._notify, args=args, name="fault-lifecycle", daemon=True).start()
 
     def _kill_workers(self) -> None:
         while not self._stopping.wait(self.faults.kill_worker_every):
@@ -592,22 +594,15 @@ class LocalPipeline:
                 if victim:
                     self.faults.events.append(f"killed {victim} (kill -9)")
 
-    def _spot_notice(self) -> None:
-        if self._stopping.wait(self.faults.spot_notice_after):
+    def _notify(self, after: float, how: str) -> None:
+        """After ``after`` s, a spot notice (``spot``) or termination lifecycle action to one live worker."""
+        if self._stopping.wait(after):
             return
         for fleet in self.fleets.values():
-            victim = fleet.spot_notice(self.rng)
+            victim = fleet.spot_notice(self.rng) if how == "spot" else fleet.lifecycle_termination(self.rng)
             if victim:
-                self.faults.events.append(f"spot interruption notice to {victim}")
-                return
-
-    def _lifecycle_termination(self) -> None:
-        if self._stopping.wait(self.faults.lifecycle_after):
-            return
-        for fleet in self.fleets.values():
-            victim = fleet.lifecycle_termination(self.rng)
-            if victim:
-                self.faults.events.append(f"termination lifecycle action on {victim}")
+                what = "spot interruption notice to" if how == "spot" else "termination lifecycle action on"
+                self.faults.events.append(f"{what} {victim}")
                 return
 
     # ------------------------------------------------------------------ progress

@@ -79,7 +79,10 @@ class TaskProcess:
         lifeline.close()
 
     def run(self, call: TaskCall, timeout: float | None, on_progress: ProgressCallback) -> TaskOutcome:
-        self._conn.send(call)
+        try:
+            self._conn.send(call)
+        except OSError:  # the process died while idle (out of memory, killed by hand)
+            return self._crashed()
         deadline = time.monotonic() + timeout if timeout else None
         while True:
             wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
@@ -141,6 +144,14 @@ class TaskProcesses:
         self._lock = threading.Lock()
         self._closed = False
 
+    def start(self) -> None:
+        """Start every slot's process now, before the first task, so none waits for one to start."""
+        with self._lock:
+            while len(self._all) < self.size and not self._closed:
+                process = TaskProcess(self.spec, self.bucket, self.prefix, self.boto_settings)
+                self._all.append(process)
+                self._idle.put(process)
+
     def run(self, call: TaskCall, on_progress: ProgressCallback) -> TaskOutcome:
         process = self._take()
         outcome = process.run(call, self.timeout, on_progress)
@@ -181,7 +192,7 @@ def _child_main(conn: Any, lifeline: Any, spec: str, bucket: str, prefix: str, b
     threading.Thread(target=_exit_with_the_worker, args=(lifeline,), name="lifeline", daemon=True).start()
 
     function = load_task_function(spec)
-    s3 = boto3.client("s3", config=Config(**boto_settings))
+    s3 = _LazyClient("s3", boto_settings)
     send_lock = threading.Lock()
 
     def send(message: tuple) -> None:
@@ -215,6 +226,19 @@ def _child_main(conn: Any, lifeline: Any, spec: str, bucket: str, prefix: str, b
                     "".join(traceback.format_exception(error))[-3000:],
                 )
             )
+
+
+class _LazyClient:
+    """A boto3 client made on first use: creating one costs tens of milliseconds of CPU, and message-only
+    tasks never touch S3."""
+
+    def __init__(self, service: str, settings: dict[str, Any]) -> None:
+        self._service, self._settings, self._client = service, settings, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            self._client = boto3.client(self._service, config=Config(**self._settings))
+        return getattr(self._client, name)
 
 
 def _exit_with_the_worker(lifeline: Any) -> None:

@@ -53,6 +53,7 @@ class Held:
     started: float | None = None
     future: Future | None = None
     outcome: dict[str, Any] = field(default_factory=dict)
+    finished: bool = False  # done, waiting for (or in) its batched acknowledgement: takes no capacity
 
     @property
     def message_id(self) -> str:
@@ -113,6 +114,7 @@ class Worker:
 
     def run(self) -> int:
         self._resolve_queue_settings()
+        self.tasks.start()
         self.instance.start(lambda reason: self.request_stop(reason, release_now=True), self._stopping)
         threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
         log.info(
@@ -149,7 +151,7 @@ class Worker:
                 self._release([held])
         while time.monotonic() < grace_end:
             with self._lock:
-                running = [h for h in self._held.values() if h not in self._to_ack]
+                running = [h for h in self._held.values() if not h.finished]
             if not running:
                 break
             time.sleep(0.2)
@@ -177,8 +179,8 @@ class Worker:
         batch = min(SQS_BATCH, limit)
         with self._lock:
             while not self._stopping.is_set():
-                # Finished tasks waiting for their batched delete take no capacity.
-                room = limit - (len(self._held) - len(self._to_ack))
+                # Finished tasks waiting for (or in) their batched delete take no capacity.
+                room = limit - sum(1 for h in self._held.values() if not h.finished)
                 if room >= batch:
                     return batch
                 self._slot_freed.wait(timeout=1.0)
@@ -281,6 +283,8 @@ class Worker:
             return
         if (row or {}).get("state") != "FAILED":
             reason = f"worker lost during {self.max_attempts} attempts"
+            if (row or {}).get("error"):  # earlier attempts failed on their own; the last one's worker was lost
+                reason = f"worker lost during the last of {self.max_attempts} attempts; before: {row['error']}"[:1000]
             log.warning("task dead-lettered", extra={"task": held.task_id, "reason": reason})
             self.status.task_failed(
                 held.task_id, state="FAILED", attempts=self.max_attempts, worker=self.config.worker_id, error=reason
@@ -320,7 +324,9 @@ class Worker:
         with self._lock:
             if held.message_id not in self._held:  # released meanwhile (spot notice): not ours
                 return
+            held.finished = True
             self._to_ack.append(held)
+            self._slot_freed.notify_all()
             if self._oldest_ack is None:
                 self._oldest_ack = time.monotonic()
             # On its last delivery a finished task is acknowledged at once: one more crash would dead-letter it.
@@ -424,7 +430,7 @@ class Worker:
 
     def _release_unfinished(self) -> None:
         with self._lock:
-            unfinished = [h for h in self._held.values() if h not in self._to_ack]
+            unfinished = [h for h in self._held.values() if not h.finished]
         if unfinished:
             self._release(unfinished)
 
@@ -441,7 +447,7 @@ class Worker:
                     next_worker_row = now + self.config.worker_heartbeat_seconds
                     self._write_worker_row()
                 with self._lock:
-                    busy = any(h.started is not None and h not in self._to_ack for h in self._held.values())
+                    busy = any(h.started is not None and not h.finished for h in self._held.values())
                 self.instance.update_protection(busy)
             except Exception:
                 log.exception("heartbeat failed")
@@ -476,7 +482,7 @@ class Worker:
             working_on = {
                 h.task_id: {"progress": self._progress.get(h.task_id, (0.0, ""))[0]}
                 for h in self._held.values()
-                if h.started is not None and h not in self._to_ack
+                if h.started is not None and not h.finished
             }
         self.status.worker_heartbeat(
             self.config.worker_id, state="RUNNING", working_on=working_on or None, **self._count_fields()
