@@ -32,6 +32,7 @@ import boto3
 from pipeline_constructs.local.autoscaling import LocalAutoScaling
 from pipeline_constructs.local.imds import FakeInstanceMetadata
 from pipeline_constructs.local.proxy import FaultProxy
+from pipeline_constructs.worker.config import SPARE_DELIVERIES
 from pipeline_constructs.worker.status import TABLE_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,7 +131,7 @@ def _resources(session: Any, name: str) -> dict[str, Any]:
     sqs, s3 = session.client("sqs"), session.client("s3")
     dlq = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": ATTEMPTS + 1}  # the fleet's spare delivery
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": ATTEMPTS + SPARE_DELIVERIES}  # as the fleet's
     queue = sqs.create_queue(
         QueueName=name, Attributes={"VisibilityTimeout": "10", "RedrivePolicy": json.dumps(redrive)}
     )["QueueUrl"]
@@ -200,6 +201,7 @@ def measure(
             "PIPELINE_CONCURRENCY": "4",
             "PIPELINE_WAIT_SECONDS": "2",
             "PIPELINE_RETRY_DELAY": "1",
+            "PIPELINE_MAX_ATTEMPTS": str(ATTEMPTS),
             "PIPELINE_TASK_TIMEOUT": str(TASK_TIMEOUT_SECONDS),
             "PIPELINE_STOP_GRACE_SECONDS": "5",
             "PIPELINE_SPOT_WATCH": "on",

@@ -33,6 +33,7 @@ from pipeline_constructs.manifest import PipelineManifest
 from pipeline_constructs.network import PipelineNetwork
 from pipeline_constructs.status_store import StatusStore
 from pipeline_constructs.task_queue import TaskQueue
+from pipeline_constructs.worker.config import SPARE_DELIVERIES
 
 #: Several current-generation families of one size, so spot capacity is found in more pools.
 DEFAULT_X86_INSTANCE_TYPES = ("m7i.large", "m6i.large", "m6a.large", "m5.large", "c7i.large", "c6i.large", "c6a.large")
@@ -64,13 +65,15 @@ class SpotWorkerFleet(Construct):
     :param on_demand_base_capacity: instances that are always on-demand. Default: 0 (all spot).
     :param on_demand_percentage_above_base: on-demand share above the base, in percent. Default: 0.
     :param tasks_per_worker: the backlog each instance should face (target tracking target). Default: 10.
-    :param concurrency: tasks one worker runs at once. Default: the instance's vCPU count.
+    :param concurrency: tasks one worker runs at once, each in a process of its own (so a hung one can be
+        stopped). Default: the instance's vCPU count.
     :param task_timeout: the longest one attempt of a task may take: past it the worker kills the task's
         process and counts a failed attempt ("timed out after N s"). Default: 15 minutes. Range: 1 s to 12 hours.
     :param visibility_timeout: the created queue's visibility timeout. Default: ``task_timeout`` plus 1 minute.
         At least ``task_timeout``; the worker's heartbeat extends it for tasks that run longer anyway.
     :param max_receive_count: attempts a task gets before it goes to the DLQ (created queue; its redrive
-        policy allows one delivery more, on which a worker records why). Default: 3. Range: 1 to 999.
+        policy allows ``SPARE_DELIVERIES`` deliveries more, on which a worker records why, so a worker lost
+        on one of them still leaves a reason). Default: 3. Range: 1 to 997.
     :param environment: extra environment variables for the task code. Default: none.
     :param root_volume_size: root EBS volume in GiB (encrypted gp3). Default: 20. Range: 8 to 16384.
     :param log_retention: retention of the workers' log group. Default: one month.
@@ -146,8 +149,8 @@ class SpotWorkerFleet(Construct):
                 "Tasks",
                 visibility_timeout=visibility_timeout,
                 consumer_timeout=self.task_timeout,
-                # One delivery beyond the attempts: a worker records why the task is dead-lettered.
-                max_receive_count=max_receive_count + 1,
+                # Deliveries beyond the attempts, on which a worker records why the task is dead-lettered.
+                max_receive_count=max_receive_count + SPARE_DELIVERIES,
             )
             queue, dead_letter_queue = task_queue.queue, task_queue.dead_letter_queue
         self.queue: sqs.IQueue = queue
@@ -266,7 +269,7 @@ class SpotWorkerFleet(Construct):
         check_range(self, "tasks_per_worker", tasks_per_worker, minimum=1, maximum=100000)
         check_range(self, "concurrency", concurrency, minimum=1, maximum=1024)
         check_range(self, "root_volume_size", root_volume_size, minimum=8, maximum=16384, unit=" GiB")
-        check_range(self, "max_receive_count", max_receive_count, minimum=1, maximum=999)
+        check_range(self, "max_receive_count", max_receive_count, minimum=1, maximum=1000 - SPARE_DELIVERIES)
         check_duration(self, "task_timeout", self.task_timeout, minimum=Duration.seconds(1), maximum=Duration.hours(12))
         check_visibility_covers(self, visibility_timeout, "task_timeout", self.task_timeout)
         if dead_letter_queue is not None and queue is None:
@@ -302,7 +305,7 @@ class SpotWorkerFleet(Construct):
         if self.created_queue:
             # Known at synth for a created queue: saves the worker a GetQueueAttributes call at start.
             variables["PIPELINE_VISIBILITY_TIMEOUT"] = str(int(seconds(self.visibility_timeout)))
-            variables["PIPELINE_MAX_RECEIVE_COUNT"] = str(self.max_receive_count + 1)
+            variables["PIPELINE_MAX_RECEIVE_COUNT"] = str(self.max_receive_count + SPARE_DELIVERIES)
             variables["PIPELINE_MAX_ATTEMPTS"] = str(self.max_receive_count)
         if seconds(self.task_timeout) is not None:
             variables["PIPELINE_TASK_TIMEOUT"] = str(int(seconds(self.task_timeout)))

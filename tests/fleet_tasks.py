@@ -29,3 +29,8 @@ def work(task) -> dict:
     task.progress(1.0, "done")
     task.write_output("result.json", json.dumps({"task": task.id}))
     return {"ok": True}
+
+
+def nap(task) -> None:
+    """Sleeps for ``body["sleep"]`` seconds and touches nothing: for tests of the task processes alone."""
+    time.sleep(float(task.body["sleep"]))

@@ -351,7 +351,7 @@ def test_changed_worker_code_rolls_out_as_an_instance_refresh_that_drains_each_w
     assert "autoscaling:CompleteLifecycleAction" in json.dumps(policies)
 
 
-def test_the_worker_gets_its_task_timeout_and_attempt_budget_and_the_queue_one_spare_delivery(stack):
+def test_the_worker_gets_its_task_timeout_and_attempt_budget_and_the_queue_three_spare_deliveries(stack):
     SpotWorkerFleet(
         stack,
         "Fleet",
@@ -362,8 +362,8 @@ def test_the_worker_gets_its_task_timeout_and_attempt_budget_and_the_queue_one_s
     )
     template = Template.from_stack(stack)
     user_data = json.dumps(template.find_resources("AWS::EC2::LaunchTemplate"))
-    for line in ("PIPELINE_TASK_TIMEOUT=300", "PIPELINE_MAX_ATTEMPTS=4", "PIPELINE_MAX_RECEIVE_COUNT=5"):
+    for line in ("PIPELINE_TASK_TIMEOUT=300", "PIPELINE_MAX_ATTEMPTS=4", "PIPELINE_MAX_RECEIVE_COUNT=7"):
         assert line in user_data
     template.has_resource_properties(
-        "AWS::SQS::Queue", {"RedrivePolicy": Match.object_like({"maxReceiveCount": 5}), "VisibilityTimeout": 360}
+        "AWS::SQS::Queue", {"RedrivePolicy": Match.object_like({"maxReceiveCount": 7}), "VisibilityTimeout": 360}
     )

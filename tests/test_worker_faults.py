@@ -98,6 +98,24 @@ def test_a_lost_last_attempt_after_failed_ones_keeps_the_earlier_error_in_the_re
     assert row["error"] == "worker lost during the last of 2 attempts; before: ValueError: failing attempt 1 of flaky"
 
 
+def test_a_spare_delivery_records_its_reason_at_once_while_every_task_slot_is_busy(pipeline, aws_env):
+    p = pipeline(visibility=6, max_receive_count=3)
+    p.submit([{"key": "doomed", "sleep": 3600}])
+    settings = {"PIPELINE_MAX_ATTEMPTS": "1", "PIPELINE_CONCURRENCY": "1", "PIPELINE_STOP_GRACE_SECONDS": "1"}
+    victim = p.start_worker(aws_env, **settings)
+    wait_until(lambda: p.runs("doomed") == 1, timeout=30, message="the only attempt")
+    victim.kill()
+    victim.wait()
+    time.sleep(2.5)  # the victim's long poll (2 s) outlives it on the server, and would take the next message
+    p.submit([{"key": "busy", "sleep": 3600}])  # visible at once, "doomed" only 6 s after the kill
+    p.start_worker(aws_env, **settings)
+    wait_until(lambda: p.runs("busy") == 1, timeout=30, message="the only slot busy")
+    wait_until(lambda: "doomed" in p.task_rows(), timeout=15, message="the reason, not queued behind the slot")
+    assert p.task_rows()["doomed"]["error"] == "worker lost during 1 attempt"
+    assert p.runs("doomed") == 1 and p.outputs() == {}, "recorded, not run again; the busy task still running"
+    assert p.stop_all() == [-9, 0]
+
+
 def test_a_task_whose_process_dies_is_a_failed_attempt_and_the_worker_carries_on(pipeline, aws_env):
     p = pipeline(visibility=30, max_receive_count=2)  # one attempt
     p.submit([{"key": "crasher", "exit": 3}, {"key": "after"}])

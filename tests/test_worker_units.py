@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from pipeline_constructs.local.imds import FakeInstanceMetadata
 from pipeline_constructs.worker import instance, runtime
 from pipeline_constructs.worker.config import ConfigError, WorkerConfig
+from pipeline_constructs.worker.isolation import TaskCall, TaskProcesses
 from pipeline_constructs.worker.metadata import InstanceMetadata
 from pipeline_constructs.worker.status import StatusRecorder
 from pipeline_constructs.worker.task import load_task_function, parse_body, task_id_of
@@ -139,3 +143,28 @@ def test_scale_in_protection_while_busy_and_cleared_when_idle(monkeypatch):
     assert autoscaling.calls == [True]
     duties.update_protection(busy=False)  # idle now: cleared
     assert autoscaling.calls == [True, False]
+
+
+def test_stopping_the_task_processes_mid_task_ends_the_task_and_closes_each_pipe_once():
+    # The slot's own thread closes a busy process's pipe; the stopping thread only kills the process. Closed
+    # from both at once, a descriptor could be closed after the worker reused it (the lifecycle test's hang).
+    tasks = TaskProcesses("fleet_tasks:nap", size=2, bucket="b", prefix="", timeout=None)
+    tasks.start()
+    outcomes = []
+    slot = threading.Thread(target=lambda: outcomes.append(tasks.run(TaskCall("t", {"sleep": 60}, "m", 1), print)))
+    slot.start()
+    deadline = time.monotonic() + 10
+    while not any(p._busy for p in tasks._all) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    processes = list(tasks._all)
+    busy = next(p for p in processes if p._busy)
+    closes = []
+    for process in processes:
+        original = process._conn.close
+        process._conn.close = lambda original=original, process=process: (closes.append(process), original())
+    tasks.close()
+    slot.join(timeout=10)
+    assert not slot.is_alive(), "the running task ended with the stop"
+    assert outcomes[0].kind == "crashed"
+    assert sorted(map(id, closes)) == sorted(map(id, processes)), "every pipe closed exactly once"
+    assert not any(p.alive for p in processes) and busy._killed

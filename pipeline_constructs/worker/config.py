@@ -9,12 +9,12 @@
 | ``PIPELINE_TABLE`` | status store table; empty: no status records | ``""`` |
 | ``PIPELINE_FLEET_NAME`` | name the status records are grouped under | the queue's name |
 | ``PIPELINE_DOWNSTREAM_QUEUE_URL`` | where finished tasks are forwarded; empty: nowhere | ``""`` |
-| ``PIPELINE_CONCURRENCY`` | tasks run at once (threads) | CPU count |
+| ``PIPELINE_CONCURRENCY`` | tasks run at once (one task process each) | CPU count |
 | ``PIPELINE_PREFETCH`` | messages held beyond the running ones, so a batch of 10 fills | 10 |
 | ``PIPELINE_WAIT_SECONDS`` | long-poll wait of each receive (0 to 20) | 20 |
 | ``PIPELINE_VISIBILITY_TIMEOUT`` | seconds a received message stays hidden | the queue's setting |
 | ``PIPELINE_MAX_RECEIVE_COUNT`` | receives before SQS moves a message to the DLQ | the queue's redrive policy |
-| ``PIPELINE_MAX_ATTEMPTS`` | attempts a task gets; the next delivery records why it is dead-lettered | receives - 1 |
+| ``PIPELINE_MAX_ATTEMPTS`` | attempts a task gets; a later delivery records why it is dead-lettered | receives - 1 |
 | ``PIPELINE_TASK_TIMEOUT`` | seconds one attempt may run before its process is killed; 0: no limit | 0 |
 | ``PIPELINE_RETRY_DELAY`` | seconds before a failed task is visible again, times the attempt | 10 |
 | ``PIPELINE_STOP_GRACE_SECONDS`` | on SIGTERM, how long running tasks may finish before release | 30 |
@@ -35,6 +35,11 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+#: Deliveries the fleet's created queue allows beyond a task's attempts. On one of them a worker records why
+#: the task is dead-lettered (its workers were lost, or it timed out); several, so that a worker lost on that
+#: very delivery still leaves a reason.
+SPARE_DELIVERIES = 3
 
 
 class ConfigError(ValueError):

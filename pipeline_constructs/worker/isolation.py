@@ -77,8 +77,24 @@ class TaskProcess:
         self.process.start()
         child_conn.close()
         lifeline.close()
+        # Only the thread running a task closes its pipe: closed under a thread still reading it, the
+        # descriptor could be reused by one of the worker's HTTP connections and read (or closed) as the pipe.
+        self._kill_lock = threading.Lock()
+        self._killed = False
+        self._busy = False
 
     def run(self, call: TaskCall, timeout: float | None, on_progress: ProgressCallback) -> TaskOutcome:
+        with self._kill_lock:
+            if self._killed:
+                return TaskOutcome("crashed", error="task process stopped before the task")
+            self._busy = True
+        try:
+            return self._run(call, timeout, on_progress)
+        finally:
+            with self._kill_lock:
+                self._busy = False
+
+    def _run(self, call: TaskCall, timeout: float | None, on_progress: ProgressCallback) -> TaskOutcome:
         try:
             self._conn.send(call)
         except OSError:  # the process died while idle (out of memory, killed by hand)
@@ -117,11 +133,25 @@ class TaskProcess:
         return self.process.is_alive()
 
     def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=5)
-        self._conn.close()
-        self._lifeline.close()
+        """Kill the process and close its pipes (once). From the thread that runs its task, or when idle."""
+        with self._kill_lock:
+            if self._killed:
+                return
+            self._killed = True
+            if self.process.is_alive():
+                self.process.kill()
+            self.process.join(timeout=5)
+            self._conn.close()
+            self._lifeline.close()
+
+    def stop(self) -> None:
+        """Kill the process from any thread: a busy one's own thread sees it end and closes the pipes."""
+        with self._kill_lock:
+            busy = self._busy and not self._killed
+            if busy and self.process.is_alive():
+                self.process.kill()
+        if not busy:
+            self.kill()
 
 
 class TaskProcesses:
@@ -180,7 +210,7 @@ class TaskProcesses:
             self._closed = True
             processes, self._all = self._all, []
         for process in processes:
-            process.kill()
+            process.stop()
 
 
 # ---------------------------------------------------------------- the child side

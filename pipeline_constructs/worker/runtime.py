@@ -9,7 +9,8 @@ Guarantees (each has a test that attacks it, listed in the README):
 - a task past ``task_timeout`` is stopped (its process killed) and counted as a failed attempt; a failed
   attempt is released after a back-off; after ``max_attempts`` the task is dead-lettered with a FAILED
   row giving the reason: its own error, ``timed out after N s``, or ``worker lost during N attempts``
-  (written on one spare delivery the queue's redrive policy allows beyond the attempts);
+  (written on a spare delivery the queue's redrive policy allows beyond the attempts, handled at once on a
+  thread of its own, never queued behind running tasks where a lost worker would take it along);
 - on SIGTERM running tasks may finish for a grace period; on a spot interruption notice or a termination
   lifecycle action every unfinished message is made visible again at once, the lifecycle action is
   completed, and the worker exits 0.
@@ -96,6 +97,8 @@ class Worker:
         self._slot_freed = threading.Condition(self._lock)
         self._stopping = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="task")
+        # Spare deliveries only record a reason and release: a few requests, never behind a task slot.
+        self._bookkeeping = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spare")
         self.stop_reason = ""
         self.counts = {"succeeded": 0, "failed": 0, "duplicates": 0, "released": 0, "received": 0}
 
@@ -169,6 +172,7 @@ class Worker:
         if self.stop_reason == LIFECYCLE_TERMINATION:
             self.instance.complete_lifecycle_action()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._bookkeeping.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"reason": self.stop_reason, **self.counts})
 
     # ---------------------------------------------------------------- receiving
@@ -210,7 +214,8 @@ class Worker:
             if self._stopping.is_set():  # a long poll that returned after a stop: hand it straight back
                 self._release([held])
                 continue
-            held.future = self._pool.submit(self._process, held, body)
+            pool = self._bookkeeping if self._past_attempts(held) else self._pool
+            held.future = pool.submit(self._process, held, body)
 
     # ---------------------------------------------------------------- processing
 
@@ -232,7 +237,7 @@ class Worker:
         held.started = time.monotonic()
         self.instance.set_protection(True)
         try:
-            if self.max_attempts is not None and held.attempt > self.max_attempts:
+            if self._past_attempts(held):
                 self._past_last_attempt(held)
                 return
             # Only a redelivery can find its work done (a worker died after finishing, before deleting):
@@ -265,6 +270,9 @@ class Worker:
                 self._progress.pop(held.task_id, None)
         self._queue_ack(held)
 
+    def _past_attempts(self, held: Held) -> bool:
+        return self.max_attempts is not None and held.attempt > self.max_attempts
+
     def _done_before(self, held: Held, marker: dict[str, Any]) -> None:
         """Done by an earlier attempt whose worker died before deleting: acknowledge, record and forward it
         again (the first forward may never have happened; the next stage dedupes on the task id)."""
@@ -273,8 +281,8 @@ class Worker:
             self.counts["duplicates"] += 1
 
     def _past_last_attempt(self, held: Held) -> None:
-        """The spare delivery: every attempt's worker was lost (or the last failure was recorded already).
-        Record why, then release it; SQS moves it to the DLQ on its next receive."""
+        """A spare delivery: every attempt's worker was lost (or the last failure was recorded already).
+        Record why, then release it; SQS moves it to the DLQ once the spare deliveries are used up."""
         marker = self._completion_marker(held.task_id)
         row = self.status.read(held.task_id)
         if marker is not None or (row or {}).get("state") == "SUCCEEDED":
@@ -282,7 +290,8 @@ class Worker:
             self._queue_ack(held)
             return
         if (row or {}).get("state") != "FAILED":
-            reason = f"worker lost during {self.max_attempts} attempts"
+            attempts = f"{self.max_attempts} attempt{'s' if self.max_attempts != 1 else ''}"
+            reason = f"worker lost during {attempts}"
             if (row or {}).get("error"):  # earlier attempts failed on their own; the last one's worker was lost
                 reason = f"worker lost during the last of {self.max_attempts} attempts; before: {row['error']}"[:1000]
             log.warning("task dead-lettered", extra={"task": held.task_id, "reason": reason})
