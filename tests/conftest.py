@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +36,43 @@ def synth_example(outdir: Path, extra_context: dict[str, Any] | None = None):
     return app
 
 
-@pytest.fixture(scope="session")
-def example_synth(tmp_path_factory: pytest.TempPathFactory):
-    """(app, outdir) of the example app, every environment, synthesized once for the whole session."""
-    outdir = tmp_path_factory.mktemp("cdk.out")
-    return synth_example(outdir), outdir
+#: The example app this process synthesized for the shared assembly, if it was this process.
+_synthesized_here: dict[str, Any] = {}
+
+
+def _shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory every test process of this run sees: xdist gives each worker a directory of its own
+    under the run's directory."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
-def example_stacks(example_synth) -> dict[str, SynthesizedStack]:
-    _, outdir = example_synth
-    return {stack.name: stack for stack in load_assembly(outdir)}
+def example_outdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example app's cloud assembly, every environment, synthesized once for the whole run: the first
+    test process to need it synthesizes it under a lock, the others read it (a synth costs seconds of CPU)."""
+    shared = _shared_temp(tmp_path_factory)
+    outdir = shared / "example-cdk.out"
+    with (shared / "example-cdk.out.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not outdir.exists():
+            building = shared / f"example-cdk.out.{os.getpid()}"
+            _synthesized_here["app"] = synth_example(building)
+            building.rename(outdir)  # whole or not at all, for the processes waiting on the lock
+    return outdir
+
+
+@pytest.fixture(scope="session")
+def example_synth(example_outdir: Path):
+    """(app, outdir) for tests that inspect the construct tree too; synthesizes again only in a process
+    that did not make the shared assembly."""
+    app = _synthesized_here.get("app") or synth_example(example_outdir.parent / f"example-app.{os.getpid()}")
+    return app, example_outdir
+
+
+@pytest.fixture(scope="session")
+def example_stacks(example_outdir: Path) -> dict[str, SynthesizedStack]:
+    return {stack.name: stack for stack in load_assembly(example_outdir)}
 
 
 @pytest.fixture(scope="session")
@@ -113,10 +142,21 @@ def create_status_table(dynamodb, name: str):
     return dynamodb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **TABLE_KEYS)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any):
+    report = yield
+    item.stash.setdefault(_FAILED, False)
+    item.stash[_FAILED] |= report.failed
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def pipeline(aws):
+def pipeline(aws, request):
     """``pipeline(visibility=..., max_receive_count=...)``: a fresh queue, DLQ, bucket and table; its worker
-    processes are killed when the test ends."""
+    processes are killed when the test ends, and their logs shown when it failed."""
     from worker_harness import Pipeline
 
     created = []
@@ -128,3 +168,55 @@ def pipeline(aws):
     yield make
     for made in created:
         made.kill_all()
+        if request.node.stash.get(_FAILED, False):
+            print(made.log_tails())
+
+
+#: The suite's budget on a warm checkout of this 2-core machine (issue 13): printed after every run.
+SUITE_BUDGET_SECONDS = 120
+_run_started = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    stats = terminalreporter.stats
+    ran = sum(len([r for r in stats.get(kind, []) if r.when == "call"]) for kind in ("passed", "failed"))
+    elapsed = time.monotonic() - _run_started
+    workers = getattr(config.option, "numprocesses", None) or 0
+    verdict = "within" if elapsed <= SUITE_BUDGET_SECONDS else "OVER"
+    terminalreporter.write_line(
+        f"suite: {ran} tests in {elapsed:.0f} s wall on {workers or 1} process(es), {os.cpu_count()} cores: "
+        f"{verdict} the {SUITE_BUDGET_SECONDS} s budget"
+    )
+
+
+# ---------------------------------------------------------------- running on several processes (pytest-xdist)
+
+#: Tests that synthesize constructs over jsii. They all run on one process, which pays Node's start-up and
+#: the aws-cdk-lib load once; spread over every process they would cost each of them that CPU.
+JSII_TESTS = (
+    "tests/test_batch_chain.py",
+    "tests/test_building_blocks.py",
+    "tests/test_example_app.py",
+    "tests/test_spot_worker_fleet.py",
+    "tests/test_local_run.py::test_the_local_run_follows_a_changed_example_app",
+    "tests/test_operator_cli.py::test_cost_reports_a_nat_gateway_with_its_price",
+)
+#: The longest tests (local runs, worker processes) start first, so none is left to run alone at the end.
+SLOW_FIRST = ("tests/test_local_run.py", "tests/test_worker_faults.py", "tests/test_worker_processes.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: (not item.nodeid.startswith(JSII_TESTS), not item.nodeid.startswith(SLOW_FIRST)))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any):
+    """Every test a work unit of its own, except the jsii tests: one unit, sent first (it is the largest)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class JsiiTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "jsii" if nodeid.startswith(JSII_TESTS) else nodeid
+
+    return JsiiTestsTogether(config, log)

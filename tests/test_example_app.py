@@ -53,8 +53,8 @@ def _validation_report(outdir) -> dict:
     return json.loads((outdir / "validation-report.json").read_text())
 
 
-def test_nag_reports_nothing_unacknowledged(example_synth):
-    _, outdir = example_synth
+def test_nag_reports_nothing_unacknowledged(example_outdir):
+    outdir = example_outdir
     report = _validation_report(outdir)
     violations = {p["pluginName"]: p["violations"] for p in report["pluginReports"]}
     assert all(not found for found in violations.values()), violations
@@ -78,8 +78,8 @@ def test_every_acknowledgment_suppresses_a_finding(example_synth):
     assert declared - used == set()
 
 
-def test_every_acknowledgment_has_a_reason(example_synth):
-    _, outdir = example_synth
+def test_every_acknowledgment_has_a_reason(example_outdir):
+    outdir = example_outdir
     for plugin in _validation_report(outdir)["pluginReports"]:
         for suppressed in plugin.get("suppressedViolations", []):
             assert len(suppressed.get("reason", "")) >= 40, suppressed["acknowledgedId"]

@@ -37,8 +37,8 @@ def run_local(outdir: Path, tmp_path: Path, *args: str) -> tuple[int, dict]:
     return code, json.loads(result_file.read_text())
 
 
-def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_synth, tmp_path):
-    _, outdir = example_synth
+def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_outdir, tmp_path):
+    outdir = example_outdir
     code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "8")
     assert code == 0, result
     assert sorted((j["step"], j["status"]) for j in result["jobs"]) == [
@@ -59,16 +59,18 @@ def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_synth, tmp_path)
     assert result["failure_queues"] and set(result["failure_queues"].values()) == {0}
 
 
-def test_fault_run_loses_nothing_and_dead_letters_the_poison(example_synth, tmp_path):
-    _, outdir = example_synth
+def test_fault_run_loses_nothing_and_dead_letters_the_poison(example_outdir, tmp_path):
+    outdir = example_outdir
     code, result = run_local(
         outdir,
         tmp_path,
         "--demo",
         "--tasks",
-        "12",
+        "8",
         "--kill-worker-every",
-        "2",
+        "4",
+        "--visibility-timeout",
+        "5",  # what a killed worker held comes back in 5 s, not 15
         "--poison",
         "2",
         "--spot-notice-after",
@@ -88,8 +90,8 @@ def test_fault_run_loses_nothing_and_dead_letters_the_poison(example_synth, tmp_
     assert all((p["rows_succeeded"], p["rows_failed"]) == (p["done"], p["dead"]) for p in fleets.values())
 
 
-def test_a_lifecycle_termination_is_drained_and_completed_in_the_local_run(example_synth, tmp_path):
-    _, outdir = example_synth
+def test_a_lifecycle_termination_is_drained_and_completed_in_the_local_run(example_outdir, tmp_path):
+    outdir = example_outdir
     code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "6", "--lifecycle-terminate-after", "1")
     assert code == 0, result
     (fleet,) = [p for p in result["fleets"].values() if p["lifecycle_terminations"]]
@@ -98,8 +100,8 @@ def test_a_lifecycle_termination_is_drained_and_completed_in_the_local_run(examp
     assert fleet["lost"] == 0 and fleet["rows_succeeded"] == fleet["done"] == 6
 
 
-def test_a_failed_step_makes_the_run_exit_non_zero(example_synth, tmp_path):
-    _, outdir = example_synth
+def test_a_failed_step_makes_the_run_exit_non_zero(example_outdir, tmp_path):
+    outdir = example_outdir
     code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "2", "--fail-step", "feed_consumer")
     assert code == 1
     consumer = next(j for j in result["jobs"] if j["step"] == "feed_consumer")
@@ -108,8 +110,8 @@ def test_a_failed_step_makes_the_run_exit_non_zero(example_synth, tmp_path):
     assert "exit code 3" in consumer["reason"]
 
 
-def test_a_lost_task_makes_the_result_fail(example_synth, tmp_path):
-    _, outdir = example_synth
+def test_a_lost_task_makes_the_result_fail(example_outdir, tmp_path):
+    outdir = example_outdir
     from pipeline_constructs.local.cli import embedded_emulator
 
     stack = find_stack(load_assembly(outdir), "pipeline-dev")
@@ -203,21 +205,21 @@ def test_dockerfile_entrypoints_map_back_to_the_image_directory(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--env", "staging"], ["--assembly", "/nonexistent"]])
-def test_bad_targets_are_one_line_errors(example_synth, argv, capsys):
-    _, outdir = example_synth
+def test_bad_targets_are_one_line_errors(example_outdir, argv, capsys):
+    outdir = example_outdir
     arguments = ["--assembly", str(outdir), *argv] if argv[0] == "--env" else argv
     assert cli.main(arguments) == 2
     assert "error:" in capsys.readouterr().out
 
 
-def test_the_cli_operates_a_local_run(example_synth, tmp_path):
+def test_the_cli_operates_a_local_run(example_outdir, tmp_path):
     """`pipeline ... --local` finds the local run's resources through the same manifest output as in AWS."""
     from typer.testing import CliRunner
 
     from pipeline_constructs.cli import app
     from pipeline_constructs.local.cli import embedded_emulator
 
-    _, outdir = example_synth
+    outdir = example_outdir
     stack = find_stack(load_assembly(outdir), "dev")
     state = tmp_path / "local-run.json"
     inputs = tmp_path / "inputs"
@@ -277,9 +279,9 @@ def test_rate_schedules_count_from_the_start():
     assert fired == [10, 20, 30]
 
 
-def test_a_lost_task_makes_the_demo_exit_non_zero(example_synth, tmp_path, monkeypatch):
+def test_a_lost_task_makes_the_demo_exit_non_zero(example_outdir, tmp_path, monkeypatch):
     """Tasks that vanish from the queue (no output, not in a DLQ) fail the run's exit code."""
-    _, outdir = example_synth
+    outdir = example_outdir
     submit = LocalPipeline.submit_sample_tasks
 
     def submit_then_lose(self, count):
@@ -294,11 +296,11 @@ def test_a_lost_task_makes_the_demo_exit_non_zero(example_synth, tmp_path, monke
     assert statistics["lost"] == 4
 
 
-def test_schedules_fire_on_their_own_while_the_run_serves(example_synth, tmp_path, monkeypatch):
+def test_schedules_fire_on_their_own_while_the_run_serves(example_outdir, tmp_path, monkeypatch):
     from pipeline_constructs.local import runner
     from pipeline_constructs.local.cli import embedded_emulator
 
-    _, outdir = example_synth
+    outdir = example_outdir
     stack = find_stack(load_assembly(outdir), "dev")
     # Every minute is "due" for the feed schedule only: the loop, not the calendar, is under test here.
     monkeypatch.setattr(runner, "due", lambda expression, zone, now, started: zone == "Europe/Berlin")

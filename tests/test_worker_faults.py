@@ -3,7 +3,9 @@ lifecycle terminations. Each test fails if a task is lost, an output written twi
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 
 import pytest
 from worker_harness import wait_until
@@ -27,6 +29,19 @@ def proxy(moto_endpoint):
     server = FaultProxy(moto_endpoint)
     yield server
     server.close()
+
+
+def test_the_proxy_forwards_nothing_of_a_request_its_caller_died_sending(aws, proxy):
+    # A worker killed by one of its calls may be mid-way through sending another: S3 would store nothing of
+    # it, so neither may the proxy (a torn, empty completion marker once failed a kill test here).
+    bucket = f"torn-{uuid.uuid4().hex[:8]}"
+    aws.s3.create_bucket(Bucket=bucket)
+    host, port = proxy.endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as caller:
+        caller.sendall(f"PUT /{bucket}/marker HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\n".encode())
+        caller.sendall(b"0123456789")
+    time.sleep(0.5)
+    assert aws.s3.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))

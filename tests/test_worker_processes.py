@@ -85,8 +85,10 @@ def test_spot_notice_releases_in_flight_tasks_within_5_seconds_and_exits_0(pipel
 
     imds.interrupt()
     noticed = time.monotonic()
-    wait_until(lambda: p.queue_counts()[0] == 3, timeout=5, interval=0.2, message="released tasks")
+    seen = []
+    wait_until(lambda: seen.append(p.queue_counts()) or seen[-1][0] == 3, timeout=5, interval=0.2, message="release")
     released_after = time.monotonic() - noticed
+    assert released_after < 5, f"(visible, in flight) seen: {seen}"
     assert worker.wait(timeout=60) == 0
     imds.close()
     assert released_after < 5

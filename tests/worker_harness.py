@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -50,6 +51,7 @@ class Pipeline:
         self.table = create_status_table(aws.dynamodb, f"{name}-status")
         self.fleet = name
         self.processes: list[subprocess.Popen] = []
+        self.log_dir = Path(tempfile.mkdtemp(prefix=f"{name}-workers-"))
 
     def submit(self, bodies: list[dict]) -> None:
         for start in range(0, len(bodies), 10):
@@ -75,13 +77,12 @@ class Pipeline:
             }
             | overrides
         )
+        # To a file, not a pipe: nobody reads a pipe while the worker runs, and a full one would block it.
+        log = (self.log_dir / f"{env['PIPELINE_WORKER_ID']}.log").open("a")
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline_constructs.worker"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            [sys.executable, "-m", "pipeline_constructs.worker"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
+        log.close()
         self.processes.append(process)
         return process
 
@@ -137,6 +138,13 @@ class Pipeline:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         return [process.wait(timeout=timeout) for process in self.processes]
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The last lines of each worker's log, for a failed test's report."""
+        return "\n".join(
+            f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            for path in sorted(self.log_dir.glob("*.log"))
+        )
 
     def kill_all(self) -> None:
         for process in self.processes:

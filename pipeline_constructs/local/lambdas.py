@@ -1,13 +1,19 @@
 """Lambda functions of the template run locally: their asset code, their (resolved) environment.
 
-Each invocation is a fresh Python process (like a cold start), so a handler's module state, environment and
-boto3 clients are exactly what the function would have. Async invocations follow the function's
-EventInvokeConfig: retries, then the on-failure destination (an SQS queue) gets Lambda's record shape.
+Like Lambda, each function runs in execution environments: a Python process that imports the handler's
+module once (init) and then serves one invocation at a time, as many at once as there are concurrent
+invocations. Module state and boto3 clients carry over between invocations of one environment, as on
+Lambda, so a handler that wrongly relies on a cold start shows it here too. An environment whose handler
+timed out or whose process died is discarded; a handler's exception keeps it, as Lambda's Python runtime
+does. Async invocations follow the function's EventInvokeConfig: retries, then the on-failure destination
+(an SQS queue) gets Lambda's record shape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import select
 import subprocess
 import sys
 import threading
@@ -16,22 +22,74 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-_BOOTSTRAP = r"""
-import importlib, json, sys, traceback
+#: The environment's runtime loop: one event per line on stdin, one outcome per line on the runner's channel
+#: (the original stdout); the handler's own prints and tracebacks go to the function's log (stderr).
+_RUNTIME = r"""
+import importlib, json, os, sys, traceback
+channel = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
 module_name, function_name = sys.argv[1].rsplit(".", 1)
-event = json.loads(sys.stdin.read())
-try:
-    result = getattr(importlib.import_module(module_name), function_name)(event, None)
-    print("\n__LOCAL_LAMBDA_RESULT__" + json.dumps({"ok": True, "result": result}, default=str))
-except Exception as error:
-    traceback.print_exc()
-    print("\n__LOCAL_LAMBDA_RESULT__" + json.dumps({"ok": False, "errorType": type(error).__name__,
-                                                   "errorMessage": str(error)}))
-    sys.exit(1)
+handler = None
+for line in sys.stdin:
+    event = json.loads(line)
+    try:
+        if handler is None:  # init, retried on the next invocation if it failed (as Lambda does)
+            handler = getattr(importlib.import_module(module_name), function_name)
+        outcome = {"ok": True, "result": handler(event, None)}
+    except Exception as error:
+        traceback.print_exc()
+        outcome = {"ok": False, "errorType": type(error).__name__, "errorMessage": str(error)}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    channel.write(json.dumps(outcome, default=str) + "\n")
+    channel.flush()
 """
-RESULT_MARKER = "__LOCAL_LAMBDA_RESULT__"
+
+
+class _Environment:
+    """One execution environment: a process running ``_RUNTIME`` for one function."""
+
+    def __init__(self, function: LocalFunction, number: int, log: TextIO) -> None:
+        self.number = number
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _RUNTIME, function.handler],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=function.code_dir,
+            env=function.environment
+            | {"PYTHONPATH": str(function.code_dir), "AWS_LAMBDA_FUNCTION_NAME": function.name},
+        )
+
+    def invoke(self, event: Any, timeout: float) -> tuple[bool, Any, str, bool]:
+        """(ok, result, error, reusable): one invocation, waiting at most ``timeout`` seconds."""
+        try:
+            self.process.stdin.write(json.dumps(event) + "\n")
+            self.process.stdin.flush()
+        except OSError:
+            return False, None, f"exit {self.process.poll()}: the environment died", False
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        if not ready:
+            self.close()
+            return False, None, f"Task timed out after {timeout:g} seconds", False
+        line = self.process.stdout.readline()
+        if not line:  # the process ended mid-invocation: sys.exit, a crash, the out-of-memory killer
+            return False, None, f"exit {self.process.wait()}: the environment died during the invocation", False
+        outcome = json.loads(line)
+        if outcome["ok"]:
+            return True, outcome["result"], "", True
+        return False, None, f"{outcome['errorType']}: {outcome['errorMessage']}", True
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
 
 
 @dataclass
@@ -68,28 +126,31 @@ class LocalFunction:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"lambda-{name[:20]}")
         self._pending: list[Future] = []
+        self._log = self.log_path.open("a")
+        self._idle: list[_Environment] = []
+        self._closed = False
+        self.environments_started = 0
 
     def _run_once(self, event: Any) -> tuple[bool, Any, str]:
-        completed = subprocess.run(
-            [sys.executable, "-c", _BOOTSTRAP, self.handler],
-            input=json.dumps(event),
-            capture_output=True,
-            text=True,
-            cwd=self.code_dir,
-            env=self.environment | {"PYTHONPATH": str(self.code_dir), "AWS_LAMBDA_FUNCTION_NAME": self.name},
-            timeout=self.timeout + 5,
-        )
-        with self._lock, self.log_path.open("a") as log:
-            log.write(
-                f"--- {time.strftime('%H:%M:%S')} event {json.dumps(event)[:300]}\n{completed.stdout}{completed.stderr}"
-            )
-        marker = completed.stdout.rfind(RESULT_MARKER)
-        if marker < 0:
-            return False, None, f"exit {completed.returncode}: {completed.stderr.strip()[-300:]}"
-        outcome = json.loads(completed.stdout[marker + len(RESULT_MARKER) :])
-        if outcome["ok"]:
-            return True, outcome["result"], ""
-        return False, None, f"{outcome['errorType']}: {outcome['errorMessage']}"
+        with self._lock:
+            if self._idle:
+                environment = self._idle.pop()
+            else:
+                self.environments_started += 1
+                environment = _Environment(self, self.environments_started, self._log)
+            header = f"--- {time.strftime('%H:%M:%S')} env {environment.number} event {json.dumps(event)[:300]}"
+            self._log.write(header + "\n")
+            self._log.flush()
+        ok, result, error, reusable = environment.invoke(event, self.timeout)
+        with self._lock:
+            if error:
+                self._log.write(f"--- env {environment.number}: {error}\n")
+                self._log.flush()
+            if reusable and not self._closed:
+                self._idle.append(environment)
+            else:
+                environment.close()
+        return ok, result, error
 
     def invoke_async(self, event: Any) -> Future:
         """Event invocation: retried ``retry_attempts`` times, then sent to the on-failure destination."""
@@ -148,3 +209,9 @@ class LocalFunction:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for environment in idle:
+            environment.close()
+        self._log.close()

@@ -77,20 +77,36 @@ class FaultProxy(ThreadingHTTPServer):
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _body(self) -> bytes:
+            def _body(self) -> bytes | None:
+                """The whole request body, or None when the caller died before sending all of it."""
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     chunks = []
                     while True:
-                        size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                        line = self.rfile.readline()
+                        if not line.strip():
+                            return None
+                        size = int(line.strip().split(b";")[0], 16)
                         if size == 0:
-                            self.rfile.readline()
+                            while self.rfile.readline().strip():  # trailers, up to the blank line
+                                pass
                             return b"".join(chunks)
-                        chunks.append(self.rfile.read(size))
+                        chunk = self.rfile.read(size)
+                        if len(chunk) < size:
+                            return None
+                        chunks.append(chunk)
                         self.rfile.readline()
-                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                expected = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(expected)
+                return body if len(body) == expected else None
 
             def _handle(self) -> None:
                 body = self._body()
+                if body is None:
+                    # Cut off mid-request (a kill of this caller, from another of its calls): like a real
+                    # connection cut, nothing reaches the service; forwarding a short body would store a torn
+                    # object that S3 itself would refuse.
+                    self.close_connection = True
+                    return
                 with proxy._lock:
                     rule = next((r for r in proxy.rules if r.matches(self.command, self.path, self.headers)), None)
                     proxy.last_call = describe_call(self.command, self.path, self.headers)

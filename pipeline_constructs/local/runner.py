@@ -698,16 +698,24 @@ class LocalPipeline:
             return True
         return any(sum(self.queue_depth(fleet.queue_url)) for fleet in self.fleets.values())
 
-    def wait_until_idle(self, timeout: float, quiet_checks: int = 4, on_tick=None) -> bool:
+    def wait_until_idle(
+        self, timeout: float, *, quiet_seconds: float = 2.0, interval: float = 0.5, on_tick=None
+    ) -> bool:
+        """True once nothing has been busy for ``quiet_seconds`` in a row (longer than any hand-over takes:
+        an SNS tap polls every 0.5 s, a worker acknowledges within 1 s); False at ``timeout``."""
         deadline = time.monotonic() + timeout
-        quiet = 0
+        quiet_since = None
         while time.monotonic() < deadline:
             if on_tick:
                 on_tick()
-            quiet = 0 if self.busy() else quiet + 1
-            if quiet >= quiet_checks:
+            now = time.monotonic()
+            if self.busy():
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= quiet_seconds:
                 return True
-            time.sleep(1)
+            time.sleep(interval)
         return False
 
     # ------------------------------------------------------------------ result

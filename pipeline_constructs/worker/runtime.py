@@ -427,7 +427,7 @@ class Worker:
         for start in range(0, len(helds), SQS_BATCH):
             chunk = helds[start : start + SQS_BATCH]
             try:
-                self.sqs.change_message_visibility_batch(
+                response = self.sqs.change_message_visibility_batch(
                     QueueUrl=self.config.queue_url,
                     Entries=[
                         {"Id": str(i), "ReceiptHandle": h.receipt, "VisibilityTimeout": delay}
@@ -436,6 +436,9 @@ class Worker:
                 )
             except Exception:
                 log.exception("release failed; the messages reappear when their visibility times out")
+                continue
+            for failure in response.get("Failed", []):
+                log.warning("release failed", extra={"task": chunk[int(failure["Id"])].task_id, **failure})
 
     def _release_unfinished(self) -> None:
         with self._lock:
