@@ -41,7 +41,9 @@ def _chain(links: list[ChainLink | None]):
     return build
 
 
-def _fleets(count: int):
+def fleets(count: int):
+    """A builder adding ``count`` fleets of the example's worker to a stack, sharing its network and stores."""
+
     def build(stack, network, shared):
         for i in range(count):
             SpotWorkerFleet(
@@ -63,7 +65,7 @@ def measure() -> dict[str, int]:
     success_two = _count(_chain([ChainLink.on_success(), None]))
     success_three = _count(_chain([ChainLink.on_success(), ChainLink.on_success(), None]))
     mixed_three = _count(_chain([ChainLink.message(), ChainLink.on_success(), None]))
-    no_fleet, one_fleet, two_fleets = _count(lambda *_: None), _count(_fleets(1)), _count(_fleets(2))
+    no_fleet, one_fleet, two_fleets = _count(lambda *_: None), _count(fleets(1)), _count(fleets(2))
     return {
         "chain_of_one_step": one,
         "per_extra_step_after_a_message_link": message_three - message_two,

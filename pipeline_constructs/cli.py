@@ -90,6 +90,12 @@ def submit(
     verb = "would enqueue" if dry_run else "enqueued"
     count = report.found - report.already_known if dry_run else report.enqueued
     console.print(f"{report.found} file(s): {verb} {count}, skipped {report.already_known} already enqueued or done")
+    if report.woke:
+        console.print("the fleet was at zero workers: started one (its scaling on the backlog adds more)")
+    if report.wake_error:
+        console.print(
+            f"[yellow]could not wake the fleet[/] ({report.wake_error}); it starts when its scaling sees the backlog"
+        )
     if report.failed:
         console.print(f"[red]{len(report.failed)} not enqueued[/] (run again to retry): {', '.join(report.failed[:5])}")
         raise typer.Exit(1)

@@ -7,11 +7,14 @@ request-priced services are listed as pay per use with their unit price.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 PRICE_TABLE = Path(__file__).resolve().parent / "pricing" / "us-east-1.json"
+#: A fleet's wake check: a schedule whose input (JSON, perhaps inside an Fn::Join) is {"wake": ...}.
+WAKE_INPUT = re.compile(r'\{\\*"wake\\*":')
 
 
 @dataclass(frozen=True)
@@ -128,9 +131,41 @@ def idle_costs(template: dict[str, Any], prices: dict[str, Any] | None = None) -
             network = props.get("Type") == "network"
             rate = always["network_load_balancer_hour" if network else "application_load_balancer_hour"]
             lines.append(CostLine(logical_id, "load balancer", "NLB" if network else "ALB", rate * hours))
+        elif kind == "AWS::Scheduler::Schedule" and WAKE_INPUT.search(json.dumps(props.get("Target", {}).get("Input"))):
+            checks = _checks_per_month(str(props.get("ScheduleExpression", "")), hours)
+            if checks:
+                lines.append(
+                    CostLine(
+                        logical_id,
+                        "fleet wake check",
+                        f"{checks:,.0f} checks a month (Scheduler, glue Lambda 256 MB ~0.1 s, SQS), before free tiers",
+                        checks * _wake_check_price(prices["per_request"]),
+                    )
+                )
         elif kind == "AWS::SecretsManager::Secret":
             lines.append(CostLine(logical_id, "secret", "Secrets Manager", always["secrets_manager_secret_month"]))
     return lines
+
+
+def _checks_per_month(expression: str, hours: float) -> float:
+    """Invocations a month of ``rate(N minute[s]|hour[s])``; 0 for other expressions."""
+    match = re.fullmatch(r"rate\((\d+) (minute|minutes|hour|hours)\)", expression.strip())
+    if not match:
+        return 0.0
+    minutes = int(match[1]) * (60 if match[2].startswith("hour") else 1)
+    return hours * 60 / minutes
+
+
+def _wake_check_price(per_request: dict[str, float]) -> float:
+    """One check: a Scheduler invocation, a glue Lambda invocation, one GetQueueAttributes (and a free
+    DescribeAutoScalingGroups)."""
+    lambda_seconds = 0.1 * 0.25  # ~0.1 s of the glue function at 256 MB
+    return (
+        per_request["scheduler_invocation"]
+        + per_request["lambda_request"]
+        + lambda_seconds * per_request["lambda_gb_second_arm"]
+        + per_request["sqs_request"]
+    )
 
 
 def cost_report(template: dict[str, Any], prices: dict[str, Any] | None = None) -> dict[str, Any]:

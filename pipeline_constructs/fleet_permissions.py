@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aws_cdk import Stack
+from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
+from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge_wildcard_resources
 
@@ -18,6 +19,42 @@ GROUP_ACTIONS = ["autoscaling:SetInstanceProtection", "autoscaling:CompleteLifec
 #: What the worker calls on the status store: batched final rows, failures and heartbeats, and one
 #: consistent read of a task's row on the spare delivery that dead-letters it.
 STATUS_ACTIONS = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:GetItem"]
+
+
+GROUP_ARN_REASON = (
+    "The group's ARN holds a UUID that CloudFormation does not return; the ARN is pinned to this "
+    "group by name, the wildcard stands only for that UUID."
+)
+
+
+def group_arn_of(fleet: SpotWorkerFleet) -> str:
+    """The fleet's Auto Scaling group ARN, its UUID part a wildcard (CloudFormation does not return it)."""
+    # arn:aws:autoscaling:<region>:<account>:autoScalingGroup:<uuid>:autoScalingGroupName/<name>: a colon
+    # after "autoScalingGroup" (with a slash, as format_arn writes by default, the ARN matches no group).
+    return Stack.of(fleet).format_arn(
+        service="autoscaling",
+        resource="autoScalingGroup",
+        resource_name=f"*:autoScalingGroupName/{fleet.auto_scaling_group.auto_scaling_group_name}",
+        arn_format=ArnFormat.COLON_RESOURCE_NAME,
+    )
+
+
+def grant_wake(fleet: SpotWorkerFleet, grantee: iam.IGrantable) -> iam.Grant:
+    """SetDesiredCapacity on the fleet's group only, and DescribeAutoScalingGroups, which IAM cannot scope
+    to a resource (the waker must see the group at zero before raising it)."""
+    group_arn = group_arn_of(fleet)
+    grant = iam.Grant.add_to_principal(
+        grantee=grantee, actions=["autoscaling:SetDesiredCapacity"], resource_arns=[group_arn]
+    )
+    iam.Grant.add_to_principal(grantee=grantee, actions=["autoscaling:DescribeAutoScalingGroups"], resource_arns=["*"])
+    if isinstance(grantee.grant_principal, Construct):
+        acknowledge_wildcard_resources(grantee.grant_principal, [group_arn], GROUP_ARN_REASON)
+        acknowledge_wildcard_resources(
+            grantee.grant_principal,
+            ["*"],
+            "autoscaling:DescribeAutoScalingGroups supports no resource-level permissions; it only reads.",
+        )
+    return grant
 
 
 def grant_worker_permissions(fleet: SpotWorkerFleet) -> None:
@@ -48,23 +85,14 @@ def grant_worker_permissions(fleet: SpotWorkerFleet) -> None:
     )
     # A policy of its own: the launch template depends on the role's default policy, so a statement
     # naming the group there would make group -> template -> policy -> group a cycle.
-    group_arn = Stack.of(fleet).format_arn(
-        service="autoscaling",
-        resource="autoScalingGroup",
-        resource_name=f"*:autoScalingGroupName/{fleet.auto_scaling_group.auto_scaling_group_name}",
-    )
+    group_arn = group_arn_of(fleet)
     fleet.scale_in_protection_policy = iam.Policy(
         fleet,
         "ScaleInProtectionPolicy",
         roles=[role],
         statements=[iam.PolicyStatement(actions=GROUP_ACTIONS, resources=[group_arn])],
     )
-    acknowledge_wildcard_resources(
-        fleet.scale_in_protection_policy,
-        [group_arn],
-        "The group's ARN holds a UUID that CloudFormation does not return; the ARN is pinned to this "
-        "group by name, the wildcard stands only for that UUID.",
-    )
+    acknowledge_wildcard_resources(fleet.scale_in_protection_policy, [group_arn], GROUP_ARN_REASON)
     if bucket.encryption_key is not None:
         bucket.encryption_key.grant_encrypt_decrypt(role)
     if fleet.table.encryption_key is not None:

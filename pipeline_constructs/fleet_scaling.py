@@ -6,6 +6,8 @@
   instance refresh) waits while its worker releases its tasks and completes the action.
 - An instance refresh whenever the launch template changes (new worker code, a new image): instances are
   replaced gradually, each drained through the same hook.
+- Optionally, a once-a-minute wake check: the stack's glue function looks at the queue and raises the group
+  from zero when tasks wait, for producers that do not wake the fleet themselves (``pipeline submit`` does).
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from aws_cdk import Duration
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_scheduler_targets as scheduler_targets
+
+from pipeline_constructs._nag import acknowledge_wildcard_resources
+from pipeline_constructs.glue_function import GlueFunction
 
 if TYPE_CHECKING:
     from pipeline_constructs.spot_worker_fleet import SpotWorkerFleet
@@ -130,4 +138,37 @@ def _metric_query(
             ),
             stat=statistic,
         ),
+    )
+
+
+#: How often the wake check looks at the queue: EventBridge Scheduler's finest rate.
+WAKE_CHECK_RATE = Duration.minutes(1)
+
+
+def add_wake_check(fleet: SpotWorkerFleet) -> scheduler.Schedule:
+    """A schedule invoking the stack's glue function with ``{"wake": {queue, group}}`` every minute."""
+    glue = GlueFunction.of(fleet)
+    fleet.queue.grant(glue.role, "sqs:GetQueueAttributes")
+    fleet.grant_wake(glue.role)
+    role = iam.Role(fleet, "WakeCheckRole", assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"))
+    check = {"wake": {"queue": fleet.queue.queue_url, "group": fleet.auto_scaling_group.auto_scaling_group_name}}
+    target = scheduler_targets.LambdaInvoke(
+        glue.function,
+        input=scheduler.ScheduleTargetInput.from_object(check),
+        role=role,
+        retry_attempts=0,  # the next minute's check is the retry
+        max_event_age=Duration.minutes(1),
+    )
+    acknowledge_wildcard_resources(
+        role,
+        [f"{glue.function.function_arn}:*"],
+        "Invoke of the glue function only; the wildcard stands for its version and alias qualifiers, "
+        "which the CDK's Lambda target grants alongside the unqualified ARN.",
+    )
+    return scheduler.Schedule(
+        fleet,
+        "WakeCheck",
+        schedule=scheduler.ScheduleExpression.rate(WAKE_CHECK_RATE),
+        target=target,
+        description=f"{fleet.node.path}: start the fleet from zero when tasks wait",
     )

@@ -19,6 +19,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     EndpointConnectionError,
     NoCredentialsError,
@@ -26,7 +27,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from pipeline_constructs.glue.handler import SubmitGuard, job_name
+from pipeline_constructs.glue.handler import EventError, SubmitGuard, job_name, wake_group
 from pipeline_constructs.local import LOCAL_STATE_FILE
 
 MANIFEST_OUTPUT = "PipelineManifest"
@@ -213,6 +214,8 @@ class SubmitReport:
     uploaded: int = 0
     enqueued: int = 0
     failed: list[str] = field(default_factory=list)
+    woke: bool = False  # the fleet was at zero and its group was raised to one worker
+    wake_error: str = ""
 
 
 def submit(
@@ -268,6 +271,13 @@ def submit(
         for failed in pool.map(enqueue, batches):
             report.failed.extend(failed)
     report.enqueued = len(todo) - len(report.failed)
+    if report.enqueued and fleet.get("group"):
+        # Start a fleet at zero now, not when CloudWatch's per-minute SQS metrics catch up (minutes; more
+        # after six idle hours). Never fails the submit: the tasks are in; scaling on the backlog follows.
+        try:
+            report.woke = wake_group(target.client("autoscaling"), fleet["group"])
+        except (ClientError, BotoCoreError, EventError) as error:
+            report.wake_error = str(error)
     return report
 
 

@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 from conftest import create_batch_queue, create_status_table
 
 from pipeline_constructs.glue import handler as glue
+from pipeline_constructs.local.autoscaling import LocalAutoScaling, LocalGroup
 
 SNS_MESSAGE = '{"type":"lovelive","jobXmlTag":"job","gzipped":true,"emptyCDATA":false}}'  # not valid JSON
 
@@ -240,3 +241,36 @@ def test_lambda_entry_point_reads_its_config_from_the_environment(batch_world, m
     monkeypatch.setattr(glue, "_glue", None)
     result = glue.handler(sns_event(batch_world.topic, message_id="m-2"))
     assert result["submitted"][0]["jobName"] == "feeds-consumer-m-2"
+
+
+@pytest.fixture
+def local_group():
+    """A local Auto Scaling endpoint with one group at zero; its desired-capacity changes are recorded."""
+    server = LocalAutoScaling()
+    changes: list[int] = []
+    server.register_group(LocalGroup("workers", max_size=4, desired=0, on_desired=changes.append))
+    client = boto3.client(
+        "autoscaling",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    yield client, changes
+    server.close()
+
+
+def test_a_wake_check_starts_a_fleet_at_zero_only_when_tasks_wait(aws, local_group):
+    autoscaling, changes = local_group
+    queue = aws.sqs.create_queue(QueueName=f"wake{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    check = {"wake": {"queue": queue, "group": "workers"}}
+    gluer = glue.Glue({"chains": {}}, batch=None, dynamodb=None, sqs=aws.sqs, autoscaling=autoscaling)
+    assert gluer.handle(check) == {"kind": "wake", "waiting": 0, "woke": False}
+    aws.sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"key": "a"}))
+    assert gluer.handle(check) == {"kind": "wake", "waiting": 1, "woke": True}
+    assert gluer.handle(check) == {"kind": "wake", "waiting": 1, "woke": False}, "a group above zero is left alone"
+    assert changes == [1]
+    with pytest.raises(glue.EventError, match=r"^wake\.group: no Auto Scaling group named 'elsewhere'$"):
+        glue.wake_group(autoscaling, "elsewhere")
+    with pytest.raises(glue.EventError, match=r"^wake\.queue: missing$"):
+        gluer.handle({"wake": {"group": "workers"}})

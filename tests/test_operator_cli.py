@@ -102,6 +102,36 @@ def test_submit_200_files_then_again_enqueues_nothing_twice(deployed, aws, tmp_p
     assert visible(aws, deployed.queue) == 200
 
 
+def test_submit_wakes_a_fleet_at_zero_once_and_never_lowers_it(deployed, tmp_path, monkeypatch):
+    from pipeline_constructs.local.autoscaling import LocalAutoScaling, LocalGroup
+
+    server = LocalAutoScaling()
+    changes: list[int] = []
+    group = LocalGroup(f"{deployed.env}-group", max_size=4, desired=0, on_desired=changes.append)
+    server.register_group(group)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_AUTO_SCALING", server.endpoint)
+    try:
+        for i in range(3):
+            (tmp_path / f"f{i}.csv").write_text("id\n1\n")
+        code, output = invoke("submit", str(tmp_path), "--fleet", "Statistics", "--stack", deployed.env)
+        assert code == 0 and "the fleet was at zero workers: started one" in output
+        assert changes == [1]
+        group.desired = 3  # its scaling took over
+        (tmp_path / "later.csv").write_text("id\n2\n")
+        code, output = invoke("submit", str(tmp_path), "--fleet", "Statistics", "--stack", deployed.env)
+        assert code == 0 and "started one" not in output
+        assert changes == [1], "a group above zero is never set back to one"
+    finally:
+        server.close()
+
+
+def test_a_fleet_that_cannot_be_woken_still_gets_its_tasks(deployed, aws, tmp_path):
+    (tmp_path / "a.csv").write_text("id\n1\n")
+    code, output = invoke("submit", str(tmp_path), "--fleet", "Statistics", "--stack", deployed.env)
+    assert code == 0 and "enqueued 1" in output
+    assert "could not wake the fleet" in output and visible(aws, deployed.queue) == 1
+
+
 def test_status_shows_queue_dlq_and_task_progress(deployed, aws, tmp_path):
     (tmp_path / "a.csv").write_text("x\n1\n")
     invoke("submit", str(tmp_path / "a.csv"), "--stack", deployed.env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shutil
@@ -14,6 +15,7 @@ from aws_cdk.assertions import Match, Template
 from conftest import ROOT
 
 from pipeline_constructs import SpotWorkerFleet, WorkerDelivery
+from pipeline_constructs.cost import cost_report
 
 SQS_WORKER = ROOT / "worker_images" / "sqs_worker"
 
@@ -136,8 +138,33 @@ def test_instance_role_names_no_wildcard_resource_beyond_its_own_prefixes(dev_te
             text = json.dumps(resource)
             assert resource != "*", statement
             if "*" in text:
-                allowed = ("/input/*", "/output/*", "/intermediate/*", "autoScalingGroup/*:autoScalingGroupName/")
+                allowed = ("/input/*", "/output/*", "/intermediate/*", ":autoScalingGroup:*:autoScalingGroupName/")
                 assert any(part in text for part in allowed), text
+
+
+def _arn_pattern(resource) -> str:
+    """A policy resource as text, references to the group filled in with its name."""
+    if isinstance(resource, str):
+        return resource
+    parts = resource["Fn::Join"][1]
+    names = {"AWS::Partition": "aws", "AWS::AccountId": "123456789012", "AWS::Region": "us-east-1"}
+    return "".join(p if isinstance(p, str) else names.get(p.get("Ref"), "statistics-group") for p in parts)
+
+
+def test_the_group_statements_match_the_arn_auto_scaling_gives_the_group(dev_template: Template):
+    # What IAM compares against: arn:aws:autoscaling:<region>:<account>:autoScalingGroup:<uuid>:...
+    real = (
+        "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:"
+        "0b6d5c1e-1f2a-4f6b-9a0e-2d3c4b5a6f70:autoScalingGroupName/statistics-group"
+    )
+    group_statements = [
+        s
+        for s in _instance_role_statements(dev_template)
+        if "autoscaling:CompleteLifecycleAction" in json.dumps(s["Action"])
+    ]
+    assert group_statements
+    for statement in group_statements:
+        assert fnmatch.fnmatchcase(real, _arn_pattern(statement["Resource"])), statement["Resource"]
 
 
 #: The worker runtime's client variables, by service; batch calls are authorized by their single action.
@@ -367,3 +394,33 @@ def test_the_worker_gets_its_task_timeout_and_attempt_budget_and_the_queue_three
     template.has_resource_properties(
         "AWS::SQS::Queue", {"RedrivePolicy": Match.object_like({"maxReceiveCount": 7}), "VisibilityTimeout": 360}
     )
+
+
+def test_the_wake_check_looks_every_minute_and_may_only_raise_its_own_group(stack):
+    fleet = SpotWorkerFleet(
+        stack, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats", max_size=4, wake_check=True
+    )
+    template = Template.from_stack(stack)
+    (schedule,) = template.find_resources("AWS::Scheduler::Schedule").values()
+    target = schedule["Properties"]["Target"]
+    assert schedule["Properties"]["ScheduleExpression"] == "rate(1 minute)"
+    assert "PipelineGlueFunction" in json.dumps(target["Arn"]) and '{\\"wake\\":{\\"queue\\":' in json.dumps(target)
+    glue_statements = [
+        statement
+        for logical_id, policy in template.find_resources("AWS::IAM::Policy").items()
+        if logical_id.startswith("PipelineGlueRole")
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    by_action = {json.dumps(s["Action"]): s["Resource"] for s in glue_statements}
+    set_desired = by_action['"autoscaling:SetDesiredCapacity"']
+    assert ":autoScalingGroup:*:autoScalingGroupName/" in json.dumps(set_desired)
+    assert stack.resolve(fleet.auto_scaling_group.auto_scaling_group_name) in set_desired["Fn::Join"][1]
+    assert by_action['"autoscaling:DescribeAutoScalingGroups"'] == "*", "no resource-level permissions exist"
+    assert by_action['"sqs:GetQueueAttributes"'] == stack.resolve(fleet.queue.queue_arn)
+    (line,) = [c for c in cost_report(template.to_json())["lines"] if c.kind == "fleet wake check"]
+    assert line.monthly == pytest.approx(0.085, abs=0.005) and "43,800 checks a month" in line.detail
+
+
+def test_without_the_option_there_is_no_wake_check(stack):
+    SpotWorkerFleet(stack, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats")
+    Template.from_stack(stack).resource_count_is("AWS::Scheduler::Schedule", 0)

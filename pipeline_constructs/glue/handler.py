@@ -9,6 +9,9 @@ It takes three kinds of event and submits AWS Batch jobs for them:
 - an EventBridge "Batch Job State Change": recorded in the status store (run tracking), and on SUCCEEDED
   a *success link* submits the next step with ``PREVIOUS_JOB_ID``.
 
+And one more: ``{"wake": {"queue": "<url>", "group": "<name>"}}`` from a fleet's once-a-minute check
+(``SpotWorkerFleet(wake_check=True)``) starts the fleet from zero when tasks wait (see :func:`wake_group`).
+
 Every environment value is sent as a string. A missing or malformed field raises :class:`EventError`
 naming it; a failed SubmitJob raises (Lambda retries, then the on-failure destination keeps the event).
 Job names are derived from the trigger (scheduled time, SNS MessageId, finished job id), and a guard item
@@ -124,6 +127,8 @@ def definition_family(arn: str) -> str:
 def classify(event: Any) -> str:
     if not isinstance(event, dict):
         raise EventError(f"event: expected an object, got {type(event).__name__}")
+    if "wake" in event:
+        return "wake"
     if "Records" in event:
         return "sns"
     if event.get("source") == "aws.batch" or event.get("detail-type") == "Batch Job State Change":
@@ -132,8 +137,41 @@ def classify(event: Any) -> str:
         return "schedule"
     raise EventError(
         "event: neither a constant schedule input (jobName, jobQueue, jobDefinition), an SNS event "
-        "(Records) nor a Batch job state change (detail-type)"
+        "(Records), a Batch job state change (detail-type) nor a fleet wake check (wake)"
     )
+
+
+# ---------------------------------------------------------------- waking a fleet from zero
+
+
+def wake_group(autoscaling: Any, group: str) -> bool:
+    """Raise an Auto Scaling group's desired capacity from 0 to 1; True if it did.
+
+    Target tracking on the queue's CloudWatch metrics starts a fleet from zero only minutes after the first
+    task: SQS metrics come per minute, and a queue idle for six hours publishes none until it is active again.
+    A producer calls this right after it enqueued. It never lowers a capacity: a group above zero is left
+    alone, and producers waking it at once all set 1. (Between the look and the set, target tracking could
+    raise the group; the set then lowers it to 1 until the next evaluation, and busy workers are protected
+    from scale-in meanwhile.)
+    """
+    groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
+    if not groups:
+        raise EventError(f"wake.group: no Auto Scaling group named {group!r}")
+    if int(groups[0]["DesiredCapacity"]) > 0 or int(groups[0]["MaxSize"]) < 1:
+        return False
+    autoscaling.set_desired_capacity(AutoScalingGroupName=group, DesiredCapacity=1, HonorCooldown=False)
+    log.info("woke the fleet from zero", extra={"group": group})
+    return True
+
+
+def wake_if_waiting(sqs: Any, autoscaling: Any, event: dict[str, Any]) -> dict[str, Any]:
+    """The once-a-minute check for producers we don't own: wake the group when messages wait."""
+    wake = require(event, "wake", dict, "")
+    queue = require(wake, "queue", str, "wake.")
+    group = require(wake, "group", str, "wake.")
+    attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"])
+    waiting = int(attributes["Attributes"].get("ApproximateNumberOfMessages", 0))
+    return {"waiting": waiting, "woke": waiting > 0 and wake_group(autoscaling, group)}
 
 
 def chain_environment(chain: str, run: str, step: str) -> dict[str, str]:
@@ -301,10 +339,20 @@ def from_success(facts: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 class Glue:
     """Submits jobs once per trigger and records job states; clients are injected for tests."""
 
-    def __init__(self, config: dict[str, Any], *, batch: Any, dynamodb: Any | None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        batch: Any,
+        dynamodb: Any | None,
+        sqs: Any | None = None,
+        autoscaling: Any | None = None,
+    ) -> None:
         self.config = config
         self.batch = batch
         self.dynamodb = dynamodb
+        self.sqs = sqs
+        self.autoscaling = autoscaling
 
     def _table(self, chain: str | None) -> Any | None:
         name = (self.config["chains"].get(chain) or {}).get("table") if chain else None
@@ -313,6 +361,8 @@ class Glue:
 
     def handle(self, event: Any) -> dict[str, Any]:
         kind = classify(event)
+        if kind == "wake":
+            return {"kind": kind, **wake_if_waiting(self.sqs, self.autoscaling, event)}
         if kind == "schedule":
             guard, request = from_schedule(event, self.config)
             return {"kind": kind, "submitted": [self.submit_once(event.get("chain"), guard, request)]}
@@ -537,7 +587,13 @@ _glue: Glue | None = None
 def handler(event: Any, _context: Any = None) -> dict[str, Any]:
     global _glue
     if _glue is None:
-        _glue = Glue(load_config(), batch=boto3.client("batch"), dynamodb=boto3.resource("dynamodb"))
+        _glue = Glue(
+            load_config(),
+            batch=boto3.client("batch"),
+            dynamodb=boto3.resource("dynamodb"),
+            sqs=boto3.client("sqs"),
+            autoscaling=boto3.client("autoscaling"),
+        )
     result = _glue.handle(event)
     log.info("handled", extra={"result": result})
     return result

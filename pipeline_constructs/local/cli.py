@@ -216,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="start terminating one worker's instance (scale-in, instance refresh): it drains and completes",
     )
+    parser.add_argument(
+        "--from-zero",
+        action="store_true",
+        help="fleets start at zero workers, as after a quiet night; the sample tasks' submission wakes them "
+        "(SetDesiredCapacity, as `pipeline submit` does) unless --no-wake",
+    )
+    parser.add_argument("--no-wake", action="store_true", help="with --from-zero: submit without waking the fleet")
     parser.add_argument("--fail-step", action="append", default=[], metavar="NAME", help="make this Batch step fail")
     parser.add_argument("--logs", default=".demo/logs", help="where process logs go (default: .demo/logs)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
@@ -279,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             visibility_timeout=args.visibility_timeout,
             env_overrides=overrides,
             faults=faults,
+            from_zero=args.from_zero,
+            wake=not args.no_wake,
         )
         try:
             pipeline.start()

@@ -55,8 +55,10 @@ class LocalFleet:
         workers: int,
         log_dir: Path,
         watch_spot: bool,
+        group: str | None = None,
     ) -> None:
         self.name = name
+        self._group = group
         self.environment = environment
         self.task_dir = task_dir
         self.workers_wanted = workers
@@ -73,12 +75,13 @@ class LocalFleet:
         self.lifecycle_terminations = 0
         self.replacements = 0
         self._stopping = False
+        self._leaving: list[WorkerProcess] = []  # scaled in: stopping on their own
         self._lock = threading.Lock()
 
     @property
     def group_name(self) -> str:
         """The Auto Scaling group's name as its workers read it from their instance tags."""
-        return self.name.replace("/", "-")
+        return self._group or self.name.replace("/", "-")
 
     @property
     def queue_url(self) -> str:
@@ -116,6 +119,19 @@ class LocalFleet:
         with self._lock:
             self.workers = [self._spawn() for _ in range(self.workers_wanted)]
         threading.Thread(target=self._supervise, name=f"fleet-{self.name}", daemon=True).start()
+
+    def set_desired(self, count: int) -> None:
+        """The group's desired capacity changed (a wake from zero, a scale-in): start or stop workers to match."""
+        with self._lock:
+            if self._stopping:
+                return
+            while len(self.workers) < count:
+                self.workers.append(self._spawn())
+            leaving, self.workers = self.workers[count:], self.workers[:count]
+            self.workers_wanted = count
+            self._leaving += leaving
+        for worker in leaving:
+            worker.process.terminate()
 
     def _supervise(self) -> None:
         """Restart crashed workers (systemd), replace workers that left after a spot notice (the ASG)."""
@@ -167,6 +183,7 @@ class LocalFleet:
     def stop(self, timeout: float = 30) -> list[int]:
         self._stopping = True
         with self._lock:
+            self.workers += self._leaving
             for worker in self.workers:
                 if worker.process.poll() is None:
                     worker.process.terminate()

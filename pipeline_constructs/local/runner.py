@@ -24,7 +24,8 @@ import boto3
 from botocore.config import Config
 
 from pipeline_constructs.assembly import SynthesizedStack
-from pipeline_constructs.local.autoscaling import LocalAutoScaling
+from pipeline_constructs.glue.handler import wake_group
+from pipeline_constructs.local.autoscaling import LocalAutoScaling, LocalGroup
 from pipeline_constructs.local.batch import JobDefinitionSpec, LocalBatch
 from pipeline_constructs.local.cron import UnsupportedSchedule, due
 from pipeline_constructs.local.events import LocalEventBus, LocalRule, Target
@@ -104,8 +105,13 @@ class LocalPipeline:
         env_overrides: dict[str, str] | None = None,
         faults: Faults | None = None,
         seed: int = 7,
+        from_zero: bool = False,
+        wake: bool = True,
     ) -> None:
         self.stack = stack
+        # from_zero: every fleet's group starts at zero workers, as a deployed one does after a quiet night;
+        # wake: the sample tasks' submission wakes it, as `pipeline submit` does.
+        self.from_zero, self.wake = from_zero, wake
         self.assembly_dir = assembly_dir
         self.endpoint = endpoint
         self.region = region
@@ -427,10 +433,20 @@ class LocalPipeline:
                 environment=environment,
                 task_dir=self.assets[downloads["task"]],
                 runtime_dir=self.assets[downloads["runtime"]],
-                workers=self.workers_per_fleet,
+                workers=0 if self.from_zero else self.workers_per_fleet,
+                group=self.resolver.physical_name(logical_id),
                 log_dir=self.log_dir,
                 watch_spot=self.faults.spot_notice_after is not None or self.faults.lifecycle_after is not None,
             )
+            if self.from_zero:  # the group starts at zero; a SetDesiredCapacity (a wake) starts its workers
+                self.autoscaling.register_group(
+                    LocalGroup(
+                        self.fleets[logical_id].group_name,
+                        max_size=int(props.get("MaxSize", 1)),
+                        desired=0,
+                        on_desired=self.fleets[logical_id].set_desired,
+                    )
+                )
         for fleet in self.fleets.values():
             fleet.start()
 
@@ -573,6 +589,9 @@ class LocalPipeline:
                     ],
                 )
             self.submitted[fleet.name] = keys
+            if self.from_zero and self.wake:
+                autoscaling = self.session.client("autoscaling", endpoint_url=self.autoscaling.endpoint)
+                wake_group(autoscaling, fleet.group_name)
 
     # ------------------------------------------------------------------ faults
 

@@ -1,0 +1,94 @@
+"""What synth costs as a pipeline grows: the example's dev stack with 1, 5 and 20 extra fleets, or extra chain
+steps, synthesized as users do (cdk-nag on, aws-cdk-lib's validation on) in one process; the slope is the
+milliseconds each extra fleet or step adds. And how large a pipeline fits CloudFormation's 500 resources.
+
+python -m bench.synth_cost
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench import resource_counts
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_RESOURCE_LIMIT = 500
+SIZES = (1, 5, 20)
+IMAGE = "public.ecr.aws/docker/library/python:3.13-slim"
+
+
+def example_dev_app(outdir: Path):
+    import app as example_app
+
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    app = example_app.build_app(context | {"env": "dev", "aws:cdk:version-reporting": False}, outdir=str(outdir))
+    return app, app.node.find_child("pipeline-dev")
+
+
+def _add_fleets(stack, count: int) -> None:
+    shared = {"bucket": stack.data.bucket, "table": stack.status.table}
+    resource_counts.fleets(count)(stack, stack.network, shared)
+
+
+def _add_steps(stack, count: int) -> None:
+    from pipeline_constructs import BatchChain, ChainLink, ChainStep
+
+    steps = [ChainStep(name=f"s{i}", image=IMAGE, link=ChainLink.message()) for i in range(count)]
+    steps.append(ChainStep(name="last", image=IMAGE))
+    BatchChain(
+        stack, "ExtraChain", steps=steps, network=stack.network, bucket=stack.data.bucket, table=stack.status.table
+    )
+
+
+def _synth_seconds(add, count: int, rounds: int) -> tuple[float, int]:
+    """Median seconds to build and synthesize the dev stack with ``count`` extra parts, and its resources."""
+    samples, resources = [], 0
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as outdir:
+            started = time.perf_counter()
+            app, stack = example_dev_app(Path(outdir))
+            add(stack, count)
+            assembly = app.synth()
+            samples.append(time.perf_counter() - started)
+            template = assembly.get_stack_by_name("pipeline-dev").template
+            resources = len(template["Resources"])
+    return statistics.median(samples), resources
+
+
+def _slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of seconds over count."""
+    mean_x = statistics.mean(x for x, _ in points)
+    mean_y = statistics.mean(y for _, y in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+
+
+def measure(rounds: int = 2) -> dict:
+    _synth_seconds(_add_fleets, 0, 1)  # start jsii and load the modules before timing anything
+    base_seconds, base_resources = _synth_seconds(_add_fleets, 0, rounds)
+    figures: dict = {"example_dev_seconds": round(base_seconds, 2), "example_dev_resources": base_resources}
+    counts = resource_counts.measure()
+    per_part = {"fleet": counts["per_extra_fleet"], "step": counts["per_extra_step_after_a_message_link"]}
+    for name, add in (("fleet", _add_fleets), ("step", _add_steps)):
+        points = []  # from the sizes only: a new chain's own fixed cost is the same at every size
+        for size in SIZES:
+            seconds, resources = _synth_seconds(add, size, rounds)
+            points.append((size, seconds))
+            figures[f"with_{size}_extra_{name}s"] = {"seconds": round(seconds, 2), "resources": resources}
+        figures[f"ms_per_extra_{name}"] = round(_slope(points) * 1000)
+        figures[f"resources_per_extra_{name}"] = per_part[name]
+        figures[f"extra_{name}s_that_fit_in_{STACK_RESOURCE_LIMIT}"] = (
+            STACK_RESOURCE_LIMIT - base_resources
+        ) // per_part[name]
+    return figures
+
+
+def main() -> None:
+    print(json.dumps(measure(), indent=2))
+
+
+if __name__ == "__main__":
+    main()
