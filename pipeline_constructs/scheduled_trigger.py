@@ -6,7 +6,7 @@ import json
 import re
 import zoneinfo
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_cdk import Duration, TimeZone
 from aws_cdk import aws_batch as batch
@@ -23,6 +23,9 @@ from pipeline_constructs._nag import acknowledge_wildcard_resources
 from pipeline_constructs._validation import argument_error, check_range
 from pipeline_constructs.batch_chain import BatchChain
 from pipeline_constructs.glue_function import GlueFunction
+
+if TYPE_CHECKING:
+    from pipeline_constructs.spot_worker_fleet import SpotWorkerFleet
 from pipeline_constructs.status_store import StatusStore
 
 _CRON_FIELD = r"[0-9A-Za-z*?,/#\-LW]+"
@@ -56,7 +59,8 @@ class ScheduledTrigger(Construct):
     """Starts work on a schedule: a :class:`BatchChain`'s first step, any Batch job, or one queue message.
 
     Exactly one target: ``chain``; or ``job_queue`` with ``job_definition`` (the users' constant input
-    ``{"jobName", "jobQueue", "jobDefinition", "containerOverrides", "parameters"}``); or ``queue``.
+    ``{"jobName", "jobQueue", "jobDefinition", "containerOverrides", "parameters"}``); or ``fleet``; or
+    ``queue``.
 
     :param schedule: ``cron(...)`` (six fields, EventBridge syntax) or ``rate(N unit)``.
     :param time_zone: IANA time zone of a cron schedule (EventBridge Scheduler honours daylight saving).
@@ -70,8 +74,12 @@ class ScheduledTrigger(Construct):
     :param job_name: name of the submitted job (the schedule time is appended). Default: the construct id.
     :param container_overrides: Batch ``containerOverrides`` of the submitted job. Default: none.
     :param parameters: Batch ``parameters`` of the submitted job. Default: none.
-    :param queue: send one message to this queue (feeds a worker fleet). Default: None.
-    :param message: that message's body (object -> JSON). Default: ``{"trigger": <construct id>}``.
+    :param fleet: send one task to this :class:`SpotWorkerFleet` and start it from zero at once, through the
+        stack's glue function (a plain ``queue`` target waits minutes for the fleet's CloudWatch-driven
+        scaling). Default: None.
+    :param queue: send one message to this queue, directly. Default: None.
+    :param message: the body of the ``fleet`` or ``queue`` message (object -> JSON). Default:
+        ``{"trigger": <construct id>}``.
     :param table: status store holding the guard that makes a redelivered schedule event submit once (a job
         target; a chain uses its own table). Default: the table of the stack's first chain or guarded
         trigger, else a new :class:`StatusStore`.
@@ -94,6 +102,7 @@ class ScheduledTrigger(Construct):
         job_name: str | None = None,
         container_overrides: Mapping[str, Any] | None = None,
         parameters: Mapping[str, Any] | None = None,
+        fleet: SpotWorkerFleet | None = None,
         queue: sqs.IQueue | None = None,
         message: Mapping[str, Any] | str | None = None,
         table: dynamodb.ITable | None = None,
@@ -108,20 +117,32 @@ class ScheduledTrigger(Construct):
         if use_eventbridge_rule and time_zone != "UTC":
             raise argument_error(self, "time_zone", time_zone, "UTC with use_eventbridge_rule=True (rules run in UTC)")
         check_range(self, "retry_attempts", retry_attempts, minimum=0, maximum=185)
-        targets = [chain is not None, job_queue is not None or job_definition is not None, queue is not None]
+        targets = [
+            chain is not None,
+            job_queue is not None or job_definition is not None,
+            fleet is not None,
+            queue is not None,
+        ]
         if sum(targets) != 1:
-            raise argument_error(self, "chain/job_queue/queue", sum(targets), "exactly one target")
+            raise argument_error(self, "chain/job_queue/fleet/queue", sum(targets), "exactly one target")
         if (job_queue is None) != (job_definition is None):
             raise argument_error(self, "job_definition", job_definition, "given together with job_queue")
 
         self.queue = queue
+        self.fleet = fleet
         self.glue: GlueFunction | None = None
+        body = message if message is not None else {"trigger": construct_id}
+        body_text = body if isinstance(body, str) else json.dumps(body)
         if queue is not None:
-            body = message if message is not None else {"trigger": construct_id}
-            self.input = body if isinstance(body, str) else json.dumps(body)
+            self.input = body_text
         else:
             self.glue = GlueFunction.of(self)
-            if chain is not None:
+            if fleet is not None:
+                fleet.queue.grant_send_messages(self.glue.role)
+                fleet.grant_wake(self.glue.role)
+                group = fleet.auto_scaling_group.auto_scaling_group_name
+                self.input = {"enqueue": {"queue": fleet.queue.queue_url, "body": body_text, "group": group}}
+            elif chain is not None:
                 self.input = {"chain": chain.chain_name, "environment": dict(chain_environment or {})}
             else:
                 self.glue.grant_submit(job_queue, [job_definition])

@@ -334,8 +334,33 @@ def test_bad_triggers_quote_what_was_wrong(stack, kwargs, message):
 
 
 def test_a_trigger_needs_exactly_one_target(stack):
-    with pytest.raises(ValueError, match="chain/job_queue/queue=0 is invalid; allowed: exactly one target"):
+    with pytest.raises(ValueError, match="chain/job_queue/fleet/queue=0 is invalid; allowed: exactly one target"):
         ScheduledTrigger(stack, "Trigger", schedule="rate(1 day)")
     queue = batch.JobQueue.from_job_queue_arn(stack, "Q", "arn:aws:batch:us-east-1:111111111111:job-queue/feeds")
     with pytest.raises(ValueError, match="job_definition=None is invalid; allowed: given together with job_queue"):
         ScheduledTrigger(stack, "Trigger2", schedule="rate(1 day)", job_queue=queue)
+
+
+def test_a_fleet_target_sends_its_task_through_the_glue_and_may_wake_only_that_fleet(stack):
+    from pipeline_constructs import SpotWorkerFleet
+
+    worker = ROOT / "worker_images" / "sqs_worker"
+    fleet = SpotWorkerFleet(stack, "Fleet", worker_directory=worker, task="task:csv_stats")
+    ScheduledTrigger(stack, "Nightly", schedule="cron(0 2 * * ? *)", fleet=fleet, message={"key": "nightly"})
+    template = Template.from_stack(stack)
+    (schedule,) = template.find_resources("AWS::Scheduler::Schedule").values()
+    target = schedule["Properties"]["Target"]
+    assert "PipelineGlueFunction" in json.dumps(target["Arn"])
+    parts = target["Input"]["Fn::Join"][1]
+    sent = json.loads("".join(p if isinstance(p, str) else "<ref>" for p in parts))
+    assert sent["enqueue"] == {"queue": "<ref>", "body": '{"key": "nightly"}', "group": "<ref>"}
+    statements = [
+        s
+        for lid, p in template.find_resources("AWS::IAM::Policy").items()
+        if lid.startswith("PipelineGlueRole")
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    by_action = {json.dumps(s["Action"]): s["Resource"] for s in statements}
+    assert ":autoScalingGroup:*:autoScalingGroupName/" in json.dumps(by_action['"autoscaling:SetDesiredCapacity"'])
+    sends = [s for s in statements if "sqs:SendMessage" in json.dumps(s["Action"])]
+    assert any(s["Resource"] == stack.resolve(fleet.queue.queue_arn) for s in sends)

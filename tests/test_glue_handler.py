@@ -274,3 +274,26 @@ def test_a_wake_check_starts_a_fleet_at_zero_only_when_tasks_wait(aws, local_gro
         glue.wake_group(autoscaling, "elsewhere")
     with pytest.raises(glue.EventError, match=r"^wake\.queue: missing$"):
         gluer.handle({"wake": {"group": "workers"}})
+
+
+def test_a_scheduled_fleet_task_is_sent_once_and_wakes_the_fleet_and_a_failed_wake_sends_nothing_twice(
+    aws, local_group
+):
+    autoscaling, changes = local_group
+    queue = aws.sqs.create_queue(QueueName=f"enqueue{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    gluer = glue.Glue({"chains": {}}, batch=None, dynamodb=None, sqs=aws.sqs, autoscaling=autoscaling)
+    event = {"enqueue": {"queue": queue, "body": '{"key": "nightly"}', "group": "workers"}, "scheduledTime": "t"}
+    result = gluer.handle(event)
+    assert result["kind"] == "enqueue" and result["woke"] is True and changes == [1]
+    lost_group = {**event, "enqueue": {**event["enqueue"], "group": "elsewhere"}}
+    result = gluer.handle(lost_group)  # the task is in; the wake's failure is reported, not raised (no retry)
+    assert result["woke"] is False and "no Auto Scaling group named 'elsewhere'" in result["wakeError"]
+    bodies = []
+    while batch := aws.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages"):
+        bodies += [m["Body"] for m in batch]
+        aws.sqs.delete_message_batch(
+            QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
+        )
+    assert bodies == ['{"key": "nightly"}'] * 2
+    with pytest.raises(glue.EventError, match=r"^enqueue\.body: missing$"):
+        gluer.handle({"enqueue": {"queue": queue, "group": "workers"}})

@@ -9,8 +9,10 @@ It takes three kinds of event and submits AWS Batch jobs for them:
 - an EventBridge "Batch Job State Change": recorded in the status store (run tracking), and on SUCCEEDED
   a *success link* submits the next step with ``PREVIOUS_JOB_ID``.
 
-And one more: ``{"wake": {"queue": "<url>", "group": "<name>"}}`` from a fleet's once-a-minute check
-(``SpotWorkerFleet(wake_check=True)``) starts the fleet from zero when tasks wait (see :func:`wake_group`).
+And two for worker fleets: ``{"enqueue": {"queue": "<url>", "body": "<text>", "group": "<name>"}}`` from a
+``ScheduledTrigger(fleet=...)`` sends one task and starts the fleet from zero; ``{"wake": {"queue": "<url>",
+"group": "<name>"}}`` from a fleet's once-a-minute check (``SpotWorkerFleet(wake_check=True)``) starts it
+when tasks wait (see :func:`wake_group`).
 
 Every environment value is sent as a string. A missing or malformed field raises :class:`EventError`
 naming it; a failed SubmitJob raises (Lambda retries, then the on-failure destination keeps the event).
@@ -129,6 +131,8 @@ def classify(event: Any) -> str:
         raise EventError(f"event: expected an object, got {type(event).__name__}")
     if "wake" in event:
         return "wake"
+    if "enqueue" in event:
+        return "enqueue"
     if "Records" in event:
         return "sns"
     if event.get("source") == "aws.batch" or event.get("detail-type") == "Batch Job State Change":
@@ -137,7 +141,7 @@ def classify(event: Any) -> str:
         return "schedule"
     raise EventError(
         "event: neither a constant schedule input (jobName, jobQueue, jobDefinition), an SNS event "
-        "(Records), a Batch job state change (detail-type) nor a fleet wake check (wake)"
+        "(Records), a Batch job state change (detail-type), a fleet task (enqueue) nor a fleet wake check (wake)"
     )
 
 
@@ -162,6 +166,25 @@ def wake_group(autoscaling: Any, group: str) -> bool:
     autoscaling.set_desired_capacity(AutoScalingGroupName=group, DesiredCapacity=1, HonorCooldown=False)
     log.info("woke the fleet from zero", extra={"group": group})
     return True
+
+
+def enqueue_and_wake(sqs: Any, autoscaling: Any, event: dict[str, Any]) -> dict[str, Any]:
+    """A scheduled task for a fleet: send it, then start the fleet if it is at zero.
+
+    The message first: a wake that fails (a permission, a throttle) is logged, not raised, so a Lambda retry
+    never sends the task twice; the fleet's scaling on the backlog then starts it, only later.
+    """
+    enqueue = require(event, "enqueue", dict, "")
+    queue = require(enqueue, "queue", str, "enqueue.")
+    body = require(enqueue, "body", str, "enqueue.")
+    group = require(enqueue, "group", str, "enqueue.")
+    message_id = sqs.send_message(QueueUrl=queue, MessageBody=body)["MessageId"]
+    try:
+        woke = wake_group(autoscaling, group)
+    except (ClientError, EventError) as error:
+        log.warning("wake failed; the fleet's scaling starts it later", extra={"group": group, "error": str(error)})
+        return {"messageId": message_id, "woke": False, "wakeError": str(error)}
+    return {"messageId": message_id, "woke": woke}
 
 
 def wake_if_waiting(sqs: Any, autoscaling: Any, event: dict[str, Any]) -> dict[str, Any]:
@@ -363,6 +386,8 @@ class Glue:
         kind = classify(event)
         if kind == "wake":
             return {"kind": kind, **wake_if_waiting(self.sqs, self.autoscaling, event)}
+        if kind == "enqueue":
+            return {"kind": kind, **enqueue_and_wake(self.sqs, self.autoscaling, event)}
         if kind == "schedule":
             guard, request = from_schedule(event, self.config)
             return {"kind": kind, "submitted": [self.submit_once(event.get("chain"), guard, request)]}

@@ -438,15 +438,16 @@ class LocalPipeline:
                 log_dir=self.log_dir,
                 watch_spot=self.faults.spot_notice_after is not None or self.faults.lifecycle_after is not None,
             )
-            if self.from_zero:  # the group starts at zero; a SetDesiredCapacity (a wake) starts its workers
-                self.autoscaling.register_group(
-                    LocalGroup(
-                        self.fleets[logical_id].group_name,
-                        max_size=int(props.get("MaxSize", 1)),
-                        desired=0,
-                        on_desired=self.fleets[logical_id].set_desired,
-                    )
+            # The group as producers see it: at zero with from_zero (a SetDesiredCapacity, a wake, starts its
+            # workers), else at the run's worker count.
+            self.autoscaling.register_group(
+                LocalGroup(
+                    self.fleets[logical_id].group_name,
+                    max_size=max(int(props.get("MaxSize", 1)), self.workers_per_fleet),
+                    desired=0 if self.from_zero else self.workers_per_fleet,
+                    on_desired=self.fleets[logical_id].set_desired,
                 )
+            )
         for fleet in self.fleets.values():
             fleet.start()
 
