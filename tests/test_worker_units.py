@@ -168,3 +168,65 @@ def test_stopping_the_task_processes_mid_task_ends_the_task_and_closes_each_pipe
     assert outcomes[0].kind == "crashed"
     assert sorted(map(id, closes)) == sorted(map(id, processes)), "every pipe closed exactly once"
     assert not any(p.alive for p in processes) and busy._killed
+
+
+class SlowReleaseQueue:
+    """SQS with two messages to hand out, whose ChangeMessageVisibilityBatch takes a second."""
+
+    def __init__(self) -> None:
+        self.messages = [
+            {"MessageId": f"m{i}", "ReceiptHandle": f"r{i}", "Body": f'{{"key": "t{i}"}}'} for i in range(2)
+        ]
+        self.released: list[str] = []
+
+    def receive_message(self, **_: object) -> dict:
+        handed, self.messages = self.messages, []
+        if not handed:
+            time.sleep(0.05)
+        return {"Messages": handed}
+
+    def change_message_visibility_batch(self, Entries: list[dict], **_: object) -> dict:
+        time.sleep(1.0)
+        self.released += [entry["ReceiptHandle"] for entry in Entries]
+        return {"Successful": [{"Id": entry["Id"]} for entry in Entries]}
+
+
+class BlockingTasks:
+    """Task processes whose tasks run until the worker closes them."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+        self.running = 0
+
+    def start(self) -> None:
+        pass
+
+    def run(self, call, on_progress):
+        self.running += 1
+        self.closed.wait(30)
+        return runtime.TaskOutcome("crashed", error="stopped")
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_a_worker_told_to_release_from_another_thread_does_not_exit_before_the_release_lands():
+    # A spot notice releases from the notice's thread; the main thread shuts down at the same time and, on an
+    # instance, the process ends right after: tasks whose release had not landed stayed hidden for minutes.
+    queue, tasks = SlowReleaseQueue(), BlockingTasks()
+    config = WorkerConfig.from_env(
+        REQUIRED | {"PIPELINE_VISIBILITY_TIMEOUT": "600", "PIPELINE_MAX_RECEIVE_COUNT": "3", "PIPELINE_PREFETCH": "0"}
+    )
+    worker = runtime.Worker(config, tasks, sqs=queue, s3=None)
+    finished = []
+    main = threading.Thread(target=lambda: finished.append(worker.run()))
+    main.start()
+    deadline = time.monotonic() + 10
+    while tasks.running < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    threading.Thread(
+        target=worker.request_stop, args=("spot interruption notice",), kwargs={"release_now": True}
+    ).start()
+    main.join(timeout=30)
+    assert finished == [0]
+    assert sorted(queue.released) == ["r0", "r1"], "the worker returned before its release landed"

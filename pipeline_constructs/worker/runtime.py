@@ -18,10 +18,12 @@ Guarantees (each has a test that attacks it, listed in the README):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +95,7 @@ class Worker:
         self.max_attempts = config.max_attempts
         self._held: dict[str, Held] = {}  # by message id
         self._to_ack: list[Held] = []
+        self._hand_backs = 0  # releases and acknowledgements under way
         self._oldest_ack: float | None = None
         self._progress: dict[str, tuple[float, str]] = {}
         self._lock = threading.RLock()
@@ -166,6 +169,7 @@ class Worker:
                 self._flush_acks(force=True)
         except Exception:  # whatever stays undeleted is delivered again and found done (completion marker)
             log.exception("final acknowledgements failed")
+        self._wait_for_hand_backs()  # releases and deletes other threads began (a spot notice's release)
         self.tasks.close()
         self.instance.set_protection(False)
         self.status.worker_heartbeat(
@@ -353,6 +357,10 @@ class Worker:
 
         In that order, so that whatever is killed when, a deleted message has its row and its forward.
         """
+        with self._handing_back():
+            self._flush_acks_now(force)
+
+    def _flush_acks_now(self, force: bool) -> None:
         with self._lock:
             if not self._to_ack:
                 return
@@ -421,8 +429,29 @@ class Worker:
 
     # ---------------------------------------------------------------- releasing
 
+    @contextlib.contextmanager
+    def _handing_back(self) -> Iterator[None]:
+        """Marks a release or acknowledgement under way: the worker does not exit before it is done (a spot
+        notice releases from its own thread while the main one shuts down)."""
+        with self._lock:
+            self._hand_backs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._hand_backs -= 1
+                self._slot_freed.notify_all()
+
+    def _wait_for_hand_backs(self, timeout: float = 30.0) -> None:
+        with self._lock:
+            self._slot_freed.wait_for(lambda: self._hand_backs == 0, timeout=timeout)
+
     def _release(self, helds: list[Held], *, delay: int = 0) -> None:
         """Make messages visible again after ``delay`` seconds and forget them."""
+        with self._handing_back():
+            self._release_now(helds, delay)
+
+    def _release_now(self, helds: list[Held], delay: int) -> None:
         with self._lock:
             helds = [h for h in helds if self._held.pop(h.message_id, None) is not None]
             self._to_ack = [h for h in self._to_ack if h not in helds]
