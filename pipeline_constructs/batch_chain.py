@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_cdk import Duration, Size
 from aws_cdk import aws_batch as batch
@@ -31,6 +31,9 @@ from pipeline_constructs.manifest import PipelineManifest
 from pipeline_constructs.network import PipelineNetwork
 from pipeline_constructs.status_store import StatusStore
 from pipeline_constructs.topic import secure_topic
+
+if TYPE_CHECKING:
+    from pipeline_constructs.spot_worker_fleet import SpotWorkerFleet
 
 #: AWS Batch limits for a container job on EC2.
 MIN_VCPUS, MAX_VCPUS = 1, 192
@@ -83,6 +86,10 @@ class ChainStep:
     :param reads_from: steps whose S3 prefixes this step may read. Default: the previous step.
     :param consumes: a queue this step drains (e.g. a fleet's downstream queue); the job role may receive,
         delete and change visibility, and ``PIPELINE_QUEUE_URL`` names it. Default: None.
+    :param feeds: a :class:`SpotWorkerFleet` this step sends tasks to: the job role may send to its queue and
+        upload under its ``input/`` (``PIPELINE_FEEDS_QUEUE_URL``, ``PIPELINE_FEEDS_BUCKET``,
+        ``PIPELINE_FEEDS_PREFIX``), and the glue function starts the fleet from zero as soon as the step runs
+        and again when it succeeds, without waiting for CloudWatch. Default: None.
     """
 
     name: str
@@ -98,6 +105,7 @@ class ChainStep:
     link: ChainLink | None = None
     reads_from: Sequence[str] | None = None
     consumes: sqs.IQueue | None = None
+    feeds: SpotWorkerFleet | None = None
 
 
 class BatchChain(Construct):
@@ -305,6 +313,11 @@ class BatchChain(Construct):
         }
         if step.consumes is not None:
             environment["PIPELINE_QUEUE_URL"] = step.consumes.queue_url
+        if step.feeds is not None:
+            step.feeds.grant_submit(role)
+            environment["PIPELINE_FEEDS_QUEUE_URL"] = step.feeds.queue.queue_url
+            environment["PIPELINE_FEEDS_BUCKET"] = step.feeds.bucket.bucket_name
+            environment["PIPELINE_FEEDS_PREFIX"] = step.feeds.prefix
         container = batch.EcsEc2ContainerDefinition(
             self,
             f"{step.name}Container",
@@ -354,6 +367,9 @@ class BatchChain(Construct):
             if step.link is not None:
                 # Values stay as given; the glue turns each into a string (15 -> "15") when it submits.
                 entry["link"] = {"kind": step.link.kind, "environment": dict(step.link.environment)}
+            if step.feeds is not None:
+                step.feeds.grant_wake(self.glue.role)
+                entry["wakes"] = step.feeds.auto_scaling_group.auto_scaling_group_name
             steps_config.append(entry)
         has_message_link = any(s.link and s.link.kind == "message" for s in self.steps)
         self.glue.register_chain(

@@ -364,3 +364,37 @@ def test_a_fleet_target_sends_its_task_through_the_glue_and_may_wake_only_that_f
     assert ":autoScalingGroup:*:autoScalingGroupName/" in json.dumps(by_action['"autoscaling:SetDesiredCapacity"'])
     sends = [s for s in statements if "sqs:SendMessage" in json.dumps(s["Action"])]
     assert any(s["Resource"] == stack.resolve(fleet.queue.queue_arn) for s in sends)
+
+
+def test_a_step_that_feeds_a_fleet_may_send_it_tasks_and_the_glue_may_wake_only_that_fleet(stack):
+    from pipeline_constructs import SpotWorkerFleet
+
+    fleet = SpotWorkerFleet(stack, "Fleet", worker_directory=ROOT / "worker_images" / "sqs_worker", task="t:f")
+    chain = BatchChain(stack, "Chain", steps=[step(name="produce", feeds=fleet)])
+    template = Template.from_stack(stack)
+    definition = template.find_resources("AWS::Batch::JobDefinition")
+    (props,) = [r["Properties"] for r in definition.values()]
+    names = {e["Name"] for e in props["ContainerProperties"]["Environment"]}
+    assert {"PIPELINE_FEEDS_QUEUE_URL", "PIPELINE_FEEDS_BUCKET", "PIPELINE_FEEDS_PREFIX"} <= names
+    policies = template.find_resources("AWS::IAM::Policy")
+    job_role_statements = [
+        s
+        for lid, p in policies.items()
+        if lid.startswith("ChainproduceJobRole")
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    assert any(
+        "sqs:SendMessage" in json.dumps(s["Action"]) and s["Resource"] == stack.resolve(fleet.queue.queue_arn)
+        for s in job_role_statements
+    )
+    glue = [r for lid, r in template.find_resources("AWS::Lambda::Function").items() if "PipelineGlue" in lid]
+    config = json.dumps(glue[0]["Properties"]["Environment"]["Variables"]["GLUE_CONFIG"])
+    assert '\\"wakes\\":\\"' in config and chain.chain_name in config
+    glue_statements = [
+        s
+        for lid, p in policies.items()
+        if lid.startswith("PipelineGlueRole")
+        for s in p["Properties"]["PolicyDocument"]["Statement"]
+    ]
+    (set_desired,) = [s for s in glue_statements if s["Action"] == "autoscaling:SetDesiredCapacity"]
+    assert stack.resolve(fleet.auto_scaling_group.auto_scaling_group_name) in set_desired["Resource"]["Fn::Join"][1]

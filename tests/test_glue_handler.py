@@ -297,3 +297,27 @@ def test_a_scheduled_fleet_task_is_sent_once_and_wakes_the_fleet_and_a_failed_wa
     assert bodies == ['{"key": "nightly"}'] * 2
     with pytest.raises(glue.EventError, match=r"^enqueue\.body: missing$"):
         gluer.handle({"enqueue": {"queue": queue, "group": "workers"}})
+
+
+def test_a_step_that_feeds_a_fleet_wakes_it_when_it_runs_and_when_it_succeeds(local_group):
+    autoscaling, changes = local_group
+    definition = "arn:aws:batch:us-east-1:123456789012:job-definition/produce:1"
+    config = {
+        "chains": {
+            "c": {"jobQueue": "q", "steps": [{"name": "produce", "jobDefinition": definition, "wakes": "workers"}]}
+        }
+    }
+    gluer = glue.Glue(config, batch=None, dynamodb=None, autoscaling=autoscaling)
+
+    def state(status: str) -> dict:
+        detail = {"jobId": f"j-{status}", "status": status, "jobDefinition": definition, "jobName": "c-produce"}
+        return {"source": "aws.batch", "detail-type": "Batch Job State Change", "detail": detail}
+
+    for status in ("SUBMITTED", "RUNNABLE", "FAILED"):
+        gluer.handle(state(status))
+    assert changes == [], "only a running or finished producer wakes its fleet"
+    gluer.handle(state("RUNNING"))
+    assert changes == [1]
+    autoscaling.set_desired_capacity(AutoScalingGroupName="workers", DesiredCapacity=0)  # it went back to zero
+    gluer.handle(state("SUCCEEDED"))
+    assert changes == [1, 0, 1]

@@ -23,7 +23,7 @@ Configuration: ``GLUE_CONFIG`` (JSON, written by the constructs)::
 
     {"chains": {"<chain>": {"jobQueue": "<arn>", "topicArn": "<arn>"|null, "table": "<name>"|null,
                             "steps": [{"name", "jobDefinition", "arraySize"?, "link"?: {"kind": "message"|"success",
-                                       "environment": {...}}}]}},
+                                       "environment": {...}}, "wakes"?: "<Auto Scaling group>"}]}},
      "table": "<name>"|null}
 """
 
@@ -401,6 +401,7 @@ class Glue:
             log.info("job of no chain here", extra={"jobId": event.get("detail", {}).get("jobId")})
             return {"kind": kind, "submitted": []}
         self.record(facts)
+        self._wake_fed_fleet(facts)
         successor = from_success(facts)
         submitted = [self.submit_once(facts["chain"], *successor)] if successor else []
         return {"kind": kind, "status": facts["status"], "submitted": submitted}
@@ -414,6 +415,17 @@ class Glue:
                 "a redelivered trigger could submit twice"
             )
         return SubmitGuard(table, self.batch).submit_once(f"trigger#{chain or 'schedule'}", guard, request)
+
+    def _wake_fed_fleet(self, facts: dict[str, Any]) -> None:
+        """A step that feeds a fleet started or succeeded: start the fleet from zero (a failure is logged; the
+        fleet's scaling on the backlog still starts it, later)."""
+        group = facts["chain_config"]["steps"][facts["index"]].get("wakes")
+        if not group or facts["status"] not in ("RUNNING", "SUCCEEDED") or facts["array_child"]:
+            return
+        try:
+            wake_group(self.autoscaling, group)
+        except (ClientError, EventError) as error:
+            log.warning("wake failed", extra={"group": group, "error": str(error)})
 
     def record(self, facts: dict[str, Any]) -> None:
         """The job's latest state under its chain run; an older event never overwrites a newer state."""
