@@ -54,7 +54,9 @@ def worker_user_data(fleet: SpotWorkerFleet, variables: dict[str, str]) -> ec2.U
 
 
 def _download(fleet: SpotWorkerFleet, user_data: ec2.UserData, asset: s3_assets.Asset, local_file: str) -> None:
-    user_data.add_s3_download_command(bucket=asset.bucket, bucket_key=asset.s3_object_key, local_file=local_file)
+    # Our own line, not add_s3_download_command's: its unquoted `mkdir -p $(dirname ...)` fails shellcheck, and
+    # the files go to /tmp, which exists.
+    user_data.add_commands(f"aws s3 cp 's3://{asset.s3_bucket_name}/{asset.s3_object_key}' '{local_file}'")
     # Read access to this one object, not the whole asset bucket.
     fleet.role.add_to_principal_policy(
         iam.PolicyStatement(actions=["s3:GetObject"], resources=[asset.bucket.arn_for_objects(asset.s3_object_key)])

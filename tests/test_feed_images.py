@@ -150,3 +150,21 @@ def test_watcher_without_a_feed_url_fails_with_the_variable_name(feed_world):
     result = run_script(WATCHER, watcher_env(feed_world) | {"FEED_URL": ""})
     assert result.returncode == 1
     assert "FEED_URL is required" in result.stderr
+
+
+def test_an_entity_expansion_bomb_in_a_feed_is_refused_at_once():
+    # The feed is untrusted: the consumer's parser must refuse a billion-laughs document, not expand it.
+    import importlib.util
+    import io
+    import time
+    from xml.etree.ElementTree import ParseError
+
+    spec = importlib.util.spec_from_file_location("feed_consumer_under_test", CONSUMER)
+    consumer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(consumer)
+    entities = "".join(f'<!ENTITY e{i} "{f"&e{i - 1};" * 10}">' for i in range(1, 10))
+    bomb = f'<?xml version="1.0"?><!DOCTYPE feed [<!ENTITY e0 "lol">{entities}]><feed><job>&e9;</job></feed>'
+    started = time.monotonic()
+    with pytest.raises(ParseError, match="amplification"):
+        list(consumer.records(io.BytesIO(bomb.encode()), "job", False))
+    assert time.monotonic() - started < 2

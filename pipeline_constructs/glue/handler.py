@@ -523,7 +523,8 @@ class SubmitGuard:
                 return self._submit(key, owner, request, look_first=True)
             if self.clock() >= give_up:
                 raise InFlight(f"trigger {guard} is being submitted by another delivery; retry later")
-            self.sleep(POLL_SECONDS * (1 + random.random()))
+            # Jitter between polls, not a secret: a pseudo-random generator is right here.
+            self.sleep(POLL_SECONDS * (1 + random.random()))  # nosec B311
 
     def _claim(self, key: dict[str, str], owner: str, name: str) -> dict[str, Any] | None:
         """None if this delivery now holds the guard, else the guard item as it stands."""

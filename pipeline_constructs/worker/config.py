@@ -59,6 +59,14 @@ def _int(environ: Mapping[str, str], name: str, default: int | None, low: int, h
     return value
 
 
+def _http_url(environ: Mapping[str, str], name: str, default: str) -> str:
+    """An http(s) URL without its trailing slash: urllib would open file: and custom schemes too."""
+    value = environ.get(name, "").strip().rstrip("/") or default
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: an http:// or https:// URL")
+    return value
+
+
 def _choice(environ: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
     value = environ.get(name, "").strip().lower() or default
     if value not in allowed:
@@ -132,7 +140,7 @@ class WorkerConfig:
             worker_heartbeat_seconds=_int(env, "PIPELINE_WORKER_HEARTBEAT_SECONDS", 60, 1, 86400),
             status_ttl_days=_int(env, "PIPELINE_STATUS_TTL_DAYS", 90, 1, 3650),
             spot_watch=_choice(env, "PIPELINE_SPOT_WATCH", "auto", ("auto", "on", "off")),
-            metadata_endpoint=env.get("PIPELINE_METADATA_ENDPOINT", "").strip().rstrip("/") or "http://169.254.169.254",
+            metadata_endpoint=_http_url(env, "PIPELINE_METADATA_ENDPOINT", "http://169.254.169.254"),
             spot_poll_seconds=_int(env, "PIPELINE_SPOT_POLL_SECONDS", 5, 1, 120),
             scale_in_protection=_choice(env, "PIPELINE_SCALE_IN_PROTECTION", "auto", ("auto", "on", "off")),
             lifecycle_hook=env.get("PIPELINE_LIFECYCLE_HOOK", "").strip(),

@@ -15,6 +15,8 @@ class InstanceMetadata:
     """A small IMDSv2 client: a session token from ``PUT /latest/api/token``, then token-signed GETs."""
 
     def __init__(self, endpoint: str, *, timeout: float = 2.0) -> None:
+        if not endpoint.startswith(("http://", "https://")):  # urllib would open file: and custom schemes too
+            raise ValueError(f"metadata endpoint {endpoint!r}: expected an http:// or https:// URL")
         self.endpoint = endpoint.rstrip("/")
         self.timeout = timeout
         self._token: str | None = None
@@ -26,7 +28,8 @@ class InstanceMetadata:
             method="PUT",
             headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)},
         )
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+        # The endpoint is an http(s) URL (checked in __init__), never file: or a custom scheme.
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # nosec B310
             token = response.read().decode()
         self._token, self._token_expires = token, time.monotonic() + TOKEN_TTL_SECONDS - 60
         return token
@@ -39,7 +42,8 @@ class InstanceMetadata:
                 f"{self.endpoint}/latest/{path}", headers={"X-aws-ec2-metadata-token": token}
             )
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                # An http(s) endpoint, checked in __init__.
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # nosec B310
                     return response.read().decode()
             except urllib.error.HTTPError as error:
                 if error.code == 404:
