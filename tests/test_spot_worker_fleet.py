@@ -252,6 +252,10 @@ def test_container_delivery_builds_the_image_with_the_runtime_context(stack):
     assembly = stack.node.root.synth()
     (image,) = json.loads(Path(assembly.directory, "Test.assets.json").read_text())["dockerImages"].values()
     assert image["source"]["dockerBuildContexts"] == {"runtime": str(ROOT / "pipeline_constructs" / "worker")}
+    from test_static_checks import shellcheck, user_data_scripts
+
+    (script,) = user_data_scripts(template.to_json()).values()
+    assert shellcheck(script) == "", "the container delivery's boot script passes shellcheck too"
 
 
 def test_on_demand_base_and_arm_architecture(stack):
