@@ -195,8 +195,9 @@ class SpotWorkerFleet(Construct):
             security_group=self.security_group,
             user_data=user_data,
             require_imdsv2=True,
-            # Two hops, so a worker in a container (bridge network) still reaches the metadata service.
-            http_put_response_hop_limit=2,
+            # One hop: a worker under systemd talks to the metadata service directly, and a token cannot leave
+            # the instance. Two only for the container delivery, whose bridge network adds a hop.
+            http_put_response_hop_limit=2 if delivery == WorkerDelivery.CONTAINER else 1,
             # The worker reads its Auto Scaling group's name from its tags for scale-in protection.
             instance_metadata_tags=True,
             block_devices=[

@@ -35,7 +35,7 @@ def test_launch_template_requires_imdsv2_encrypts_volumes_and_has_no_key_pair(de
         data = template["Properties"]["LaunchTemplateData"]
         assert data["MetadataOptions"] == {
             "HttpTokens": "required",
-            "HttpPutResponseHopLimit": 2,
+            "HttpPutResponseHopLimit": 1,  # systemd delivery: no container hop to allow for
             "InstanceMetadataTags": "enabled",
         }
         assert data["BlockDeviceMappings"] == [
@@ -252,6 +252,8 @@ def test_container_delivery_builds_the_image_with_the_runtime_context(stack):
     assembly = stack.node.root.synth()
     (image,) = json.loads(Path(assembly.directory, "Test.assets.json").read_text())["dockerImages"].values()
     assert image["source"]["dockerBuildContexts"] == {"runtime": str(ROOT / "pipeline_constructs" / "worker")}
+    (launch_template,) = template.find_resources("AWS::EC2::LaunchTemplate").values()
+    assert launch_template["Properties"]["LaunchTemplateData"]["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
     from test_static_checks import shellcheck, user_data_scripts
 
     (script,) = user_data_scripts(template.to_json()).values()
