@@ -6,7 +6,9 @@ range, and skips values that are unresolved CDK tokens (they are only known at d
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable
+from pathlib import Path
 
 from aws_cdk import Duration, Token
 from constructs import Construct
@@ -56,6 +58,42 @@ def seconds(duration: Duration | None) -> float | None:
     if duration is None or duration.is_unresolved():
         return None
     return duration.to_seconds()
+
+
+def check_is_duration(scope: Construct | str, argument: str, value: object) -> None:
+    """``task_timeout=300`` would fail deep inside with an AttributeError: name the argument instead."""
+    if value is not None and not isinstance(value, Duration):
+        raise argument_error(scope, argument, value, "a Duration, such as Duration.minutes(5)")
+
+
+def check_task_function(scope: Construct | str, directory: Path, task: str) -> None:
+    """``module:function`` must name a function defined in ``directory``: read from its source, never imported
+    (importing user code at synth would run it). A wrong name would crash-loop every worker after deploy."""
+    if not directory.is_dir():
+        raise argument_error(scope, "worker_directory", str(directory), "an existing directory with the task code")
+    module, _, function = task.partition(":")
+    if not module or not function or not all(part.isidentifier() for part in [*module.split("."), function]):
+        raise argument_error(scope, "task", task, "'module:function', such as 'task:handle'")
+    base = directory.joinpath(*module.split("."))
+    source = next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+    if source is None:
+        raise argument_error(scope, "task", task, f"a module in {directory} ({base.name}.py not found)")
+    try:
+        tree = ast.parse(source.read_text(), filename=str(source))
+    except SyntaxError as error:
+        where = f"{source.name}:{error.lineno}: {error.msg}"
+        raise argument_error(scope, "task", task, f"a module that parses ({where})") from None
+    defined: set[str] = set()
+    for node in tree.body:  # what the module binds at its top level: functions, assignments, imports
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign):
+            defined |= {target.id for target in node.targets if isinstance(target, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            defined |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    if function not in defined:
+        functions = sorted(n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
+        raise argument_error(scope, "task", task, f"a function of {source.name}: {', '.join(functions) or 'none'}")
 
 
 def check_duration(

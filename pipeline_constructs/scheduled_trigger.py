@@ -33,6 +33,35 @@ CRON = re.compile(rf"^cron\(({_CRON_FIELD})( {_CRON_FIELD}){{5}}\)$")
 RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 
 
+#: The numeric range of each cron field (EventBridge): minutes, hours, day-of-month, month, day-of-week, year.
+CRON_RANGES = (
+    ("minutes", 0, 59),
+    ("hours", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 1, 7),
+    ("year", 1970, 2199),
+)
+_NUMERIC_PART = re.compile(r"^(\d+)(?:-(\d+))?(?:/(\d+))?$")
+
+
+def _out_of_range(fields: list[str]) -> str | None:
+    """The first numeric cron value outside its field's range, described; None if all fit. Names (JAN, MON)
+    and the special forms (L, W, #) are left to EventBridge."""
+    for value, (name, low, high) in zip(fields, CRON_RANGES, strict=True):
+        for part in value.split(","):
+            match = _NUMERIC_PART.match(part)
+            if not match:
+                continue
+            start, end, step = (int(g) if g else None for g in match.groups())
+            for number in (start, end):
+                if number is not None and not low <= number <= high:
+                    return f"{name} {number} outside {low}-{high}"
+            if step is not None and step < 1:
+                return f"{name} step {step} below 1"
+    return None
+
+
 def validate_expression(scope: Construct, expression: str) -> None:
     """A six-field cron (minutes hours day-of-month month day-of-week year) or ``rate(N unit)``."""
     cron = CRON.match(expression)
@@ -40,6 +69,9 @@ def validate_expression(scope: Construct, expression: str) -> None:
         fields = expression[5:-1].split(" ")
         if "?" not in (fields[2], fields[4]):
             raise argument_error(scope, "schedule", expression, "cron with '?' in day-of-month or day-of-week")
+        problem = _out_of_range(fields)
+        if problem:
+            raise argument_error(scope, "schedule", expression, f"cron fields within their ranges ({problem})")
         return
     rate = RATE.match(expression)
     if rate:

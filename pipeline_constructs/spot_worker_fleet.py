@@ -19,8 +19,10 @@ from pipeline_constructs._nag import acknowledge, acknowledge_wildcard_resources
 from pipeline_constructs._validation import (
     argument_error,
     check_duration,
+    check_is_duration,
     check_not_empty,
     check_range,
+    check_task_function,
     check_visibility_covers,
     seconds,
 )
@@ -123,6 +125,9 @@ class SpotWorkerFleet(Construct):
         super().__init__(scope, construct_id)
         self.worker_directory = Path(worker_directory).resolve()
         self.task = task
+        check_is_duration(self, "task_timeout", task_timeout)
+        check_is_duration(self, "visibility_timeout", visibility_timeout)
+        check_task_function(self, self.worker_directory, task)
         self.delivery = delivery
         self.architecture = architecture
         self.task_timeout = task_timeout or Duration.minutes(15)

@@ -315,6 +315,13 @@ def test_bad_chains_raise_one_value_error(stack, steps, message):
     [
         ({"schedule": "cron(0 3 * * *)"}, "Test/Trigger: schedule='cron(0 3 * * *)' is invalid"),
         ({"schedule": "cron(0 3 * * * *)"}, "allowed: cron with '?' in day-of-month or day-of-week"),
+        (
+            {"schedule": "cron(0 25 * * ? *)"},
+            "Test/Trigger: schedule='cron(0 25 * * ? *)' is invalid; allowed: cron fields within their ranges "
+            "(hours 25 outside 0-23)",
+        ),
+        ({"schedule": "cron(0 3 0 * ? *)"}, "(day-of-month 0 outside 1-31)"),
+        ({"schedule": "cron(0/0 3 ? * MON-FRI *)"}, "(minutes step 0 below 1)"),
         ({"schedule": "rate(1 hours)"}, "Test/Trigger: schedule='rate(1 hours)' is invalid"),
         ({"schedule": "every day"}, "Test/Trigger: schedule='every day' is invalid"),
         ({"time_zone": "Mars/Olympus"}, "Test/Trigger: time_zone='Mars/Olympus' is invalid"),
@@ -369,7 +376,9 @@ def test_a_fleet_target_sends_its_task_through_the_glue_and_may_wake_only_that_f
 def test_a_step_that_feeds_a_fleet_may_send_it_tasks_and_the_glue_may_wake_only_that_fleet(stack):
     from pipeline_constructs import SpotWorkerFleet
 
-    fleet = SpotWorkerFleet(stack, "Fleet", worker_directory=ROOT / "worker_images" / "sqs_worker", task="t:f")
+    fleet = SpotWorkerFleet(
+        stack, "Fleet", worker_directory=ROOT / "worker_images" / "sqs_worker", task="task:csv_stats"
+    )
     chain = BatchChain(stack, "Chain", steps=[step(name="produce", feeds=fleet)])
     template = Template.from_stack(stack)
     definition = template.find_resources("AWS::Batch::JobDefinition")

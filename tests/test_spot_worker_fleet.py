@@ -308,6 +308,35 @@ def test_bad_arguments_raise_one_value_error(stack, kwargs, message):
     assert str(error.value).startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"task": "csv_stats"}, "Test/Fleet: task='csv_stats' is invalid; allowed: 'module:function'"),
+        ({"task": "tasks:csv_stats"}, "Test/Fleet: task='tasks:csv_stats' is invalid; allowed: a module in "),
+        (
+            {"task": "task:csv_stat"},
+            "Test/Fleet: task='task:csv_stat' is invalid; allowed: a function of task.py: column_statistics, csv_stats",
+        ),
+        ({"worker_directory": ROOT / "worker_images" / "nope"}, "Test/Fleet: worker_directory="),
+        (
+            {"task_timeout": 300},
+            "Test/Fleet: task_timeout=300 is invalid; allowed: a Duration, such as Duration.minutes(5)",
+        ),
+    ],
+)
+def test_a_task_that_would_crash_every_worker_fails_synth_in_one_line(stack, kwargs, message):
+    arguments = {"worker_directory": SQS_WORKER, "task": "task:csv_stats"} | kwargs
+    with pytest.raises(ValueError) as error:
+        SpotWorkerFleet(stack, "Fleet", **arguments)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_the_task_check_reads_the_source_and_never_runs_it(stack, tmp_path):
+    (tmp_path / "requirements.txt").write_text("")
+    (tmp_path / "jobs.py").write_text("raise SystemExit('imported at synth')\nfrom helpers import handle as run\n")
+    SpotWorkerFleet(stack, "Fleet", worker_directory=tmp_path, task="jobs:run")  # an imported name counts
+
+
 def test_visibility_timeout_only_with_a_created_queue(stack):
     queue = sqs.Queue(stack, "Existing")
     with pytest.raises(ValueError, match="visibility_timeout='900 seconds' is invalid; allowed: only with a created"):
