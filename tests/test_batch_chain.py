@@ -407,3 +407,22 @@ def test_a_step_that_feeds_a_fleet_may_send_it_tasks_and_the_glue_may_wake_only_
     ]
     (set_desired,) = [s for s in glue_statements if s["Action"] == "autoscaling:SetDesiredCapacity"]
     assert stack.resolve(fleet.auto_scaling_group.auto_scaling_group_name) in set_desired["Resource"]["Fn::Join"][1]
+
+
+def _chains_app(count: int) -> cdk.App:
+    app = cdk.App(context={"aws:cdk:version-reporting": False})
+    stack = cdk.Stack(app, "pipeline-production-eu", env=cdk.Environment(region="eu-central-1"))
+    network = PipelineNetwork(stack, "Network", availability_zones=["eu-central-1a", "eu-central-1b"])
+    for i in range(count):
+        links = [ChainLink.message({"PARALLELISM": 4}), ChainLink.on_success(), None]
+        steps = [step(name=f"step{s}", link=link) for s, link in enumerate(links)]
+        BatchChain(stack, f"Chain{i}", chain_name=f"chain{i}", steps=steps, network=network)
+    return app
+
+
+def test_the_glue_config_is_measured_at_its_deployed_size_not_its_placeholders():
+    # Five chains of three steps: 2.6 KB of {"Ref": ...} placeholders, which passed, but about 5 KB deployed.
+    app = _chains_app(5)
+    with pytest.raises(Exception, match=r"GLUE_CONFIG would be about \d+ bytes deployed; allowed: at most 3840"):
+        app.synth()
+    _chains_app(2).synth()  # two fit
