@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aws_cdk import Duration, Size
+from aws_cdk import Duration, Size, Token
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
@@ -23,7 +23,14 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge, acknowledge_wildcard_resources
-from pipeline_constructs._validation import argument_error, check_duration, check_not_empty, check_range, check_unique
+from pipeline_constructs._validation import (
+    argument_error,
+    check_duration,
+    check_is_duration,
+    check_not_empty,
+    check_range,
+    check_unique,
+)
 from pipeline_constructs.data_bucket import DataBucket
 from pipeline_constructs.glue_function import GlueFunction
 from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
@@ -40,6 +47,9 @@ MIN_VCPUS, MAX_VCPUS = 1, 192
 MIN_MEMORY_MIB, MAX_MEMORY_MIB = 4, 24 * 1024 * 1024
 MIN_TIMEOUT = Duration.seconds(60)
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
+#: What a link hands the next step; set by the glue, so a step's or link's own value would be overridden
+#: (or override the real message).
+LINK_VARIABLES = ("DOWNLOAD_MESSAGE", "PREVIOUS_JOB_ID")
 X86_INSTANCE_CLASSES = (ec2.InstanceClass.M6I, ec2.InstanceClass.C6I, ec2.InstanceClass.R6I, ec2.InstanceClass.M5)
 ARM_INSTANCE_CLASSES = (ec2.InstanceClass.M7G, ec2.InstanceClass.C7G, ec2.InstanceClass.R7G, ec2.InstanceClass.M6G)
 
@@ -148,6 +158,7 @@ class BatchChain(Construct):
         super().__init__(scope, construct_id)
         self.steps = list(steps)
         self.chain_name = chain_name or construct_id
+        self._created_compute = compute_environment is None
         self._validate(max_vcpus=max_vcpus, architecture=architecture)
         self.prefix = prefix if prefix is not None else f"{self.chain_name}/"
         self.bucket: s3.IBucket = bucket or DataBucket(self, "Data").bucket
@@ -200,7 +211,31 @@ class BatchChain(Construct):
             if not STEP_NAME.match(step.name):
                 raise argument_error(self, f"{at}.name", step.name, "1-41 letters, digits, - or _, alphanumeric first")
             check_range(self, f"{at}.vcpus", step.vcpus, minimum=MIN_VCPUS, maximum=MAX_VCPUS)
+            # A job asking more vCPUs than the compute environment may run sits in RUNNABLE forever.
+            if self._created_compute and not Token.is_unresolved(max_vcpus) and step.vcpus > max_vcpus:
+                raise argument_error(self, f"{at}.vcpus", step.vcpus, f"at most the chain's max_vcpus ({max_vcpus})")
+            reserved = sorted(n for n in step.environment if n.startswith("PIPELINE_") or n in LINK_VARIABLES)
+            if reserved:
+                raise argument_error(
+                    self,
+                    f"{at}.environment",
+                    reserved,
+                    f"names other than PIPELINE_* and {', '.join(LINK_VARIABLES)} (set by the chain)",
+                )
+            link_reserved = sorted(
+                n
+                for n in (step.link.environment if step.link else {})
+                if n in LINK_VARIABLES or n.startswith("PIPELINE_")
+            )
+            if link_reserved:
+                raise argument_error(
+                    self,
+                    f"{at}.link.environment",
+                    link_reserved,
+                    f"names other than PIPELINE_* and {', '.join(LINK_VARIABLES)} (set by the link)",
+                )
             check_range(self, f"{at}.memory_mib", step.memory_mib, minimum=MIN_MEMORY_MIB, maximum=MAX_MEMORY_MIB)
+            check_is_duration(self, f"{at}.timeout", step.timeout)
             check_duration(self, f"{at}.timeout", step.timeout, minimum=MIN_TIMEOUT)
             check_range(self, f"{at}.attempts", step.attempts, minimum=1, maximum=10)
             check_range(self, f"{at}.array_size", step.array_size, minimum=2, maximum=10000)

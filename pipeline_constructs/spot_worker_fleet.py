@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -46,6 +47,12 @@ from pipeline_constructs.worker.config import SPARE_DELIVERIES
 #: Several current-generation families of one size, so spot capacity is found in more pools.
 DEFAULT_X86_INSTANCE_TYPES = ("m7i.large", "m6i.large", "m6a.large", "m5.large", "c7i.large", "c6i.large", "c6a.large")
 DEFAULT_ARM_INSTANCE_TYPES = ("m7g.large", "m6g.large", "c7g.large", "c6g.large", "r7g.large")
+
+
+def is_graviton(instance_type: str) -> bool:
+    """m7g.large, c6gn.xlarge, t4g.small, a1.medium: an arm64 (Graviton) instance type."""
+    family = instance_type.split(".")[0]
+    return family == "a1" or re.match(r"^[a-z]+\d+g", family) is not None
 
 
 class SpotWorkerFleet(Construct):
@@ -278,6 +285,11 @@ class SpotWorkerFleet(Construct):
         if self.architecture not in ("x86_64", "arm64"):
             raise argument_error(self, "architecture", self.architecture, "x86_64, arm64")
         check_not_empty(self, "instance_types", self.instance_types)
+        # An AMI of one architecture does not boot on the other's instances: the group would never launch.
+        wrong = [t for t in self.instance_types or [] if is_graviton(t) != (self.architecture == "arm64")]
+        if wrong:
+            kind = "Graviton (arm64)" if self.architecture == "arm64" else "x86_64"
+            raise argument_error(self, "instance_types", wrong, f"{kind} types for architecture={self.architecture}")
         check_range(self, "max_size", max_size, minimum=1, maximum=1000)
         check_range(self, "min_size", min_size, minimum=0)
         if not Token.is_unresolved(min_size) and not Token.is_unresolved(max_size) and max_size < min_size:

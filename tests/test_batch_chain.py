@@ -302,6 +302,17 @@ def step(**changes) -> ChainStep:
         ),
         ([step(), step(name="second")], "Test/Chain: steps[0].link=None is invalid"),
         ([step(array_size=1)], "Test/Chain: steps[0].array_size=1 is invalid; allowed: 2 to 10000"),
+        ([step(vcpus=96)], "Test/Chain: steps[0].vcpus=96 is invalid; allowed: at most the chain's max_vcpus (64)"),
+        ([step(timeout=600)], "Test/Chain: steps[0].timeout=600 is invalid; allowed: a Duration"),
+        (
+            [step(environment={"PIPELINE_STEP": "x", "DOWNLOAD_MESSAGE": "y"})],
+            "Test/Chain: steps[0].environment=['DOWNLOAD_MESSAGE', 'PIPELINE_STEP'] is invalid; allowed: names "
+            "other than PIPELINE_* and DOWNLOAD_MESSAGE, PREVIOUS_JOB_ID (set by the chain)",
+        ),
+        (
+            [step(link=ChainLink.message({"DOWNLOAD_MESSAGE": "fake"})), step(name="second")],
+            "Test/Chain: steps[0].link.environment=['DOWNLOAD_MESSAGE'] is invalid",
+        ),
     ],
 )
 def test_bad_chains_raise_one_value_error(stack, steps, message):

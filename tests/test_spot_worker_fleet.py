@@ -297,6 +297,12 @@ def test_exposes_what_it_made(stack):
         ({"min_size": 5, "max_size": 2}, "Test/Fleet: max_size=2 is invalid; allowed: at least min_size (5)"),
         ({"instance_types": []}, "Test/Fleet: instance_types=[] is invalid; allowed: a non-empty list"),
         ({"architecture": "sparc"}, "Test/Fleet: architecture='sparc' is invalid; allowed: x86_64, arm64"),
+        (
+            {"architecture": "arm64", "instance_types": ["m7g.large", "m6i.large"]},
+            "Test/Fleet: instance_types=['m6i.large'] is invalid; allowed: Graviton (arm64) types for "
+            "architecture=arm64",
+        ),
+        ({"instance_types": ["c6gn.xlarge"]}, "Test/Fleet: instance_types=['c6gn.xlarge'] is invalid; allowed: x86_64"),
         ({"tasks_per_worker": 0}, "Test/Fleet: tasks_per_worker=0 is invalid; allowed: 1 to 100000"),
         ({"environment": {"PIPELINE_TASK": "x:y"}}, "Test/Fleet: environment=['PIPELINE_TASK'] is invalid"),
         ({"on_demand_percentage_above_base": 101}, "Test/Fleet: on_demand_percentage_above_base=101 is invalid"),
