@@ -7,6 +7,8 @@ range, and skips values that are unresolved CDK tokens (they are only known at d
 from __future__ import annotations
 
 import ast
+import json
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -141,3 +143,21 @@ def check_unique(scope: Construct | str, argument: str, names: Iterable[str]) ->
         if name in seen:
             raise argument_error(scope, argument, name, "unique names (this one appears twice)")
         seen.add(name)
+
+
+#: Per stack: bucket -> {prefix: construct path} of the fleets and chains writing into it.
+_PREFIXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def claim_prefix(scope: Construct, bucket: object, prefix: str) -> None:
+    """Two fleets or chains writing under the same (or a nested) prefix of one bucket would overwrite each
+    other's outputs, silently: the second to claim it gets one line naming the first."""
+    from aws_cdk import Stack
+
+    stack = Stack.of(scope)
+    key = json.dumps(stack.resolve(getattr(bucket, "bucket_name", bucket)), sort_keys=True)
+    claims = _PREFIXES.setdefault(stack, {}).setdefault(key, {})
+    for taken, owner in claims.items():
+        if prefix.startswith(taken) or taken.startswith(prefix):
+            raise argument_error(scope, "prefix", prefix, f"a prefix of its own in the bucket ({owner} uses {taken!r})")
+    claims[prefix] = scope.node.path

@@ -30,6 +30,7 @@ from pipeline_constructs._validation import (
     check_not_empty,
     check_range,
     check_unique,
+    claim_prefix,
 )
 from pipeline_constructs.data_bucket import DataBucket
 from pipeline_constructs.glue_function import GlueFunction
@@ -162,6 +163,7 @@ class BatchChain(Construct):
         self._validate(max_vcpus=max_vcpus, architecture=architecture)
         self.prefix = prefix if prefix is not None else f"{self.chain_name}/"
         self.bucket: s3.IBucket = bucket or DataBucket(self, "Data").bucket
+        claim_prefix(self, self.bucket, self.prefix)
         self.table: dynamodb.ITable = table or StatusStore(self, "Status").table
         self.log_group = pipeline_log_group(self, "JobLogs", retention=log_retention)
         self.topic: sns.ITopic = secure_topic(self, "Topic")

@@ -25,6 +25,7 @@ from pipeline_constructs._validation import (
     check_range,
     check_task_function,
     check_visibility_covers,
+    claim_prefix,
     seconds,
 )
 from pipeline_constructs.data_bucket import DataBucket
@@ -182,6 +183,7 @@ class SpotWorkerFleet(Construct):
         self.max_size = max_size
         self.visibility_timeout = visibility_timeout
         self.bucket: s3.IBucket = bucket or DataBucket(self, "Data").bucket
+        claim_prefix(self, self.bucket, self.prefix)
         self.table: dynamodb.ITable = table or StatusStore(self, "Status").table
         self.downstream_queue = downstream_queue
         self.log_group = pipeline_log_group(self, "Logs", retention=log_retention)

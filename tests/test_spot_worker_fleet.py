@@ -13,6 +13,7 @@ import pytest
 from aws_cdk import aws_sqs as sqs
 from aws_cdk.assertions import Match, Template
 from conftest import ROOT
+from constructs import Construct
 
 from pipeline_constructs import SpotWorkerFleet, WorkerDelivery
 from pipeline_constructs.cost import cost_report
@@ -465,3 +466,21 @@ def test_the_wake_check_looks_every_minute_and_may_only_raise_its_own_group(stac
 def test_without_the_option_there_is_no_wake_check(stack):
     SpotWorkerFleet(stack, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats")
     Template.from_stack(stack).resource_count_is("AWS::Scheduler::Schedule", 0)
+
+
+def test_fleets_and_chains_sharing_a_bucket_cannot_share_a_prefix(stack):
+    from pipeline_constructs import BatchChain, ChainStep, DataBucket
+
+    bucket = DataBucket(stack, "Shared").bucket
+    first, second = Construct(stack, "TeamA"), Construct(stack, "TeamB")
+    SpotWorkerFleet(first, "Stats", worker_directory=SQS_WORKER, task="task:csv_stats", bucket=bucket)
+    with pytest.raises(ValueError) as error:
+        SpotWorkerFleet(second, "Stats", worker_directory=SQS_WORKER, task="task:csv_stats", bucket=bucket)
+    assert str(error.value) == (
+        "Test/TeamB/Stats: prefix='stats/' is invalid; allowed: a prefix of its own in the bucket "
+        "(Test/TeamA/Stats uses 'stats/')"
+    )
+    image = "public.ecr.aws/docker/library/python:3.13-slim"
+    with pytest.raises(ValueError, match="Test/Chain: prefix='' is invalid; allowed: a prefix of its own"):
+        BatchChain(stack, "Chain", steps=[ChainStep(name="only", image=image)], bucket=bucket, prefix="")
+    SpotWorkerFleet(second, "Other", worker_directory=SQS_WORKER, task="task:csv_stats", bucket=bucket, prefix="b/")
