@@ -303,6 +303,16 @@ class BatchChain(Construct):
             if not path.is_dir():
                 raise argument_error(self, f"steps[{step.name}].image", str(step.image), "an existing directory")
             return ecs.ContainerImage.from_asset(str(path.resolve()), exclude=["__pycache__", "*.pyc", "tests"])
+        # A registry image must name its version: an untagged string is most often a directory that does not
+        # exist (a typo, a relative path from elsewhere), which would otherwise become "<name>:latest".
+        last = str(step.image).rsplit("/", 1)[-1]
+        if "@sha256:" not in str(step.image) and ":" not in last:
+            raise argument_error(
+                self,
+                f"steps[{step.name}].image",
+                str(step.image),
+                "an existing directory (pass a Path), or a registry image with a tag or digest (repository:tag)",
+            )
         return ecs.ContainerImage.from_registry(str(step.image))
 
     def _job_definition(self, index: int, step: ChainStep) -> batch.EcsJobDefinition:

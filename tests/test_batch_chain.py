@@ -302,6 +302,11 @@ def step(**changes) -> ChainStep:
         ),
         ([step(), step(name="second")], "Test/Chain: steps[0].link=None is invalid"),
         ([step(array_size=1)], "Test/Chain: steps[0].array_size=1 is invalid; allowed: 2 to 10000"),
+        (
+            [step(image="steps/resize")],
+            "Test/Chain: steps[only].image='steps/resize' is invalid; allowed: an existing directory (pass a Path), "
+            "or a registry image with a tag or digest",
+        ),
         ([step(vcpus=96)], "Test/Chain: steps[0].vcpus=96 is invalid; allowed: at most the chain's max_vcpus (64)"),
         ([step(timeout=600)], "Test/Chain: steps[0].timeout=600 is invalid; allowed: a Duration"),
         (
