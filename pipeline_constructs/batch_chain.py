@@ -133,7 +133,7 @@ class BatchChain(Construct):
     :param instance_classes: instance classes for the created environment. Default: m6i, c6i, r6i, m5
         (Graviton m7g, c7g, r7g, m6g for arm64).
     :param bucket: data bucket. Default: a new :class:`DataBucket`.
-    :param table: status store (run tracking, trigger guards). Default: a new :class:`StatusStore`.
+    :param table: status store (run tracking, trigger guards). Default: the stack's shared one (:meth:`StatusStore.of`).
     :param prefix: the chain's S3 prefix; step ``s`` writes under ``<prefix><s>/``. Default: ``<chain_name>/``.
     :param log_retention: retention of the job and glue log groups. Default: one month.
     """
@@ -164,7 +164,7 @@ class BatchChain(Construct):
         self.prefix = prefix if prefix is not None else f"{self.chain_name}/"
         self.bucket: s3.IBucket = bucket or DataBucket(self, "Data").bucket
         claim_prefix(self, self.bucket, self.prefix)
-        self.table: dynamodb.ITable = table or StatusStore(self, "Status").table
+        self.table: dynamodb.ITable = table or StatusStore.of(self).table
         self.log_group = pipeline_log_group(self, "JobLogs", retention=log_retention)
         self.topic: sns.ITopic = secure_topic(self, "Topic")
 

@@ -114,7 +114,7 @@ class ScheduledTrigger(Construct):
         ``{"trigger": <construct id>}``.
     :param table: status store holding the guard that makes a redelivered schedule event submit once (a job
         target; a chain uses its own table). Default: the table of the stack's first chain or guarded
-        trigger, else a new :class:`StatusStore`.
+        trigger, else the stack's shared :class:`StatusStore` (:meth:`StatusStore.of`).
     :param enabled: whether the schedule fires. Default: True.
     :param retry_attempts: delivery retries before the event lands in the DLQ. Default: 3. Range: 0 to 185.
     """
@@ -179,7 +179,7 @@ class ScheduledTrigger(Construct):
             else:
                 self.glue.grant_submit(job_queue, [job_definition])
                 if table is None and self.glue.guard_table is None:
-                    table = StatusStore(self, "Status").table
+                    table = StatusStore.of(self).table
                 self.table = self.glue.use_guard_table(table) if table is not None else self.glue.guard_table
                 self.input = {
                     "jobName": job_name or construct_id,

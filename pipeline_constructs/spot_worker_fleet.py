@@ -68,7 +68,7 @@ class SpotWorkerFleet(Construct):
         delivery records why it is dead-lettered (N = 1: one attempt, and no reason when its worker is lost).
     :param dead_letter_queue: the passed ``queue``'s DLQ, for alarms and the CLI. Default: the created one, or None.
     :param bucket: data bucket. Default: a new :class:`DataBucket`.
-    :param table: status store table. Default: a new :class:`StatusStore`.
+    :param table: status store table. Default: the stack's shared one (:meth:`StatusStore.of`).
     :param prefix: this fleet's key prefix in the bucket; it reads ``<prefix>input/`` and writes
         ``<prefix>output/`` and ``<prefix>intermediate/``. Default: the construct id in lower case plus ``/``.
     :param downstream_queue: where finished tasks are forwarded (the next stage). Default: None.
@@ -184,7 +184,7 @@ class SpotWorkerFleet(Construct):
         self.visibility_timeout = visibility_timeout
         self.bucket: s3.IBucket = bucket or DataBucket(self, "Data").bucket
         claim_prefix(self, self.bucket, self.prefix)
-        self.table: dynamodb.ITable = table or StatusStore(self, "Status").table
+        self.table: dynamodb.ITable = table or StatusStore.of(self).table
         self.downstream_queue = downstream_queue
         self.log_group = pipeline_log_group(self, "Logs", retention=log_retention)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -15,6 +15,8 @@ from pipeline_constructs._validation import check_duration
 PARTITION_KEY = "pk"
 SORT_KEY = "sk"
 TTL_ATTRIBUTE = "expires_at"
+#: The id of the stack's shared store (:meth:`StatusStore.of`), at the stack's root.
+SHARED_ID = "PipelineStatus"
 
 
 class StatusStore(Construct):
@@ -59,6 +61,16 @@ class StatusStore(Construct):
             ),
             removal_policy=removal_policy,
         )
+
+    @classmethod
+    def of(cls, scope: Construct) -> StatusStore:
+        """The stack's shared status store, created on first use: the default of every fleet, chain and
+        trigger that gets no ``table``, so a stack has one table however many of them it holds."""
+        stack = Stack.of(scope)
+        existing = stack.node.try_find_child(SHARED_ID)
+        if existing is not None:
+            return existing  # type: ignore[return-value]
+        return cls(stack, SHARED_ID)
 
     def grant_write_status(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let ``grantee`` write status records and read one back by key (to skip done work); no scans or deletes."""

@@ -484,3 +484,15 @@ def test_fleets_and_chains_sharing_a_bucket_cannot_share_a_prefix(stack):
     with pytest.raises(ValueError, match="Test/Chain: prefix='' is invalid; allowed: a prefix of its own"):
         BatchChain(stack, "Chain", steps=[ChainStep(name="only", image=image)], bucket=bucket, prefix="")
     SpotWorkerFleet(second, "Other", worker_directory=SQS_WORKER, task="task:csv_stats", bucket=bucket, prefix="b/")
+
+
+def test_fleets_chains_and_triggers_without_a_table_share_one_status_store_per_stack(stack):
+    from pipeline_constructs import BatchChain, ChainStep, ScheduledTrigger, StatusStore
+
+    image = "public.ecr.aws/docker/library/python:3.13-slim"
+    fleets = [SpotWorkerFleet(stack, f"Fleet{i}", worker_directory=SQS_WORKER, task="task:csv_stats") for i in (1, 2)]
+    chains = [BatchChain(stack, f"Chain{i}", steps=[ChainStep(name="only", image=image)]) for i in (1, 2)]
+    ScheduledTrigger(stack, "Nightly", schedule="rate(1 day)", chain=chains[0])
+    Template.from_stack(stack).resource_count_is("AWS::DynamoDB::Table", 1)
+    shared = StatusStore.of(stack).table
+    assert all(part.table is shared for part in [*fleets, *chains])
