@@ -321,3 +321,13 @@ def test_schedules_fire_on_their_own_while_the_run_serves(example_outdir, tmp_pa
     assert jobs and all(name.startswith(("feeds-", "reports-")) for name in jobs)
     assert sum(fired.values()) >= 2  # both schedules share the zone; each fired once in the minute
     assert any("fired on its schedule" in event for event in pipeline.faults.events)
+
+
+def test_without_the_local_extra_the_local_run_says_how_to_get_it(example_outdir, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "moto" else real(name, *a))
+    code = cli.main(["--assembly", str(example_outdir), "--env", "dev"])
+    assert code == 2
+    assert "pip install 'pipeline-constructs[local]'" in capsys.readouterr().out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline_constructs.assembly import find_stack, load_assembly
@@ -29,12 +31,22 @@ from pipeline_constructs.local import LOCAL_STATE_FILE
 from pipeline_constructs.local.runner import Faults, LocalPipeline, sample_feed
 
 
+class EmulatorMissing(RuntimeError):
+    """moto is not installed: the ``local`` extra was left out."""
+
+
 @contextlib.contextmanager
 def embedded_emulator(endpoint: str | None) -> Iterator[str]:
     if endpoint:
         yield endpoint
         return
-    from moto.server import ThreadedMotoServer
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise EmulatorMissing(
+            "the local run needs its emulator: pip install 'pipeline-constructs[local]' "
+            "(or point --endpoint-url at one that runs)"
+        ) from None
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -241,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
+    if not args.endpoint_url and importlib.util.find_spec("moto") is None:
+        console.print(
+            "[red]error:[/] the local run needs its emulator: "
+            + escape("pip install 'pipeline-constructs[local]' (or point --endpoint-url at one that runs)"),
+            soft_wrap=True,  # one line, whatever the terminal's width
+        )
+        return 2
     try:
         stacks = load_assembly(args.assembly)
         if args.env:
