@@ -12,7 +12,8 @@ import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
-from aws_cdk import Duration, Token
+from aws_cdk import Duration, Stack, Token
+from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 
@@ -149,13 +150,11 @@ def check_unique(scope: Construct | str, argument: str, names: Iterable[str]) ->
 _PREFIXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def claim_prefix(scope: Construct, bucket: object, prefix: str) -> None:
+def claim_prefix(scope: Construct, bucket: s3.IBucket, prefix: str) -> None:
     """Two fleets or chains writing under the same (or a nested) prefix of one bucket would overwrite each
     other's outputs, silently: the second to claim it gets one line naming the first."""
-    from aws_cdk import Stack
-
     stack = Stack.of(scope)
-    key = json.dumps(stack.resolve(getattr(bucket, "bucket_name", bucket)), sort_keys=True)
+    key = json.dumps(stack.resolve(bucket.bucket_name), sort_keys=True)
     claims = _PREFIXES.setdefault(stack, {}).setdefault(key, {})
     for taken, owner in claims.items():
         if prefix.startswith(taken) or taken.startswith(prefix):

@@ -18,11 +18,8 @@ from aws_cdk import Duration
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_scheduler as scheduler
-from aws_cdk import aws_scheduler_targets as scheduler_targets
 
-from pipeline_constructs._nag import acknowledge_wildcard_resources
 from pipeline_constructs.glue_function import GlueFunction
 
 if TYPE_CHECKING:
@@ -150,21 +147,9 @@ def add_wake_check(fleet: SpotWorkerFleet) -> scheduler.Schedule:
     glue = GlueFunction.of(fleet)
     fleet.queue.grant(glue.role, "sqs:GetQueueAttributes")
     fleet.grant_wake(glue.role)
-    role = iam.Role(fleet, "WakeCheckRole", assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"))
     check = {"wake": {"queue": fleet.queue.queue_url, "group": fleet.auto_scaling_group.auto_scaling_group_name}}
-    target = scheduler_targets.LambdaInvoke(
-        glue.function,
-        input=scheduler.ScheduleTargetInput.from_object(check),
-        role=role,
-        retry_attempts=0,  # the next minute's check is the retry
-        max_event_age=Duration.minutes(1),
-    )
-    acknowledge_wildcard_resources(
-        role,
-        [f"{glue.function.function_arn}:*"],
-        "Invoke of the glue function only; the wildcard stands for its version and alias qualifiers, "
-        "which the CDK's Lambda target grants alongside the unqualified ARN.",
-    )
+    # No retries: the next minute's check is the retry.
+    target, _ = glue.scheduler_target(fleet, "WakeCheckRole", check, retry_attempts=0, max_event_age=WAKE_CHECK_RATE)
     return scheduler.Schedule(
         fleet,
         "WakeCheck",

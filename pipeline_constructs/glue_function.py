@@ -14,9 +14,12 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_logs as logs
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_scheduler_targets as scheduler_targets
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct, IValidation
 
-from pipeline_constructs._nag import acknowledge
+from pipeline_constructs._nag import acknowledge, acknowledge_wildcard_resources
 from pipeline_constructs._validation import argument_error
 from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
 from pipeline_constructs.task_queue import failure_queue
@@ -99,6 +102,35 @@ class GlueFunction(Construct):
         if existing is not None:
             return existing  # type: ignore[return-value]
         return cls(stack, SINGLETON_ID, log_retention=log_retention)
+
+    def scheduler_target(
+        self,
+        scope: Construct,
+        role_id: str,
+        payload: dict[str, Any],
+        *,
+        retry_attempts: int,
+        max_event_age: Duration,
+        dead_letter_queue: sqs.IQueue | None = None,
+    ) -> tuple[scheduler_targets.LambdaInvoke, iam.Role]:
+        """EventBridge Scheduler's invoke of this function with ``payload``, through a role of its own made
+        under ``scope`` (as ``role_id``)."""
+        role = iam.Role(scope, role_id, assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"))
+        target = scheduler_targets.LambdaInvoke(
+            self.function,
+            input=scheduler.ScheduleTargetInput.from_object(payload),
+            role=role,
+            dead_letter_queue=dead_letter_queue,
+            retry_attempts=retry_attempts,
+            max_event_age=max_event_age,
+        )
+        acknowledge_wildcard_resources(
+            role,
+            [f"{self.function.function_arn}:*"],
+            "Invoke of the glue function only; the wildcard stands for its version and alias qualifiers, "
+            "which the CDK's Lambda target grants alongside the unqualified ARN.",
+        )
+        return target, role
 
     def register_chain(self, name: str, chain_config: dict[str, Any], *, owner: Construct) -> None:
         if name in self.config["chains"]:

@@ -19,7 +19,6 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import (
-    BotoCoreError,
     ClientError,
     EndpointConnectionError,
     NoCredentialsError,
@@ -27,7 +26,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from pipeline_constructs.glue.handler import EventError, SubmitGuard, job_name, wake_group
+from pipeline_constructs.glue.handler import SubmitGuard, job_name, try_wake
 from pipeline_constructs.local import LOCAL_STATE_FILE
 
 MANIFEST_OUTPUT = "PipelineManifest"
@@ -274,10 +273,7 @@ def submit(
     if report.enqueued and fleet.get("group"):
         # Start a fleet at zero now, not when CloudWatch's per-minute SQS metrics catch up (minutes; more
         # after six idle hours). Never fails the submit: the tasks are in; scaling on the backlog follows.
-        try:
-            report.woke = wake_group(target.client("autoscaling"), fleet["group"])
-        except (ClientError, BotoCoreError, EventError) as error:
-            report.wake_error = str(error)
+        report.woke, report.wake_error = try_wake(target.client("autoscaling"), fleet["group"])
     return report
 
 

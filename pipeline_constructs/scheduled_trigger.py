@@ -13,20 +13,18 @@ from aws_cdk import aws_batch as batch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from pipeline_constructs._nag import acknowledge_wildcard_resources
 from pipeline_constructs._validation import argument_error, check_range
 from pipeline_constructs.batch_chain import BatchChain
 from pipeline_constructs.glue_function import GlueFunction
+from pipeline_constructs.status_store import StatusStore
 
 if TYPE_CHECKING:
     from pipeline_constructs.spot_worker_fleet import SpotWorkerFleet
-from pipeline_constructs.status_store import StatusStore
 
 _CRON_FIELD = r"[0-9A-Za-z*?,/#\-LW]+"
 CRON = re.compile(rf"^cron\(({_CRON_FIELD})( {_CRON_FIELD}){{5}}\)$")
@@ -204,20 +202,13 @@ class ScheduledTrigger(Construct):
             )
         else:
             payload = dict(self.input) | {"scheduledTime": scheduler.ContextAttribute.scheduled_time}
-            self.role = iam.Role(self, "ScheduleRole", assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"))
-            target = scheduler_targets.LambdaInvoke(
-                self.glue.function,
-                input=scheduler.ScheduleTargetInput.from_object(payload),
-                role=self.role,
-                dead_letter_queue=self.glue.failure_queue,
+            target, self.role = self.glue.scheduler_target(
+                self,
+                "ScheduleRole",
+                payload,
                 retry_attempts=retry_attempts,
                 max_event_age=Duration.hours(6),
-            )
-            acknowledge_wildcard_resources(
-                self.role,
-                [f"{self.glue.function.function_arn}:*"],
-                "Invoke of the glue function only; the wildcard stands for its version and alias qualifiers, "
-                "which the CDK's Lambda target grants alongside the unqualified ARN.",
+                dead_letter_queue=self.glue.failure_queue,
             )
         return scheduler.Schedule(
             self, "Schedule", schedule=expression, target=target, enabled=enabled, description=f"{self.node.path}"

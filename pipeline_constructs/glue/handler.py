@@ -40,7 +40,7 @@ from decimal import Decimal
 from typing import Any
 
 import boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 log = logging.getLogger("pipeline.glue")
 log.setLevel(logging.INFO)
@@ -168,23 +168,30 @@ def wake_group(autoscaling: Any, group: str) -> bool:
     return True
 
 
+def try_wake(autoscaling: Any, group: str) -> tuple[bool, str]:
+    """:func:`wake_group` for producers whose work is already in: (woke, the error if it failed). A failed
+    wake (a permission, a throttle, no such group) is logged, never raised; the fleet's scaling on the backlog
+    starts it, only later."""
+    try:
+        return wake_group(autoscaling, group), ""
+    except (ClientError, BotoCoreError, EventError) as error:
+        log.warning("wake failed; the fleet's scaling starts it later", extra={"group": group, "error": str(error)})
+        return False, str(error)
+
+
 def enqueue_and_wake(sqs: Any, autoscaling: Any, event: dict[str, Any]) -> dict[str, Any]:
     """A scheduled task for a fleet: send it, then start the fleet if it is at zero.
 
-    The message first: a wake that fails (a permission, a throttle) is logged, not raised, so a Lambda retry
-    never sends the task twice; the fleet's scaling on the backlog then starts it, only later.
+    The message first, and the wake never raises (:func:`try_wake`), so a Lambda retry never sends the task
+    twice.
     """
     enqueue = require(event, "enqueue", dict, "")
     queue = require(enqueue, "queue", str, "enqueue.")
     body = require(enqueue, "body", str, "enqueue.")
     group = require(enqueue, "group", str, "enqueue.")
     message_id = sqs.send_message(QueueUrl=queue, MessageBody=body)["MessageId"]
-    try:
-        woke = wake_group(autoscaling, group)
-    except (ClientError, EventError) as error:
-        log.warning("wake failed; the fleet's scaling starts it later", extra={"group": group, "error": str(error)})
-        return {"messageId": message_id, "woke": False, "wakeError": str(error)}
-    return {"messageId": message_id, "woke": woke}
+    woke, error = try_wake(autoscaling, group)
+    return {"messageId": message_id, "woke": woke} | ({"wakeError": error} if error else {})
 
 
 def wake_if_waiting(sqs: Any, autoscaling: Any, event: dict[str, Any]) -> dict[str, Any]:
@@ -417,15 +424,10 @@ class Glue:
         return SubmitGuard(table, self.batch).submit_once(f"trigger#{chain or 'schedule'}", guard, request)
 
     def _wake_fed_fleet(self, facts: dict[str, Any]) -> None:
-        """A step that feeds a fleet started or succeeded: start the fleet from zero (a failure is logged; the
-        fleet's scaling on the backlog still starts it, later)."""
+        """A step that feeds a fleet started or succeeded: start the fleet from zero."""
         group = facts["chain_config"]["steps"][facts["index"]].get("wakes")
-        if not group or facts["status"] not in ("RUNNING", "SUCCEEDED") or facts["array_child"]:
-            return
-        try:
-            wake_group(self.autoscaling, group)
-        except (ClientError, EventError) as error:
-            log.warning("wake failed", extra={"group": group, "error": str(error)})
+        if group and facts["status"] in ("RUNNING", "SUCCEEDED") and not facts["array_child"]:
+            try_wake(self.autoscaling, group)
 
     def record(self, facts: dict[str, Any]) -> None:
         """The job's latest state under its chain run; an older event never overwrites a newer state."""

@@ -18,12 +18,12 @@ Guarantees (each has a test that attacks it, listed in the README):
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +71,24 @@ def attempt_budget(max_receive_count: int | None) -> int | None:
     if max_receive_count is None:
         return None
     return max_receive_count - 1 if max_receive_count >= 2 else 1
+
+
+def _handing_back(method: Callable[..., None]) -> Callable[..., None]:
+    """Marks a release or acknowledgement under way while ``method`` runs: the worker does not exit before
+    it is done (a spot notice releases from its own thread while the main one shuts down)."""
+
+    @functools.wraps(method)
+    def counted(worker: Worker, *args: Any, **kwargs: Any) -> None:
+        with worker._lock:
+            worker._hand_backs += 1
+        try:
+            method(worker, *args, **kwargs)
+        finally:
+            with worker._lock:
+                worker._hand_backs -= 1
+                worker._slot_freed.notify_all()
+
+    return counted
 
 
 class Worker:
@@ -352,15 +370,12 @@ class Worker:
         if full:
             self._flush_acks(force=True)
 
+    @_handing_back
     def _flush_acks(self, *, force: bool = False) -> None:
         """Forward finished tasks downstream, store their SUCCEEDED rows, then delete them.
 
         In that order, so that whatever is killed when, a deleted message has its row and its forward.
         """
-        with self._handing_back():
-            self._flush_acks_now(force)
-
-    def _flush_acks_now(self, force: bool) -> None:
         with self._lock:
             if not self._to_ack:
                 return
@@ -429,29 +444,13 @@ class Worker:
 
     # ---------------------------------------------------------------- releasing
 
-    @contextlib.contextmanager
-    def _handing_back(self) -> Iterator[None]:
-        """Marks a release or acknowledgement under way: the worker does not exit before it is done (a spot
-        notice releases from its own thread while the main one shuts down)."""
-        with self._lock:
-            self._hand_backs += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._hand_backs -= 1
-                self._slot_freed.notify_all()
-
     def _wait_for_hand_backs(self, timeout: float = 30.0) -> None:
         with self._lock:
             self._slot_freed.wait_for(lambda: self._hand_backs == 0, timeout=timeout)
 
+    @_handing_back
     def _release(self, helds: list[Held], *, delay: int = 0) -> None:
         """Make messages visible again after ``delay`` seconds and forget them."""
-        with self._handing_back():
-            self._release_now(helds, delay)
-
-    def _release_now(self, helds: list[Held], delay: int) -> None:
         with self._lock:
             helds = [h for h in helds if self._held.pop(h.message_id, None) is not None]
             self._to_ack = [h for h in self._to_ack if h not in helds]
