@@ -248,6 +248,8 @@ class BatchChain(Construct):
                 raise argument_error(self, f"{at}.link", None, "ChainLink.message() or ChainLink.on_success()")
             if step.link is not None and step.link.kind not in ("message", "success"):
                 raise argument_error(self, f"{at}.link.kind", step.link.kind, "message, success")
+            if step.feeds is not None and not hasattr(step.feeds, "grant_wake"):
+                raise argument_error(self, f"{at}.feeds", type(step.feeds).__name__, "a SpotWorkerFleet")
             for source in step.reads_from or []:
                 if source not in names:
                     raise argument_error(self, f"{at}.reads_from", source, f"step names: {', '.join(names)}")

@@ -155,6 +155,8 @@ class ScheduledTrigger(Construct):
         ]
         if sum(targets) != 1:
             raise argument_error(self, "chain/job_queue/fleet/queue", sum(targets), "exactly one target")
+        if fleet is not None and not hasattr(fleet, "grant_wake"):
+            raise argument_error(self, "fleet", type(fleet).__name__, "a SpotWorkerFleet (a plain queue: queue=)")
         if (job_queue is None) != (job_definition is None):
             raise argument_error(self, "job_definition", job_definition, "given together with job_queue")
 

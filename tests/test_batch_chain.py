@@ -307,6 +307,7 @@ def step(**changes) -> ChainStep:
             "Test/Chain: steps[only].image='steps/resize' is invalid; allowed: an existing directory (pass a Path), "
             "or a registry image with a tag or digest",
         ),
+        ([step(feeds="a queue")], "Test/Chain: steps[0].feeds='str' is invalid; allowed: a SpotWorkerFleet"),
         ([step(vcpus=96)], "Test/Chain: steps[0].vcpus=96 is invalid; allowed: at most the chain's max_vcpus (64)"),
         ([step(timeout=600)], "Test/Chain: steps[0].timeout=600 is invalid; allowed: a Duration"),
         (
@@ -346,6 +347,10 @@ def test_bad_chains_raise_one_value_error(stack, steps, message):
             "time_zone='Europe/Berlin' is invalid; allowed: UTC",
         ),
         ({"retry_attempts": 200}, "Test/Trigger: retry_attempts=200 is invalid; allowed: 0 to 185"),
+        (
+            {"queue": None, "fleet": "not a fleet"},
+            "Test/Trigger: fleet='str' is invalid; allowed: a SpotWorkerFleet (a plain queue: queue=)",
+        ),
     ],
 )
 def test_bad_triggers_quote_what_was_wrong(stack, kwargs, message):
