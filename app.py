@@ -19,6 +19,7 @@ from typing import Any
 import aws_cdk as cdk
 from aws_cdk import aws_logs as logs
 from cdk_nag import AwsSolutionsChecks, ServerlessChecks
+from cdklabs.cdk_validator_cfnguard import CfnGuardValidator
 from constructs import Construct
 
 from pipeline_constructs import (
@@ -232,7 +233,8 @@ class PipelineStack(cdk.Stack):
 
 
 def build_app(context: dict[str, Any] | None = None, *, outdir: str | None = None) -> cdk.App:
-    """Build the example app with cdk-nag's checks attached; ``context`` adds to (or replaces) cdk.json's."""
+    """Build the example app with cdk-nag's checks and the Control Tower proactive controls attached;
+    ``context`` adds to (or replaces) cdk.json's."""
     app = cdk.App(context=context, outdir=outdir)
     for config in selected_environments(app):
         PipelineStack(
@@ -248,6 +250,8 @@ def build_app(context: dict[str, Any] | None = None, *, outdir: str | None = Non
     # Unacknowledged findings fail synth; acknowledgments sit next to the resource they concern.
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     cdk.Validations.of(app).add_plugins(ServerlessChecks(app))
+    # The rules AWS Control Tower enforces as CloudFormation hooks in governed accounts.
+    cdk.Validations.of(app).add_plugins(CfnGuardValidator())
     return app
 
 

@@ -1,4 +1,5 @@
-"""Acknowledging a cdk-nag finding: one construct, one rule (or one finding of a rule), one reason."""
+"""Acknowledging a finding of cdk-nag or of the Control Tower proactive controls: one construct, one rule
+(or one finding of a rule), one reason."""
 
 from __future__ import annotations
 
@@ -16,6 +17,22 @@ def acknowledge(construct: IConstruct, rule: str, reason: str) -> None:
     """
     pack = rule.split("-", 1)[0]
     Validations.of(construct).acknowledge(Acknowledgment(id=f"{pack}::{rule}", reason=reason))
+
+
+#: The plugin name under which cdklabs-cdk-validator-cfnguard reports the Control Tower proactive controls.
+CONTROL_TOWER_PLUGIN = "cdk-validator-cfnguard"
+
+
+BASIC_MONITORING = (
+    "Basic five-minute EC2 metrics are free; one-minute metrics cost about $2.10 a month per instance and "
+    "nothing here scales on them (scaling reads SQS). detailed_monitoring=True turns them on."
+)
+
+
+def acknowledge_control(construct: IConstruct, rule: str, reason: str) -> None:
+    """Accept a Control Tower proactive control (its guard rule name, e.g. ``sqs_dlq_check``) on ``construct``:
+    a deliberate trade-off of the cheap default, which the compliance profile does not make."""
+    Validations.of(construct).acknowledge(Acknowledgment(id=f"{CONTROL_TOWER_PLUGIN}::{rule}", reason=reason))
 
 
 def nag_notation(scope: IConstruct, value: str) -> str:

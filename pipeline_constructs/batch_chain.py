@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aws_cdk import Duration, Size, Token
+from aws_cdk import Duration, Size, Stack, Token
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
@@ -22,7 +22,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from pipeline_constructs._nag import acknowledge, acknowledge_wildcard_resources
+from pipeline_constructs._nag import BASIC_MONITORING, acknowledge, acknowledge_control, acknowledge_wildcard_resources
 from pipeline_constructs._validation import (
     argument_error,
     check_duration,
@@ -136,6 +136,8 @@ class BatchChain(Construct):
     :param table: status store (run tracking, trigger guards). Default: the stack's shared one (:meth:`StatusStore.of`).
     :param prefix: the chain's S3 prefix; step ``s`` writes under ``<prefix><s>/``. Default: ``<chain_name>/``.
     :param log_retention: retention of the job and glue log groups. Default: one month.
+    :param detailed_monitoring: one-minute EC2 metrics for the created compute environment's instances,
+        about $2.10 a month per running instance; basic five-minute metrics are free. Default: False.
     """
 
     def __init__(
@@ -155,6 +157,7 @@ class BatchChain(Construct):
         table: dynamodb.ITable | None = None,
         prefix: str | None = None,
         log_retention: logs.RetentionDays = DEFAULT_RETENTION,
+        detailed_monitoring: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         self.steps = list(steps)
@@ -170,7 +173,9 @@ class BatchChain(Construct):
 
         if compute_environment is None:
             network = network or PipelineNetwork(self, "Network")
-            compute_environment = self._spot_compute_environment(network, max_vcpus, architecture, instance_classes)
+            compute_environment = self._spot_compute_environment(
+                network, max_vcpus, architecture, instance_classes, detailed_monitoring
+            )
         self.compute_environment = compute_environment
         self.job_queue: batch.IJobQueue = job_queue or batch.JobQueue(
             self,
@@ -262,13 +267,17 @@ class BatchChain(Construct):
         max_vcpus: int,
         architecture: str,
         instance_classes: Sequence[ec2.InstanceClass] | None,
+        detailed_monitoring: bool,
     ) -> batch.ManagedEc2EcsComputeEnvironment:
         arm = architecture == "arm64"
         launch_template = ec2.LaunchTemplate(
             self,
             "LaunchTemplate",
             require_imdsv2=True,
-            http_put_response_hop_limit=2,  # containers on the bridge network reach the metadata service
+            # One hop: job containers get credentials from their job role (the ECS credentials endpoint) and
+            # the region from their environment, so the instance's own credentials stay out of their reach.
+            http_put_response_hop_limit=1,
+            detailed_monitoring=detailed_monitoring,
             block_devices=[
                 ec2.BlockDevice(
                     device_name="/dev/xvda",
@@ -276,6 +285,8 @@ class BatchChain(Construct):
                 )
             ],
         )
+        if not detailed_monitoring:
+            acknowledge_control(launch_template, "ec2_launch_template_monitoring_enabled_check", BASIC_MONITORING)
         environment = batch.ManagedEc2EcsComputeEnvironment(
             self,
             "ComputeEnvironment",
@@ -352,7 +363,11 @@ class BatchChain(Construct):
             f"Object access limited to this step's own prefix ('{self.prefix}{step.name}/') and the prefixes "
             "of the steps it reads from; object keys are only known at run time.",
         )
+        region = Stack.of(self).region
         environment = {
+            # The SDKs otherwise ask the metadata service, which a job container cannot reach (one hop).
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
             **dict(step.environment),
             "PIPELINE_BUCKET": self.bucket.bucket_name,
             "PIPELINE_PREFIX": f"{self.prefix}{step.name}/",

@@ -7,6 +7,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
+from pipeline_constructs._nag import acknowledge_control
 from pipeline_constructs._validation import check_duration
 
 #: Key prefixes shared by the runtimes: inputs are read from ``input/``, results written to ``output/``
@@ -65,9 +66,18 @@ class DataBucket(Construct):
                 # serverAccessLogsUseBucketPolicy feature flag, an ACL (ObjectWriter) without it.
                 enforce_ssl=True,
                 minimum_tls_version=1.2,
-                lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs", expiration=log_expiration)],
+                # Log objects are never overwritten: versioning costs nothing and keeps deletions recoverable.
+                versioned=True,
+                lifecycle_rules=[
+                    s3.LifecycleRule(
+                        id="expire-access-logs",
+                        expiration=log_expiration,
+                        noncurrent_version_expiration=Duration.days(1),
+                    )
+                ],
                 removal_policy=removal_policy,
             )
+            _acknowledge_log_bucket(access_log_bucket)
         self.access_log_bucket: s3.IBucket = access_log_bucket
 
         self.bucket = s3.Bucket(
@@ -98,3 +108,46 @@ class DataBucket(Construct):
             ],
             removal_policy=removal_policy,
         )
+        # Object events to EventBridge (free to emit) so users can react to uploads; set natively, where the
+        # CDK's `event_bridge_enabled` would add a notifications custom-resource Lambda to the stack.
+        self.bucket.node.default_child.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
+            event_bridge_configuration=s3.CfnBucket.EventBridgeConfigurationProperty(event_bridge_enabled=True)
+        )
+        if encryption_key is None:
+            acknowledge_control(self.bucket, "s3_bucket_default_encryption_kms_check", SSE_S3_REASON)
+        acknowledge_control(
+            self.bucket,
+            "s3_bucket_object_lock_enabled_check",
+            "Pipeline outputs are rewritten when a task is re-run and expire under the lifecycle rules; versioning "
+            "keeps every overwritten or deleted object for noncurrent_version_expiration instead of a lock.",
+        )
+
+
+SSE_S3_REASON = (
+    "SSE-S3 by default: a customer-managed key costs $1 a month and a request charge per object; pass "
+    "encryption_key where a key is required."
+)
+
+
+def _acknowledge_log_bucket(bucket: s3.Bucket) -> None:
+    acknowledge_control(
+        bucket,
+        "s3_bucket_default_encryption_kms_check",
+        "S3 server access logs are written by the logging service; SSE-S3 needs no key policy for it and costs "
+        "nothing; a customer-managed key would need the logging service in its key policy.",
+    )
+    acknowledge_control(
+        bucket,
+        "s3_bucket_logging_enabled_check",
+        "This is the access-log bucket: logging its own log deliveries would log every delivery again, forever.",
+    )
+    acknowledge_control(
+        bucket,
+        "s3_bucket_object_lock_enabled_check",
+        "Access logs expire under a lifecycle rule; versioning keeps deleted log objects for a day instead of a lock.",
+    )
+    acknowledge_control(
+        bucket,
+        "s3_event_notifications_enabled_check",
+        "Nothing reacts to log deliveries; events for them would be noise on the default event bus.",
+    )

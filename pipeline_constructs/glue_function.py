@@ -19,7 +19,7 @@ from aws_cdk import aws_scheduler_targets as scheduler_targets
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct, IValidation
 
-from pipeline_constructs._nag import acknowledge, acknowledge_wildcard_resources
+from pipeline_constructs._nag import acknowledge, acknowledge_control, acknowledge_wildcard_resources
 from pipeline_constructs._validation import argument_error
 from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
 from pipeline_constructs.task_queue import failure_queue
@@ -86,6 +86,12 @@ class GlueFunction(Construct):
             "Serverless-LambdaDLQ",
             "Failed async invocations go to an on-failure destination (this construct's failure_queue), which "
             "keeps the request and the error; a DLQ as well would deliver each failure twice.",
+        )
+        acknowledge_control(
+            self.function,
+            "lambda_inside_vpc_check",
+            "The glue function calls only AWS APIs (Batch, SNS, SQS, DynamoDB, Auto Scaling) and holds no data; "
+            "inside a VPC it would need a NAT gateway or five interface endpoints, $33 to $70 a month per AZ.",
         )
         acknowledge(
             self.function,

@@ -7,9 +7,12 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from pipeline_constructs._nag import acknowledge_control
 from pipeline_constructs._validation import argument_error
 
 DEFAULT_RETENTION = logs.RetentionDays.ONE_MONTH
+#: The shortest retention the Control Tower control CT.CLOUDWATCH.PR.2 accepts.
+YEAR_IN_DAYS = 365
 
 
 _RETENTION_BY_DAYS = {
@@ -56,7 +59,7 @@ def pipeline_log_group(
     :param removal_policy: what happens to the log group when the stack is deleted. Default: DESTROY.
     :param log_group_name: physical name (e.g. ``/aws/lambda/<function>``). Default: generated.
     """
-    return logs.LogGroup(
+    log_group = logs.LogGroup(
         scope,
         construct_id,
         retention=retention,
@@ -64,3 +67,27 @@ def pipeline_log_group(
         removal_policy=removal_policy,
         log_group_name=log_group_name,
     )
+    if encryption_key is None:
+        acknowledge_control(
+            log_group,
+            "cloudwatch_log_group_encrypted_check",
+            "CloudWatch Logs encrypts every log group with its own key; a customer-managed key costs $1 a month "
+            "and needs the logs service in its key policy. Pass encryption_key where one is required.",
+        )
+    days = retention_days(retention)
+    if days is not None and days < YEAR_IN_DAYS:
+        acknowledge_control(
+            log_group,
+            "cloudwatch_log_group_retention_period_check",
+            f"Retention of {days} days was asked for (log_retention / logRetentionDays): this environment's logs "
+            "are not kept a year, to save storage.",
+        )
+    return log_group
+
+
+def retention_days(retention: logs.RetentionDays) -> int | None:
+    """The day count of a retention setting; None for INFINITE (kept forever)."""
+    for days, setting in _RETENTION_BY_DAYS.items():
+        if setting == retention:
+            return days
+    return None

@@ -6,6 +6,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from pipeline_constructs._nag import acknowledge_control
 from pipeline_constructs._validation import check_not_empty, check_range
 from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
 
@@ -72,8 +73,21 @@ class PipelineNetwork(Construct):
             ),
             traffic_type=ec2.FlowLogTrafficType.REJECT,
         )
+        for subnet in created.public_subnets:
+            acknowledge_control(
+                subnet,
+                "subnet_auto_assign_public_ip_disabled_check",
+                "Workers and Batch instances reach SQS, SNS, ECR and CloudWatch through the free internet gateway "
+                "with a public IP, instead of a NAT gateway at about $33 a month per AZ; their security groups "
+                "allow no inbound traffic.",
+            )
         self.vpc = created
         self.subnet_selection = subnet_selection or ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC)
+
+    def selected_subnets(self) -> ec2.SelectedSubnets:
+        """The subnets compute goes into (``subnet_selection`` applied to the VPC)."""
+        # jsii's Python select_subnets takes the selection's fields as keywords, not the struct itself.
+        return self.vpc.select_subnets(**self.subnet_selection._values)
 
     def security_group(self, scope: Construct, construct_id: str, *, description: str) -> ec2.SecurityGroup:
         """A security group with outbound access only: no inbound rule, now or later by default."""

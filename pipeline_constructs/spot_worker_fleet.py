@@ -16,7 +16,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from pipeline_constructs._nag import acknowledge, acknowledge_wildcard_resources
+from pipeline_constructs._nag import BASIC_MONITORING, acknowledge, acknowledge_control, acknowledge_wildcard_resources
 from pipeline_constructs._validation import (
     argument_error,
     check_duration,
@@ -46,8 +46,10 @@ from pipeline_constructs.task_queue import TaskQueue
 from pipeline_constructs.worker.config import SPARE_DELIVERIES
 
 #: Several current-generation families of one size, so spot capacity is found in more pools.
-DEFAULT_X86_INSTANCE_TYPES = ("m7i.large", "m6i.large", "m6a.large", "m5.large", "c7i.large", "c6i.large", "c6a.large")
-DEFAULT_ARM_INSTANCE_TYPES = ("m7g.large", "m6g.large", "c7g.large", "c6g.large", "r7g.large")
+#: Nitro types that encrypt traffic between instances (the Control Tower control CT.AUTOSCALING.PR.11), in
+#: several families so spot capacity is deep.
+DEFAULT_X86_INSTANCE_TYPES = ("m7i.large", "m6i.large", "m6a.large", "m7a.large", "c7i.large", "c6i.large", "c6a.large")
+DEFAULT_ARM_INSTANCE_TYPES = ("m7g.large", "m7gd.large", "c7g.large", "c6gn.large", "r7g.large")
 
 
 def is_graviton(instance_type: str) -> bool:
@@ -74,7 +76,7 @@ class SpotWorkerFleet(Construct):
     :param downstream_queue: where finished tasks are forwarded (the next stage). Default: None.
     :param delivery: how the code reaches instances. Default: ``WorkerDelivery.PYTHON_BUNDLE``.
     :param instance_types: instance types to draw spot capacity from. Default: seven x86 (or five Graviton,
-        with ``architecture="arm64"``) ``large`` types. At least one.
+        with ``architecture="arm64"``) ``large`` types that encrypt traffic between instances. At least one.
     :param architecture: ``x86_64`` or ``arm64``; chooses the Amazon Linux 2023 image. Default: ``x86_64``.
     :param min_size: instances kept running when idle. Default: 0. Range: 0 to ``max_size``.
     :param max_size: most instances. Default: 10. Range: 1 to 1000.
@@ -97,6 +99,8 @@ class SpotWorkerFleet(Construct):
         zero when tasks wait, for producers that do not call :meth:`grant_wake`'s SetDesiredCapacity
         themselves; scaling on CloudWatch's SQS metrics alone starts it minutes late. About $0.08 a month
         (``pipeline cost``). Default: False.
+    :param detailed_monitoring: one-minute EC2 metrics for the workers, about $2.10 a month per running
+        instance; basic five-minute metrics are free. Default: False.
     """
 
     def __init__(
@@ -129,6 +133,7 @@ class SpotWorkerFleet(Construct):
         root_volume_size: int = 20,
         log_retention: logs.RetentionDays = DEFAULT_RETENTION,
         wake_check: bool = False,
+        detailed_monitoring: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         self.worker_directory = Path(worker_directory).resolve()
@@ -212,6 +217,7 @@ class SpotWorkerFleet(Construct):
             # One hop: a worker under systemd talks to the metadata service directly, and a token cannot leave
             # the instance. Two only for the container delivery, whose bridge network adds a hop.
             http_put_response_hop_limit=2 if delivery == WorkerDelivery.CONTAINER else 1,
+            detailed_monitoring=detailed_monitoring,
             # The worker reads its Auto Scaling group's name from its tags for scale-in protection.
             instance_metadata_tags=True,
             block_devices=[
@@ -247,11 +253,17 @@ class SpotWorkerFleet(Construct):
             default_instance_warmup=Duration.minutes(3),
             update_policy=instance_refresh(),
         )
+        zones = self.network.selected_subnets().availability_zones
+        if zones and not any(Token.is_unresolved(zone) for zone in zones):
+            # Named as well as implied by the subnets: CT.AUTOSCALING.PR.1 reads this property for multi-AZ.
+            self.auto_scaling_group.node.default_child.availability_zones = sorted(set(zones))
         self.drain_hook = add_drain_hook(self)
         grant_worker_permissions(self)
         add_backlog_scaling(self, tasks_per_worker)
         self.wake_check = add_wake_check(self) if wake_check else None
         self._acknowledge_findings()
+        if not detailed_monitoring:
+            acknowledge_control(self.launch_template, "ec2_launch_template_monitoring_enabled_check", BASIC_MONITORING)
         PipelineManifest.of(self).register(
             "fleets",
             self.node.path,

@@ -8,6 +8,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
+from pipeline_constructs._nag import acknowledge_control
 from pipeline_constructs._validation import check_duration
 
 #: Item layout shared by the runtimes (worker, glue Lambda, CLI): partition key ``pk``, sort key ``sk``,
@@ -61,6 +62,13 @@ class StatusStore(Construct):
             ),
             removal_policy=removal_policy,
         )
+        if encryption_key is None:
+            acknowledge_control(
+                self.table,
+                "dynamodb_table_encrypted_kms_check",
+                "Encrypted with the AWS owned key, free; a customer-managed key costs $1 a month plus requests. "
+                "Pass encryption_key where one is required.",
+            )
 
     @classmethod
     def of(cls, scope: Construct) -> StatusStore:

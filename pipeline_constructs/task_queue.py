@@ -13,6 +13,10 @@ from pipeline_constructs._validation import check_duration, check_range, check_v
 #: SQS' own limits.
 MAX_VISIBILITY_TIMEOUT = Duration.hours(12)
 DEAD_LETTER_RETENTION = Duration.days(14)
+#: A dead-letter queue says so (the Control Tower control CT.SQS.PR.1 asks every queue for a redrive policy
+#: or this). "allowAll" is SQS' behaviour without the policy; "byQueue" would need the source queue's ARN,
+#: which already depends on this queue's.
+LAST_STOP = sqs.RedriveAllowPolicy(redrive_permission=sqs.RedrivePermission.ALLOW_ALL)
 
 
 class TaskQueue(Construct):
@@ -77,6 +81,7 @@ class TaskQueue(Construct):
             encryption=encryption,
             encryption_master_key=encryption_key,
             enforce_ssl=True,
+            redrive_allow_policy=LAST_STOP,
         )
         _acknowledge_last_stop(self.dead_letter_queue, referenced_by_redrive=True)
         self.queue = sqs.Queue(
@@ -104,6 +109,7 @@ def failure_queue(scope: Construct, construct_id: str, *, encryption_key: kms.IK
         encryption=sqs.QueueEncryption.KMS if encryption_key else sqs.QueueEncryption.SQS_MANAGED,
         encryption_master_key=encryption_key,
         enforce_ssl=True,
+        redrive_allow_policy=LAST_STOP,
     )
     _acknowledge_last_stop(queue, referenced_by_redrive=False)
     return queue

@@ -199,16 +199,27 @@ JSII_TESTS = (
     "tests/test_batch_chain.py",
     "tests/test_building_blocks.py",
     "tests/test_example_app.py",
+    "tests/test_control_tower.py",
     "tests/test_spot_worker_fleet.py",
     "tests/test_local_run.py::test_the_local_run_follows_a_changed_example_app",
     "tests/test_operator_cli.py::test_cost_reports_a_nat_gateway_with_its_price",
 )
-#: The longest tests (local runs, worker processes) start first, so none is left to run alone at the end.
-SLOW_FIRST = ("tests/test_local_run.py", "tests/test_worker_faults.py", "tests/test_worker_processes.py")
+#: The longest tests start first, so none is left to run alone at the end: the worker process tests before
+#: the local runs, which wait for the example's synth (done meanwhile by the jsii tests' process).
+SLOW_FIRST = ("tests/test_worker_processes.py", "tests/test_worker_faults.py", "tests/test_local_run.py")
+
+
+def _start_rank(item: pytest.Item) -> int:
+    if item.nodeid.startswith(JSII_TESTS):
+        return 0
+    for rank, prefix in enumerate(SLOW_FIRST, start=1):
+        if item.nodeid.startswith(prefix):
+            return rank
+    return len(SLOW_FIRST) + 1
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: (not item.nodeid.startswith(JSII_TESTS), not item.nodeid.startswith(SLOW_FIRST)))
+    items.sort(key=_start_rank)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any):

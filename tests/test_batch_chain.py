@@ -92,7 +92,7 @@ def test_spot_compute_environment_scales_from_zero_with_an_imdsv2_template(three
     for launch_template in template.find_resources("AWS::EC2::LaunchTemplate").values():
         data = launch_template["Properties"]["LaunchTemplateData"]
         assert data["MetadataOptions"]["HttpTokens"] == "required"
-        assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
+        assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1  # jobs use their job role, not the host's
         assert all(d["Ebs"]["Encrypted"] for d in data["BlockDeviceMappings"])
 
 

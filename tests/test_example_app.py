@@ -17,7 +17,8 @@ from syrupy.extensions.json import JSONSnapshotExtension
 
 import app as example_app
 
-NAG_PACKS = {"AwsSolutions", "Serverless"}
+#: The rule packs validated at synth: cdk-nag's two and the Control Tower proactive controls.
+NAG_PACKS = {"AwsSolutions", "Serverless", "cdk-validator-cfnguard"}
 ALWAYS_BILLED_TYPES = {
     "AWS::EC2::NatGateway",
     "AWS::KMS::Key",
@@ -86,7 +87,8 @@ def test_every_acknowledgment_has_a_reason(example_outdir):
 
 
 def test_unacknowledged_finding_fails_synth(tmp_path):
-    """The nag plugins are wired into synth: a bare bucket (no TLS policy, no logs) must fail it."""
+    """The rule packs are wired into synth: a bare bucket (no TLS policy, no logs, no versioning) fails it,
+    by cdk-nag's rules and by the Control Tower controls."""
     context = cdk_json_context() | {"env": "dev"}
     app = example_app.build_app(context, outdir=str(tmp_path))
     stack = app.node.find_child("pipeline-dev")
@@ -95,6 +97,7 @@ def test_unacknowledged_finding_fails_synth(tmp_path):
         app.synth()
     assert "pipeline-dev/CarelessBucket" in str(error.value)
     assert "AwsSolutions-S10" in str(error.value)
+    assert "[CT.S3.PR.2]" in str(error.value)  # server access logging
 
 
 @pytest.mark.parametrize("stack_name", ["pipeline-dev", "pipeline-prod"])
