@@ -371,10 +371,13 @@ class BatchChain(Construct):
             **dict(step.environment),
             "PIPELINE_BUCKET": self.bucket.bucket_name,
             "PIPELINE_PREFIX": f"{self.prefix}{step.name}/",
-            "PIPELINE_TOPIC_ARN": self.topic.topic_arn,
             "PIPELINE_CHAIN": self.chain_name,
             "PIPELINE_STEP": step.name,
         }
+        if step.link is not None and step.link.kind == "message":
+            # Only a step that may publish (the grant above) is told where: one without a message link that
+            # published anyway would fail on AccessDenied.
+            environment["PIPELINE_TOPIC_ARN"] = self.topic.topic_arn
         if step.consumes is not None:
             environment["PIPELINE_QUEUE_URL"] = step.consumes.queue_url
         if step.feeds is not None:

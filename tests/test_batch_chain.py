@@ -447,3 +447,13 @@ def test_the_glue_config_is_measured_at_its_deployed_size_not_its_placeholders()
     with pytest.raises(Exception, match=r"GLUE_CONFIG would be about \d+ bytes deployed; allowed: at most 3840"):
         app.synth()
     _chains_app(2).synth()  # two fit
+
+
+def test_only_a_step_that_may_publish_is_told_the_topic(dev_template):
+    """The topic ARN goes with the sns:Publish grant (a message link): a step told the topic without the grant
+    would fail on AccessDenied when it published (found by the local run's IAM check)."""
+    steps = {}
+    for definition in dev_template.find_resources("AWS::Batch::JobDefinition").values():
+        environment = {e["Name"]: e["Value"] for e in definition["Properties"]["ContainerProperties"]["Environment"]}
+        steps[environment["PIPELINE_STEP"]] = "PIPELINE_TOPIC_ARN" in environment
+    assert steps == {"feed_watcher": True, "feed_consumer": False, "daily_report": False}

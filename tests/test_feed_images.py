@@ -111,6 +111,16 @@ def test_changed_feed_is_stored_announced_and_converted_unchanged_feed_is_silent
     assert "ignored characters after the message's JSON" in consumer.stdout
 
 
+def test_without_a_topic_a_change_is_stored_for_a_success_link_and_nothing_is_published(feed_world):
+    """A watcher linked by success gets no PIPELINE_TOPIC_ARN (nor sns:Publish): it must not try to publish."""
+    environment = {k: v for k, v in watcher_env(feed_world).items() if k != "PIPELINE_TOPIC_ARN"}
+    result = run_script(WATCHER, environment)
+    assert result.returncode == 0, result.stderr
+    assert published(feed_world) == []
+    latest = feed_world.aws.s3.get_object(Bucket=feed_world.bucket, Key="feeds/feed_watcher/latest-message.json")
+    assert json.loads(latest["Body"].read())["type"] == "lovelive"
+
+
 def test_content_hash_catches_a_server_that_ignores_conditional_requests(feed_world):
     feed_world.server.honour_conditionals = False
     assert run_script(WATCHER, watcher_env(feed_world)).returncode == 0

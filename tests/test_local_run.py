@@ -55,7 +55,16 @@ def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_outdir, tmp_path
     assert '"tasks": 8' in report_logs
     consumer_output = [prefix for prefix in result["objects"] if prefix.endswith("/feeds/feed_consumer/")]
     assert consumer_output
-    assert "AWS::IAM::Role" in result["not_emulated"]  # listed, not silently dropped
+    # IAM checked by execution: every kind of component made calls, each allowed by its own role's policies.
+    assert result["iam"]["denied"] == []
+    roles = set(result["iam"]["allowed_by_role"])
+    assert any(role.startswith("StatisticsInstanceRole") for role in roles)  # the fleet's workers
+    assert any(role.startswith("PipelineGlueRole") for role in roles)  # the glue function
+    assert {"FeedsfeedwatcherJobRole", "FeedsfeedconsumerJobRole", "ReportsdailyreportJobRole"} <= {
+        role[:-8] for role in roles
+    }  # each Batch step's job role
+    assert "AWS::IAM::Role" not in result["not_emulated"]
+    assert "AWS::EC2::Subnet" in result["not_emulated"]  # listed, not silently dropped
     assert result["failure_queues"] and set(result["failure_queues"].values()) == {0}
 
 
@@ -331,3 +340,52 @@ def test_without_the_local_extra_the_local_run_says_how_to_get_it(example_outdir
     code = cli.main(["--assembly", str(example_outdir), "--env", "dev"])
     assert code == 2
     assert "pip install 'pipeline-constructs[local]'" in capsys.readouterr().out
+
+
+def _assembly_without(outdir: Path, target: Path, policy_prefix: str, action: str) -> Path:
+    """A copy of the dev assembly whose policy ``policy_prefix*`` no longer grants ``action``."""
+    target.mkdir()
+    for entry in outdir.iterdir():
+        if entry.is_dir():
+            (target / entry.name).symlink_to(entry)  # assets: read only
+        else:
+            (target / entry.name).write_bytes(entry.read_bytes())
+    template_path = target / "pipeline-dev.template.json"
+    template = json.loads(template_path.read_text())
+    removed = 0
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] == "AWS::IAM::Policy" and logical_id.startswith(policy_prefix):
+            for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                if action in actions:
+                    statement["Action"] = [a for a in actions if a != action] or ["none:Nothing"]
+                    removed += 1
+    assert removed, f"{policy_prefix} grants no {action}"
+    template_path.write_text(json.dumps(template))
+    return target
+
+
+@pytest.mark.parametrize(
+    ("policy_prefix", "action", "call", "resource"),
+    [
+        ("StatisticsInstanceRoleDefaultPolicy", "sqs:DeleteMessage", "sqs:DeleteMessageBatch", "StatisticsTasksQueue"),
+        ("PipelineGlueRoleDefaultPolicy", "batch:SubmitJob", "batch:SubmitJob", ":job-queue/"),
+        ("FeedsfeedwatcherJobRoleDefaultPolicy", "s3:PutObject", "s3:PutObject", "/feeds/feed_watcher/"),
+    ],
+    ids=["fleet worker", "glue function", "batch job"],
+)
+def test_a_permission_missing_from_a_role_fails_the_local_run_naming_it(
+    example_outdir, tmp_path, policy_prefix, action, call, resource
+):
+    """IAM checked by execution: the call gets AccessDenied, as on AWS, and the run fails naming the role,
+    the call, the missing action and the resource."""
+    assembly = _assembly_without(example_outdir, tmp_path / "assembly", policy_prefix, action)
+    code, result = run_local(assembly, tmp_path, "--demo", "--tasks", "4", "--timeout", "60")
+    assert code == 1
+    assert not result["timed_out"]  # a denial ends the run at once
+    denied = result["iam"]["denied"]
+    assert denied
+    role = policy_prefix.removesuffix("DefaultPolicy")
+    for denial in denied:
+        assert denial.startswith(role), denial
+        assert f"{call} denied: {action} on " in denial and resource in denial, denial

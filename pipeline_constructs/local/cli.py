@@ -189,6 +189,11 @@ def print_summary(console: Console, result: dict[str, Any]) -> None:
                 f"  => {stale} finished task(s) also sit in a DLQ (killed before the delete); "
                 "`pipeline redrive` acknowledges and forwards them"
             )
+    iam = result["iam"]
+    if iam["checked"] is not None:
+        console.print(f"IAM: {iam['checked']} call(s) of functions, jobs and workers allowed by their roles' policies")
+    for denial in iam["denied"]:
+        console.print(f"[red]IAM denied[/] {escape(denial)}")
     verdict = "[green]everything completed[/]" if result["ok"] else "[red]NOT everything completed[/]"
     console.print(f"Result: {verdict}")
 
@@ -235,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(SetDesiredCapacity, as `pipeline submit` does) unless --no-wake",
     )
     parser.add_argument("--no-wake", action="store_true", help="with --from-zero: submit without waking the fleet")
+    parser.add_argument(
+        "--no-iam-check",
+        action="store_true",
+        help="let every call through; by default each call of a function, job or worker is checked against its "
+        "role's policies in the template and a denied one fails the run, as AccessDenied would on AWS",
+    )
     parser.add_argument("--fail-step", action="append", default=[], metavar="NAME", help="make this Batch step fail")
     parser.add_argument("--logs", default=".demo/logs", help="where process logs go (default: .demo/logs)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
@@ -307,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             faults=faults,
             from_zero=args.from_zero,
             wake=not args.no_wake,
+            iam_check=not args.no_iam_check,
         )
         try:
             pipeline.start()

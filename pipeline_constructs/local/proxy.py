@@ -18,6 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+#: An answer of the proxy's own: (status, headers, body).
+Answer = tuple[int, dict[str, str], bytes]
+Authorize = Callable[[str, str, Any, bytes], "Answer | None"]
+
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
 
 
@@ -63,12 +67,16 @@ def describe_call(method: str, path: str, headers: Any) -> str:
 class FaultProxy(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, authorize: Authorize | None = None) -> None:
+        """``authorize(method, path, headers, body)`` may answer a request itself (an AccessDenied) instead
+        of forwarding it: the local run's IAM check."""
         self.rules: list[Rule] = []
+        self.authorize = authorize
+        self._upstream = threading.local()
         self.last_call = ""
         self._lock = threading.Lock()
         parts = urlsplit(upstream)
-        host, port = parts.hostname, parts.port
+        self._upstream_address = (parts.hostname, parts.port)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -114,17 +122,20 @@ class FaultProxy(ThreadingHTTPServer):
                     rule.action()
                     self.close_connection = True
                     return
+                answer = proxy.authorize(self.command, self.path, self.headers, body) if proxy.authorize else None
+                if answer is not None:
+                    self._reply(*answer)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 headers["Content-Length"] = str(len(body))
-                upstream_conn = http.client.HTTPConnection(host, port, timeout=60)
-                upstream_conn.request(self.command, self.path, body=body, headers=headers)
-                response = upstream_conn.getresponse()
-                payload = response.read()
-                upstream_conn.close()
+                status, reason, response_headers, payload = proxy._forward(self.command, self.path, body, headers)
                 if rule is not None:
                     rule.action()
-                self.send_response(response.status, response.reason)
-                for key, value in response.getheaders():
+                self._reply(status, dict(response_headers), payload, reason)
+
+            def _reply(self, status: int, headers: dict[str, str], payload: bytes, reason: str | None = None) -> None:
+                self.send_response(status, reason)
+                for key, value in headers.items():
                     if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(payload)))
@@ -136,6 +147,23 @@ class FaultProxy(ThreadingHTTPServer):
 
         super().__init__(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.serve_forever, name="fault-proxy", daemon=True).start()
+
+    def _forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, Any, bytes]:
+        """One request upstream on this thread's kept-alive connection (a new one if the old one broke)."""
+        for attempt in (1, 2):
+            connection = getattr(self._upstream, "connection", None)
+            if connection is None:
+                connection = self._upstream.connection = http.client.HTTPConnection(*self._upstream_address, timeout=60)
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                return response.status, response.reason, response.getheaders(), response.read()
+            except (ConnectionError, http.client.HTTPException):
+                connection.close()
+                self._upstream.connection = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A caller killed mid-request (the point of this proxy) is no error worth a traceback."""

@@ -30,6 +30,7 @@ from pipeline_constructs.local.batch import JobDefinitionSpec, LocalBatch
 from pipeline_constructs.local.cron import UnsupportedSchedule, due
 from pipeline_constructs.local.events import LocalEventBus, LocalRule, Target
 from pipeline_constructs.local.fleets import LocalFleet, parse_user_data
+from pipeline_constructs.local.iam import ADMIN_KEY, IamGate
 from pipeline_constructs.local.lambdas import LocalFunction
 from pipeline_constructs.local.resolver import ACCOUNT, Resolver
 
@@ -52,6 +53,13 @@ EMULATED = {
     "AWS::AutoScaling::AutoScalingGroup": "local worker processes",
     "AWS::AutoScaling::LifecycleHook": "workers drain and complete it (local Auto Scaling endpoint)",
     "AWS::EC2::LaunchTemplate": "user data read for the worker environment",
+}
+#: With the IAM check on (the default): the policies every call of a function, job or worker is held against.
+IAM_CHECKED = {
+    "AWS::IAM::Role": "each function's, job's and fleet's calls checked against its policies",
+    "AWS::IAM::Policy": "statements evaluated for every call of the role's component",
+    "AWS::IAM::ManagedPolicy": "statements evaluated for every call of the role's component",
+    "AWS::IAM::InstanceProfile": "names the role of a fleet's workers",
 }
 
 
@@ -107,6 +115,7 @@ class LocalPipeline:
         seed: int = 7,
         from_zero: bool = False,
         wake: bool = True,
+        iam_check: bool = True,
     ) -> None:
         self.stack = stack
         # from_zero: every fleet's group starts at zero workers, as a deployed one does after a quiet night;
@@ -140,6 +149,8 @@ class LocalPipeline:
         self.rules: list[LocalRule] = []
         self.fleets: dict[str, LocalFleet] = {}
         self.autoscaling = LocalAutoScaling()
+        # Every call of a function, job or worker is held against its role's policies in the template.
+        self.iam = IamGate(stack.template, self.resolver, region) if iam_check else None
         self.sns_taps: list[tuple[str, LocalFunction, str]] = []
         self.not_emulated: Counter[str] = Counter()
         self.submitted: dict[str, list[str]] = {}
@@ -168,20 +179,27 @@ class LocalPipeline:
     def _path(self, logical_id: str) -> str:
         return self.resources[logical_id].get("Metadata", {}).get("aws:cdk:path", logical_id)
 
-    def base_environment(self) -> dict[str, str]:
-        """What every local process gets: the emulator, fake credentials, the local Batch endpoint."""
+    def base_environment(self, access_key: str = ADMIN_KEY) -> dict[str, str]:
+        """What every local process gets: the emulator, credentials (``access_key`` names the role whose
+        policies its calls are checked against), the local Batch and Auto Scaling endpoints."""
         environment = {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_ENDPOINT_URL": self._front(self.endpoint),
+            "AWS_ACCESS_KEY_ID": access_key,
             "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
             "AWS_EC2_METADATA_DISABLED": "true",
         }
         if self.batch is not None:
-            environment["AWS_ENDPOINT_URL_BATCH"] = self.batch.endpoint
-        environment["AWS_ENDPOINT_URL_AUTO_SCALING"] = self.autoscaling.endpoint
+            environment["AWS_ENDPOINT_URL_BATCH"] = self._front(self.batch.endpoint)
+        environment["AWS_ENDPOINT_URL_AUTO_SCALING"] = self._front(self.autoscaling.endpoint)
         return environment
+
+    def _front(self, endpoint: str) -> str:
+        return self.iam.front(endpoint) if self.iam is not None else endpoint
+
+    def _key(self, role_reference: Any) -> str:
+        return self.iam.key_for(role_reference) if self.iam is not None else ADMIN_KEY
 
     def _override(self, environment: dict[str, str]) -> dict[str, str]:
         """``--set-env NAME=VALUE`` replaces a variable wherever the template sets it."""
@@ -190,7 +208,7 @@ class LocalPipeline:
     # ------------------------------------------------------------------ bring-up
 
     def start(self) -> None:
-        emulated = set(EMULATED)
+        emulated = set(EMULATED) | (set(IAM_CHECKED) if self.iam is not None else set())
         for resource in self.resources.values():
             if resource["Type"] not in emulated:
                 self.not_emulated[resource["Type"]] += 1
@@ -286,7 +304,9 @@ class LocalPipeline:
                 arn=self.resolver.get_att(logical_id, "Arn"),
                 code_dir=code_dir,
                 handler=props.get("Handler", "index.handler"),
-                environment=dict(os.environ) | self._override(variables) | self.base_environment(),
+                environment=dict(os.environ)
+                | self._override(variables)
+                | self.base_environment(self._key(props.get("Role"))),
                 timeout=int(props.get("Timeout", 3)),
                 retry_attempts=int(config.get("MaximumRetryAttempts", 2)),
                 on_failure=self._failure_sender(failure_arn) if failure_arn else None,
@@ -312,7 +332,13 @@ class LocalPipeline:
             definitions[arn] = JobDefinitionSpec(
                 arn=arn,
                 name=self.resolver.physical_name(logical_id),
-                environment=self._override({e["Name"]: str(e["Value"]) for e in container.get("Environment", [])}),
+                environment=self._override({e["Name"]: str(e["Value"]) for e in container.get("Environment", [])})
+                # The job's role, as the ECS credentials endpoint would give it to the container.
+                | {
+                    "AWS_ACCESS_KEY_ID": self._key(
+                        resource["Properties"].get("ContainerProperties", {}).get("JobRoleArn")
+                    )
+                },
                 image_dir=image_dir,
                 command=container.get("Command"),
                 vcpus=int(float(requirements.get("VCPU", container.get("Vcpus", 1)))),
@@ -409,9 +435,12 @@ class LocalPipeline:
             if "task" not in downloads or "runtime" not in downloads:
                 self.not_emulated[f"AWS::AutoScaling::AutoScalingGroup ({logical_id}: container delivery)"] += 1
                 continue
+            launch_data = templates.get(template_id, {}).get("Properties", {}).get("LaunchTemplateData", {})
+            profile = launch_data.get("IamInstanceProfile", {}).get("Arn")
+            access_key = self.iam.key_for_instance_profile(profile) if self.iam is not None else ADMIN_KEY
             environment = (
                 self._override(environment)
-                | self.base_environment()
+                | self.base_environment(access_key)
                 | {
                     # Time compression for a laptop: short polls and flushes, the shortened visibility timeout.
                     "PIPELINE_WAIT_SECONDS": "2",
@@ -722,12 +751,15 @@ class LocalPipeline:
         self, timeout: float, *, quiet_seconds: float = 2.0, interval: float = 0.5, on_tick=None
     ) -> bool:
         """True once nothing has been busy for ``quiet_seconds`` in a row (longer than any hand-over takes:
-        an SNS tap polls every 0.5 s, a worker acknowledges within 1 s); False at ``timeout``."""
+        an SNS tap polls every 0.5 s, a worker acknowledges within 1 s); False at ``timeout``. A call denied
+        by IAM ends the wait at once: the run has failed, and the work it blocked would never finish."""
         deadline = time.monotonic() + timeout
         quiet_since = None
         while time.monotonic() < deadline:
             if on_tick:
                 on_tick()
+            if self.iam is not None and self.iam.checker.denials:
+                return True
             now = time.monotonic()
             if self.busy():
                 quiet_since = None
@@ -793,6 +825,8 @@ class LocalPipeline:
         failures = self.failure_queue_depths()
         # Downstream queues no fleet consumes (a Batch step drains them): they must end empty, DLQ too.
         fleet_queues = {f.queue_url for f in self.fleets.values()}
+        # A call a role would not allow fails the run as AccessDenied would fail it on AWS.
+        denied = sorted({str(d) for d in self.iam.checker.denials}) if self.iam is not None else []
         drained = {}
         for url in {f.downstream_queue_url for f in self.fleets.values()} - fleet_queues - {""}:
             dlq = self.dead_letter_url(url)
@@ -807,6 +841,7 @@ class LocalPipeline:
             and all(p["rows_succeeded"] == p["done"] and p["rows_failed"] == p["dead"] for p in fleets.values())
             and all(depth == 0 for depth in failures.values())
             and all(depth == 0 for depth in drained.values())
+            and not denied
         )
         return {
             "ok": ok,
@@ -820,6 +855,11 @@ class LocalPipeline:
             "fault_events": list(self.faults.events),
             "not_emulated": dict(self.not_emulated),
             "schedules": {s.path: s.fired for s in self.schedules},
+            "iam": {
+                "checked": self.iam.checker.checked if self.iam is not None else None,
+                "allowed_by_role": dict(self.iam.checker.allowed) if self.iam is not None else {},
+                "denied": denied,
+            },
         }
 
     def outputs(self) -> dict[str, str]:
@@ -851,6 +891,8 @@ class LocalPipeline:
         if self.batch is not None:
             self.batch.close()
         self.autoscaling.close()
+        if self.iam is not None:
+            self.iam.close()
 
 
 def sample_feed(record_tag: str, count: int) -> bytes:

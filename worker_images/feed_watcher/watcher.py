@@ -3,8 +3,10 @@
 The message is also written to ``<prefix>latest-message.json``, for a consumer started by a success link.
 
 Environment: FEED_URL; PIPELINE_BUCKET, PIPELINE_PREFIX (this step's own prefix), PIPELINE_TOPIC_ARN (set by
-BatchChain); optional FEED_TYPE (default "feed"), FEED_RECORD_TAG (the repeated record element, default
-"item"), FEED_EMPTY_CDATA ("true"/"false"), PIPELINE_CHAIN_RUN and PIPELINE_STEP (set by the glue Lambda).
+BatchChain for a step with a message link; without it, nothing is published and the next step, started by a
+success link, reads the message from S3); optional FEED_TYPE (default "feed"), FEED_RECORD_TAG (the repeated
+record element, default "item"), FEED_EMPTY_CDATA ("true"/"false"), PIPELINE_CHAIN_RUN and PIPELINE_STEP (set
+by the glue Lambda).
 
 Change detection: a conditional GET (If-None-Match / If-Modified-Since from the last run); when the server
 ignores those, a SHA-256 of the content, kept with the validators in ``<prefix>state.json``.
@@ -89,7 +91,7 @@ def run(
     url = env.get("FEED_URL", "").strip()
     bucket = env.get("PIPELINE_BUCKET", "").strip()
     topic = env.get("PIPELINE_TOPIC_ARN", "").strip()
-    for name, value in (("FEED_URL", url), ("PIPELINE_BUCKET", bucket), ("PIPELINE_TOPIC_ARN", topic)):
+    for name, value in (("FEED_URL", url), ("PIPELINE_BUCKET", bucket)):
         if not value:
             raise ValueError(f"{name} is required")
     if not url.startswith(("http://", "https://")):  # urllib would open file: and custom schemes too
@@ -136,11 +138,14 @@ def run(
     }
     # Also kept in S3, for a next step started by a success link rather than by this message.
     s3.put_object(Bucket=bucket, Key=f"{prefix}{LATEST_MESSAGE}", Body=json.dumps(message))
-    published = sns.publish(TopicArn=topic, Message=json.dumps(message), MessageAttributes=attributes)
+    message_id = None
+    if topic:
+        published = sns.publish(TopicArn=topic, Message=json.dumps(message), MessageAttributes=attributes)
+        message_id = published["MessageId"]
     # State last: if publishing failed, the next run sees the change again instead of losing it.
     s3.put_object(Bucket=bucket, Key=state_key, Body=json.dumps(new_state | {"changed_at": now.isoformat()}))
-    log("feed changed", url=url, key=key, message_id=published["MessageId"])
-    return {"changed": True, "key": key, "message": message, "message_id": published["MessageId"]}
+    log("feed changed", url=url, key=key, message_id=message_id)
+    return {"changed": True, "key": key, "message": message, "message_id": message_id}
 
 
 def main() -> int:
