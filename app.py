@@ -34,6 +34,7 @@ from pipeline_constructs import (
     StatusStore,
     TaskQueue,
 )
+from pipeline_constructs.compliance import COMPLIANCE_CONTEXT
 from pipeline_constructs.logs import retention_from_days
 
 ENVIRONMENTS_CONTEXT_KEY = "pipeline:environments"
@@ -67,6 +68,9 @@ class EnvironmentConfig:
     # "message": the consumer runs only when the watcher announces a change (the users' way);
     # "success": it runs after every successful watch, reading the watcher's latest message from S3.
     feed_link: str | None = None
+    # True: the compliance profile (customer-managed keys, private subnets behind a NAT gateway, detailed
+    # monitoring, object lock...): every Control Tower proactive control passes, nothing acknowledged.
+    compliance: bool | None = None
 
     @classmethod
     def from_context(cls, name: str, raw: dict[str, Any]) -> EnvironmentConfig:
@@ -87,6 +91,8 @@ class EnvironmentConfig:
             raise ConfigError(
                 f"environment '{name}': removalPolicy={config.removal_policy!r}; allowed: retain, destroy"
             )
+        if config.compliance not in (None, True, False):
+            raise ConfigError(f"environment '{name}': compliance={config.compliance!r}; allowed: true, false")
         if config.feed_link not in (None, "message", "success"):
             raise ConfigError(f"environment '{name}': feedLink={config.feed_link!r}; allowed: message, success")
         try:
@@ -131,6 +137,8 @@ class PipelineStack(cdk.Stack):
     def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.config = config
+        # Before any construct is added: they read the profile when they are built.
+        self.node.set_context(COMPLIANCE_CONTEXT, bool(config.compliance))
         retention = config.log_retention()
         removal = config.cdk_removal_policy
 

@@ -32,9 +32,10 @@ from pipeline_constructs._validation import (
     check_unique,
     claim_prefix,
 )
+from pipeline_constructs.compliance import compliance_profile, default_key, grant_data_key_use
 from pipeline_constructs.data_bucket import DataBucket
 from pipeline_constructs.glue_function import GlueFunction
-from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
+from pipeline_constructs.logs import pipeline_log_group
 from pipeline_constructs.manifest import PipelineManifest
 from pipeline_constructs.network import PipelineNetwork
 from pipeline_constructs.status_store import StatusStore
@@ -135,9 +136,11 @@ class BatchChain(Construct):
     :param bucket: data bucket. Default: a new :class:`DataBucket`.
     :param table: status store (run tracking, trigger guards). Default: the stack's shared one (:meth:`StatusStore.of`).
     :param prefix: the chain's S3 prefix; step ``s`` writes under ``<prefix><s>/``. Default: ``<chain_name>/``.
-    :param log_retention: retention of the job and glue log groups. Default: one month.
+    :param log_retention: retention of the job and glue log groups. Default: one month (a year under the
+        compliance profile).
     :param detailed_monitoring: one-minute EC2 metrics for the created compute environment's instances,
-        about $2.10 a month per running instance; basic five-minute metrics are free. Default: False.
+        about $2.10 a month per running instance; basic five-minute metrics are free. Default: False (True
+        under the compliance profile).
     """
 
     def __init__(
@@ -156,8 +159,8 @@ class BatchChain(Construct):
         bucket: s3.IBucket | None = None,
         table: dynamodb.ITable | None = None,
         prefix: str | None = None,
-        log_retention: logs.RetentionDays = DEFAULT_RETENTION,
-        detailed_monitoring: bool = False,
+        log_retention: logs.RetentionDays | None = None,
+        detailed_monitoring: bool | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.steps = list(steps)
@@ -169,12 +172,18 @@ class BatchChain(Construct):
         claim_prefix(self, self.bucket, self.prefix)
         self.table: dynamodb.ITable = table or StatusStore.of(self).table
         self.log_group = pipeline_log_group(self, "JobLogs", retention=log_retention)
-        self.topic: sns.ITopic = secure_topic(self, "Topic")
+        #: The topic's customer-managed key (the stack's under the compliance profile), else None.
+        self.topic_key = default_key(self, None)
+        self.topic: sns.ITopic = secure_topic(self, "Topic", encryption_key=self.topic_key)
 
         if compute_environment is None:
             network = network or PipelineNetwork(self, "Network")
             compute_environment = self._spot_compute_environment(
-                network, max_vcpus, architecture, instance_classes, detailed_monitoring
+                network,
+                max_vcpus,
+                architecture,
+                instance_classes,
+                compliance_profile(self) if detailed_monitoring is None else detailed_monitoring,
             )
         self.compute_environment = compute_environment
         self.job_queue: batch.IJobQueue = job_queue or batch.JobQueue(
@@ -187,7 +196,7 @@ class BatchChain(Construct):
         self.job_definitions: dict[str, batch.EcsJobDefinition] = {
             step.name: self._job_definition(index, step) for index, step in enumerate(self.steps)
         }
-        self.glue = GlueFunction.of(self, log_retention=log_retention)
+        self.glue = GlueFunction.of(self, log_retention=log_retention, network=network)
         self._wire_links()
         PipelineManifest.of(self).register(
             "chains",
@@ -352,7 +361,7 @@ class BatchChain(Construct):
             )
         )
         if self.bucket.encryption_key is not None:
-            self.bucket.encryption_key.grant_encrypt_decrypt(role)
+            grant_data_key_use(self.bucket.encryption_key, role)
         if step.link is not None and step.link.kind == "message":
             self._grant_publish_only(role)
         if step.consumes is not None:
@@ -505,9 +514,12 @@ class BatchChain(Construct):
     def _grant_publish_only(self, grantee: iam.IGrantable) -> iam.Grant:
         # sns:Publish alone: the topic's AWS managed key is usable through SNS by any principal of the
         # account, so the KMS grant Topic.grant_publish adds (on key/*) would only widen the role.
-        return iam.Grant.add_to_principal(
+        grant = iam.Grant.add_to_principal(
             grantee=grantee, actions=["sns:Publish"], resource_arns=[self.topic.topic_arn]
         )
+        if self.topic_key is not None:  # a customer-managed key: SNS encrypts with the publisher's rights
+            grant_data_key_use(self.topic_key, grantee)
+        return grant
 
     @property
     def first_job_definition(self) -> batch.EcsJobDefinition:

@@ -244,8 +244,12 @@ def cost(
         table.add_column(column)
     table.add_column("$/month", justify="right")
     for line in report["lines"]:
-        table.add_row(line.resource, line.kind, line.detail, f"{line.monthly:.2f}")
+        detail = f"{line.detail} [dim](compliance profile)[/]" if line.profile else line.detail
+        table.add_row(line.resource, line.kind, detail, f"{line.monthly:.2f}")
     table.add_row("", "", "[bold]total idle[/]", f"[bold]{report['idle_monthly']:.2f}[/]")
+    if report["compliance_monthly"]:
+        table.add_row("", "", "of which the compliance profile", f"{report['compliance_monthly']:.2f}")
+        table.add_row("", "", "the default profile would be", f"{report['default_profile_monthly']:.2f}")
     console.print(table)
     usage = Table(title="pay per use (nothing while idle)", title_justify="left")
     usage.add_column("service")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline_constructs.compliance import PROFILE_METADATA
+
 PRICE_TABLE = Path(__file__).resolve().parent / "pricing" / "us-east-1.json"
 #: A fleet's wake check: a schedule whose input (JSON, perhaps inside an Fn::Join) is {"wake": ...}.
 WAKE_INPUT = re.compile(r'\{\\*"wake\\*":')
@@ -23,6 +25,8 @@ class CostLine:
     kind: str
     detail: str
     monthly: float
+    #: "compliance" for what the compliance profile adds (template metadata), else "".
+    profile: str = ""
 
 
 def load_prices(path: Path = PRICE_TABLE) -> dict[str, Any]:
@@ -144,7 +148,15 @@ def idle_costs(template: dict[str, Any], prices: dict[str, Any] | None = None) -
                 )
         elif kind == "AWS::SecretsManager::Secret":
             lines.append(CostLine(logical_id, "secret", "Secrets Manager", always["secrets_manager_secret_month"]))
-    return lines
+        elif kind == "AWS::EC2::EIP":
+            lines.append(CostLine(logical_id, "public IPv4 address", "Elastic IP", always["public_ipv4_hour"] * hours))
+    return [_with_profile(line, template) for line in lines]
+
+
+def _with_profile(line: CostLine, template: dict[str, Any]) -> CostLine:
+    metadata = template["Resources"][line.resource].get("Metadata") or {}
+    profile = metadata.get(PROFILE_METADATA, "")
+    return CostLine(line.resource, line.kind, line.detail, line.monthly, profile) if profile else line
 
 
 def _checks_per_month(expression: str, hours: float) -> float:
@@ -176,6 +188,9 @@ def cost_report(template: dict[str, Any], prices: dict[str, Any] | None = None) 
         "region": prices["region"],
         "lines": lines,
         "idle_monthly": round(sum(line.monthly for line in lines), 2),
+        # What the compliance profile adds while idle, and so what the same stack costs without it.
+        "compliance_monthly": round(sum(line.monthly for line in lines if line.profile == "compliance"), 2),
+        "default_profile_monthly": round(sum(line.monthly for line in lines if line.profile != "compliance"), 2),
         "pay_per_use": prices["pay_per_use"],
         "notes": prices["notes"],
     }

@@ -9,6 +9,7 @@ from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge_control
 from pipeline_constructs._validation import check_duration
+from pipeline_constructs.compliance import compliance_profile, default_key
 
 #: Key prefixes shared by the runtimes: inputs are read from ``input/``, results written to ``output/``
 #: and scratch data to ``intermediate/`` (which expires).
@@ -24,7 +25,9 @@ class DataBucket(Construct):
     noncurrent versions expire, objects under ``intermediate/`` expire, server access logs go to a
     separate log bucket.
 
-    :param encryption_key: customer-managed KMS key for SSE-KMS. Default: None, SSE-S3.
+    :param encryption_key: customer-managed KMS key for SSE-KMS. Default: None, SSE-S3. Under the compliance
+        profile: the stack's key for both buckets, object lock (no default retention) on both, and the log
+        bucket logging its own deliveries.
     :param intermediate_expiration: how long objects under ``intermediate/`` live. Default: 7 days.
     :param noncurrent_version_expiration: how long overwritten or deleted versions are kept. Default: 30 days.
     :param access_log_bucket: where server access logs go. Default: a new log bucket, ``self.access_log_bucket``.
@@ -53,14 +56,23 @@ class DataBucket(Construct):
         check_duration(self, "intermediate_expiration", self.intermediate_expiration, minimum=one_day)
         check_duration(self, "noncurrent_version_expiration", self.noncurrent_version_expiration, minimum=one_day)
         check_duration(self, "access_log_expiration", log_expiration, minimum=one_day)
+        compliance = compliance_profile(self)
+        encryption_key = default_key(self, encryption_key)
 
         if access_log_bucket is None:
             # cdk-nag's S1 (access logs) does not apply to a bucket that is itself a log target.
             access_log_bucket = s3.Bucket(
                 self,
                 "AccessLogs",
-                # Server access log delivery only supports SSE-S3 on the target bucket.
-                encryption=s3.BucketEncryption.S3_MANAGED,
+                # SSE-S3 needs nothing of the logging service; a customer-managed key needs it in its key
+                # policy (PipelineKey has it).
+                encryption=s3.BucketEncryption.KMS if compliance else s3.BucketEncryption.S3_MANAGED,
+                encryption_key=encryption_key if compliance else None,
+                bucket_key_enabled=compliance or None,
+                # Under the profile the log bucket logs too, into itself (every bucket must, CT.S3.PR.2): each
+                # delivery adds one record to a later one, a trickle, not a loop that grows.
+                server_access_logs_prefix="access-log-bucket/" if compliance else None,
+                object_lock_enabled=compliance or None,
                 block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
                 # Object ownership left to the CDK: a bucket policy grants log delivery under the
                 # serverAccessLogsUseBucketPolicy feature flag, an ACL (ObjectWriter) without it.
@@ -77,7 +89,10 @@ class DataBucket(Construct):
                 ],
                 removal_policy=removal_policy,
             )
-            _acknowledge_log_bucket(access_log_bucket)
+            if compliance:
+                _notify_eventbridge(access_log_bucket)
+            else:
+                _acknowledge_log_bucket(access_log_bucket)
         self.access_log_bucket: s3.IBucket = access_log_bucket
 
         self.bucket = s3.Bucket(
@@ -91,6 +106,7 @@ class DataBucket(Construct):
             enforce_ssl=True,
             minimum_tls_version=1.2,
             versioned=True,
+            object_lock_enabled=compliance or None,
             server_access_logs_bucket=self.access_log_bucket,
             server_access_logs_prefix="data-bucket/",
             lifecycle_rules=[
@@ -108,25 +124,30 @@ class DataBucket(Construct):
             ],
             removal_policy=removal_policy,
         )
-        # Object events to EventBridge (free to emit) so users can react to uploads; set natively, where the
-        # CDK's `event_bridge_enabled` would add a notifications custom-resource Lambda to the stack.
-        self.bucket.node.default_child.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
-            event_bridge_configuration=s3.CfnBucket.EventBridgeConfigurationProperty(event_bridge_enabled=True)
-        )
+        _notify_eventbridge(self.bucket)
         if encryption_key is None:
             acknowledge_control(self.bucket, "s3_bucket_default_encryption_kms_check", SSE_S3_REASON)
-        acknowledge_control(
-            self.bucket,
-            "s3_bucket_object_lock_enabled_check",
-            "Pipeline outputs are rewritten when a task is re-run and expire under the lifecycle rules; versioning "
-            "keeps every overwritten or deleted object for noncurrent_version_expiration instead of a lock.",
-        )
+        if not compliance:
+            acknowledge_control(
+                self.bucket,
+                "s3_bucket_object_lock_enabled_check",
+                "Pipeline outputs are rewritten when a task is re-run and expire under the lifecycle rules; versioning "
+                "keeps every overwritten or deleted object for noncurrent_version_expiration instead of a lock.",
+            )
 
 
 SSE_S3_REASON = (
     "SSE-S3 by default: a customer-managed key costs $1 a month and a request charge per object; pass "
     "encryption_key where a key is required."
 )
+
+
+def _notify_eventbridge(bucket: s3.Bucket) -> None:
+    """Object events to EventBridge (free to emit) so users can react to uploads; set natively, where the
+    CDK's ``event_bridge_enabled`` would add a notifications custom-resource Lambda to the stack."""
+    bucket.node.default_child.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
+        event_bridge_configuration=s3.CfnBucket.EventBridgeConfigurationProperty(event_bridge_enabled=True)
+    )
 
 
 def _acknowledge_log_bucket(bucket: s3.Bucket) -> None:

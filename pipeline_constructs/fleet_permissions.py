@@ -10,6 +10,8 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge_wildcard_resources
+from pipeline_constructs.compliance import grant_data_key_use
+from pipeline_constructs.task_queue import grant_send
 
 if TYPE_CHECKING:
     from pipeline_constructs.spot_worker_fleet import SpotWorkerFleet
@@ -66,7 +68,7 @@ def grant_worker_permissions(fleet: SpotWorkerFleet) -> None:
     ]
     fleet.queue.grant_consume_messages(role)
     if fleet.downstream_queue is not None:
-        fleet.downstream_queue.grant_send_messages(role)
+        grant_send(fleet.downstream_queue, role)
     statements = [
         iam.PolicyStatement(actions=["s3:GetObject"], resources=[input_objects]),
         # Get as well as Put: the worker checks a task's completion marker before redoing it.
@@ -94,7 +96,7 @@ def grant_worker_permissions(fleet: SpotWorkerFleet) -> None:
     )
     acknowledge_wildcard_resources(fleet.scale_in_protection_policy, [group_arn], GROUP_ARN_REASON)
     if bucket.encryption_key is not None:
-        bucket.encryption_key.grant_encrypt_decrypt(role)
+        grant_data_key_use(bucket.encryption_key, role)
     if fleet.table.encryption_key is not None:
-        fleet.table.encryption_key.grant_encrypt_decrypt(role)
+        grant_data_key_use(fleet.table.encryption_key, role)
     fleet.log_group.grant_write(role)

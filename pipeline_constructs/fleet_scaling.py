@@ -144,7 +144,7 @@ WAKE_CHECK_RATE = Duration.minutes(1)
 
 def add_wake_check(fleet: SpotWorkerFleet) -> scheduler.Schedule:
     """A schedule invoking the stack's glue function with ``{"wake": {queue, group}}`` every minute."""
-    glue = GlueFunction.of(fleet)
+    glue = GlueFunction.of(fleet, network=fleet.network)
     fleet.queue.grant(glue.role, "sqs:GetQueueAttributes")
     fleet.grant_wake(glue.role)
     check = {"wake": {"queue": fleet.queue.queue_url, "group": fleet.auto_scaling_group.auto_scaling_group_name}}

@@ -12,7 +12,6 @@ from aws_cdk import aws_batch as batch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
@@ -21,13 +20,26 @@ from constructs import Construct, IValidation
 
 from pipeline_constructs._nag import acknowledge, acknowledge_control, acknowledge_wildcard_resources
 from pipeline_constructs._validation import argument_error
-from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
-from pipeline_constructs.task_queue import failure_queue
+from pipeline_constructs.compliance import compliance_profile
+from pipeline_constructs.logs import pipeline_log_group
+from pipeline_constructs.network import PipelineNetwork
+from pipeline_constructs.task_queue import QueueDestination, failure_queue
 
 GLUE_CODE_DIR = Path(__file__).resolve().parent / "glue"
 SINGLETON_ID = "PipelineGlue"
 #: Lambda's limit on all environment variables of a function together.
 ENVIRONMENT_LIMIT_BYTES = 4096
+
+
+#: What the execution role of a function in a VPC must allow (Lambda checks it when the function is created).
+VPC_ACCESS_ACTIONS = (
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+)
 
 
 class GlueFunction(Construct):
@@ -37,11 +49,32 @@ class GlueFunction(Construct):
     Async invocations are retried twice, then land in ``failure_queue`` (also the DLQ of the SNS
     subscriptions, schedules and rules that invoke it).
 
-    :param log_retention: retention of the function's log group. Default: one month.
+    :param log_retention: retention of the function's log group. Default: one month (a year under the
+        compliance profile).
+    :param network: under the compliance profile, the function runs in this network's compute subnets
+        (behind its NAT gateways); outside any VPC otherwise, where it needs neither. Default: None;
+        required under the compliance profile.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, log_retention: logs.RetentionDays = DEFAULT_RETENTION):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        log_retention: logs.RetentionDays | None = None,
+        network: PipelineNetwork | None = None,
+    ):
         super().__init__(scope, construct_id)
+        if not compliance_profile(self):
+            network = None
+        elif network is None:
+            raise argument_error(
+                self,
+                "network",
+                None,
+                "a PipelineNetwork under the compliance profile (the function runs in a VPC): give the stack's "
+                "first BatchChain (or wake_check fleet) a network, or call GlueFunction.of(stack, network=...) first",
+            )
         self.config: dict[str, Any] = {"chains": {}}
         #: The table guarding constant-input schedules (submit once); the first chain's or trigger's table.
         self.guard_table: dynamodb.ITable | None = None
@@ -68,31 +101,46 @@ class GlueFunction(Construct):
             description="pipeline_constructs glue: submits chained and scheduled AWS Batch jobs",
             retry_attempts=2,
             max_event_age=Duration.hours(6),
-            on_failure=destinations.SqsDestination(self.failure_queue),
+            on_failure=QueueDestination(self.failure_queue),
             dead_letter_queue_enabled=False,
+            vpc=network.vpc if network else None,
+            vpc_subnets=network.subnet_selection if network else None,
+            security_groups=(
+                [network.security_group(self, "SecurityGroup", description="Glue function: no inbound")]
+                if network
+                else None
+            ),
         )
         self.node.add_validation(_ConfigSizeCheck(self))
         # A delivery that takes over an expired submit guard first looks for the job its holder may have
         # submitted (by its deterministic name); ListJobs has no resource-level permissions.
         self.role.add_to_principal_policy(iam.PolicyStatement(actions=["batch:ListJobs"], resources=["*"]))
-        acknowledge(
-            self.role,
-            "AwsSolutions-IAM5[Resource::*]",
+        reason = (
             "batch:ListJobs supports no resource-level permissions (the service authorization reference lists "
-            "'*' only); it reads job names and states, and is used only to find a job before a resubmission.",
+            "'*' only); it reads job names and states, and is used only to find a job before a resubmission."
         )
+        if network is not None:
+            # What Lambda needs of the execution role to attach the function to the VPC (the actions of the
+            # AWS managed AWSLambdaVPCAccessExecutionRole, which a role passed to the function does not get).
+            self.role.add_to_principal_policy(iam.PolicyStatement(actions=list(VPC_ACCESS_ACTIONS), resources=["*"]))
+            reason += (
+                " The VPC attachment actions are Lambda's own for its network interfaces, whose ids it chooses; "
+                "AWS documents them on '*' (AWSLambdaVPCAccessExecutionRole)."
+            )
+        acknowledge(self.role, "AwsSolutions-IAM5[Resource::*]", reason)
         acknowledge(
             self.function,
             "Serverless-LambdaDLQ",
             "Failed async invocations go to an on-failure destination (this construct's failure_queue), which "
             "keeps the request and the error; a DLQ as well would deliver each failure twice.",
         )
-        acknowledge_control(
-            self.function,
-            "lambda_inside_vpc_check",
-            "The glue function calls only AWS APIs (Batch, SNS, SQS, DynamoDB, Auto Scaling) and holds no data; "
-            "inside a VPC it would need a NAT gateway or five interface endpoints, $33 to $70 a month per AZ.",
-        )
+        if network is None:
+            acknowledge_control(
+                self.function,
+                "lambda_inside_vpc_check",
+                "The glue function calls only AWS APIs (Batch, SNS, SQS, DynamoDB, Auto Scaling) and holds no data; "
+                "inside a VPC it would need a NAT gateway or five interface endpoints, $33 to $70 a month per AZ.",
+            )
         acknowledge(
             self.function,
             "Serverless-LambdaTracing",
@@ -101,13 +149,19 @@ class GlueFunction(Construct):
         )
 
     @classmethod
-    def of(cls, scope: Construct, *, log_retention: logs.RetentionDays = DEFAULT_RETENTION) -> GlueFunction:
-        """The stack's glue function, created on first use."""
+    def of(
+        cls,
+        scope: Construct,
+        *,
+        log_retention: logs.RetentionDays | None = None,
+        network: PipelineNetwork | None = None,
+    ) -> GlueFunction:
+        """The stack's glue function, created on first use (with the first caller's arguments)."""
         stack = Stack.of(scope)
         existing = stack.node.try_find_child(SINGLETON_ID)
         if existing is not None:
             return existing  # type: ignore[return-value]
-        return cls(stack, SINGLETON_ID, log_retention=log_retention)
+        return cls(stack, SINGLETON_ID, log_retention=log_retention, network=network)
 
     def scheduler_target(
         self,

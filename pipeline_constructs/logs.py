@@ -9,6 +9,7 @@ from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge_control
 from pipeline_constructs._validation import argument_error
+from pipeline_constructs.compliance import compliance_profile, default_key
 
 DEFAULT_RETENTION = logs.RetentionDays.ONE_MONTH
 #: The shortest retention the Control Tower control CT.CLOUDWATCH.PR.2 accepts.
@@ -47,18 +48,27 @@ def pipeline_log_group(
     scope: Construct,
     construct_id: str,
     *,
-    retention: logs.RetentionDays = DEFAULT_RETENTION,
+    retention: logs.RetentionDays | None = None,
     encryption_key: kms.IKey | None = None,
     removal_policy: RemovalPolicy = RemovalPolicy.DESTROY,
     log_group_name: str | None = None,
 ) -> logs.LogGroup:
     """A log group that expires its events.
 
-    :param retention: how long events are kept. Default: one month.
-    :param encryption_key: customer-managed KMS key. Default: None, CloudWatch's own encryption.
+    :param retention: how long events are kept. Default: one month (a year under the compliance profile).
+    :param encryption_key: customer-managed KMS key. Default: None, CloudWatch's own encryption (the stack's
+        key under the compliance profile, which also asks for a retention of a year or more).
     :param removal_policy: what happens to the log group when the stack is deleted. Default: DESTROY.
     :param log_group_name: physical name (e.g. ``/aws/lambda/<function>``). Default: generated.
     """
+    encryption_key = default_key(scope, encryption_key)
+    if retention is None:
+        retention = logs.RetentionDays.ONE_YEAR if compliance_profile(scope) else DEFAULT_RETENTION
+    days = retention_days(retention)
+    if compliance_profile(scope) and days is not None and days < YEAR_IN_DAYS:
+        raise argument_error(
+            scope, "log_retention", f"{days} days", f"{YEAR_IN_DAYS} days or more under the compliance profile"
+        )
     log_group = logs.LogGroup(
         scope,
         construct_id,
@@ -74,7 +84,6 @@ def pipeline_log_group(
             "CloudWatch Logs encrypts every log group with its own key; a customer-managed key costs $1 a month "
             "and needs the logs service in its key policy. Pass encryption_key where one is required.",
         )
-    days = retention_days(retention)
     if days is not None and days < YEAR_IN_DAYS:
         acknowledge_control(
             log_group,

@@ -8,11 +8,13 @@ from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge_control
 from pipeline_constructs._validation import check_not_empty, check_range
-from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
+from pipeline_constructs.compliance import compliance_profile, mark_compliance_cost
+from pipeline_constructs.logs import pipeline_log_group
 
 
 class PipelineNetwork(Construct):
     """Public subnets, no NAT gateway, no interface endpoints; free gateway endpoints for S3 and DynamoDB.
+    (Under the compliance profile: private subnets for compute behind one NAT gateway, no public IPs.)
 
     Workers and Batch jobs get public IPs for outbound traffic (ECR, SQS, SNS, CloudWatch) through the
     internet gateway, which is free, instead of a NAT gateway (about $33 a month per AZ before traffic).
@@ -24,9 +26,14 @@ class PipelineNetwork(Construct):
         (and so AWS credentials) at synth. Default: the first ``max_azs`` of the region, resolved at deploy.
     :param max_azs: how many AZs when ``availability_zones`` is not given. Default: 2. Range: 1 to 6.
     :param cidr: the VPC's IPv4 range. Default: 10.0.0.0/16.
-    :param flow_log_retention: retention of the VPC flow log group. Default: one month.
+    :param flow_log_retention: retention of the VPC flow log group. Default: one month (a year under the
+        compliance profile).
     :param subnet_selection: where compute goes in a passed ``vpc``. Default: the created VPC's public
-        subnets, or the CDK's default choice (private subnets first) in a passed VPC.
+        subnets (its private ones when it has NAT gateways), or the CDK's default choice (private subnets
+        first) in a passed VPC.
+    :param nat_gateways: NAT gateways of a created VPC; with any, compute goes into private subnets behind
+        them and no subnet assigns public IPs. About $33 a month each before traffic. Default: 0 (1 under the
+        compliance profile). Range: 0 to the number of AZs.
     """
 
     def __init__(
@@ -38,10 +45,17 @@ class PipelineNetwork(Construct):
         availability_zones: list[str] | None = None,
         max_azs: int = 2,
         cidr: str = "10.0.0.0/16",
-        flow_log_retention: logs.RetentionDays = DEFAULT_RETENTION,
+        flow_log_retention: logs.RetentionDays | None = None,
         subnet_selection: ec2.SubnetSelection | None = None,
+        nat_gateways: int | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        if nat_gateways is None:
+            nat_gateways = 1 if compliance_profile(self) else 0
+        zone_count = len(availability_zones) if availability_zones else max_azs
+        check_range(self, "nat_gateways", nat_gateways, minimum=0, maximum=zone_count)
+        self.nat_gateways = nat_gateways
+        private = nat_gateways > 0
         check_range(self, "max_azs", max_azs, minimum=1, maximum=6)
         check_not_empty(self, "availability_zones", availability_zones)
         if vpc is not None:
@@ -54,9 +68,21 @@ class PipelineNetwork(Construct):
             ip_addresses=ec2.IpAddresses.cidr(cidr),
             availability_zones=availability_zones,
             max_azs=None if availability_zones else max_azs,
-            nat_gateways=0,
+            nat_gateways=nat_gateways,
             subnet_configuration=[
-                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=20)
+                # Behind NAT gateways nothing needs a public IP of its own (CT.EC2.PR.11: none assigned).
+                ec2.SubnetConfiguration(
+                    name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=20, map_public_ip_on_launch=not private
+                ),
+                *(
+                    [
+                        ec2.SubnetConfiguration(
+                            name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20
+                        )
+                    ]
+                    if private
+                    else []
+                ),
             ],
             # The CDK's default-SG lock-down adds a custom-resource Lambda per stack; nothing here uses
             # the default security group (see security_group()).
@@ -73,7 +99,7 @@ class PipelineNetwork(Construct):
             ),
             traffic_type=ec2.FlowLogTrafficType.REJECT,
         )
-        for subnet in created.public_subnets:
+        for subnet in [] if private else created.public_subnets:
             acknowledge_control(
                 subnet,
                 "subnet_auto_assign_public_ip_disabled_check",
@@ -81,8 +107,13 @@ class PipelineNetwork(Construct):
                 "with a public IP, instead of a NAT gateway at about $33 a month per AZ; their security groups "
                 "allow no inbound traffic.",
             )
+        for gateway in created.node.find_all() if compliance_profile(self) else []:
+            if isinstance(gateway, (ec2.CfnNatGateway, ec2.CfnEIP)):
+                mark_compliance_cost(gateway)
         self.vpc = created
-        self.subnet_selection = subnet_selection or ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC)
+        self.subnet_selection = subnet_selection or ec2.SubnetSelection(
+            subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS if private else ec2.SubnetType.PUBLIC
+        )
 
     def selected_subnets(self) -> ec2.SelectedSubnets:
         """The subnets compute goes into (``subnet_selection`` applied to the VPC)."""
@@ -92,3 +123,7 @@ class PipelineNetwork(Construct):
     def security_group(self, scope: Construct, construct_id: str, *, description: str) -> ec2.SecurityGroup:
         """A security group with outbound access only: no inbound rule, now or later by default."""
         return ec2.SecurityGroup(scope, construct_id, vpc=self.vpc, description=description, allow_all_outbound=True)
+
+
+def _private_subnets() -> ec2.SubnetConfiguration:
+    return ec2.SubnetConfiguration(name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20)

@@ -22,6 +22,7 @@ from pipeline_constructs._validation import argument_error, check_range
 from pipeline_constructs.batch_chain import BatchChain
 from pipeline_constructs.glue_function import GlueFunction
 from pipeline_constructs.status_store import StatusStore
+from pipeline_constructs.task_queue import grant_send
 
 if TYPE_CHECKING:
     from pipeline_constructs.spot_worker_fleet import SpotWorkerFleet
@@ -170,7 +171,7 @@ class ScheduledTrigger(Construct):
         else:
             self.glue = GlueFunction.of(self)
             if fleet is not None:
-                fleet.queue.grant_send_messages(self.glue.role)
+                grant_send(fleet.queue, self.glue.role)
                 fleet.grant_wake(self.glue.role)
                 group = fleet.auto_scaling_group.auto_scaling_group_name
                 self.input = {"enqueue": {"queue": fleet.queue.queue_url, "body": body_text, "group": group}}

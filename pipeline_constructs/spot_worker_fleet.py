@@ -28,6 +28,7 @@ from pipeline_constructs._validation import (
     claim_prefix,
     seconds,
 )
+from pipeline_constructs.compliance import compliance_profile, grant_data_key_use
 from pipeline_constructs.data_bucket import DataBucket
 from pipeline_constructs.fleet_boot import WorkerDelivery, worker_user_data
 from pipeline_constructs.fleet_permissions import grant_wake, grant_worker_permissions
@@ -38,11 +39,11 @@ from pipeline_constructs.fleet_scaling import (
     add_wake_check,
     instance_refresh,
 )
-from pipeline_constructs.logs import DEFAULT_RETENTION, pipeline_log_group
+from pipeline_constructs.logs import pipeline_log_group
 from pipeline_constructs.manifest import PipelineManifest
 from pipeline_constructs.network import PipelineNetwork
 from pipeline_constructs.status_store import StatusStore
-from pipeline_constructs.task_queue import TaskQueue
+from pipeline_constructs.task_queue import TaskQueue, grant_send
 from pipeline_constructs.worker.config import SPARE_DELIVERIES
 
 #: Several current-generation families of one size, so spot capacity is found in more pools.
@@ -94,13 +95,14 @@ class SpotWorkerFleet(Construct):
         on one of them still leaves a reason). Default: 3. Range: 1 to 997.
     :param environment: extra environment variables for the task code. Default: none.
     :param root_volume_size: root EBS volume in GiB (encrypted gp3). Default: 20. Range: 8 to 16384.
-    :param log_retention: retention of the workers' log group. Default: one month.
+    :param log_retention: retention of the workers' log group. Default: one month (a year under the
+        compliance profile).
     :param wake_check: look at the queue every minute (the stack's glue function) and start the fleet from
         zero when tasks wait, for producers that do not call :meth:`grant_wake`'s SetDesiredCapacity
         themselves; scaling on CloudWatch's SQS metrics alone starts it minutes late. About $0.08 a month
         (``pipeline cost``). Default: False.
     :param detailed_monitoring: one-minute EC2 metrics for the workers, about $2.10 a month per running
-        instance; basic five-minute metrics are free. Default: False.
+        instance; basic five-minute metrics are free. Default: False (True under the compliance profile).
     """
 
     def __init__(
@@ -131,11 +133,13 @@ class SpotWorkerFleet(Construct):
         max_receive_count: int = 3,
         environment: Mapping[str, str] | None = None,
         root_volume_size: int = 20,
-        log_retention: logs.RetentionDays = DEFAULT_RETENTION,
+        log_retention: logs.RetentionDays | None = None,
         wake_check: bool = False,
-        detailed_monitoring: bool = False,
+        detailed_monitoring: bool | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        if detailed_monitoring is None:
+            detailed_monitoring = compliance_profile(self)
         self.worker_directory = Path(worker_directory).resolve()
         self.task = task
         check_is_duration(self, "task_timeout", task_timeout)
@@ -360,8 +364,14 @@ class SpotWorkerFleet(Construct):
 
     def grant_submit(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let a producer enqueue tasks and upload their inputs under ``<prefix>input/``."""
-        grant = self.queue.grant_send_messages(grantee)
-        self.bucket.grant_put(grantee, f"{self.prefix}input/*")
+        grant = grant_send(self.queue, grantee)
+        iam.Grant.add_to_principal(
+            grantee=grantee,
+            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
+            resource_arns=[self.bucket.arn_for_objects(f"{self.prefix}input/*")],
+        )
+        if self.bucket.encryption_key is not None:
+            grant_data_key_use(self.bucket.encryption_key, grantee)
         return grant
 
     def grant_wake(self, grantee: iam.IGrantable) -> iam.Grant:
@@ -374,6 +384,8 @@ class SpotWorkerFleet(Construct):
         """Let a consumer (the next stage, an analyst's role) read this fleet's ``<prefix>output/``."""
         outputs = self.bucket.arn_for_objects(f"{self.prefix}output/*")
         grant = iam.Grant.add_to_principal(grantee=grantee, actions=["s3:GetObject"], resource_arns=[outputs])
+        if self.bucket.encryption_key is not None:
+            grant_data_key_use(self.bucket.encryption_key, grantee)
         if isinstance(grantee.grant_principal, Construct):
             acknowledge_wildcard_resources(
                 grantee.grant_principal,

@@ -10,6 +10,7 @@ from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge_control
 from pipeline_constructs._validation import check_duration
+from pipeline_constructs.compliance import default_key
 
 #: Item layout shared by the runtimes (worker, glue Lambda, CLI): partition key ``pk``, sort key ``sk``,
 #: and ``expires_at`` (epoch seconds) for DynamoDB's TTL.
@@ -27,7 +28,8 @@ class StatusStore(Construct):
 
     :param record_ttl: how long a status record lives; the runtimes stamp it into ``expires_at``.
         Default: 90 days. Range: 1 to 3650 days.
-    :param encryption_key: customer-managed KMS key. Default: None, AWS owned key (free).
+    :param encryption_key: customer-managed KMS key. Default: None, AWS owned key (free); the stack's key
+        under the compliance profile.
     :param point_in_time_recovery: continuous backups (billed per GB, pennies for a status table).
         Default: True.
     :param removal_policy: what happens to the table when the stack is deleted. Default: RETAIN.
@@ -46,6 +48,7 @@ class StatusStore(Construct):
         super().__init__(scope, construct_id)
         self.record_ttl = record_ttl or Duration.days(90)
         check_duration(self, "record_ttl", self.record_ttl, minimum=Duration.days(1), maximum=Duration.days(3650))
+        encryption_key = default_key(self, encryption_key)
         self.table = dynamodb.Table(
             self,
             "Table",

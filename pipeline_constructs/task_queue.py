@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import jsii
 from aws_cdk import Duration
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge
 from pipeline_constructs._validation import check_duration, check_range, check_visibility_covers, seconds
+from pipeline_constructs.compliance import default_key, grant_data_key_use
 
 #: SQS' own limits.
 MAX_VISIBILITY_TIMEOUT = Duration.hours(12)
@@ -33,7 +37,8 @@ class TaskQueue(Construct):
         second consumer while the first is still on it. Default: None, not checked.
     :param max_receive_count: receives before a message moves to the DLQ. Default: 3. Range: 1 to 1000.
     :param retention_period: how long the task queue keeps a message. Default: 4 days. Range: 60 s to 14 days.
-    :param encryption_key: customer-managed KMS key for both queues. Default: None, SSE-SQS.
+    :param encryption_key: customer-managed KMS key for both queues. Default: None, SSE-SQS (the stack's key
+        under the compliance profile).
     :param queue_name: physical name of the task queue (the DLQ gets a ``-dlq`` suffix). Default: generated.
     """
 
@@ -72,6 +77,7 @@ class TaskQueue(Construct):
         )
         check_visibility_covers(self, visibility_timeout, "consumer_timeout", consumer_timeout)
 
+        encryption_key = default_key(self, encryption_key)
         encryption = sqs.QueueEncryption.KMS if encryption_key else sqs.QueueEncryption.SQS_MANAGED
         self.dead_letter_queue = sqs.Queue(
             self,
@@ -97,11 +103,41 @@ class TaskQueue(Construct):
         )
 
 
+def grant_send(queue: sqs.IQueue, grantee: iam.IGrantable) -> iam.Grant:
+    """What a producer needs to send to ``queue``: ``sqs:SendMessage`` (and the two reads SDKs make) and, on a
+    queue with a customer-managed key, exactly the key use SQS asks of a sender. The CDK's
+    ``grant_send_messages`` adds ``kms:ReEncrypt*`` and ``kms:GenerateDataKey*`` wildcards instead."""
+    grant = iam.Grant.add_to_principal(
+        grantee=grantee,
+        actions=["sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"],
+        resource_arns=[queue.queue_arn],
+    )
+    if queue.encryption_master_key is not None:
+        grant_data_key_use(queue.encryption_master_key, grantee)
+    return grant
+
+
+@jsii.implements(lambda_.IDestination)
+class QueueDestination:
+    """A Lambda on-failure (or on-success) destination queue, granted with :func:`grant_send`; the CDK's
+    ``SqsDestination`` grants with ``grant_send_messages``."""
+
+    def __init__(self, queue: sqs.IQueue) -> None:
+        self.queue = queue
+
+    def bind(
+        self, _scope: Construct, fn: lambda_.IFunction, *_options: lambda_.DestinationOptions
+    ) -> lambda_.DestinationConfig:
+        grant_send(self.queue, fn)
+        return lambda_.DestinationConfig(destination=self.queue.queue_arn)
+
+
 def failure_queue(scope: Construct, construct_id: str, *, encryption_key: kms.IKey | None = None) -> sqs.Queue:
     """A queue that is itself a last stop (a Lambda on-failure destination, a subscription's DLQ).
 
     Same security as :class:`TaskQueue`'s DLQ: SSE-SQS unless a key is given, TLS only, 14 days retention.
     """
+    encryption_key = default_key(scope, encryption_key)
     queue = sqs.Queue(
         scope,
         construct_id,

@@ -1,0 +1,130 @@
+"""The compliance profile: one switch under which the constructs make none of the default's cost trade-offs.
+
+Turn it on for an app, a stack or any scope with CDK context, before the constructs are added::
+
+    stack.node.set_context(COMPLIANCE_CONTEXT, True)      # or: cdk synth -c pipeline-constructs:compliance=true
+
+Under it every construct that gets no key of its own encrypts with the stack's customer-managed key
+(:meth:`PipelineKey.of`): buckets, the status table, queues, topics and log groups; log groups keep a year at
+least; launch templates turn on detailed monitoring; :class:`PipelineNetwork` puts compute in private
+subnets behind a NAT gateway, with no public IP assigned anywhere; the glue function runs in the VPC; the
+buckets get object lock (no default retention) and event notifications, the log bucket its own access log.
+The example then passes every Control Tower proactive control with nothing acknowledged. What it adds
+while idle (the NAT gateway and its address, the key) carries the metadata below, which ``pipeline cost``
+reads to show the default's idle cost next to it.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import ArnFormat, CfnResource, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from constructs import Construct, IConstruct
+
+#: The context key of the switch (true / false).
+COMPLIANCE_CONTEXT = "pipeline-constructs:compliance"
+#: Template metadata on the resources the profile adds that bill while idle.
+PROFILE_METADATA = "pipeline-constructs:profile"
+#: The id of the stack's shared key, at the stack's root.
+KEY_ID = "PipelineKey"
+
+
+def compliance_profile(scope: IConstruct) -> bool:
+    """Whether the compliance profile is on for ``scope`` (context ``pipeline-constructs:compliance``)."""
+    value = scope.node.try_get_context(COMPLIANCE_CONTEXT)
+    return value is True or str(value).lower() == "true"
+
+
+def mark_compliance_cost(resource: IConstruct) -> None:
+    """Mark a resource the profile adds and that bills while idle (for ``pipeline cost``)."""
+    cfn = resource if isinstance(resource, CfnResource) else resource.node.default_child
+    if isinstance(cfn, CfnResource):
+        cfn.add_metadata(PROFILE_METADATA, "compliance")
+
+
+#: What a principal needs of a key to read and write data that S3, SQS, SNS and DynamoDB encrypt with it.
+DATA_KEY_ACTIONS = ("kms:Decrypt", "kms:GenerateDataKey")
+
+
+def grant_data_key_use(key: kms.IKey, grantee: iam.IGrantable) -> iam.Grant:
+    """Exactly :data:`DATA_KEY_ACTIONS` on ``key``: no ``kms:ReEncrypt*`` or ``kms:GenerateDataKey*``
+    wildcards (the CDK's ``grant_encrypt_decrypt`` adds both)."""
+    return key.grant(grantee, *DATA_KEY_ACTIONS)
+
+
+def default_key(scope: Construct, given: kms.IKey | None) -> kms.IKey | None:
+    """The key a construct encrypts with: the one it was given, else the stack's key under the profile."""
+    if given is not None or not compliance_profile(scope):
+        return given
+    return PipelineKey.of(scope).key
+
+
+class PipelineKey(Construct):
+    """The stack's customer-managed key for the compliance profile: rotated yearly, and usable by the
+    services that write into the stack's resources on their own (CloudWatch Logs, S3 server access logging,
+    CloudWatch alarms and EventBridge publishing to topics), each only for this account's resources."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, removal_policy: RemovalPolicy = RemovalPolicy.RETAIN):
+        super().__init__(scope, construct_id)
+        stack = Stack.of(self)
+        self.key = kms.Key(
+            self,
+            "Key",
+            description=f"pipeline_constructs: data, status, queues, topics and logs of {stack.stack_name}",
+            enable_key_rotation=True,
+            removal_policy=removal_policy,
+        )
+        mark_compliance_cost(self.key)
+        self.key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchLogsOfThisAccount",
+                principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+                actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+                resources=["*"],
+                conditions={
+                    "ArnLike": {
+                        "kms:EncryptionContext:aws:logs:arn": stack.format_arn(
+                            service="logs",
+                            resource="log-group",
+                            resource_name="*",
+                            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+                        )
+                    }
+                },
+            )
+        )
+        # Grants only for AWS services acting for their resources (DynamoDB creates one for the table), never
+        # for a principal to pass the key's use on (CT.KMS.PR.3).
+        self.key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="GrantsOnlyForAwsServices",
+                effect=iam.Effect.DENY,
+                principals=[iam.AnyPrincipal()],
+                actions=["kms:CreateGrant"],
+                resources=["*"],
+                conditions={
+                    "BoolIfExists": {"kms:GrantIsForAWSResource": "false", "aws:PrincipalIsAWSService": "false"}
+                },
+            )
+        )
+        for sid, principal in (
+            ("S3ServerAccessLogging", "logging.s3.amazonaws.com"),
+            ("CloudWatchAlarmsToTopics", "cloudwatch.amazonaws.com"),
+            ("EventBridgeToTopicsAndQueues", "events.amazonaws.com"),
+        ):
+            self.key.add_to_resource_policy(
+                iam.PolicyStatement(
+                    sid=sid,
+                    principals=[iam.ServicePrincipal(principal)],
+                    actions=["kms:GenerateDataKey*", "kms:Decrypt"],
+                    resources=["*"],
+                    conditions={"StringEquals": {"aws:SourceAccount": stack.account}},
+                )
+            )
+
+    @classmethod
+    def of(cls, scope: Construct) -> PipelineKey:
+        """The stack's key, created on first use."""
+        stack = Stack.of(scope)
+        existing = stack.node.try_find_child(KEY_ID)
+        return existing if existing is not None else cls(stack, KEY_ID)  # type: ignore[return-value]
