@@ -21,10 +21,10 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct, IConstruct
 
+from pipeline_constructs.cost import PROFILE_METADATA
+
 #: The context key of the switch (true / false).
 COMPLIANCE_CONTEXT = "pipeline-constructs:compliance"
-#: Template metadata on the resources the profile adds that bill while idle.
-PROFILE_METADATA = "pipeline-constructs:profile"
 #: The id of the stack's shared key, at the stack's root.
 KEY_ID = "PipelineKey"
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline_constructs.compliance import PROFILE_METADATA
-
 PRICE_TABLE = Path(__file__).resolve().parent / "pricing" / "us-east-1.json"
 #: A fleet's wake check: a schedule whose input (JSON, perhaps inside an Fn::Join) is {"wake": ...}.
+#: Template metadata on the resources the compliance profile adds that bill while idle (set by
+#: ``pipeline_constructs.compliance``; this module stays free of the CDK, for a quick ``pipeline cost``).
+PROFILE_METADATA = "pipeline-constructs:profile"
 WAKE_INPUT = re.compile(r'\{\\*"wake\\*":')
 
 

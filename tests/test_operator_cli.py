@@ -253,3 +253,12 @@ def test_cost_of_the_example_app_lists_its_alarms_and_no_idle_compute(example_st
     assert report["idle_monthly"] == pytest.approx(sum(line.monthly for line in report["lines"]), abs=0.01)
     assert report["idle_monthly"] <= 1.00
     assert "SQS" in report["pay_per_use"]
+
+
+def test_cost_prints_the_compliance_profiles_idle_cost_next_to_the_defaults(example_outdir):
+    code, output = invoke("cost", "--assembly", str(example_outdir), "--stack", "pipeline-prod")
+    assert code == 0, output
+    assert "(compliance profile)" in output
+    assert "38.50" in output  # total idle: NAT gateway, its address, the key, the alarms
+    default_row = next(line for line in output.splitlines() if "default profile" in line)
+    assert "1.00" in default_row  # the same stack without the profile: its alarms only
