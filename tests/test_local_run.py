@@ -366,21 +366,33 @@ def _assembly_without(outdir: Path, target: Path, policy_prefix: str, action: st
 
 
 @pytest.mark.parametrize(
-    ("policy_prefix", "action", "call", "resource"),
+    ("policy_prefix", "action", "call", "resource", "run"),
     [
-        ("StatisticsInstanceRoleDefaultPolicy", "sqs:DeleteMessage", "sqs:DeleteMessageBatch", "StatisticsTasksQueue"),
-        ("PipelineGlueRoleDefaultPolicy", "batch:SubmitJob", "batch:SubmitJob", ":job-queue/"),
-        ("FeedsfeedwatcherJobRoleDefaultPolicy", "s3:PutObject", "s3:PutObject", "/feeds/feed_watcher/"),
+        (
+            "StatisticsInstanceRoleDefaultPolicy",
+            "sqs:DeleteMessage",
+            "sqs:DeleteMessageBatch",
+            "StatisticsTasksQueue",
+            ("--demo", "--tasks", "4"),
+        ),
+        ("PipelineGlueRoleDefaultPolicy", "batch:SubmitJob", "batch:SubmitJob", ":job-queue/", ("--fire", "DailyFeed")),
+        (
+            "FeedsfeedwatcherJobRoleDefaultPolicy",
+            "s3:PutObject",
+            "s3:PutObject",
+            "/feeds/feed_watcher/",
+            ("--demo", "--tasks", "1"),  # the demo serves the feed the watcher fetches
+        ),
     ],
     ids=["fleet worker", "glue function", "batch job"],
 )
 def test_a_permission_missing_from_a_role_fails_the_local_run_naming_it(
-    example_outdir, tmp_path, policy_prefix, action, call, resource
+    example_outdir, tmp_path, policy_prefix, action, call, resource, run
 ):
     """IAM checked by execution: the call gets AccessDenied, as on AWS, and the run fails naming the role,
     the call, the missing action and the resource."""
     assembly = _assembly_without(example_outdir, tmp_path / "assembly", policy_prefix, action)
-    code, result = run_local(assembly, tmp_path, "--demo", "--tasks", "4", "--timeout", "60")
+    code, result = run_local(assembly, tmp_path, *run, "--timeout", "60")
     assert code == 1
     assert not result["timed_out"]  # a denial ends the run at once
     denied = result["iam"]["denied"]
