@@ -69,6 +69,12 @@ def check_is_duration(scope: Construct | str, argument: str, value: object) -> N
         raise argument_error(scope, argument, value, "a Duration, such as Duration.minutes(5)")
 
 
+def check_is_instance(scope: Construct | str, argument: str, value: object, kind: type, hint: str = "") -> None:
+    """``network=vpc`` where a PipelineNetwork belongs would fail later with an AttributeError."""
+    if value is not None and not isinstance(value, kind):
+        raise argument_error(scope, argument, type(value).__name__, f"a {kind.__name__}{hint}")
+
+
 def check_task_function(scope: Construct | str, directory: Path, task: str) -> None:
     """``module:function`` must name a function defined in ``directory``: read from its source, never imported
     (importing user code at synth would run it). A wrong name would crash-loop every worker after deploy."""

@@ -27,6 +27,7 @@ from pipeline_constructs._validation import (
     argument_error,
     check_duration,
     check_is_duration,
+    check_is_instance,
     check_not_empty,
     check_range,
     check_unique,
@@ -37,7 +38,7 @@ from pipeline_constructs.data_bucket import DataBucket
 from pipeline_constructs.glue_function import GlueFunction
 from pipeline_constructs.logs import pipeline_log_group
 from pipeline_constructs.manifest import PipelineManifest
-from pipeline_constructs.network import PipelineNetwork
+from pipeline_constructs.network import NETWORK_HINT, PipelineNetwork
 from pipeline_constructs.status_store import StatusStore
 from pipeline_constructs.topic import secure_topic
 
@@ -163,6 +164,7 @@ class BatchChain(Construct):
         detailed_monitoring: bool | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        check_is_instance(self, "network", network, PipelineNetwork, NETWORK_HINT)
         self.steps = list(steps)
         self.chain_name = chain_name or construct_id
         self._created_compute = compute_environment is None

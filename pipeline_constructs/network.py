@@ -7,9 +7,12 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge_control
-from pipeline_constructs._validation import check_not_empty, check_range
+from pipeline_constructs._validation import argument_error, check_not_empty, check_range
 from pipeline_constructs.compliance import compliance_profile, mark_compliance_cost
 from pipeline_constructs.logs import pipeline_log_group
+
+#: How a user with a VPC of their own gets a PipelineNetwork (said by the error for ``network=vpc``).
+NETWORK_HINT = " (a VPC of your own: PipelineNetwork(scope, 'Network', vpc=vpc))"
 
 
 class PipelineNetwork(Construct):
@@ -28,9 +31,10 @@ class PipelineNetwork(Construct):
     :param cidr: the VPC's IPv4 range. Default: 10.0.0.0/16.
     :param flow_log_retention: retention of the VPC flow log group. Default: one month (a year under the
         compliance profile).
-    :param subnet_selection: where compute goes in a passed ``vpc``. Default: the created VPC's public
-        subnets (its private ones when it has NAT gateways), or the CDK's default choice (private subnets
-        first) in a passed VPC.
+    :param subnet_selection: where compute goes. Default: the created VPC's public subnets (its private ones
+        when it has NAT gateways); in a passed ``vpc``, its private subnets with egress, else its public ones.
+        A passed VPC with isolated subnets only is an error (no route to ECR, SQS, SNS or CloudWatch): pass
+        ``subnet_selection`` when its interface endpoints make them usable.
     :param nat_gateways: NAT gateways of a created VPC; with any, compute goes into private subnets behind
         them and no subnet assigns public IPs. About $33 a month each before traffic. Default: 0 (1 under the
         compliance profile). Range: 0 to the number of AZs.
@@ -60,7 +64,7 @@ class PipelineNetwork(Construct):
         check_not_empty(self, "availability_zones", availability_zones)
         if vpc is not None:
             self.vpc: ec2.IVpc = vpc
-            self.subnet_selection = subnet_selection or ec2.SubnetSelection()
+            self.subnet_selection = subnet_selection or _subnets_with_a_route_out(self, vpc)
             return
         created = ec2.Vpc(
             self,
@@ -127,3 +131,19 @@ class PipelineNetwork(Construct):
 
 def _private_subnets() -> ec2.SubnetConfiguration:
     return ec2.SubnetConfiguration(name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20)
+
+
+def _subnets_with_a_route_out(network: PipelineNetwork, vpc: ec2.IVpc) -> ec2.SubnetSelection:
+    """Private subnets with egress, else public ones: never the isolated subnets the CDK would pick first
+    in a VPC without private ones, from where workers and jobs could not reach the AWS APIs they call."""
+    if vpc.private_subnets:
+        return ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+    if vpc.public_subnets:
+        return ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC)
+    raise argument_error(
+        network,
+        "vpc",
+        vpc.node.path,
+        "a VPC with private subnets with egress or public subnets (isolated ones reach no AWS API without "
+        "interface endpoints; pass subnet_selection when it has them)",
+    )

@@ -21,6 +21,7 @@ from pipeline_constructs._validation import (
     argument_error,
     check_duration,
     check_is_duration,
+    check_is_instance,
     check_not_empty,
     check_range,
     check_task_function,
@@ -41,7 +42,7 @@ from pipeline_constructs.fleet_scaling import (
 )
 from pipeline_constructs.logs import pipeline_log_group
 from pipeline_constructs.manifest import PipelineManifest
-from pipeline_constructs.network import PipelineNetwork
+from pipeline_constructs.network import NETWORK_HINT, PipelineNetwork
 from pipeline_constructs.status_store import StatusStore
 from pipeline_constructs.task_queue import TaskQueue, grant_send
 from pipeline_constructs.worker.config import SPARE_DELIVERIES
@@ -138,6 +139,7 @@ class SpotWorkerFleet(Construct):
         detailed_monitoring: bool | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        check_is_instance(self, "network", network, PipelineNetwork, NETWORK_HINT)
         if detailed_monitoring is None:
             detailed_monitoring = compliance_profile(self)
         self.worker_directory = Path(worker_directory).resolve()

@@ -189,6 +189,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         f"suite: {ran} tests in {elapsed:.0f} s wall on {workers or 1} process(es), {os.cpu_count()} cores: "
         f"{verdict} the {SUITE_BUDGET_SECONDS} s budget"
     )
+    mistakes = [r for kind in ("passed", "failed") for r in stats.get(kind, []) if r.when == "call" and _mistake(r)]
+    if mistakes:
+        caught = sum(1 for r in mistakes if r.passed)
+        terminalreporter.write_line(
+            f"user mistakes: {caught} of {len(mistakes)} caught at synth with one line (marker user_mistake)"
+        )
+
+
+def _mistake(report: Any) -> bool:
+    return "user_mistake" in getattr(report, "keywords", {})
 
 
 # ---------------------------------------------------------------- running on several processes (pytest-xdist)

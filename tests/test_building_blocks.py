@@ -6,11 +6,24 @@ import json
 
 import aws_cdk as cdk
 import pytest
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk.assertions import Match, Template
+from conftest import ROOT
 
-from pipeline_constructs import DataBucket, PipelineNetwork, StatusStore, TaskQueue, secure_topic
+from pipeline_constructs import (
+    BatchChain,
+    ChainStep,
+    DataBucket,
+    PipelineNetwork,
+    SpotWorkerFleet,
+    StatusStore,
+    TaskQueue,
+    secure_topic,
+)
 from pipeline_constructs.logs import retention_from_days
+
+SQS_WORKER = ROOT / "worker_images" / "sqs_worker"
 
 
 @pytest.fixture
@@ -177,12 +190,49 @@ def test_visibility_defaults_above_the_consumer_timeout(stack):
             lambda s: retention_from_days(s, "retention_days", 10),
             "Test: retention_days=10 is invalid; allowed: 1, 3, 5",
         ),
+        (
+            lambda s: PipelineNetwork(s, "Net", availability_zones=["us-east-1a"], nat_gateways=2),
+            "Test/Net: nat_gateways=2 is invalid; allowed: 0 to 1",
+        ),
+        (
+            lambda s: PipelineNetwork(s, "Net", vpc=_isolated_vpc(s)),
+            "Test/Net: vpc='Test/Isolated' is invalid; allowed: a VPC with private subnets with egress or public "
+            "subnets",
+        ),
+        (
+            lambda s: SpotWorkerFleet(s, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats", network=_vpc(s)),
+            "Test/Fleet: network='Vpc' is invalid; allowed: a PipelineNetwork (a VPC of your own: "
+            "PipelineNetwork(scope, 'Network', vpc=vpc))",
+        ),
+        (
+            lambda s: BatchChain(s, "Chain", steps=[ChainStep(name="a", image="x/y:1")], network=_vpc(s)),
+            "Test/Chain: network='Vpc' is invalid; allowed: a PipelineNetwork",
+        ),
     ],
 )
+@pytest.mark.user_mistake
 def test_bad_arguments_raise_one_value_error_naming_everything(stack, make, message):
     with pytest.raises(ValueError) as error:
         make(stack)
-    assert str(error.value).startswith(message)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def _vpc(scope: cdk.Stack) -> ec2.Vpc:
+    return ec2.Vpc(scope, "Vpc", availability_zones=["us-east-1a"], nat_gateways=0)
+
+
+def _isolated_vpc(scope: cdk.Stack) -> ec2.Vpc:
+    isolated = ec2.SubnetConfiguration(name="isolated", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+    return ec2.Vpc(scope, "Isolated", availability_zones=["us-east-1a"], subnet_configuration=[isolated])
+
+
+def test_a_vpc_of_your_own_puts_compute_where_there_is_a_route_out(stack):
+    """Public and isolated subnets: the CDK's default choice would be the isolated ones (no route out)."""
+    public = ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC)
+    isolated = ec2.SubnetConfiguration(name="isolated", subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
+    vpc = ec2.Vpc(stack, "Own", availability_zones=["us-east-1a"], subnet_configuration=[public, isolated])
+    network = PipelineNetwork(stack, "Net", vpc=vpc)
+    assert network.selected_subnets().subnet_ids == [s.subnet_id for s in vpc.public_subnets]
 
 
 def test_unresolved_tokens_are_not_checked(stack):

@@ -139,13 +139,15 @@ def _compliance_stack() -> cdk.Stack:
     return cdk.Stack(app, "Governed", env=cdk.Environment(region="eu-central-1", account="123456789012"))
 
 
+@pytest.mark.user_mistake
 def test_a_log_retention_under_a_year_is_refused_at_synth():
     stack = _compliance_stack()
     with pytest.raises(ValueError, match=r"log_retention=.*14 days.*365 days or more under the compliance profile"):
         pipeline_log_group(stack, "Logs", retention=logs.RetentionDays.TWO_WEEKS)
 
 
-def test_a_glue_function_without_a_network_is_refused_at_synth(tmp_path):
+@pytest.mark.user_mistake
+def test_a_glue_function_without_a_network_is_refused_at_synth():
     stack = _compliance_stack()
     bucket = DataBucket(stack, "Data").bucket
     chain = BatchChain(

@@ -156,8 +156,11 @@ def test_unknown_environment_is_a_one_line_error(tmp_path):
         ({"logRetentionDays": 10}, "logRetentionDays=10 is invalid"),
         ({"removalPolicy": "snapshot"}, "removalPolicy='snapshot'"),
         ({"fleetSize": 3}, "unknown key(s) fleetSize"),
+        ({"compliance": "yes"}, "compliance='yes'; allowed: true, false"),
+        ({"feedLink": "always"}, "feedLink='always'; allowed: message, success"),
     ],
 )
+@pytest.mark.user_mistake
 def test_bad_environment_config_names_the_key(change, message):
     raw = cdk_json_context()[example_app.ENVIRONMENTS_CONTEXT_KEY]["dev"] | change
     with pytest.raises(example_app.ConfigError) as error:
