@@ -50,6 +50,9 @@ MIN_VCPUS, MAX_VCPUS = 1, 192
 MIN_MEMORY_MIB, MAX_MEMORY_MIB = 4, 24 * 1024 * 1024
 MIN_TIMEOUT = Duration.seconds(60)
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
+#: Under the chain's prefix, where the glue function stores a message too large for SubmitJob (a claim
+#: check, ``_messages/<run>/<step>.json``); no step name starts with "_", so no step's prefix is this.
+CLAIMS_FOLDER = "_messages/"
 #: What a link hands the next step; set by the glue, so a step's or link's own value would be overridden
 #: (or override the real message).
 LINK_VARIABLES = ("DOWNLOAD_MESSAGE", "PREVIOUS_JOB_ID")
@@ -351,6 +354,10 @@ class BatchChain(Construct):
             list(step.reads_from) if step.reads_from is not None else ([self.steps[index - 1].name] if index else [])
         )
         readable = [self.bucket.arn_for_objects(f"{self.prefix}{name}/*") for name in sources]
+        previous_link = self.steps[index - 1].link if index else None
+        if previous_link is not None and previous_link.kind == "message":
+            # A message too large for SubmitJob arrives as a claim check (DOWNLOAD_MESSAGE_S3).
+            readable.append(self.bucket.arn_for_objects(f"{self.prefix}{CLAIMS_FOLDER}*/{step.name}.json"))
         own = self.bucket.arn_for_objects(f"{self.prefix}{step.name}/*")
         role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[own]))
         if readable:
@@ -457,6 +464,7 @@ class BatchChain(Construct):
                 "topicArn": self.topic.topic_arn if has_message_link else None,
                 "table": self.table.table_name,
                 "steps": steps_config,
+                **({"claims": self._grant_claim_checks()} if has_message_link else {}),
             },
             owner=self,
         )
@@ -508,6 +516,20 @@ class BatchChain(Construct):
             actions=["batch:SubmitJob"],
             resource_arns=[self.job_queue.job_queue_arn, self.job_definitions[self.steps[0].name].job_definition_arn],
         )
+
+    def _grant_claim_checks(self) -> dict[str, str]:
+        """Let the glue function store messages too large for SubmitJob under this chain's claims folder."""
+        claims = self.bucket.arn_for_objects(f"{self.prefix}{CLAIMS_FOLDER}*")
+        self.glue.role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:PutObject"], resources=[claims]))
+        if self.bucket.encryption_key is not None:
+            grant_data_key_use(self.bucket.encryption_key, self.glue.role)
+        acknowledge_wildcard_resources(
+            self.glue.role,
+            [claims],
+            f"Messages too large for SubmitJob, stored as claim checks under {self.chain_name}'s "
+            f"'{self.prefix}{CLAIMS_FOLDER}' only; their keys are chain runs known at run time.",
+        )
+        return {"bucket": self.bucket.bucket_name, "prefix": f"{self.prefix}{CLAIMS_FOLDER}"}
 
     def grant_publish(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let ``grantee`` publish to the chain's topic (as a step with a message link does)."""

@@ -459,3 +459,22 @@ def test_only_a_step_that_may_publish_is_told_the_topic(dev_template):
         environment = {e["Name"]: e["Value"] for e in definition["Properties"]["ContainerProperties"]["Environment"]}
         steps[environment["PIPELINE_STEP"]] = "PIPELINE_TOPIC_ARN" in environment
     assert steps == {"feed_watcher": True, "feed_consumer": False, "daily_report": False}
+
+
+def test_message_links_get_a_claim_check_folder_the_glue_writes_and_the_next_step_reads(dev_template):
+    """A message over SubmitJob's 30 KiB goes to S3: the glue may write only the chain's _messages/ folder,
+    and only the step after a message link may read its own claim checks there."""
+    glue_role = "PipelineGlueRole"
+    writes, reads = [], {}
+    for logical_id, policy in dev_template.find_resources("AWS::IAM::Policy").items():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            text = json.dumps(statement["Resource"])
+            if "_messages/" in text:
+                if logical_id.startswith(glue_role):
+                    writes.append((statement["Action"], text))
+                else:
+                    reads[logical_id] = text
+    assert writes == [("s3:PutObject", writes[0][1])] and "/feeds/_messages/*" in writes[0][1]
+    ((reader, resource),) = reads.items()
+    assert reader.startswith("FeedsfeedconsumerJobRole")
+    assert "/feeds/_messages/*/feed_consumer.json" in resource

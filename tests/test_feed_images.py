@@ -111,6 +111,25 @@ def test_changed_feed_is_stored_announced_and_converted_unchanged_feed_is_silent
     assert "ignored characters after the message's JSON" in consumer.stdout
 
 
+def test_the_consumer_reads_a_claim_checked_message_from_s3(feed_world):
+    watcher = run_script(WATCHER, watcher_env(feed_world))
+    assert watcher.returncode == 0, watcher.stderr
+    (message,) = published(feed_world)
+    feed_world.aws.s3.put_object(Bucket=feed_world.bucket, Key="feeds/_messages/run-9/feed_consumer.json", Body=message)
+    consumer = run_script(
+        CONSUMER,
+        feed_world.env
+        | {
+            "DOWNLOAD_MESSAGE_S3": f"s3://{feed_world.bucket}/feeds/_messages/run-9/feed_consumer.json",
+            "PIPELINE_BUCKET": feed_world.bucket,
+            "PIPELINE_PREFIX": "feeds/feed_consumer/",
+            "PIPELINE_CHAIN_RUN": "run-9",
+        },
+    )
+    assert consumer.returncode == 0, consumer.stderr
+    assert len(read_single_output(feed_world, "feeds/feed_consumer/run-9/").decode().splitlines()) == 25
+
+
 def test_without_a_topic_a_change_is_stored_for_a_success_link_and_nothing_is_published(feed_world):
     """A watcher linked by success gets no PIPELINE_TOPIC_ARN (nor sns:Publish): it must not try to publish."""
     environment = {k: v for k, v in watcher_env(feed_world).items() if k != "PIPELINE_TOPIC_ARN"}

@@ -115,6 +115,40 @@ def test_sns_event_submits_the_next_step_with_the_raw_message(batch_world):
     assert job["jobName"] == request["jobName"]
 
 
+def test_a_message_too_large_for_submit_job_goes_to_s3_as_a_claim_check(batch_world, aws):
+    """SubmitJob takes 30 KiB: a 100 KB message travels as DOWNLOAD_MESSAGE_S3, byte for byte, stored once
+    under a key that a redelivery of the same message rewrites, never duplicates."""
+    bucket = f"claims-{uuid.uuid4().hex[:8]}"
+    aws.s3.create_bucket(Bucket=bucket)
+    batch_world.config["chains"]["feeds"]["claims"] = {"bucket": bucket, "prefix": "feeds/_messages/"}
+    batch_world.glue.s3 = aws.s3
+    message = '{"keys": ["' + "k" * 100_000 + '"]}}'
+    batch_world.glue.handle(sns_event(batch_world.topic, message))
+    batch_world.glue.handle(sns_event(batch_world.topic, message))  # redelivered
+    (request,) = batch_world.submitted
+    assert glue.request_size(request) <= glue.SUBMIT_JOB_BUDGET
+    env = env_of(request)
+    assert "DOWNLOAD_MESSAGE" not in env
+    claim = env["DOWNLOAD_MESSAGE_S3"]
+    assert claim.startswith(f"s3://{bucket}/feeds/_messages/") and claim.endswith("/consumer.json")
+    key = claim.removeprefix(f"s3://{bucket}/")
+    assert aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode() == message
+    assert aws.s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+
+
+def test_a_message_too_large_without_a_claims_bucket_is_refused_naming_its_size(batch_world):
+    with pytest.raises(glue.EventError, match=r"SubmitJob request of \d+ bytes is over Batch's 30720"):
+        batch_world.glue.handle(sns_event(batch_world.topic, "x" * 40_000))
+    assert batch_world.submitted == []
+
+
+def test_a_message_that_fits_stays_in_the_environment(batch_world):
+    message = "m" * 20_000
+    batch_world.glue.handle(sns_event(batch_world.topic, message))
+    (request,) = batch_world.submitted
+    assert env_of(request)["DOWNLOAD_MESSAGE"] == message
+
+
 def test_constant_input_submits_exactly_one_job_with_string_values(batch_world):
     event = {
         "jobName": "feed-check",

@@ -5,7 +5,9 @@ It takes three kinds of event and submits AWS Batch jobs for them:
 - the users' constant input from a schedule: ``{"jobName", "jobQueue", "jobDefinition",
   "containerOverrides"?, "parameters"?}`` (plus ``"chain"`` and ``"scheduledTime"`` when a chain starts);
 - an SNS event: a step published to its chain's topic (a *message link*); the next step gets the message,
-  unchanged and opaque, in ``DOWNLOAD_MESSAGE`` plus the link's static environment;
+  unchanged and opaque, in ``DOWNLOAD_MESSAGE`` plus the link's static environment. A message that would
+  take the SubmitJob request over Batch's 30 KiB is stored in S3 instead (a claim check:
+  ``<chain prefix>messages/<run>/<step>.json``) and the step gets ``DOWNLOAD_MESSAGE_S3=s3://bucket/key``;
 - an EventBridge "Batch Job State Change": recorded in the status store (run tracking), and on SUCCEEDED
   a *success link* submits the next step with ``PREVIOUS_JOB_ID``.
 
@@ -22,6 +24,7 @@ in the status store makes a redelivered trigger submit nothing twice.
 Configuration: ``GLUE_CONFIG`` (JSON, written by the constructs)::
 
     {"chains": {"<chain>": {"jobQueue": "<arn>", "topicArn": "<arn>"|null, "table": "<name>"|null,
+                            "claims"?: {"bucket": "<name>", "prefix": "<chain prefix>messages/"},
                             "steps": [{"name", "jobDefinition", "arraySize"?, "link"?: {"kind": "message"|"success",
                                        "environment": {...}}, "wakes"?: "<Auto Scaling group>"}]}},
      "table": "<name>"|null}
@@ -48,6 +51,10 @@ log.setLevel(logging.INFO)
 JOB_NAME_LIMIT = 128
 STATUS_RANK = {"SUBMITTED": 0, "PENDING": 1, "RUNNABLE": 2, "STARTING": 3, "RUNNING": 4, "SUCCEEDED": 5, "FAILED": 5}
 RECORD_TTL_SECONDS = 90 * 86400
+#: Batch caps a SubmitJob request at 30 KiB; above the budget (room for the SDK's own framing) a message
+#: goes to S3 as a claim check.
+SUBMIT_JOB_LIMIT = 30 * 1024
+SUBMIT_JOB_BUDGET = SUBMIT_JOB_LIMIT - 1024
 
 
 class EventError(ValueError):
@@ -363,6 +370,37 @@ def from_success(facts: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     return f"success#{facts['job_id']}", request
 
 
+def request_size(request: dict[str, Any]) -> int:
+    """The SubmitJob request body's size as the SDK sends it (JSON, UTF-8)."""
+    return len(json.dumps(request, separators=(",", ":")).encode())
+
+
+def claim_check(
+    request: dict[str, Any], claims: dict[str, str] | None
+) -> tuple[str, str, bytes, dict[str, Any]] | None:
+    """None when ``request`` fits SubmitJob; else (bucket, key, message, request without the message).
+
+    A chain without ``claims`` cannot store the message: :class:`EventError` says how big it was, so the
+    event lands in the on-failure queue with the reason instead of failing in Batch."""
+    size = request_size(request)
+    if size <= SUBMIT_JOB_BUDGET:
+        return None
+    environment = request["containerOverrides"]["environment"]
+    message = next((e["value"] for e in environment if e["name"] == "DOWNLOAD_MESSAGE"), None)
+    if message is None or not claims:
+        raise EventError(
+            f"SubmitJob request of {size} bytes is over Batch's {SUBMIT_JOB_LIMIT} (the DOWNLOAD_MESSAGE "
+            f"of {len((message or '').encode())} bytes); this chain has no bucket for a claim check"
+        )
+    step = next(e["value"] for e in environment if e["name"] == "PIPELINE_STEP")
+    run = next(e["value"] for e in environment if e["name"] == "PIPELINE_CHAIN_RUN")
+    key = f"{claims['prefix']}{run}/{step}.json"
+    kept = [e for e in environment if e["name"] != "DOWNLOAD_MESSAGE"]
+    kept.append({"name": "DOWNLOAD_MESSAGE_S3", "value": f"s3://{claims['bucket']}/{key}"})
+    smaller = request | {"containerOverrides": request["containerOverrides"] | {"environment": kept}}
+    return claims["bucket"], key, message.encode(), smaller
+
+
 # ---------------------------------------------------------------- side effects
 
 
@@ -377,8 +415,10 @@ class Glue:
         dynamodb: Any | None,
         sqs: Any | None = None,
         autoscaling: Any | None = None,
+        s3: Any | None = None,
     ) -> None:
         self.config = config
+        self.s3 = s3
         self.batch = batch
         self.dynamodb = dynamodb
         self.sqs = sqs
@@ -400,7 +440,8 @@ class Glue:
             return {"kind": kind, "submitted": [self.submit_once(event.get("chain"), guard, request)]}
         if kind == "sns":
             submitted = [
-                self.submit_once(chain, guard, request) for chain, guard, request in from_sns(event, self.config)
+                self.submit_once(chain, guard, self.claim_check(chain, request))
+                for chain, guard, request in from_sns(event, self.config)
             ]
             return {"kind": kind, "submitted": submitted}
         facts = job_facts(event, self.config)
@@ -412,6 +453,17 @@ class Glue:
         successor = from_success(facts)
         submitted = [self.submit_once(facts["chain"], *successor)] if successor else []
         return {"kind": kind, "status": facts["status"], "submitted": submitted}
+
+    def claim_check(self, chain: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The request itself when it fits SubmitJob; else the same with its message stored in S3."""
+        claimed = claim_check(request, (self.config["chains"].get(chain) or {}).get("claims"))
+        if claimed is None:
+            return request
+        bucket, key, body, smaller = claimed
+        # The same key for a redelivered message: rewriting it is harmless, and the job reads one object.
+        self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/octet-stream")
+        log.info("message stored as a claim check", extra={"bucket": bucket, "key": key, "bytes": len(body)})
+        return smaller
 
     def submit_once(self, chain: str | None, guard: str, request: dict[str, Any]) -> dict[str, str]:
         """SubmitJob, unless this trigger already submitted its job (redelivered event, Lambda retry)."""
@@ -633,6 +685,7 @@ def handler(event: Any, _context: Any = None) -> dict[str, Any]:
             dynamodb=boto3.resource("dynamodb"),
             sqs=boto3.client("sqs"),
             autoscaling=boto3.client("autoscaling"),
+            s3=boto3.client("s3"),
         )
     result = _glue.handle(event)
     log.info("handled", extra={"result": result})

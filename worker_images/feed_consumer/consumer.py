@@ -1,7 +1,8 @@
 """feed_consumer: read DOWNLOAD_MESSAGE, download the feed files, stream-parse the XML, write JSON lines.
 
 Environment: DOWNLOAD_MESSAGE (the SNS message the previous step published, passed on unchanged by the
-glue Lambda) or, when a success link started the step, MESSAGE_KEY (the S3 key of that message);
+glue Lambda), or DOWNLOAD_MESSAGE_S3 (``s3://bucket/key``: the glue's claim check for a message too large
+for SubmitJob), or, when a success link started the step, MESSAGE_KEY (the S3 key of that message);
 PARALLELISM (files processed at once, default 4); PIPELINE_BUCKET and PIPELINE_PREFIX (this step's own
 prefix, for the output); PIPELINE_CHAIN_RUN (names the output folder).
 
@@ -109,7 +110,13 @@ def run(environ: dict[str, str] | None = None, *, s3: Any = None) -> list[dict[s
     env = os.environ if environ is None else environ
     s3 = s3 or boto3.client("s3")
     raw = env.get("DOWNLOAD_MESSAGE", "")
-    if not raw.strip() and env.get("MESSAGE_KEY", "").strip():
+    claim = env.get("DOWNLOAD_MESSAGE_S3", "").strip()
+    if not raw.strip() and claim:
+        bucket, _, key = claim.removeprefix("s3://").partition("/")
+        if not claim.startswith("s3://") or not bucket or not key:
+            raise ValueError(f"DOWNLOAD_MESSAGE_S3={claim!r} is invalid; allowed: s3://bucket/key")
+        raw = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    elif not raw.strip() and env.get("MESSAGE_KEY", "").strip():
         # Started by a success link: the previous step's message is in S3, not in the environment.
         raw = s3.get_object(Bucket=env["PIPELINE_BUCKET"], Key=env["MESSAGE_KEY"].strip())["Body"].read().decode()
     message = parse_message(raw)
