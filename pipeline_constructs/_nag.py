@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jsii
 from aws_cdk import Acknowledgment, Stack, Validations
-from constructs import IConstruct
+from constructs import IConstruct, IValidation
 
 
 def acknowledge(construct: IConstruct, rule: str, reason: str) -> None:
@@ -55,10 +56,29 @@ def _render(value: Any) -> str:
     if isinstance(value, dict) and "Fn::GetAtt" in value:
         logical_id, attribute = value["Fn::GetAtt"]
         return f"<{logical_id}.{attribute}>"
+    if isinstance(value, dict) and isinstance(value.get("Fn::ImportValue"), str):
+        return value["Fn::ImportValue"]  # a resource of another stack: cdk-nag spells its export's name
     raise ValueError(f"cannot spell {value!r} as cdk-nag does")
 
 
 def acknowledge_wildcard_resources(construct: IConstruct, resources: list[str], reason: str) -> None:
-    """Accept AwsSolutions-IAM5 for exactly these resource ARNs (prefix wildcards) on ``construct``."""
+    """Accept AwsSolutions-IAM5 for exactly these resource ARNs (prefix wildcards) on ``construct``.
+
+    A resource of another stack (a bucket passed across stacks) only gets its final spelling, an export's
+    name, when synthesis resolves the references: a validation hook, which runs after that, adds it then.
+    """
     for resource in resources:
         acknowledge(construct, f"AwsSolutions-IAM5[Resource::{nag_notation(construct, resource)}]", reason)
+    construct.node.add_validation(_SpellAgainAfterReferences(construct, resources, reason))
+
+
+@jsii.implements(IValidation)
+class _SpellAgainAfterReferences:
+    def __init__(self, construct: IConstruct, resources: list[str], reason: str) -> None:
+        self.construct, self.resources, self.reason = construct, resources, reason
+
+    def validate(self) -> list[str]:
+        for resource in self.resources:
+            spelled = nag_notation(self.construct, resource)
+            acknowledge(self.construct, f"AwsSolutions-IAM5[Resource::{spelled}]", self.reason)
+        return []

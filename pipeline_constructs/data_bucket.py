@@ -16,6 +16,8 @@ from pipeline_constructs.compliance import compliance_profile, default_key
 INPUT_PREFIX = "input/"
 OUTPUT_PREFIX = "output/"
 INTERMEDIATE_PREFIX = "intermediate/"
+#: The CDK feature flag under which server access log delivery is granted by bucket policy, not by ACL.
+LOG_DELIVERY_BY_POLICY = "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy"
 
 
 class DataBucket(Construct):
@@ -49,6 +51,8 @@ class DataBucket(Construct):
         removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
     ) -> None:
         super().__init__(scope, construct_id)
+        # Log delivery granted by a bucket policy, never an ACL (CT.S3.PR.5), whatever the app's feature flags.
+        self.node.set_context(LOG_DELIVERY_BY_POLICY, True)
         self.intermediate_expiration = intermediate_expiration or Duration.days(7)
         self.noncurrent_version_expiration = noncurrent_version_expiration or Duration.days(30)
         log_expiration = access_log_expiration or Duration.days(365)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from aws_cdk import Aws, Duration, Token
+from aws_cdk import Acknowledgment, Aws, Duration, Token, Validations
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
@@ -263,6 +263,13 @@ class SpotWorkerFleet(Construct):
         if zones and not any(Token.is_unresolved(zone) for zone in zones):
             # Named as well as implied by the subnets: CT.AUTOSCALING.PR.1 reads this property for multi-AZ.
             self.auto_scaling_group.node.default_child.availability_zones = sorted(set(zones))
+            Validations.of(self.auto_scaling_group).acknowledge(
+                Acknowledgment(
+                    id="CloudFormation-Validate::W3010",
+                    reason="The zones are those of the group's subnets, named where the network was made; listed "
+                    "again because the Control Tower control CT.AUTOSCALING.PR.1 reads them here.",
+                )
+            )
         self.drain_hook = add_drain_hook(self)
         grant_worker_permissions(self)
         add_backlog_scaling(self, tasks_per_worker)
