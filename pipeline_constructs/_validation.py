@@ -9,8 +9,9 @@ from __future__ import annotations
 import ast
 import json
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from aws_cdk import Duration, Stack, Token
 from aws_cdk import aws_s3 as s3
@@ -61,6 +62,23 @@ def seconds(duration: Duration | None) -> float | None:
     if duration is None or duration.is_unresolved():
         return None
     return duration.to_seconds()
+
+
+def stack_singleton(scope: Construct, construct_id: str, kind: type, create: Callable[[Stack, str], Any]) -> Any:
+    """The stack's one ``kind`` at ``<stack>/<construct_id>``, created by ``create`` on first use. A construct
+    of the user's own under that id is named in one line, not mistaken for the library's."""
+    stack = Stack.of(scope)
+    existing = stack.node.try_find_child(construct_id)
+    if existing is None:
+        return create(stack, construct_id)
+    if not isinstance(existing, kind):
+        raise argument_error(
+            f"{stack.node.path}/{construct_id}",
+            "id",
+            construct_id,
+            f"left to the library's shared {kind.__name__} (this stack's is a {type(existing).__name__}: rename it)",
+        )
+    return existing
 
 
 def check_is_duration(scope: Construct | str, argument: str, value: object) -> None:

@@ -21,6 +21,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct, IConstruct
 
+from pipeline_constructs._validation import stack_singleton
 from pipeline_constructs.cost import PROFILE_METADATA
 
 #: The context key of the switch (true / false).
@@ -125,6 +126,4 @@ class PipelineKey(Construct):
     @classmethod
     def of(cls, scope: Construct) -> PipelineKey:
         """The stack's key, created on first use."""
-        stack = Stack.of(scope)
-        existing = stack.node.try_find_child(KEY_ID)
-        return existing if existing is not None else cls(stack, KEY_ID)  # type: ignore[return-value]
+        return stack_singleton(scope, KEY_ID, cls, cls)

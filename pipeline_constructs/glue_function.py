@@ -19,7 +19,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct, IValidation
 
 from pipeline_constructs._nag import acknowledge, acknowledge_control, acknowledge_wildcard_resources
-from pipeline_constructs._validation import argument_error
+from pipeline_constructs._validation import argument_error, stack_singleton
 from pipeline_constructs.compliance import compliance_profile
 from pipeline_constructs.logs import pipeline_log_group
 from pipeline_constructs.network import PipelineNetwork
@@ -157,11 +157,12 @@ class GlueFunction(Construct):
         network: PipelineNetwork | None = None,
     ) -> GlueFunction:
         """The stack's glue function, created on first use (with the first caller's arguments)."""
-        stack = Stack.of(scope)
-        existing = stack.node.try_find_child(SINGLETON_ID)
-        if existing is not None:
-            return existing  # type: ignore[return-value]
-        return cls(stack, SINGLETON_ID, log_retention=log_retention, network=network)
+        return stack_singleton(
+            scope,
+            SINGLETON_ID,
+            cls,
+            lambda stack, construct_id: cls(stack, construct_id, log_retention=log_retention, network=network),
+        )
 
     def scheduler_target(
         self,

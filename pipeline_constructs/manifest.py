@@ -7,6 +7,8 @@ from typing import Any
 from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
+from pipeline_constructs._validation import stack_singleton
+
 OUTPUT_NAME = "PipelineManifest"
 SINGLETON_ID = "PipelineManifest"
 
@@ -28,9 +30,7 @@ class PipelineManifest(Construct):
 
     @classmethod
     def of(cls, scope: Construct) -> PipelineManifest:
-        stack = Stack.of(scope)
-        existing = stack.node.try_find_child(SINGLETON_ID)
-        return existing if existing is not None else cls(stack, SINGLETON_ID)  # type: ignore[return-value]
+        return stack_singleton(scope, SINGLETON_ID, cls, cls)
 
     def _json(self) -> str:
         return Stack.of(self).to_json_string(self.content)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from pipeline_constructs._nag import acknowledge_control
-from pipeline_constructs._validation import check_duration
+from pipeline_constructs._validation import check_duration, stack_singleton
 from pipeline_constructs.compliance import default_key
 
 #: Item layout shared by the runtimes (worker, glue Lambda, CLI): partition key ``pk``, sort key ``sk``,
@@ -77,11 +77,7 @@ class StatusStore(Construct):
     def of(cls, scope: Construct) -> StatusStore:
         """The stack's shared status store, created on first use: the default of every fleet, chain and
         trigger that gets no ``table``, so a stack has one table however many of them it holds."""
-        stack = Stack.of(scope)
-        existing = stack.node.try_find_child(SHARED_ID)
-        if existing is not None:
-            return existing  # type: ignore[return-value]
-        return cls(stack, SHARED_ID)
+        return stack_singleton(scope, SHARED_ID, cls, cls)
 
     def grant_write_status(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let ``grantee`` write status records and read one back by key (to skip done work); no scans or deletes."""

@@ -26,12 +26,12 @@ def cdk_json_context() -> dict[str, Any]:
     return json.loads((ROOT / "cdk.json").read_text())["context"]
 
 
-def synth_example(outdir: Path, extra_context: dict[str, Any] | None = None):
+def synth_example(outdir: Path, extra_context: dict[str, Any] | None = None, *, rule_packs: bool = True):
     """Build and synthesize the example app into ``outdir``; returns the app (for tree inspection)."""
     import app as example_app
 
     context = cdk_json_context() | {"aws:cdk:version-reporting": False} | (extra_context or {})
-    app = example_app.build_app(context, outdir=str(outdir))
+    app = example_app.build_app(context, outdir=str(outdir), rule_packs=rule_packs)
     app.synth()
     return app
 

@@ -10,6 +10,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk.assertions import Match, Template
 from conftest import ROOT
+from constructs import Construct
 
 from pipeline_constructs import (
     BatchChain,
@@ -207,6 +208,21 @@ def test_visibility_defaults_above_the_consumer_timeout(stack):
         (
             lambda s: BatchChain(s, "Chain", steps=[ChainStep(name="a", image="x/y:1")], network=_vpc(s)),
             "Test/Chain: network='Vpc' is invalid; allowed: a PipelineNetwork",
+        ),
+        (
+            lambda s: (
+                cdk.CfnOutput(s, "PipelineManifest", value="mine"),
+                SpotWorkerFleet(s, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats"),
+            ),
+            "Test/PipelineManifest: id='PipelineManifest' is invalid; allowed: left to the library's shared "
+            "PipelineManifest (this stack's is a CfnOutput: rename it)",
+        ),
+        (
+            lambda s: (
+                Construct(s, "PipelineStatus"),
+                BatchChain(s, "Chain", steps=[ChainStep(name="a", image="x/y:1")]),
+            ),
+            "Test/PipelineStatus: id='PipelineStatus' is invalid; allowed: left to the library's shared StatusStore",
         ),
     ],
 )

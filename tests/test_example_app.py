@@ -89,10 +89,10 @@ def test_every_acknowledgment_has_a_reason(example_outdir):
 def test_unacknowledged_finding_fails_synth(tmp_path):
     """The rule packs are wired into synth: a bare bucket (no TLS policy, no logs, no versioning) fails it,
     by cdk-nag's rules and by the Control Tower controls."""
-    context = cdk_json_context() | {"env": "dev"}
-    app = example_app.build_app(context, outdir=str(tmp_path))
-    stack = app.node.find_child("pipeline-dev")
+    app = cdk.App(outdir=str(tmp_path))
+    stack = cdk.Stack(app, "pipeline-dev")
     s3.CfnBucket(stack, "CarelessBucket")
+    example_app.add_rule_packs(app)  # what build_app attaches (the example's own report shows all three)
     with pytest.raises(Exception, match="ValidationFailed") as error:
         app.synth()
     assert "pipeline-dev/CarelessBucket" in str(error.value)

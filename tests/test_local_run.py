@@ -147,7 +147,7 @@ def test_the_local_run_follows_a_changed_example_app(tmp_path):
     try:
         outdir = tmp_path / "cdk.out"
         dev = _dev_config() | {"feedLink": "success", "feedUrl": feed.url}
-        synth_example(outdir, {"pipeline:environments": {"dev": dev}, "env": "dev"})
+        synth_example(outdir, {"pipeline:environments": {"dev": dev}, "env": "dev"}, rule_packs=False)
         code, result = run_local(outdir, tmp_path, "--fire", "DailyFeed", "--timeout", "90")
     finally:
         feed.shutdown()

@@ -13,6 +13,7 @@ recorded with the component, the call, the resource and the missing action, so t
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -124,8 +125,14 @@ class Statement:
 
 
 def _glob(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
+    return _compiled(pattern, ignore_case).fullmatch(value) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str, ignore_case: bool) -> re.Pattern[str]:
+    """IAM's wildcards (``*`` any run, ``?`` one character) as a regex, compiled once per pattern."""
     regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL) is not None
+    return re.compile(regex, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
 
 
 def _condition_holds(operator: str, key: str, expected: Any, context: dict[str, str]) -> bool:
