@@ -14,6 +14,9 @@ ENV ?=
 # e.g. make demo DEMO_FLAGS='--kill-worker-every 4 --poison 3 --spot-notice-after 6'
 DEMO_FLAGS ?=
 BASE_PYTHON ?= python3
+# The modules of the constructs (what users import): the API reference's pages.
+API_MODULES := spot_worker_fleet batch_chain scheduled_trigger data_bucket task_queue status_store network topic \
+	logs alarms compliance glue_function
 
 # The venv first on PATH: `python` in cdk.json and `node` for jsii and the CDK CLI are the venv's.
 export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
@@ -21,7 +24,7 @@ export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export CDK_DISABLE_VERSION_CHECK := true
 
-.PHONY: help setup synth test snapshots demo summary bench chaos deploy lint clean
+.PHONY: help setup synth test snapshots demo summary bench chaos deploy lint docs clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -54,6 +57,9 @@ demo: setup ## The main job: run the dev pipeline end to end on a local AWS emul
 
 summary: synth ## Print what each stack contains: resources by kind, what each construct made
 	$(PYTHON) -m pipeline_constructs.summary
+
+docs: setup ## The API reference from the docstrings, as HTML in docs/api/ (pdoc; importing the CDK runs Node)
+	PDOC_ALLOW_EXEC=1 $(PYTHON) -m pdoc --docformat restructuredtext -o docs/api $(addprefix pipeline_constructs.,$(API_MODULES))
 
 bench: setup ## Measure requests per task, throughput, synth time, faults; writes bench/REPORT.md
 	$(PYTHON) -m bench

@@ -136,6 +136,9 @@ def failure_queue(scope: Construct, construct_id: str, *, encryption_key: kms.IK
     """A queue that is itself a last stop (a Lambda on-failure destination, a subscription's DLQ).
 
     Same security as :class:`TaskQueue`'s DLQ: SSE-SQS unless a key is given, TLS only, 14 days retention.
+
+    :param encryption_key: customer-managed KMS key. Default: None, SSE-SQS (the stack's key under the
+        compliance profile).
     """
     encryption_key = default_key(scope, encryption_key)
     queue = sqs.Queue(

@@ -211,6 +211,7 @@ JSII_TESTS = (
     "tests/test_example_app.py",
     "tests/test_control_tower.py",
     "tests/test_compliance.py",
+    "tests/test_docstrings.py",
     "tests/test_spot_worker_fleet.py",
     "tests/test_local_run.py::test_the_local_run_follows_a_changed_example_app",
     "tests/test_operator_cli.py::test_cost_reports_a_nat_gateway_with_its_price",
