@@ -111,7 +111,9 @@ def test_a_lifecycle_termination_is_drained_and_completed_in_the_local_run(examp
 
 def test_a_failed_step_makes_the_run_exit_non_zero(example_outdir, tmp_path):
     outdir = example_outdir
-    code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "2", "--fail-step", "feed_consumer")
+    code, result = run_local(
+        outdir, tmp_path, "--demo", "--tasks", "0", "--fire", "DailyFeed", "--fail-step", "feed_consumer"
+    )
     assert code == 1
     consumer = next(j for j in result["jobs"] if j["step"] == "feed_consumer")
     assert consumer["status"] == "FAILED"
@@ -299,7 +301,7 @@ def test_a_lost_task_makes_the_demo_exit_non_zero(example_outdir, tmp_path, monk
             self.sqs.purge_queue(QueueUrl=fleet.queue_url)
 
     monkeypatch.setattr(LocalPipeline, "submit_sample_tasks", submit_then_lose)
-    code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "4", "--timeout", "60")
+    code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "4", "--no-schedules", "--timeout", "60")
     assert code == 1
     ((_, statistics),) = result["fleets"].items()
     assert statistics["lost"] == 4
@@ -373,7 +375,7 @@ def _assembly_without(outdir: Path, target: Path, policy_prefix: str, action: st
             "sqs:DeleteMessage",
             "sqs:DeleteMessageBatch",
             "StatisticsTasksQueue",
-            ("--demo", "--tasks", "4"),
+            ("--demo", "--tasks", "4", "--no-schedules"),
         ),
         ("PipelineGlueRoleDefaultPolicy", "batch:SubmitJob", "batch:SubmitJob", ":job-queue/", ("--fire", "DailyFeed")),
         (
@@ -381,7 +383,7 @@ def _assembly_without(outdir: Path, target: Path, policy_prefix: str, action: st
             "s3:PutObject",
             "s3:PutObject",
             "/feeds/feed_watcher/",
-            ("--demo", "--tasks", "1"),  # the demo serves the feed the watcher fetches
+            ("--demo", "--tasks", "0", "--fire", "DailyFeed"),  # the demo serves the feed the watcher fetches
         ),
     ],
     ids=["fleet worker", "glue function", "batch job"],

@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--endpoint-url", default=None, help="use this AWS emulator instead of an embedded moto")
     parser.add_argument("--demo", action="store_true", help="serve a sample feed, fire every schedule, submit tasks")
     parser.add_argument("--fire", action="append", default=[], help="fire this schedule (repeatable; 'all')")
+    parser.add_argument(
+        "--no-schedules", action="store_true", help="with --demo: the sample tasks only, no schedule fired"
+    )
     parser.add_argument("--tasks", type=int, default=20, help="sample tasks per first-stage fleet (with --demo)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes per fleet (default: 2)")
     parser.add_argument(
@@ -342,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The day's tasks first, then the nightly schedules (which may report on those tasks).
                 pipeline.submit_sample_tasks(args.tasks)
                 idle = wait(args.timeout)
-            fire = args.fire or (["all"] if args.demo and pipeline.schedules else [])
+            fire = args.fire or (["all"] if args.demo and pipeline.schedules and not args.no_schedules else [])
             for name in fire:
                 try:
                     for fired in pipeline.fire(name):
