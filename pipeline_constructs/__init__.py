@@ -18,6 +18,7 @@ _EXPORTS = {
     "BatchChain": "pipeline_constructs.batch_chain",
     "ChainLink": "pipeline_constructs.batch_chain",
     "ChainStep": "pipeline_constructs.batch_chain",
+    "StepImage": "pipeline_constructs.batch_chain",
     "GlueFunction": "pipeline_constructs.glue_function",
     "PipelineAlarms": "pipeline_constructs.alarms",
     "ScheduledTrigger": "pipeline_constructs.scheduled_trigger",

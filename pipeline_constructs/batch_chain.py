@@ -88,7 +88,10 @@ class ChainStep:
     """One Batch job of a chain.
 
     :param name: step name (letters, digits, ``-``, ``_``; used in job names and S3 prefixes).
-    :param image: a ``worker_images/<dir>`` directory (built as a Docker image asset) or an image URI.
+    :param image: where the container image comes from, said explicitly: :meth:`StepImage.from_directory`
+        (a directory with a Dockerfile, built as an image asset) or :meth:`StepImage.from_registry` (a tagged
+        or digested registry URI). A ``Path`` is a directory; a ``str`` is a directory if one exists there,
+        else a registry image that must carry a tag or digest.
     :param command: the container command. Default: the image's entrypoint and command.
     :param vcpus: vCPUs. Default: 1. Range: 1 to 192.
     :param memory_mib: memory in MiB. Default: 2048. Range: 4 to 25165824.
@@ -109,7 +112,7 @@ class ChainStep:
     """
 
     name: str
-    image: str | Path
+    image: str | Path | StepImage
     command: Sequence[str] | None = None
     vcpus: int = 1
     memory_mib: int = 2048
@@ -122,6 +125,42 @@ class ChainStep:
     reads_from: Sequence[str] | None = None
     consumes: sqs.IQueue | None = None
     feeds: SpotWorkerFleet | None = None
+
+
+class StepImage:
+    """Where a step's container image comes from: a directory built at deploy, or a registry image.
+
+    Checked at synth: the directory exists and holds a Dockerfile; the registry image names a tag or digest
+    (``:latest`` by omission would change under a running chain). Use the two factories.
+
+    :param directory: the directory to build. Default: None (a registry image).
+    :param uri: the registry image. Default: None (a directory).
+    """
+
+    def __init__(self, *, directory: Path | None = None, uri: str | None = None) -> None:
+        self.directory, self.uri = directory, uri
+
+    @classmethod
+    def from_directory(cls, directory: str | Path) -> StepImage:
+        """A directory with a Dockerfile, built and pushed to the CDK's asset repository by ``cdk deploy``."""
+        return cls(directory=Path(directory))
+
+    @classmethod
+    def from_registry(cls, uri: str) -> StepImage:
+        """A registry image, e.g. ``public.ecr.aws/docker/library/python:3.13-slim`` or ``repo@sha256:...``."""
+        return cls(uri=uri)
+
+    def container_image(self, scope: Construct, argument: str) -> ecs.ContainerImage:
+        if self.directory is not None:
+            if not (self.directory / "Dockerfile").is_file():
+                raise argument_error(scope, argument, str(self.directory), "a directory with a Dockerfile")
+            return ecs.ContainerImage.from_asset(
+                str(self.directory.resolve()), exclude=["__pycache__", "*.pyc", "tests"]
+            )
+        uri = str(self.uri)
+        if "@sha256:" not in uri and ":" not in uri.rsplit("/", 1)[-1]:
+            raise argument_error(scope, argument, uri, "a registry image with a tag or digest (repository:tag)")
+        return ecs.ContainerImage.from_registry(uri)
 
 
 class BatchChain(Construct):
@@ -325,6 +364,8 @@ class BatchChain(Construct):
         return environment
 
     def _image(self, step: ChainStep) -> ecs.ContainerImage:
+        if isinstance(step.image, StepImage):
+            return step.image.container_image(self, f"steps[{step.name}].image")
         path = Path(step.image)
         if isinstance(step.image, Path) or path.is_dir():
             if not path.is_dir():

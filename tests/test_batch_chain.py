@@ -14,7 +14,15 @@ from cdk_nag import AwsSolutionsChecks, ServerlessChecks
 from cfnlint.api import ManualArgs, lint_file
 from conftest import ROOT
 
-from pipeline_constructs import BatchChain, ChainLink, ChainStep, PipelineNetwork, ScheduledTrigger, TaskQueue
+from pipeline_constructs import (
+    BatchChain,
+    ChainLink,
+    ChainStep,
+    PipelineNetwork,
+    ScheduledTrigger,
+    StepImage,
+    TaskQueue,
+)
 
 WATCHER = ROOT / "worker_images" / "feed_watcher"
 
@@ -308,6 +316,16 @@ def step(**changes) -> ChainStep:
             "or a registry image with a tag or digest",
         ),
         ([step(feeds="a queue")], "Test/Chain: steps[0].feeds='str' is invalid; allowed: a SpotWorkerFleet"),
+        (
+            [step(image=StepImage.from_registry("public.ecr.aws/docker/library/python"))],
+            "Test/Chain: steps[only].image='public.ecr.aws/docker/library/python' is invalid; allowed: a registry "
+            "image with a tag or digest",
+        ),
+        (
+            [step(image=StepImage.from_directory(ROOT / "worker_images"))],
+            f"Test/Chain: steps[only].image='{ROOT / 'worker_images'}' is invalid; allowed: a directory with a "
+            "Dockerfile",
+        ),
         ([step(vcpus=96)], "Test/Chain: steps[0].vcpus=96 is invalid; allowed: at most the chain's max_vcpus (64)"),
         ([step(timeout=600)], "Test/Chain: steps[0].timeout=600 is invalid; allowed: a Duration"),
         (
