@@ -352,13 +352,16 @@ def main() -> int:
             f"- With {size} extra {part}(s): {synth[f'with_{size}_extra_{part}s']['seconds']} s, "
             f"{synth[f'with_{size}_extra_{part}s']['resources']} resources"
             for part in ("fleet", "step")
-            for size in synth_cost.SIZES
+            for size in synth["sizes"][part]
         ],
-        f"- Slope (least squares over 1, 5, 20): {synth['ms_per_extra_fleet']} ms per extra fleet, "
+        f"- Slope (least squares over those sizes): {synth['ms_per_extra_fleet']} ms per extra fleet, "
         f"{synth['ms_per_extra_step']} ms per extra chain step (message links).",
         f"- CloudFormation's 500 resources per stack: {synth['resources_per_extra_fleet']} per fleet and "
         f"{synth['resources_per_extra_step']} per step, so the example's dev stack has room for "
         f"{synth['extra_fleets_that_fit_in_500']} more fleets or {synth['extra_steps_that_fit_in_500']} more steps.",
+        f"- The tighter limit on steps is the glue function's configuration, an environment variable under "
+        f"Lambda's 4 KB: {synth['extra_steps_within_glue_config']} more message-linked steps fit at deployed size "
+        "(the synth check refuses more; issue 11's open item).",
         "- Synth's fixed start-up (Python, jsii, Node, the aws-cdk-lib modules) is not this library's and is left "
         "out: the old ratio against a one-queue app measured that, not us.",
         "",

@@ -44,6 +44,28 @@ def _add_steps(stack, count: int) -> None:
     )
 
 
+def _glue_config_bytes(add, count: int) -> int:
+    """The glue function's configuration at its deployed size with ``count`` extra parts (no synth needed)."""
+    from aws_cdk import Stack
+
+    from pipeline_constructs.glue_function import as_deployed
+
+    with tempfile.TemporaryDirectory() as outdir:
+        _app, stack = example_dev_app(Path(outdir))
+        add(stack, count)
+        glue = stack.node.find_child("PipelineGlue")
+        return len(json.dumps(as_deployed(Stack.of(glue).resolve(glue.config), stack.stack_name)))
+
+
+def steps_within_glue_config() -> int:
+    """How many message-linked steps one more chain of the dev stack may have before the glue function's
+    configuration passes Lambda's 4 KB environment (the synth check's limit)."""
+    from pipeline_constructs.glue_function import ENVIRONMENT_LIMIT_BYTES
+
+    one, two = _glue_config_bytes(_add_steps, 1), _glue_config_bytes(_add_steps, 2)
+    return 1 + (ENVIRONMENT_LIMIT_BYTES - 256 - one) // (two - one)
+
+
 def _synth_seconds(add, count: int, rounds: int) -> tuple[float, int]:
     """Median seconds to build and synthesize the dev stack with ``count`` extra parts, and its resources."""
     samples, resources = [], 0
@@ -72,9 +94,12 @@ def measure(rounds: int = 2) -> dict:
     figures: dict = {"example_dev_seconds": round(base_seconds, 2), "example_dev_resources": base_resources}
     counts = resource_counts.measure()
     per_part = {"fleet": counts["per_extra_fleet"], "step": counts["per_extra_step_after_a_message_link"]}
+    room = steps_within_glue_config()
+    figures["extra_steps_within_glue_config"] = room
+    figures["sizes"] = {"fleet": list(SIZES), "step": sorted({1, max(1, room // 2), max(1, room)})}
     for name, add in (("fleet", _add_fleets), ("step", _add_steps)):
         points = []  # from the sizes only: a new chain's own fixed cost is the same at every size
-        for size in SIZES:
+        for size in figures["sizes"][name]:
             seconds, resources = _synth_seconds(add, size, rounds)
             points.append((size, seconds))
             figures[f"with_{size}_extra_{name}s"] = {"seconds": round(seconds, 2), "resources": resources}
