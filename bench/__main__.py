@@ -346,7 +346,8 @@ def main() -> int:
         f"{len(ceiling['round_ratios'])} paired rounds ({', '.join(map(str, ceiling['round_ratios']))}).",
         "",
         "## Synth cost as a pipeline grows (`bench/synth_cost.py`)",
-        "- The example's dev stack as users synthesize it (cdk-nag and aws-cdk-lib's validation on), in one "
+        "- The example's dev stack as users synthesize it (cdk-nag, the Control Tower controls and aws-cdk-lib's "
+        "validation on), in one "
         f"process after a warm-up: {synth['example_dev_seconds']} s, {synth['example_dev_resources']} resources.",
         *[
             f"- With {size} extra {part}(s): {synth[f'with_{size}_extra_{part}s']['seconds']} s, "

@@ -100,6 +100,15 @@ def test_unacknowledged_finding_fails_synth(tmp_path):
     assert "[CT.S3.PR.2]" in str(error.value)  # server access logging
 
 
+def test_the_control_tower_controls_can_be_left_out_of_a_quick_iteration(tmp_path):
+    app = cdk.App(outdir=str(tmp_path), context={example_app.CONTROL_TOWER_CONTEXT_KEY: "false"})
+    s3.CfnBucket(cdk.Stack(app, "Quick"), "CarelessBucket")
+    example_app.add_rule_packs(app)
+    with pytest.raises(Exception, match="ValidationFailed") as error:
+        app.synth()
+    assert "AwsSolutions-S10" in str(error.value) and "[CT." not in str(error.value)
+
+
 def test_nothing_billed_while_idle_by_default(example_stacks):
     """dev runs the default profile (prod the compliance profile: tests/test_compliance.py)."""
     stack = example_stacks["pipeline-dev"]
