@@ -86,6 +86,8 @@ def test_fault_run_loses_nothing_and_dead_letters_the_poison(example_outdir, tmp
         "3",
         "--timeout",
         "170",
+        "--fire",
+        "DailyReport",  # the second stage drains the finished tasks; the feed chain is not under test here
     )
     assert code == 0, result
     fleets = result["fleets"]
@@ -101,7 +103,9 @@ def test_fault_run_loses_nothing_and_dead_letters_the_poison(example_outdir, tmp
 
 def test_a_lifecycle_termination_is_drained_and_completed_in_the_local_run(example_outdir, tmp_path):
     outdir = example_outdir
-    code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "6", "--lifecycle-terminate-after", "1")
+    code, result = run_local(
+        outdir, tmp_path, "--demo", "--tasks", "6", "--lifecycle-terminate-after", "1", "--fire", "DailyReport"
+    )
     assert code == 0, result
     (fleet,) = [p for p in result["fleets"].values() if p["lifecycle_terminations"]]
     assert (fleet["lifecycle_terminations"], fleet["lifecycle_completed"]) == (1, 1)
