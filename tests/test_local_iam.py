@@ -178,3 +178,55 @@ def test_access_denied_is_answered_in_the_protocol_of_the_call(service, headers,
     status, _, body = access_denied_response(service, headers, denial)
     assert status == 403
     assert marker in body
+
+
+def _encrypted_world(*statements: dict) -> AccessChecker:
+    """A bucket and a queue under a customer-managed key, a topic under the AWS managed SNS key."""
+    key = {"Fn::GetAtt": ["Key", "Arn"]}
+    template = {
+        "Resources": {
+            "Key": {"Type": "AWS::KMS::Key", "Properties": {}},
+            "Data": {
+                "Type": "AWS::S3::Bucket",
+                "Properties": {
+                    "BucketName": "data",
+                    "BucketEncryption": {
+                        "ServerSideEncryptionConfiguration": [
+                            {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}}
+                        ]
+                    },
+                },
+            },
+            "Tasks": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "tasks", "KmsMasterKeyId": key}},
+            "Topic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "t", "KmsMasterKeyId": "alias/aws/sns"}},
+            "WorkerRole": {"Type": "AWS::IAM::Role", "Properties": {}},
+            "WorkerPolicy": {
+                "Type": "AWS::IAM::Policy",
+                "Properties": {"PolicyDocument": {"Statement": list(statements)}, "Roles": [{"Ref": "WorkerRole"}]},
+            },
+        }
+    }
+    return AccessChecker(template, Resolver(template, stack_name="s", region=REGION, queue_url_base=""), REGION)
+
+
+KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/s-Key"
+
+
+def test_data_under_a_customer_managed_key_also_needs_the_callers_right_to_use_the_key():
+    """As on AWS: S3 and SQS use the key with the caller's rights (the compliance profile's grants)."""
+    data = {"Effect": "Allow", "Action": ["s3:PutObject", "s3:GetObject"], "Resource": "arn:aws:s3:::data/*"}
+    queue = {"Effect": "Allow", "Action": "sqs:ReceiveMessage", "Resource": QUEUE_ARN}
+    without_key = _encrypted_world(data, queue)
+    denial = without_key.check("PUT", "/data/out/a.json", signed("WorkerRole", "s3"), b"{}")
+    assert (denial.call, denial.action, denial.resource) == ("s3:PutObject", "kms:GenerateDataKey", KEY_ARN)
+    assert without_key.check(*sqs_call("ReceiveMessage")).action == "kms:Decrypt"
+    key_use = {"Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": KEY_ARN}
+    with_key = _encrypted_world(data, queue, key_use)
+    assert with_key.check("PUT", "/data/out/a.json", signed("WorkerRole", "s3"), b"{}") is None
+    assert with_key.check(*sqs_call("ReceiveMessage")) is None
+
+
+def test_a_topic_under_the_aws_managed_key_needs_no_key_grant():
+    access = _encrypted_world({"Effect": "Allow", "Action": "sns:Publish", "Resource": "*"})
+    body = b"Action=Publish&TopicArn=arn%3Aaws%3Asns%3Aus-east-1%3A123456789012%3At&Message=hi"
+    assert access.check("POST", "/", signed("WorkerRole", "sns"), body) is None

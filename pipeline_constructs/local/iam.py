@@ -7,7 +7,8 @@ that names its role's logical id. :class:`AccessChecker` reads the key and the s
 (``DeleteMessageBatch`` is ``sqs:DeleteMessage`` on the queue's ARN; an S3 ``GET /bucket?list-type=2`` is
 ``s3:ListBucket`` on the bucket with the ``s3:prefix`` condition key), and evaluates the role's statements:
 explicit deny, then allow, else denied, with ``*``/``?`` wildcards in actions and resources and the
-condition operators the templates use. A denied call gets AccessDenied, as it would on AWS, and is
+condition operators the templates use; a call on data under a customer-managed key also needs the key use S3,
+SQS and SNS ask of the caller (:class:`DataKeys`). A denied call gets AccessDenied, as it would on AWS, and is
 recorded with the component, the call, the resource and the missing action, so the run fails naming it.
 """
 
@@ -369,11 +370,57 @@ def _s3(method: str, path: str, query: dict[str, str], headers: Any, body: bytes
 # ---------------------------------------------------------------------- the checker
 
 
+#: What S3, SQS and SNS ask of the caller's own rights on a customer-managed key, per action on the data.
+_KEY_USE = {
+    "s3:PutObject": ("kms:GenerateDataKey",),
+    "s3:GetObject": ("kms:Decrypt",),
+    "sqs:SendMessage": ("kms:GenerateDataKey", "kms:Decrypt"),
+    "sqs:ReceiveMessage": ("kms:Decrypt",),
+    "sns:Publish": ("kms:GenerateDataKey", "kms:Decrypt"),
+}
+
+
+class DataKeys:
+    """The customer-managed key of each bucket, queue and topic of the template (the compliance profile's),
+    so a call on their data also needs the caller's own right to use the key, as on AWS."""
+
+    def __init__(self, template: dict[str, Any], resolver: Resolver) -> None:
+        self.by_resource: dict[str, str] = {}
+        for logical_id, resource in template.get("Resources", {}).items():
+            props, kind = resource.get("Properties", {}), resource["Type"]
+            if kind == "AWS::S3::Bucket":
+                rules = (props.get("BucketEncryption") or {}).get("ServerSideEncryptionConfiguration") or []
+                key = next((r["ServerSideEncryptionByDefault"].get("KMSMasterKeyID") for r in rules), None)
+                target = resolver.get_att(logical_id, "Arn") + "/"
+            elif kind in ("AWS::SQS::Queue", "AWS::SNS::Topic"):
+                key = props.get("KmsMasterKeyId")
+                target = resolver.get_att(logical_id, "Arn")
+            else:
+                continue
+            resolved = str(resolver.resolve(key)) if key is not None else ""
+            if resolved and not resolved.startswith("alias/aws/"):  # AWS managed keys need no grant of ours
+                self.by_resource[target] = resolved
+
+    def implied(self, request: Authorization) -> list[Authorization]:
+        actions = _KEY_USE.get(request.action)
+        key = self._key_of(request.resource) if actions else None
+        return [Authorization(action, key) for action in actions] if actions and key else []
+
+    def _key_of(self, resource: str) -> str | None:
+        if resource in self.by_resource:
+            return self.by_resource[resource]
+        for prefix, key in self.by_resource.items():  # an object: its bucket's key (bucket ARNs end in "/")
+            if prefix.endswith("/") and resource.startswith(prefix):
+                return key
+        return None
+
+
 class AccessChecker:
     """Decides each request of the local run's components and keeps the denials."""
 
     def __init__(self, template: dict[str, Any], resolver: Resolver, region: str) -> None:
         self.policies = RolePolicies(template, resolver)
+        self.keys = DataKeys(template, resolver)
         self.region = region
         self.denials: list[Denial] = []
         #: Allowed calls by role (logical id): which components the check saw at work.
@@ -394,6 +441,7 @@ class AccessChecker:
             return None
         key, service = signed
         call, needed = authorizations(service, method, path, headers, body, self.region)
+        needed = needed + [implied for request in needed for implied in self.keys.implied(request)]
         principal = self.policies.paths.get(key, "a process with no role")
         for request in needed:
             if request.action in _NO_RESOURCE_TYPE and request.resource != "*":

@@ -128,6 +128,7 @@ class Resolver:
             "AWS::Batch::ComputeEnvironment": self.arn("batch", f"compute-environment/{name}"),
             "AWS::Events::Rule": self.arn("events", f"rule/{name}"),
             "AWS::Scheduler::Schedule": self.arn("scheduler", f"schedule/default/{name}"),
+            "AWS::KMS::Key": self.arn("kms", f"key/{name}"),
         }
         if attribute in ("Arn", "TopicArn", "JobQueueArn", "ComputeEnvironmentArn", "QueueArn") and kind in arns:
             return arns[kind]

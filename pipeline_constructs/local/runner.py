@@ -60,6 +60,7 @@ IAM_CHECKED = {
     "AWS::IAM::Policy": "statements evaluated for every call of the role's component",
     "AWS::IAM::ManagedPolicy": "statements evaluated for every call of the role's component",
     "AWS::IAM::InstanceProfile": "names the role of a fleet's workers",
+    "AWS::KMS::Key": "its use checked with every call on the data it encrypts (compliance profile)",
 }
 
 
