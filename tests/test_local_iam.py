@@ -20,9 +20,11 @@ def signed(key: str, service: str, **headers: str) -> dict[str, str]:
     return {"Authorization": f"AWS4-HMAC-SHA256 {credential}, SignedHeaders=host, Signature=abc"} | headers
 
 
-def checker(*statements: dict) -> AccessChecker:
+def checker(*statements: dict, resources: dict | None = None) -> AccessChecker:
+    """The role WorkerRole with ``statements``, beside the template's other ``resources``."""
     template = {
         "Resources": {
+            **(resources or {}),
             "WorkerRole": {"Type": "AWS::IAM::Role", "Properties": {}},
             "WorkerPolicy": {
                 "Type": "AWS::IAM::Policy",
@@ -199,14 +201,9 @@ def _encrypted_world(*statements: dict) -> AccessChecker:
             },
             "Tasks": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "tasks", "KmsMasterKeyId": key}},
             "Topic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "t", "KmsMasterKeyId": "alias/aws/sns"}},
-            "WorkerRole": {"Type": "AWS::IAM::Role", "Properties": {}},
-            "WorkerPolicy": {
-                "Type": "AWS::IAM::Policy",
-                "Properties": {"PolicyDocument": {"Statement": list(statements)}, "Roles": [{"Ref": "WorkerRole"}]},
-            },
         }
     }
-    return AccessChecker(template, Resolver(template, stack_name="s", region=REGION, queue_url_base=""), REGION)
+    return checker(*statements, resources=template["Resources"])
 
 
 KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/s-Key"
