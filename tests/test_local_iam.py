@@ -182,6 +182,11 @@ def test_access_denied_is_answered_in_the_protocol_of_the_call(service, headers,
     assert marker in body
 
 
+KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/s-Key"
+#: How the CDK writes the AWS managed SNS key into a template (Alias.from_alias_name): as an ARN.
+SNS_MANAGED_KEY = {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":kms:us-east-1:123456789012:alias/aws/sns"]]}
+
+
 def _encrypted_world(*statements: dict) -> AccessChecker:
     """A bucket and a queue under a customer-managed key, a topic under the AWS managed SNS key."""
     key = {"Fn::GetAtt": ["Key", "Arn"]}
@@ -200,13 +205,10 @@ def _encrypted_world(*statements: dict) -> AccessChecker:
                 },
             },
             "Tasks": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "tasks", "KmsMasterKeyId": key}},
-            "Topic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "t", "KmsMasterKeyId": "alias/aws/sns"}},
+            "Topic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "t", "KmsMasterKeyId": SNS_MANAGED_KEY}},
         }
     }
     return checker(*statements, resources=template["Resources"])
-
-
-KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/s-Key"
 
 
 def test_data_under_a_customer_managed_key_also_needs_the_callers_right_to_use_the_key():

@@ -398,7 +398,8 @@ class DataKeys:
             else:
                 continue
             resolved = str(resolver.resolve(key)) if key is not None else ""
-            if resolved and not resolved.startswith("alias/aws/"):  # AWS managed keys need no grant of ours
+            # An AWS managed key ("alias/aws/sns", or its ARN) is usable through its service by the account.
+            if resolved and "alias/aws/" not in resolved:
                 self.by_resource[target] = resolved
 
     def implied(self, request: Authorization) -> list[Authorization]:
