@@ -63,7 +63,8 @@ def default_key(scope: Construct, given: kms.IKey | None) -> kms.IKey | None:
 class PipelineKey(Construct):
     """The stack's customer-managed key for the compliance profile: rotated yearly, and usable by the
     services that write into the stack's resources on their own (CloudWatch Logs, S3 server access logging,
-    CloudWatch alarms and EventBridge publishing to topics), each only for this account's resources.
+    CloudWatch alarms and EventBridge publishing to topics, SNS dead-lettering a subscription's failed
+    deliveries), each only for this account's resources.
 
     :param removal_policy: what happens to the key when the stack is deleted. Default: RETAIN (data it
         encrypted stays readable).
@@ -116,6 +117,8 @@ class PipelineKey(Construct):
             ("S3ServerAccessLogging", "logging.s3.amazonaws.com"),
             ("CloudWatchAlarmsToTopics", "cloudwatch.amazonaws.com"),
             ("EventBridgeToTopicsAndQueues", "events.amazonaws.com"),
+            # An SNS subscription's dead-letter queue (the glue function's failure queue) is written by SNS.
+            ("SnsToDeadLetterQueues", "sns.amazonaws.com"),
         ):
             self.key.add_to_resource_policy(
                 iam.PolicyStatement(

@@ -20,7 +20,7 @@ from constructs import Construct, IValidation
 
 from pipeline_constructs._nag import acknowledge, acknowledge_control, acknowledge_wildcard_resources
 from pipeline_constructs._validation import argument_error, stack_singleton
-from pipeline_constructs.compliance import compliance_profile
+from pipeline_constructs.compliance import compliance_profile, grant_data_key_use
 from pipeline_constructs.logs import pipeline_log_group
 from pipeline_constructs.network import PipelineNetwork
 from pipeline_constructs.task_queue import QueueDestination, failure_queue
@@ -185,6 +185,10 @@ class GlueFunction(Construct):
             retry_attempts=retry_attempts,
             max_event_age=max_event_age,
         )
+        if dead_letter_queue is not None and dead_letter_queue.encryption_master_key is not None:
+            # The CDK's target grants sqs:SendMessage only: without the key, failed invocations under the
+            # compliance profile would never reach the dead-letter queue.
+            grant_data_key_use(dead_letter_queue.encryption_master_key, role)
         acknowledge_wildcard_resources(
             role,
             [f"{self.function.function_arn}:*"],

@@ -59,7 +59,32 @@ def test_the_key_serves_the_services_that_write_on_their_own_and_grants_only_to_
     statements = {s.get("Sid"): s for s in key["Properties"]["KeyPolicy"]["Statement"]}
     assert statements["CloudWatchLogsOfThisAccount"]["Condition"]["ArnLike"]
     assert statements["GrantsOnlyForAwsServices"]["Effect"] == "Deny"
-    assert {"S3ServerAccessLogging", "CloudWatchAlarmsToTopics", "EventBridgeToTopicsAndQueues"} <= set(statements)
+    assert {
+        "S3ServerAccessLogging",
+        "CloudWatchAlarmsToTopics",
+        "EventBridgeToTopicsAndQueues",
+        "SnsToDeadLetterQueues",
+    } <= set(statements)
+
+
+def test_schedules_may_dead_letter_into_the_encrypted_failure_queue(prod_template):
+    """EventBridge Scheduler writes a failed invocation to the dead-letter queue with the schedule's role:
+    under the key, that role needs the key's use as well as sqs:SendMessage."""
+    schedule_roles = {
+        schedule["Properties"]["Target"]["RoleArn"]["Fn::GetAtt"][0]
+        for schedule in prod_template.find_resources("AWS::Scheduler::Schedule").values()
+        if schedule["Properties"]["Target"].get("DeadLetterConfig")
+    }
+    assert schedule_roles
+    for role in schedule_roles:
+        actions = {
+            action
+            for policy in prod_template.find_resources("AWS::IAM::Policy").values()
+            if policy["Properties"]["Roles"] == [{"Ref": role}]
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+            for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+        }
+        assert {"sqs:SendMessage", "kms:GenerateDataKey", "kms:Decrypt"} <= actions, role
 
 
 def test_roles_use_the_key_with_exact_actions_only(prod_template):
