@@ -46,15 +46,10 @@ def _add_steps(stack, count: int) -> None:
 
 def _glue_config_bytes(add, count: int) -> int:
     """The glue function's configuration at its deployed size with ``count`` extra parts (no synth needed)."""
-    from aws_cdk import Stack
-
-    from pipeline_constructs.glue_function import as_deployed
-
     with tempfile.TemporaryDirectory() as outdir:
         _app, stack = example_dev_app(Path(outdir))
         add(stack, count)
-        glue = stack.node.find_child("PipelineGlue")
-        return len(json.dumps(as_deployed(Stack.of(glue).resolve(glue.config), stack.stack_name)))
+        return stack.node.find_child("PipelineGlue").deployed_config_bytes()
 
 
 def steps_within_glue_config() -> int:

@@ -65,15 +65,14 @@ def acknowledge_wildcard_resources(construct: IConstruct, resources: list[str], 
     """Accept AwsSolutions-IAM5 for exactly these resource ARNs (prefix wildcards) on ``construct``.
 
     A resource of another stack (a bucket passed across stacks) only gets its final spelling, an export's
-    name, when synthesis resolves the references: a validation hook, which runs after that, adds it then.
+    name, when synthesis resolves the references: so the acknowledgments are spelled by a validation hook,
+    which runs after that and before the rule packs read them.
     """
-    for resource in resources:
-        acknowledge(construct, f"AwsSolutions-IAM5[Resource::{nag_notation(construct, resource)}]", reason)
-    construct.node.add_validation(_SpellAgainAfterReferences(construct, resources, reason))
+    construct.node.add_validation(_SpellAfterReferences(construct, resources, reason))
 
 
 @jsii.implements(IValidation)
-class _SpellAgainAfterReferences:
+class _SpellAfterReferences:
     def __init__(self, construct: IConstruct, resources: list[str], reason: str) -> None:
         self.construct, self.resources, self.reason = construct, resources, reason
 

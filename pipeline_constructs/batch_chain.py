@@ -150,16 +150,20 @@ class StepImage:
         """A registry image, e.g. ``public.ecr.aws/docker/library/python:3.13-slim`` or ``repo@sha256:...``."""
         return cls(uri=uri)
 
-    def container_image(self, scope: Construct, argument: str) -> ecs.ContainerImage:
+    def container_image(self, scope: Construct, argument: str, *, also_allowed: str = "") -> ecs.ContainerImage:
+        """The image, checked; ``also_allowed`` prefixes what the error says is allowed (for a plain string)."""
         if self.directory is not None:
             if not (self.directory / "Dockerfile").is_file():
                 raise argument_error(scope, argument, str(self.directory), "a directory with a Dockerfile")
             return ecs.ContainerImage.from_asset(
                 str(self.directory.resolve()), exclude=["__pycache__", "*.pyc", "tests"]
             )
+        # A registry image must name its version: an untagged string is most often a directory that does not
+        # exist (a typo, a relative path from elsewhere), which would otherwise become "<name>:latest".
         uri = str(self.uri)
         if "@sha256:" not in uri and ":" not in uri.rsplit("/", 1)[-1]:
-            raise argument_error(scope, argument, uri, "a registry image with a tag or digest (repository:tag)")
+            allowed = f"{also_allowed}a registry image with a tag or digest (repository:tag)"
+            raise argument_error(scope, argument, uri, allowed)
         return ecs.ContainerImage.from_registry(uri)
 
 
@@ -364,24 +368,17 @@ class BatchChain(Construct):
         return environment
 
     def _image(self, step: ChainStep) -> ecs.ContainerImage:
+        argument = f"steps[{step.name}].image"
         if isinstance(step.image, StepImage):
-            return step.image.container_image(self, f"steps[{step.name}].image")
+            return step.image.container_image(self, argument)
         path = Path(step.image)
         if isinstance(step.image, Path) or path.is_dir():
             if not path.is_dir():
-                raise argument_error(self, f"steps[{step.name}].image", str(step.image), "an existing directory")
-            return ecs.ContainerImage.from_asset(str(path.resolve()), exclude=["__pycache__", "*.pyc", "tests"])
-        # A registry image must name its version: an untagged string is most often a directory that does not
-        # exist (a typo, a relative path from elsewhere), which would otherwise become "<name>:latest".
-        last = str(step.image).rsplit("/", 1)[-1]
-        if "@sha256:" not in str(step.image) and ":" not in last:
-            raise argument_error(
-                self,
-                f"steps[{step.name}].image",
-                str(step.image),
-                "an existing directory (pass a Path), or a registry image with a tag or digest (repository:tag)",
-            )
-        return ecs.ContainerImage.from_registry(str(step.image))
+                raise argument_error(self, argument, str(step.image), "an existing directory")
+            return StepImage.from_directory(path).container_image(self, argument)
+        return StepImage.from_registry(str(step.image)).container_image(
+            self, argument, also_allowed="an existing directory (pass a Path), or "
+        )
 
     def _job_definition(self, index: int, step: ChainStep) -> batch.EcsJobDefinition:
         role = iam.Role(

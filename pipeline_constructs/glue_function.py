@@ -203,6 +203,11 @@ class GlueFunction(Construct):
         self.config["chains"][name] = chain_config
         self.function.add_environment("GLUE_CONFIG", self._config_json())
 
+    def deployed_config_bytes(self) -> int:
+        """GLUE_CONFIG's size once deployed: ARNs and names at their real length, not as placeholders."""
+        stack = Stack.of(self)
+        return len(json.dumps(as_deployed(stack.resolve(self.config), stack.stack_name)))
+
     def _config_json(self) -> str:
         return Stack.of(self).to_json_string(self.config)
 
@@ -268,8 +273,7 @@ class _ConfigSizeCheck:
         self._glue = glue
 
     def validate(self) -> list[str]:
-        stack = Stack.of(self._glue)
-        size = len(json.dumps(as_deployed(stack.resolve(self._glue.config), stack.stack_name)))
+        size = self._glue.deployed_config_bytes()
         if size > ENVIRONMENT_LIMIT_BYTES - 256:
             return [
                 f"{self._glue.node.path}: GLUE_CONFIG would be about {size} bytes deployed; allowed: at most "

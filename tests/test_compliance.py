@@ -19,6 +19,18 @@ from pipeline_constructs.logs import pipeline_log_group
 CONTROL_TOWER = "cdk-validator-cfnguard"
 
 
+def role_actions(template: Template, role_id: str, *, on_any_resource: bool = False) -> set[str]:
+    """Every action the policies attached to ``role_id`` allow (only those on ``*`` if asked)."""
+    return {
+        action
+        for policy in template.find_resources("AWS::IAM::Policy").values()
+        if policy["Properties"]["Roles"] == [{"Ref": role_id}]
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if not on_any_resource or statement["Resource"] == "*"
+        for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+    }
+
+
 def _report(outdir) -> dict:
     return json.loads((outdir / "validation-report.json").read_text())
 
@@ -77,14 +89,7 @@ def test_schedules_may_dead_letter_into_the_encrypted_failure_queue(prod_templat
     }
     assert schedule_roles
     for role in schedule_roles:
-        actions = {
-            action
-            for policy in prod_template.find_resources("AWS::IAM::Policy").values()
-            if policy["Properties"]["Roles"] == [{"Ref": role}]
-            for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-            for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
-        }
-        assert {"sqs:SendMessage", "kms:GenerateDataKey", "kms:Decrypt"} <= actions, role
+        assert {"sqs:SendMessage", "kms:GenerateDataKey", "kms:Decrypt"} <= role_actions(prod_template, role), role
 
 
 def test_roles_use_the_key_with_exact_actions_only(prod_template):
@@ -124,15 +129,7 @@ def test_the_glue_function_runs_in_the_vpc_with_what_lambda_needs_to_attach_it(p
     (function,) = prod_template.find_resources("AWS::Lambda::Function").values()
     assert function["Properties"]["VpcConfig"]["SubnetIds"]
     role_id = function["Properties"]["Role"]["Fn::GetAtt"][0]
-    on_any_resource = {
-        action
-        for policy in prod_template.find_resources("AWS::IAM::Policy").values()
-        if policy["Properties"]["Roles"] == [{"Ref": role_id}]
-        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
-        if statement["Resource"] == "*"
-        for action in (statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
-    }
-    assert set(VPC_ACCESS_ACTIONS) <= on_any_resource
+    assert set(VPC_ACCESS_ACTIONS) <= role_actions(prod_template, role_id, on_any_resource=True)
     assert policy_of_function_is_created_first(prod_template, function, role_id)
 
 

@@ -196,14 +196,14 @@ class RolePolicies:
         if statements is None:
             return "the process runs with no role"
         try:
-            applying = [s for s in statements if s.applies(request)[0]]
+            outcomes = [(s, *s.applies(request)) for s in statements]
         except ValueError as error:
             return str(error)
-        if any(s.effect == "Deny" for s in applying):
+        if any(s.effect == "Deny" for s, applies, _ in outcomes if applies):
             return "an explicit Deny"
-        if any(s.effect == "Allow" for s in applying):
+        if any(s.effect == "Allow" for s, applies, _ in outcomes if applies):
             return None
-        near = [s.applies(request)[1] for s in statements if s.applies(request)[1] != "action"]
+        near = [why for _, applies, why in outcomes if not applies and why != "action"]
         detail = f"statements for the action fail on their {near[0]}" if near else "no statement allows the action"
         if self.managed.get(role_id):
             detail += f"; AWS managed policies not modelled: {', '.join(self.managed[role_id])}"
@@ -498,8 +498,7 @@ class IamGate:
         denial = self.checker.check(method, path, headers, body)
         if denial is None:
             return None
-        signed = principal_and_service(headers)
-        return access_denied_response(signed[1] if signed else "", headers, denial)
+        return access_denied_response(denial.call.split(":", 1)[0], headers, denial)
 
     def key_for(self, role_reference: Any) -> str:
         """The access key of a component whose role is ``role_reference`` (``{"Fn::GetAtt": [id, "Arn"]}``)."""
