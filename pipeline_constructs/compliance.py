@@ -21,7 +21,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct, IConstruct
 
-from pipeline_constructs._validation import stack_singleton
+from pipeline_constructs._validation import argument_error, stack_singleton
 from pipeline_constructs.cost import PROFILE_METADATA
 
 #: The context key of the switch (true / false).
@@ -31,9 +31,16 @@ KEY_ID = "PipelineKey"
 
 
 def compliance_profile(scope: IConstruct) -> bool:
-    """Whether the compliance profile is on for ``scope`` (context ``pipeline-constructs:compliance``)."""
+    """Whether the compliance profile is on for ``scope`` (context ``pipeline-constructs:compliance``).
+
+    Anything but true or false (``-c`` gives strings) is an error: a misspelled switch would otherwise leave a
+    governed account's stack on the cheap default without a word."""
     value = scope.node.try_get_context(COMPLIANCE_CONTEXT)
-    return value is True or str(value).lower() == "true"
+    if value is None or value is False or str(value).lower() == "false":
+        return False
+    if value is True or str(value).lower() == "true":
+        return True
+    raise argument_error(scope, f"context {COMPLIANCE_CONTEXT}", value, "true, false")
 
 
 def mark_compliance_cost(resource: IConstruct) -> None:

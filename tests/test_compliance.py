@@ -162,6 +162,17 @@ def _compliance_stack() -> cdk.Stack:
 
 
 @pytest.mark.user_mistake
+def test_a_misspelled_compliance_switch_is_refused_at_synth():
+    app = cdk.App(context={COMPLIANCE_CONTEXT: "yes"})
+    stack = cdk.Stack(app, "Governed")
+    with pytest.raises(ValueError) as error:
+        DataBucket(stack, "Data")
+    assert str(error.value) == (
+        "Governed/Data: context pipeline-constructs:compliance='yes' is invalid; allowed: true, false"
+    )
+
+
+@pytest.mark.user_mistake
 def test_a_log_retention_under_a_year_is_refused_at_synth():
     stack = _compliance_stack()
     with pytest.raises(ValueError, match=r"log_retention=.*14 days.*365 days or more under the compliance profile"):
