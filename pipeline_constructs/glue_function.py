@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import jsii
-from aws_cdk import Duration, Stack
+from aws_cdk import Aws, Duration, Fn, Stack
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
@@ -16,6 +17,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct, IValidation
 
 from pipeline_constructs._nag import acknowledge, acknowledge_control, acknowledge_wildcard_resources
@@ -29,6 +31,11 @@ GLUE_CODE_DIR = Path(__file__).resolve().parent / "glue"
 SINGLETON_ID = "PipelineGlue"
 #: Lambda's limit on all environment variables of a function together.
 ENVIRONMENT_LIMIT_BYTES = 4096
+#: The first level of the Parameter Store path of every stack's glue configuration.
+PARAMETER_ROOT = "pipeline-constructs"
+#: Parameter Store's limit on a parameter's value (an advanced one; a standard one, which is free, holds 4 KB):
+#: each chain's configuration is one parameter, in the intelligent tier (standard unless it needs more).
+PARAMETER_LIMIT_BYTES = 8192
 
 
 #: What the execution role of a function in a VPC must allow (Lambda checks it when the function is created).
@@ -48,6 +55,15 @@ class GlueFunction(Construct):
     Use :meth:`of` rather than the constructor: every chain and trigger in a stack shares one function.
     Async invocations are retried twice, then land in ``failure_queue`` (also the DLQ of the SNS
     subscriptions, schedules and rules that invoke it).
+
+    Each chain's configuration is a Parameter Store parameter under :attr:`chains_path`
+    (``/pipeline-constructs/<stack name>/glue``; in the intelligent tier: a standard one, which is free, unless
+    a chain of more than about 15 steps takes it over 4 KB, then an advanced one at $0.05 a month, up to 8 KB),
+    which the function reads once per execution environment
+    with one ``GetParametersByPath`` per ten chains: its environment stays a few hundred bytes however many
+    chains the stack has (Lambda refuses more than 4 KB). The environment carries a digest of all chains'
+    configuration, so a change replaces the function's execution environments, and the function depends
+    on the parameters, so CloudFormation writes them first.
 
     :param log_retention: retention of the function's log group. Default: one month (a year under the
         compliance profile).
@@ -75,7 +91,13 @@ class GlueFunction(Construct):
                 "a PipelineNetwork under the compliance profile (the function runs in a VPC): give the stack's "
                 "first BatchChain (or wake_check fleet) a network, or call GlueFunction.of(stack, network=...) first",
             )
+        #: Everything the function is configured with: ``chains`` go to parameters, the rest to its environment.
         self.config: dict[str, Any] = {"chains": {}}
+        #: The Parameter Store path holding one parameter per chain (a token: it names the stack).
+        path = Fn.join("", [f"{PARAMETER_ROOT}/", Aws.STACK_NAME, "/glue"])
+        self.chains_path = f"/{path}"
+        self._chains_path_arn = Stack.of(self).format_arn(service="ssm", resource="parameter", resource_name=path)
+        self.chain_parameters: dict[str, ssm.StringParameter] = {}
         #: The table guarding constant-input schedules (submit once); the first chain's or trigger's table.
         self.guard_table: dynamodb.ITable | None = None
         self.failure_queue = failure_queue(self, "Failures")
@@ -93,7 +115,7 @@ class GlueFunction(Construct):
             role=self.role,
             memory_size=256,
             timeout=Duration.seconds(60),
-            environment={"GLUE_CONFIG": self._config_json()},
+            environment=self._environment(),
             log_group=self.log_group,
             logging_format=lambda_.LoggingFormat.JSON,
             system_log_level_v2=lambda_.SystemLogLevel.WARN,
@@ -198,18 +220,55 @@ class GlueFunction(Construct):
         return target, role
 
     def register_chain(self, name: str, chain_config: dict[str, Any], *, owner: Construct) -> None:
+        """Store ``chain_config`` in the chain's own parameter (``<chains_path>/<name>``)."""
         if name in self.config["chains"]:
             raise argument_error(owner, "chain_name", name, "a name no other chain in this stack uses")
+        if not self.config["chains"]:
+            # GetParametersByPath is authorized against the path asked for, not the parameters it returns.
+            self.role.add_to_principal_policy(
+                iam.PolicyStatement(actions=["ssm:GetParametersByPath"], resources=[self._chains_path_arn])
+            )
         self.config["chains"][name] = chain_config
-        self.function.add_environment("GLUE_CONFIG", self._config_json())
+        parameter = ssm.StringParameter(
+            self,
+            f"Chain-{name}",
+            parameter_name=f"{self.chains_path}/{name}",
+            simple_name=False,
+            string_value=Stack.of(self).to_json_string(chain_config),
+            tier=ssm.ParameterTier.INTELLIGENT_TIERING,
+            description=f"pipeline_constructs glue: configuration of chain {name}",
+        )
+        self.chain_parameters[name] = parameter
+        self.function.node.add_dependency(parameter)
+        self._update_environment()
 
     def deployed_config_bytes(self) -> int:
-        """GLUE_CONFIG's size once deployed: ARNs and names at their real length, not as placeholders."""
+        """The environment's size once deployed: ARNs and names at their real length, not as placeholders."""
         stack = Stack.of(self)
-        return len(json.dumps(as_deployed(stack.resolve(self.config), stack.stack_name)))
+        return len(json.dumps(as_deployed(stack.resolve(self._environment()), stack.stack_name)))
 
-    def _config_json(self) -> str:
-        return Stack.of(self).to_json_string(self.config)
+    def deployed_chain_bytes(self) -> dict[str, int]:
+        """Each chain's parameter value once deployed (ARNs and names at their real length)."""
+        stack = Stack.of(self)
+        return {
+            name: len(json.dumps(as_deployed(stack.resolve(config), stack.stack_name)))
+            for name, config in self.config["chains"].items()
+        }
+
+    def _environment(self) -> dict[str, str]:
+        stack = Stack.of(self)
+        shared = {key: value for key, value in self.config.items() if key != "chains"}
+        if self.config["chains"]:
+            shared["chainsPath"] = self.chains_path
+        digest = hashlib.sha256(json.dumps(stack.resolve(self.config), sort_keys=True).encode()).hexdigest()
+        return {
+            "GLUE_CONFIG": stack.to_json_string(shared),
+            "GLUE_CONFIG_DIGEST": digest[:16],
+        }
+
+    def _update_environment(self) -> None:
+        for name, value in self._environment().items():
+            self.function.add_environment(name, value)
 
     def grant_submit(self, job_queue: batch.IJobQueue, job_definitions: list[batch.IJobDefinition]) -> None:
         """SubmitJob on exactly this queue and these definitions (every revision of each)."""
@@ -225,7 +284,7 @@ class GlueFunction(Construct):
         if self.guard_table is None:
             self.guard_table = table
             self.config["table"] = table.table_name
-            self.function.add_environment("GLUE_CONFIG", self._config_json())
+            self._update_environment()
             self.grant_status(table)
         return self.guard_table
 
@@ -252,6 +311,8 @@ def as_deployed(value: Any, stack_name: str) -> Any:
         ((key, argument),) = value.items()
         if key == "Ref" and argument in PSEUDO_LENGTHS:
             return "x" * PSEUDO_LENGTHS[argument]
+        if key == "Ref" and argument == "AWS::StackName":
+            return stack_name
         if key in ("Ref", "Fn::GetAtt"):
             logical_id = argument if isinstance(argument, str) else argument[0]
             return "x" * (ARN_OVERHEAD + len(stack_name) + len(logical_id) + 14)
@@ -266,17 +327,24 @@ def as_deployed(value: Any, stack_name: str) -> Any:
 
 @jsii.implements(IValidation)
 class _ConfigSizeCheck:
-    """Lambda refuses more than 4 KB of environment: say so at synth, with the size it will have deployed
-    (ARNs and names at their real length), not at deploy."""
+    """Parameter Store refuses a standard parameter over 4 KB (and Lambda an environment over 4 KB): say so
+    at synth, with the size deployed (ARNs and names at their real length), not at deploy."""
 
     def __init__(self, glue: GlueFunction) -> None:
         self._glue = glue
 
     def validate(self) -> list[str]:
+        errors = [
+            f"{self._glue.chain_parameters[name].node.path}: chain {name}'s glue configuration would be about "
+            f"{size} bytes deployed; allowed: at most {PARAMETER_LIMIT_BYTES} (Parameter Store's limit): "
+            "fewer steps or shorter link environments, or split the chain"
+            for name, size in self._glue.deployed_chain_bytes().items()
+            if size > PARAMETER_LIMIT_BYTES
+        ]
         size = self._glue.deployed_config_bytes()
         if size > ENVIRONMENT_LIMIT_BYTES - 256:
-            return [
-                f"{self._glue.node.path}: GLUE_CONFIG would be about {size} bytes deployed; allowed: at most "
-                f"{ENVIRONMENT_LIMIT_BYTES - 256} (Lambda's 4 KB environment limit): split the chains over stacks"
-            ]
-        return []
+            errors.append(
+                f"{self._glue.node.path}: the glue environment would be about {size} bytes deployed; allowed: "
+                f"at most {ENVIRONMENT_LIMIT_BYTES - 256} (Lambda's 4 KB environment limit)"
+            )
+        return errors

@@ -23,6 +23,7 @@ from pipeline_constructs import (
     StepImage,
     TaskQueue,
 )
+from pipeline_constructs.glue_function import GlueFunction
 
 WATCHER = ROOT / "worker_images" / "feed_watcher"
 
@@ -126,10 +127,11 @@ def test_one_glue_function_serves_three_chains_and_both_link_kinds(three_chains)
     functions = template.find_resources("AWS::Lambda::Function")
     assert len(functions) == 1
     (function,) = functions.values()
-    config = json.dumps(function["Properties"]["Environment"]["Variables"]["GLUE_CONFIG"])
-    for i in range(3):
-        assert f'\\"chain{i}\\"' in config
-    assert '\\"kind\\":\\"message\\"' in config and '\\"kind\\":\\"success\\"' in config
+    configs = glue_chain_configs(template)
+    assert set(configs) == {"chain0", "chain1", "chain2"}
+    assert all('\\"kind\\":\\"message\\"' in c and '\\"kind\\":\\"success\\"' in c for c in configs.values())
+    # The function reads them (and only them) by their path, and waits for them to be written.
+    assert set(function["DependsOn"]) >= set(glue_chain_parameters(template))
     assert function["Properties"]["Runtime"] == "python3.14"
     template.resource_count_is("AWS::SNS::Subscription", 3)
     template.has_resource_properties(
@@ -437,9 +439,8 @@ def test_a_step_that_feeds_a_fleet_may_send_it_tasks_and_the_glue_may_wake_only_
         "sqs:SendMessage" in json.dumps(s["Action"]) and s["Resource"] == stack.resolve(fleet.queue.queue_arn)
         for s in job_role_statements
     )
-    glue = [r for lid, r in template.find_resources("AWS::Lambda::Function").items() if "PipelineGlue" in lid]
-    config = json.dumps(glue[0]["Properties"]["Environment"]["Variables"]["GLUE_CONFIG"])
-    assert '\\"wakes\\":\\"' in config and chain.chain_name in config
+    config = glue_chain_configs(template)[chain.chain_name]
+    assert '\\"wakes\\":\\"' in config
     glue_statements = [
         s
         for lid, p in policies.items()
@@ -450,23 +451,91 @@ def test_a_step_that_feeds_a_fleet_may_send_it_tasks_and_the_glue_may_wake_only_
     assert stack.resolve(fleet.auto_scaling_group.auto_scaling_group_name) in set_desired["Resource"]["Fn::Join"][1]
 
 
-def _chains_app(count: int) -> cdk.App:
+def glue_chain_parameters(template: Template) -> dict[str, dict]:
+    """The glue's chain parameters by logical id."""
+    return {
+        lid: resource
+        for lid, resource in template.find_resources("AWS::SSM::Parameter").items()
+        if lid.startswith("PipelineGlueChain")
+    }
+
+
+def glue_chain_configs(template: Template) -> dict[str, str]:
+    """Each chain's glue configuration (its parameter's value, as template JSON) by chain name."""
+    configs = {}
+    for parameter in glue_chain_parameters(template).values():
+        name = parameter["Properties"]["Name"]["Fn::Join"][1][-1].rsplit("/", 1)[-1]
+        configs[name] = json.dumps(parameter["Properties"]["Value"])
+    return configs
+
+
+def test_the_glue_reads_each_chains_configuration_from_a_parameter_on_its_stacks_path(three_chains):
+    template = three_chains.template
+    (function,) = template.find_resources("AWS::Lambda::Function").values()
+    variables = function["Properties"]["Environment"]["Variables"]
+    path = ["/pipeline-constructs/", {"Ref": "AWS::StackName"}, "/glue"]
+    assert variables["GLUE_CONFIG"]["Fn::Join"][1][-3:] == ['","chainsPath":"/pipeline-constructs/', path[1], '/glue"}']
+    for parameter in glue_chain_parameters(template).values():
+        props = parameter["Properties"]
+        # Not a secret; free unless a long chain takes it over 4 KB.
+        assert props["Type"] == "String" and props["Tier"] == "Intelligent-Tiering"
+        assert props["Name"]["Fn::Join"][1][:2] == path[:2]
+    policies = template.find_resources("AWS::IAM::Policy")
+    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineGlueRole"))
+    (read,) = [s for s in glue_policy["Properties"]["PolicyDocument"]["Statement"] if "ssm" in json.dumps(s["Action"])]
+    # GetParametersByPath is authorized against the path: exactly that ARN, no wildcard.
+    assert read["Action"] == "ssm:GetParametersByPath"
+    assert read["Resource"]["Fn::Join"][1][-3:] == [
+        ":parameter/pipeline-constructs/",
+        {"Ref": "AWS::StackName"},
+        "/glue",
+    ]
+
+
+def _glue_with_chains(count: int, steps: int = 3) -> GlueFunction:
+    """The glue of a stack with ``count`` chains of ``steps`` steps registered (their definitions stand-ins
+    with generated names, as a chain's are), without synthesizing the chains' other resources."""
     app = cdk.App(context={"aws:cdk:version-reporting": False})
     stack = cdk.Stack(app, "pipeline-production-eu", env=cdk.Environment(region="eu-central-1"))
-    network = PipelineNetwork(stack, "Network", availability_zones=["eu-central-1a", "eu-central-1b"])
+    glue = GlueFunction.of(stack)
     for i in range(count):
-        links = [ChainLink.message({"PARALLELISM": 4}), ChainLink.on_success(), None]
-        steps = [step(name=f"step{s}", link=link) for s, link in enumerate(links)]
-        BatchChain(stack, f"Chain{i}", chain_name=f"chain{i}", steps=steps, network=network)
-    return app
+        queue = cdk.CfnResource(stack, f"Queue{i}", type="AWS::Batch::JobQueue")
+        topic = cdk.CfnResource(stack, f"Topic{i}", type="AWS::SNS::Topic")
+        definitions = [
+            cdk.CfnResource(stack, f"Chain{i}Step{s}Definition", type="AWS::Batch::JobDefinition") for s in range(steps)
+        ]
+        links = [{"kind": "message", "environment": {"PARALLELISM": 4}}, {"kind": "success", "environment": {}}]
+        config = {
+            "jobQueue": queue.get_att("JobQueueArn").to_string(),
+            "topicArn": topic.ref,
+            "table": "status",
+            "steps": [
+                {"name": f"step{s}", "jobDefinition": d.ref, **({"link": links[s % 2]} if s < steps - 1 else {})}
+                for s, d in enumerate(definitions)
+            ],
+        }
+        glue.register_chain(f"chain{i}", config, owner=stack)
+    return glue
 
 
-def test_the_glue_config_is_measured_at_its_deployed_size_not_its_placeholders():
-    # Five chains of three steps: 2.6 KB of {"Ref": ...} placeholders, which passed, but about 5 KB deployed.
-    app = _chains_app(5)
-    with pytest.raises(Exception, match=r"GLUE_CONFIG would be about \d+ bytes deployed; allowed: at most 3840"):
-        app.synth()
-    _chains_app(2).synth()  # two fit
+def test_fifty_three_step_chains_leave_the_glue_environment_as_small_as_one():
+    # The configuration lived in the environment: 5-6 chains of three steps took it over Lambda's 4 KB.
+    one, fifty = _glue_with_chains(1), _glue_with_chains(50)
+    assert fifty.deployed_config_bytes() == one.deployed_config_bytes() < 400
+    sizes = fifty.deployed_chain_bytes()
+    assert len(sizes) == 50 and max(sizes.values()) < 1200
+    cdk.App.of(fifty).synth()  # and nothing refuses it
+
+
+def test_a_chain_configuration_is_measured_at_its_deployed_size_not_its_placeholders():
+    glue = _glue_with_chains(1, steps=45)
+    config = glue.config["chains"]["chain0"]
+    placeholders = len(json.dumps(cdk.Stack.of(glue).resolve(config)))
+    assert placeholders < 8192 < glue.deployed_chain_bytes()["chain0"]
+    with pytest.raises(
+        Exception, match=r"chain chain0's glue configuration would be about \d+ bytes deployed; allowed: at most 8192"
+    ):
+        cdk.App.of(glue).synth()
 
 
 def test_only_a_step_that_may_publish_is_told_the_topic(dev_template):

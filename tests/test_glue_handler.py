@@ -277,6 +277,35 @@ def test_lambda_entry_point_reads_its_config_from_the_environment(batch_world, m
     assert result["submitted"][0]["jobName"] == "feeds-consumer-m-2"
 
 
+def test_each_chains_configuration_is_read_from_its_parameter_under_the_path(batch_world, aws, monkeypatch):
+    """As deployed: GLUE_CONFIG names the path; every chain is a parameter under it (twelve here, more than
+    one page of GetParametersByPath); a parameter under a deeper path is another stack's, not read."""
+    ssm = aws.session.client("ssm")
+    path = f"/pipeline-constructs/stack-{uuid.uuid4().hex[:6]}/glue"
+    feeds = batch_world.config["chains"]["feeds"]
+    for i in range(11):
+        ssm.put_parameter(
+            Name=f"{path}/chain{i}", Value=json.dumps({**feeds, "topicArn": f"{feeds['topicArn']}{i}"}), Type="String"
+        )
+    ssm.put_parameter(Name=f"{path}/feeds", Value=json.dumps(feeds), Type="String")
+    ssm.put_parameter(Name=f"{path}/deeper/other", Value="{}", Type="String")
+    monkeypatch.setenv("GLUE_CONFIG", json.dumps({"table": batch_world.config["table"], "chainsPath": path}))
+    config = glue.load_config(ssm=ssm)
+    assert sorted(config["chains"]) == sorted(["feeds", *(f"chain{i}" for i in range(11))])
+    assert config["chains"]["chain3"]["topicArn"].endswith("3")
+    monkeypatch.setattr(glue, "_glue", None)
+    result = glue.handler(sns_event(batch_world.topic, message_id="m-3"))
+    assert result["submitted"][0]["jobName"] == "feeds-consumer-m-3"
+
+
+def test_a_chain_parameter_that_is_not_json_is_named(aws):
+    ssm = aws.session.client("ssm")
+    path = f"/pipeline-constructs/stack-{uuid.uuid4().hex[:6]}/glue"
+    ssm.put_parameter(Name=f"{path}/broken", Value="{not json", Type="String")
+    with pytest.raises(RuntimeError, match=f"{path}/broken: not valid JSON"):
+        glue.load_config({"GLUE_CONFIG": json.dumps({"chainsPath": path})}, ssm=ssm)
+
+
 @pytest.fixture
 def local_group():
     """A local Auto Scaling endpoint with one group at zero; its desired-capacity changes are recorded."""

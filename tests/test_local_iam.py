@@ -118,6 +118,16 @@ def test_a_group_call_matches_grants_that_leave_the_group_id_a_wildcard():
     assert access.check("POST", "/", signed("WorkerRole", "autoscaling"), body) is not None
 
 
+def test_reading_parameters_by_path_is_authorized_against_the_path_not_what_it_returns():
+    path = "arn:aws:ssm:us-east-1:123456789012:parameter/pipeline-constructs/s/glue"
+    access = checker({"Effect": "Allow", "Action": "ssm:GetParametersByPath", "Resource": path})
+    headers = signed("WorkerRole", "ssm") | {"X-Amz-Target": "AmazonSSM.GetParametersByPath"}
+    body = json.dumps({"Path": "/pipeline-constructs/s/glue", "Recursive": False}).encode()
+    assert access.check("POST", "/", headers, body) is None
+    denial = access.check("POST", "/", headers, json.dumps({"Path": "/pipeline-constructs"}).encode())
+    assert denial.resource == "arn:aws:ssm:us-east-1:123456789012:parameter/pipeline-constructs"
+
+
 def test_a_transaction_is_authorized_item_by_item():
     call, needed = authorizations(
         "dynamodb",

@@ -23,11 +23,16 @@ in the status store makes a redelivered trigger submit nothing twice.
 
 Configuration: ``GLUE_CONFIG`` (JSON, written by the constructs)::
 
-    {"chains": {"<chain>": {"jobQueue": "<arn>", "topicArn": "<arn>"|null, "table": "<name>"|null,
-                            "claims"?: {"bucket": "<name>", "prefix": "<chain prefix>messages/"},
-                            "steps": [{"name", "jobDefinition", "arraySize"?, "link"?: {"kind": "message"|"success",
-                                       "environment": {...}}, "wakes"?: "<Auto Scaling group>"}]}},
-     "table": "<name>"|null}
+    {"chainsPath": "/pipeline-constructs/<stack>/glue", "table": "<name>"|null}
+
+and one Parameter Store parameter per chain under ``chainsPath`` (``<chainsPath>/<chain>``), whose value is::
+
+    {"jobQueue": "<arn>", "topicArn": "<arn>"|null, "table": "<name>"|null,
+     "claims"?: {"bucket": "<name>", "prefix": "<chain prefix>messages/"},
+     "steps": [{"name", "jobDefinition", "arraySize"?, "link"?: {"kind": "message"|"success",
+                "environment": {...}}, "wakes"?: "<Auto Scaling group>"}]}
+
+(``GLUE_CONFIG`` may also hold ``"chains": {"<chain>": {...}}`` itself, as the tests give it.)
 """
 
 from __future__ import annotations
@@ -115,14 +120,31 @@ def merge_environment(overrides: dict[str, Any], extra: dict[str, Any]) -> dict[
     return merged
 
 
-def load_config(environ: dict[str, str] | None = None) -> dict[str, Any]:
+def load_config(environ: dict[str, str] | None = None, ssm: Any = None) -> dict[str, Any]:
+    """``GLUE_CONFIG``, with every chain's parameter under its ``chainsPath`` read into ``chains``."""
     raw = (environ or os.environ).get("GLUE_CONFIG", "")
     try:
         config = json.loads(raw) if raw else {}
     except ValueError as error:
         raise RuntimeError(f"GLUE_CONFIG is not valid JSON: {error}") from None
     config.setdefault("chains", {})
+    path = config.get("chainsPath")
+    if path:
+        config["chains"].update(chain_parameters(ssm or boto3.client("ssm"), path))
     return config
+
+
+def chain_parameters(ssm: Any, path: str) -> dict[str, Any]:
+    """``{chain name: configuration}`` from the parameters directly under ``path``."""
+    chains: dict[str, Any] = {}
+    for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=False):
+        for parameter in page["Parameters"]:
+            name = parameter["Name"].rsplit("/", 1)[-1]
+            try:
+                chains[name] = json.loads(parameter["Value"])
+            except ValueError as error:
+                raise RuntimeError(f"{parameter['Name']}: not valid JSON: {error}") from None
+    return chains
 
 
 def definition_family(arn: str) -> str:

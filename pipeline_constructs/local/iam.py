@@ -271,6 +271,10 @@ def authorizations(
     if service == "sns":
         topic = str(fields.get("TopicArn") or fields.get("TargetArn") or "*")
         return call, [Authorization(f"sns:{operation}", topic)]
+    if service == "ssm":
+        # GetParametersByPath is authorized against the path asked for, the others against the parameter.
+        name = str(fields.get("Path") or fields.get("Name") or "")
+        return call, [Authorization(f"ssm:{operation}", arn("ssm", f"parameter/{name.lstrip('/')}"))]
     if service == "autoscaling":
         action = f"autoscaling:{operation}"
         group = fields.get("AutoScalingGroupName")

@@ -89,7 +89,8 @@ class Resolver:
             "AWS::AccountId": ACCOUNT,
             "AWS::Partition": PARTITION,
             "AWS::URLSuffix": URL_SUFFIX,
-            "AWS::StackName": self.stack_name,
+            # With the run id, like every name: runs sharing an emulator keep apart what the stack names.
+            "AWS::StackName": self.name_prefix,
             "AWS::StackId": self.arn("cloudformation", f"stack/{self.stack_name}/local"),
             "AWS::NoValue": None,
         }

@@ -43,6 +43,7 @@ EMULATED = {
     "AWS::SNS::Topic": "created in the emulator",
     "AWS::SNS::Subscription": "created (sqs) or delivered locally (lambda)",
     "AWS::DynamoDB::Table": "created in the emulator",
+    "AWS::SSM::Parameter": "created in the emulator (the glue's chain configuration)",
     "AWS::Lambda::Function": "run locally from its asset",
     "AWS::Lambda::EventInvokeConfig": "retries and on-failure destination applied",
     "AWS::Batch::JobQueue": "local Batch endpoint",
@@ -144,6 +145,7 @@ class LocalPipeline:
         self.s3 = self.session.client("s3", endpoint_url=endpoint, config=client_config)
         self.sns = self.session.client("sns", endpoint_url=endpoint, config=client_config)
         self.dynamodb = self.session.client("dynamodb", endpoint_url=endpoint, config=client_config)
+        self.ssm = self.session.client("ssm", endpoint_url=endpoint, config=client_config)
         self.assets = self._asset_manifest()
         self.functions: dict[str, LocalFunction] = {}
         self.schedules: list[Schedule] = []
@@ -217,6 +219,7 @@ class LocalPipeline:
         self._create_queues()
         self._create_topics()
         self._create_tables()
+        self._create_parameters()
         self._create_batch()
         self._create_functions()
         self._create_subscriptions()
@@ -274,6 +277,11 @@ class LocalPipeline:
                 self.dynamodb.update_time_to_live(
                     TableName=name, TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True}
                 )
+
+    def _create_parameters(self) -> None:
+        for resource in self._of_type("AWS::SSM::Parameter").values():
+            props = self.resolver.resolve(resource["Properties"])
+            self.ssm.put_parameter(Name=props["Name"], Value=props["Value"], Type=props.get("Type", "String"))
 
     def _queue_url_of_arn(self, arn: str) -> str:
         return f"{self.endpoint}/{ACCOUNT}/{arn.rsplit(':', 1)[-1]}"
