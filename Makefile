@@ -24,7 +24,7 @@ export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export CDK_DISABLE_VERSION_CHECK := true
 
-.PHONY: help setup synth test snapshots demo summary bench chaos deploy lint docs clean
+.PHONY: help setup synth test snapshots demo summary bench chaos deploy lint docs clean install-check
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ chaos: setup ## The fault matrix alone: 300 tasks on 3 workers under kill -9, sp
 deploy: setup ## cdk deploy one environment: make deploy ENV=<name> (needs AWS credentials)
 	@test -n "$(ENV)" || { echo "usage: make deploy ENV=<name>" >&2; exit 2; }
 	$(CDK) deploy --no-notices -c env=$(ENV) --all
+
+install-check: ## pip install ".[nag,local]" in a fresh venv, then the guide's app: synth and a local run
+	BASE_PYTHON=$(BASE_PYTHON) bash .ci/install-check
 
 lint: setup ## ruff over the code
 	$(BIN)/ruff check .

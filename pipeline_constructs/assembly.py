@@ -69,6 +69,42 @@ def load_assembly(outdir: str | Path = "cdk.out") -> list[SynthesizedStack]:
     return stacks
 
 
+def imported_names(value: Any) -> set[str]:
+    """The export names a template fragment imports (``Fn::ImportValue`` of a literal name)."""
+    if isinstance(value, dict):
+        if set(value) == {"Fn::ImportValue"} and isinstance(value["Fn::ImportValue"], str):
+            return {value["Fn::ImportValue"]}
+        return set().union(*(imported_names(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(imported_names(v) for v in value)) if value else set()
+    return set()
+
+
+def producers_of(stack: SynthesizedStack, stacks: list[SynthesizedStack]) -> list[SynthesizedStack]:
+    """The stacks ``stack`` imports from, directly or through each other, each after those it imports from."""
+    exporters = {
+        output["Export"]["Name"]: other
+        for other in stacks
+        for output in other.template.get("Outputs", {}).values()
+        if isinstance(output.get("Export", {}).get("Name"), str)
+    }
+    ordered: list[SynthesizedStack] = []
+
+    def visit(current: SynthesizedStack, path: tuple[str, ...]) -> None:
+        for name in sorted(imported_names(current.template.get("Resources", {}))):
+            if name not in exporters:
+                raise KeyError(f"{current.name} imports {name!r}, which no stack in the assembly exports")
+            producer = exporters[name]
+            if producer.name in path:
+                raise KeyError(f"stacks import from each other: {' -> '.join((*path, producer.name))}")
+            if producer not in ordered:
+                visit(producer, (*path, producer.name))
+                ordered.append(producer)
+
+    visit(stack, (stack.name,))
+    return ordered
+
+
 def find_stack(stacks: list[SynthesizedStack], name: str) -> SynthesizedStack:
     """The stack named ``name``, or ``pipeline-<name>`` (an environment name of the example app)."""
     for wanted in (name, f"pipeline-{name}"):

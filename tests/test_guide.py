@@ -10,7 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
+
+from pipeline_constructs.local import cli
 
 GUIDE = ROOT / "docs" / "guide.md"
 FILE_BLOCK = re.compile(r"<!-- file: (?P<path>[^ ]+) -->\n```[a-z]*\n(?P<body>.*?)```", re.DOTALL)
@@ -24,7 +27,10 @@ def test_the_guide_names_its_files():
     assert set(guide_files()) == {"app.py", "my_worker/task.py", "my_worker/requirements.txt"}
 
 
-def test_the_guides_app_synthesizes_across_two_stacks_with_no_unacknowledged_finding(tmp_path):
+@pytest.fixture(scope="module")
+def guide_app(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The guide's files written out and its app run as a user would: (cloud assembly, the app's run)."""
+    tmp_path = tmp_path_factory.mktemp("guide")
     for relative, body in guide_files().items():
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text(body)
@@ -38,6 +44,11 @@ def test_the_guides_app_synthesizes_across_two_stacks_with_no_unacknowledged_fin
         text=True,
         timeout=300,
     )
+    return outdir, result
+
+
+def test_the_guides_app_synthesizes_across_two_stacks_with_no_unacknowledged_finding(guide_app):
+    outdir, result = guide_app
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((outdir / "manifest.json").read_text())
     stacks = {
@@ -55,3 +66,20 @@ def test_the_guides_app_synthesizes_across_two_stacks_with_no_unacknowledged_fin
         if "Shared:ExportsOutput" in v["acknowledgedId"]
     ]
     assert len(cross_stack) >= 5
+
+
+def test_the_guides_app_runs_locally_across_its_two_stacks(guide_app, tmp_path):
+    """The fleet in Work reads and writes the bucket of Shared (Fn::ImportValue): the local run creates what
+    the stack imports, under the same run, and checks every call against the roles of Work."""
+    outdir, synthesized = guide_app
+    assert synthesized.returncode == 0, synthesized.stderr[-3000:]
+    result_file = tmp_path / "result.json"
+    arguments = ["--assembly", str(outdir), "--stack", "Work", "--demo", "--tasks", "3", "--quiet"]
+    code = cli.main([*arguments, "--logs", str(tmp_path / "logs"), "--json", str(result_file)])
+    result = json.loads(result_file.read_text())
+    assert code == 0 and result["ok"], result
+    (fleet,) = result["fleets"].values()
+    assert (fleet["done"], fleet["lost"], fleet["rows_succeeded"]) == (3, 0, 3)
+    written = {prefix: count for prefix, count in result["objects"].items() if prefix.startswith("shared-")}
+    assert sorted(p.split("/", 1)[1] for p in written) == ["resize/input/", "resize/output/"], result["objects"]
+    assert result["iam"]["denied"] == [] and result["iam"]["checked"] > 0

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import synth_example
 
-from pipeline_constructs.assembly import find_stack, load_assembly
+from pipeline_constructs.assembly import SynthesizedStack, find_stack, load_assembly, producers_of
 from pipeline_constructs.local import cli
 from pipeline_constructs.local.batch import dockerfile_command, local_argv
 from pipeline_constructs.local.events import matches, transform
-from pipeline_constructs.local.resolver import Resolver
+from pipeline_constructs.local.resolver import Resolver, UnresolvableError
 from pipeline_constructs.local.runner import LocalPipeline, sample_feed
 
 
@@ -407,3 +407,31 @@ def test_a_permission_missing_from_a_role_fails_the_local_run_naming_it(
     for denial in denied:
         assert denial.startswith(role), denial
         assert f"{call} denied: {action} on " in denial and resource in denial, denial
+
+
+def _stack(name: str, *, imports: tuple[str, ...] = (), exports: tuple[str, ...] = ()) -> SynthesizedStack:
+    resources = {
+        f"Uses{i}": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": {"Fn::ImportValue": n}}}
+        for i, n in enumerate(imports)
+    }
+    outputs = {f"Out{i}": {"Value": f"value-of-{n}", "Export": {"Name": n}} for i, n in enumerate(exports)}
+    return SynthesizedStack(name, {"Resources": resources, "Outputs": outputs}, Path(f"{name}.template.json"))
+
+
+def test_a_stack_runs_with_the_stacks_it_imports_from_each_after_its_own_producers():
+    base, shared = _stack("Base", exports=("vpc",)), _stack("Shared", imports=("vpc",), exports=("bucket",))
+    work, other = _stack("Work", imports=("bucket", "vpc")), _stack("Other", exports=("unused",))
+    assert [s.name for s in producers_of(work, [work, other, shared, base])] == ["Base", "Shared"]
+    with pytest.raises(KeyError, match="Work imports 'gone', which no stack in the assembly exports"):
+        producers_of(_stack("Work", imports=("gone",)), [base])
+    loop_a, loop_b = _stack("A", imports=("b",), exports=("a",)), _stack("B", imports=("a",), exports=("b",))
+    with pytest.raises(KeyError, match="stacks import from each other: A -> B -> A"):
+        producers_of(loop_a, [loop_a, loop_b])
+
+
+def test_an_import_no_stack_of_the_run_exports_is_named():
+    template = {"Resources": {"Q": {"Type": "AWS::SQS::Queue"}}}
+    resolver = Resolver(template, stack_name="s", region="eu-central-1", queue_url_base="", imports={"a": "1"})
+    assert resolver.resolve({"Fn::ImportValue": "a"}) == "1"
+    with pytest.raises(UnresolvableError, match="Fn::ImportValue 'b': no stack in the run exports it"):
+        resolver.resolve({"Fn::ImportValue": "b"})

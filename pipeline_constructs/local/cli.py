@@ -26,7 +26,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline_constructs.assembly import find_stack, load_assembly
+from pipeline_constructs.assembly import find_stack, load_assembly, producers_of
 from pipeline_constructs.local import LOCAL_STATE_FILE
 from pipeline_constructs.local.runner import Faults, LocalPipeline, sample_feed
 
@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             stack = stacks[0]
         else:
             raise KeyError(f"no stacks in {args.assembly}")
+        producers = producers_of(stack, stacks)
     except (FileNotFoundError, KeyError) as error:
         console.print(f"[red]error:[/] {str(error).strip(chr(39))}")
         return 2
@@ -322,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             from_zero=args.from_zero,
             wake=not args.no_wake,
             iam_check=not args.no_iam_check,
+            producers=producers,
         )
         try:
             pipeline.start()

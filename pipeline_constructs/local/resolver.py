@@ -27,9 +27,18 @@ def _clean(text: str, allowed: str, limit: int, lower: bool = False) -> str:
 
 class Resolver:
     def __init__(
-        self, template: dict[str, Any], *, stack_name: str, region: str, queue_url_base: str, run_id: str = ""
+        self,
+        template: dict[str, Any],
+        *,
+        stack_name: str,
+        region: str,
+        queue_url_base: str,
+        run_id: str = "",
+        imports: dict[str, Any] | None = None,
     ) -> None:
+        """``imports``: the values of other stacks' exports, by export name, for ``Fn::ImportValue``."""
         self.template = template
+        self.imports = imports or {}
         # Names carry the run id, so several runs can share one emulator without colliding.
         self.name_prefix = f"{stack_name}-{run_id}" if run_id else stack_name
         self.resources: dict[str, dict[str, Any]] = template.get("Resources", {})
@@ -168,11 +177,27 @@ class Resolver:
                 return str(self.resolve(text)).split(separator)
             if key == "Fn::Base64":
                 return base64.b64encode(str(self.resolve(argument)).encode()).decode()
+            if key == "Fn::ImportValue":
+                name = self.resolve(argument)
+                if name not in self.imports:
+                    raise UnresolvableError(
+                        f"Fn::ImportValue {name!r}: no stack in the run exports it "
+                        f"(exports: {', '.join(sorted(self.imports)) or 'none'})"
+                    )
+                return self.imports[name]
             if key == "Fn::GetAZs":
                 return [f"{self.region}{zone}" for zone in "abc"]
             if key.startswith("Fn::") or key == "Condition":
                 raise UnresolvableError(f"{key} is not supported by the local run")
         return {k: self.resolve(v) for k, v in value.items()}
+
+    def exports(self) -> dict[str, Any]:
+        """This stack's exports (``Outputs.*.Export.Name``) and their values."""
+        return {
+            self.resolve(output["Export"]["Name"]): self.resolve(output["Value"])
+            for output in self.template.get("Outputs", {}).values()
+            if "Export" in output
+        }
 
     def _sub(self, argument: Any) -> str:
         text, variables = (argument, {}) if isinstance(argument, str) else (argument[0], argument[1])

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,10 @@ class LocalPipeline:
         from_zero: bool = False,
         wake: bool = True,
         iam_check: bool = True,
+        producers: Sequence[SynthesizedStack] = (),
     ) -> None:
+        """``producers``: the stacks ``stack`` imports from (``Fn::ImportValue``), in the order they depend on
+        each other; their buckets, queues, topics and tables are created too, under the same run."""
         self.stack = stack
         # from_zero: every fleet's group starts at zero workers, as a deployed one does after a quiet night;
         # wake: the sample tasks' submission wakes it, as `pipeline submit` does.
@@ -133,8 +137,27 @@ class LocalPipeline:
         self.faults = faults or Faults()
         self.rng = random.Random(seed)
         self.run_id = uuid.uuid4().hex[:6]
+        exports: dict[str, Any] = {}
+        #: (stack, its resolver) of every stack this one imports from.
+        self.producers: list[tuple[SynthesizedStack, Resolver]] = []
+        for producer in producers:
+            resolver = Resolver(
+                producer.template,
+                stack_name=producer.name,
+                region=region,
+                queue_url_base=endpoint,
+                run_id=self.run_id,
+                imports=dict(exports),
+            )
+            exports |= resolver.exports()
+            self.producers.append((producer, resolver))
         self.resolver = Resolver(
-            stack.template, stack_name=stack.name, region=region, queue_url_base=endpoint, run_id=self.run_id
+            stack.template,
+            stack_name=stack.name,
+            region=region,
+            queue_url_base=endpoint,
+            run_id=self.run_id,
+            imports=exports,
         )
         self.resources = stack.resources
         self.session = boto3.session.Session(
@@ -215,10 +238,12 @@ class LocalPipeline:
         for resource in self.resources.values():
             if resource["Type"] not in emulated:
                 self.not_emulated[resource["Type"]] += 1
-        self._create_buckets()
-        self._create_queues()
-        self._create_topics()
-        self._create_tables()
+        # What the stack imports (a bucket from a shared stack) exists before what uses it.
+        for stack, resolver in [*self.producers, (self.stack, self.resolver)]:
+            self._create_buckets(stack, resolver)
+            self._create_queues(stack, resolver)
+            self._create_topics(stack, resolver)
+            self._create_tables(stack, resolver)
         self._create_parameters()
         self._create_batch()
         self._create_functions()
@@ -228,9 +253,9 @@ class LocalPipeline:
         threading.Thread(target=self._poll_sns_taps, name="sns-taps", daemon=True).start()
         self._start_fault_injection()
 
-    def _create_buckets(self) -> None:
-        for logical_id, resource in self._of_type("AWS::S3::Bucket").items():
-            name = self.resolver.physical_name(logical_id)
+    def _create_buckets(self, stack: SynthesizedStack, resolver: Resolver) -> None:
+        for logical_id, resource in stack.resources_of_type("AWS::S3::Bucket").items():
+            name = resolver.physical_name(logical_id)
             arguments: dict[str, Any] = {"Bucket": name}
             if self.region != "us-east-1":
                 arguments["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
@@ -239,11 +264,11 @@ class LocalPipeline:
             if versioning.get("Status") == "Enabled":
                 self.s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
 
-    def _create_queues(self) -> None:
-        queues = self._of_type("AWS::SQS::Queue")
+    def _create_queues(self, stack: SynthesizedStack, resolver: Resolver) -> None:
+        queues = stack.resources_of_type("AWS::SQS::Queue")
         ordered = sorted(queues, key=lambda lid: "RedrivePolicy" in queues[lid].get("Properties", {}))
         for logical_id in ordered:
-            props = self.resolver.resolve(queues[logical_id].get("Properties", {}))
+            props = resolver.resolve(queues[logical_id].get("Properties", {}))
             attributes = {}
             if "VisibilityTimeout" in props:
                 attributes["VisibilityTimeout"] = str(min(int(props["VisibilityTimeout"]), self.visibility_timeout))
@@ -251,21 +276,19 @@ class LocalPipeline:
                 attributes["MessageRetentionPeriod"] = str(props["MessageRetentionPeriod"])
             if "RedrivePolicy" in props:
                 attributes["RedrivePolicy"] = json.dumps(props["RedrivePolicy"])
-            url = self.sqs.create_queue(QueueName=self.resolver.physical_name(logical_id), Attributes=attributes)[
-                "QueueUrl"
-            ]
-            expected = self.resolver.ref(logical_id)
+            url = self.sqs.create_queue(QueueName=resolver.physical_name(logical_id), Attributes=attributes)["QueueUrl"]
+            expected = resolver.ref(logical_id)
             if url != expected:
                 raise RuntimeError(f"queue URL {url} differs from the resolved {expected}")
 
-    def _create_topics(self) -> None:
-        for logical_id in self._of_type("AWS::SNS::Topic"):
-            self.sns.create_topic(Name=self.resolver.physical_name(logical_id))
+    def _create_topics(self, stack: SynthesizedStack, resolver: Resolver) -> None:
+        for logical_id in stack.resources_of_type("AWS::SNS::Topic"):
+            self.sns.create_topic(Name=resolver.physical_name(logical_id))
 
-    def _create_tables(self) -> None:
-        for logical_id, resource in self._of_type("AWS::DynamoDB::Table").items():
-            props = self.resolver.resolve(resource.get("Properties", {}))
-            name = self.resolver.physical_name(logical_id)
+    def _create_tables(self, stack: SynthesizedStack, resolver: Resolver) -> None:
+        for logical_id, resource in stack.resources_of_type("AWS::DynamoDB::Table").items():
+            props = resolver.resolve(resource.get("Properties", {}))
+            name = resolver.physical_name(logical_id)
             self.dynamodb.create_table(
                 TableName=name,
                 KeySchema=props["KeySchema"],
@@ -783,8 +806,12 @@ class LocalPipeline:
 
     def objects_written(self) -> dict[str, int]:
         counts: Counter[str] = Counter()
-        for logical_id in self._of_type("AWS::S3::Bucket"):
-            bucket = self.resolver.physical_name(logical_id)
+        buckets = [
+            resolver.physical_name(logical_id)
+            for stack, resolver in [*self.producers, (self.stack, self.resolver)]
+            for logical_id in stack.resources_of_type("AWS::S3::Bucket")
+        ]
+        for bucket in buckets:
             paginator = self.s3.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=bucket):
                 for entry in page.get("Contents", []):
