@@ -327,8 +327,8 @@ def as_deployed(value: Any, stack_name: str) -> Any:
 
 @jsii.implements(IValidation)
 class _ConfigSizeCheck:
-    """Parameter Store refuses a standard parameter over 4 KB (and Lambda an environment over 4 KB): say so
-    at synth, with the size deployed (ARNs and names at their real length), not at deploy."""
+    """Parameter Store refuses a value over 8 KB (and Lambda an environment over 4 KB): say so at synth, with
+    the size deployed (ARNs and names at their real length), not at deploy."""
 
     def __init__(self, glue: GlueFunction) -> None:
         self._glue = glue
