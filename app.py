@@ -231,7 +231,7 @@ class PipelineStack(cdk.Stack):
         self.alarms.watch_fleet(self.statistics)
         self.alarms.watch_queue("FinishedDeadLetters", self.finished.dead_letter_queue, "The finished-task DLQ")
 
-        # For people; the operator CLI reads the PipelineManifest output the constructs write.
+        # For people; the operator CLI reads the PipelineConstructsManifest output the constructs write.
         for name, value in {
             "DataBucketName": self.data.bucket.bucket_name,
             "StatusTableName": self.status.table.table_name,

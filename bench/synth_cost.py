@@ -52,7 +52,7 @@ def fifty_chains(count: int = 50) -> dict:
     import aws_cdk as cdk
 
     from pipeline_constructs import BatchChain, ChainLink, ChainStep, DataBucket, PipelineNetwork
-    from pipeline_constructs.glue_function import as_deployed
+    from pipeline_constructs.glue_function import GlueFunction, as_deployed
 
     started = time.perf_counter()
     # CloudFormation takes 500 resources a stack: the limit is lifted here to see what else would stop them.
@@ -73,11 +73,11 @@ def fifty_chains(count: int = 50) -> dict:
         first = first or chain
     template = app.synth().get_stack_by_name(stack.stack_name).template
     seconds = time.perf_counter() - started
-    glue = stack.node.find_child("PipelineGlue")
+    glue = GlueFunction.of(stack)
     policies = [
         len(json.dumps(as_deployed(r["Properties"]["PolicyDocument"], stack.stack_name), separators=(",", ":")))
         for lid, r in template["Resources"].items()
-        if lid.startswith("PipelineGlueRole") and r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+        if lid.startswith("PipelineConstructsGlueRole") and r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
     ]
     return {
         "chains": count,

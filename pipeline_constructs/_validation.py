@@ -64,20 +64,36 @@ def seconds(duration: Duration | None) -> float | None:
     return duration.to_seconds()
 
 
-def stack_singleton(scope: Construct, construct_id: str, kind: type, create: Callable[[Stack, str], Any]) -> Any:
-    """The stack's one ``kind`` at ``<stack>/<construct_id>``, created by ``create`` on first use. A construct
-    of the user's own under that id is named in one line, not mistaken for the library's."""
+#: The one id the library takes at a stack's root: the shared constructs of a stack (glue function, status
+#: store, key, manifest) live under it, so that no id of the user's collides with one of the library's.
+NAMESPACE_ID = "PipelineConstructs"
+
+
+class _Namespace(Construct):
+    """Where the library keeps a stack's shared constructs (see :func:`stack_singleton`)."""
+
+
+def stack_singleton(scope: Construct, construct_id: str, kind: type, create: Callable[[Construct, str], Any]) -> Any:
+    """The stack's one ``kind`` at ``<stack>/PipelineConstructs/<construct_id>``, created by ``create`` (given
+    the namespace and the id) on first use. A construct of the user's own at ``<stack>/PipelineConstructs`` is
+    named in one line, not mistaken for the library's."""
     stack = Stack.of(scope)
-    existing = stack.node.try_find_child(construct_id)
-    if existing is None:
-        return create(stack, construct_id)
-    if not isinstance(existing, kind):
+    namespace = stack.node.try_find_child(NAMESPACE_ID)
+    if namespace is None:
+        namespace = _Namespace(stack, NAMESPACE_ID)
+    elif not isinstance(namespace, _Namespace):
         raise argument_error(
-            f"{stack.node.path}/{construct_id}",
+            f"{stack.node.path}/{NAMESPACE_ID}",
             "id",
-            construct_id,
-            f"left to the library's shared {kind.__name__} (this stack's is a {type(existing).__name__}: rename it)",
+            NAMESPACE_ID,
+            "left to pipeline_constructs, which keeps a stack's shared constructs under it "
+            f"(this stack's is a {type(namespace).__name__}: rename it)",
         )
+    existing = namespace.node.try_find_child(construct_id)
+    if existing is None:
+        return create(namespace, construct_id)
+    if not isinstance(existing, kind):  # two kinds of the library's under one id: a bug of ours, not the user's
+        raise TypeError(f"{existing.node.path} is a {type(existing).__name__}, not a {kind.__name__}")
     return existing
 
 

@@ -27,7 +27,7 @@ from pipeline_constructs.cost import PROFILE_METADATA
 #: The context key of the switch (true / false).
 COMPLIANCE_CONTEXT = "pipeline-constructs:compliance"
 #: The id of the stack's shared key, at the stack's root.
-KEY_ID = "PipelineKey"
+KEY_ID = "Key"
 
 
 def compliance_profile(scope: IConstruct) -> bool:

@@ -28,7 +28,7 @@ from pipeline_constructs.network import PipelineNetwork
 from pipeline_constructs.task_queue import QueueDestination, failure_queue
 
 GLUE_CODE_DIR = Path(__file__).resolve().parent / "glue"
-SINGLETON_ID = "PipelineGlue"
+SINGLETON_ID = "Glue"
 #: Lambda's limit on all environment variables of a function together.
 ENVIRONMENT_LIMIT_BYTES = 4096
 #: The first level of the Parameter Store path of every stack's glue configuration.

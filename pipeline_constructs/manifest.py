@@ -9,12 +9,13 @@ from constructs import Construct
 
 from pipeline_constructs._validation import stack_singleton
 
-OUTPUT_NAME = "PipelineManifest"
-SINGLETON_ID = "PipelineManifest"
+#: The output's name: the library's namespace, like every shared construct of the stack.
+OUTPUT_NAME = "PipelineConstructsManifest"
+SINGLETON_ID = "Manifest"
 
 
 class PipelineManifest(Construct):
-    """Collects the fleets and chains of a stack into the ``PipelineManifest`` output (JSON).
+    """Collects the fleets and chains of a stack into the ``PipelineConstructsManifest`` output (JSON).
 
     ``pipeline status``/``submit``/``redrive``/``start`` read it from the deployed stack (or from a local run),
     so they need only a stack or environment name. Constructs register themselves; use :meth:`of`.

@@ -1,6 +1,6 @@
 """What the operator CLI does, without the CLI: find a pipeline, submit work, read status, redrive, start.
 
-Resources are found through the stack's ``PipelineManifest`` output, from CloudFormation (a deployed stack,
+Resources are found through the stack's ``PipelineConstructsManifest`` output, from CloudFormation (a deployed stack,
 by stack or environment name) or from a running local run's state file (``--local``).
 """
 
@@ -29,7 +29,10 @@ from botocore.exceptions import (
 from pipeline_constructs.glue.handler import SubmitGuard, job_name, try_wake
 from pipeline_constructs.local import LOCAL_STATE_FILE
 
-MANIFEST_OUTPUT = "PipelineManifest"
+#: The output :class:`~pipeline_constructs.manifest.PipelineManifest` writes (named here too: this module
+#: does not import the CDK), and the name it had before the library kept its ids under one namespace.
+MANIFEST_OUTPUT = "PipelineConstructsManifest"
+EARLIER_MANIFEST_OUTPUT = "PipelineManifest"
 SQS_BATCH = 10
 STATUS_TTL_SECONDS = 90 * 86400
 
@@ -165,9 +168,10 @@ def connect(
 
 
 def _manifest(stack: str, outputs: dict[str, str]) -> dict[str, Any]:
-    if MANIFEST_OUTPUT not in outputs:
-        raise OperatorError(f"stack {stack} has no {MANIFEST_OUTPUT} output: was it built with pipeline_constructs?")
-    return json.loads(outputs[MANIFEST_OUTPUT])
+    for name in (MANIFEST_OUTPUT, EARLIER_MANIFEST_OUTPUT):
+        if name in outputs:
+            return json.loads(outputs[name])
+    raise OperatorError(f"stack {stack} has no {MANIFEST_OUTPUT} output: was it built with pipeline_constructs?")
 
 
 # -------------------------------------------------------------------- submit

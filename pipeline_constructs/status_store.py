@@ -17,8 +17,8 @@ from pipeline_constructs.compliance import default_key
 PARTITION_KEY = "pk"
 SORT_KEY = "sk"
 TTL_ATTRIBUTE = "expires_at"
-#: The id of the stack's shared store (:meth:`StatusStore.of`), at the stack's root.
-SHARED_ID = "PipelineStatus"
+#: The id of the stack's shared store (:meth:`StatusStore.of`), under the library's namespace.
+SHARED_ID = "Status"
 
 
 class StatusStore(Construct):

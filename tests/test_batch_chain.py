@@ -167,13 +167,13 @@ def test_scheduler_uses_the_time_zone_and_a_role_scoped_to_the_glue_function(thr
     statements = {s["Action"]: s["Resource"] for s in schedule_policy["Properties"]["PolicyDocument"]["Statement"]}
     assert set(statements) == {"lambda:InvokeFunction", "sqs:SendMessage"}  # invoke the glue, dead-letter
     invoke = json.dumps(statements["lambda:InvokeFunction"])
-    assert invoke.count("PipelineGlueFunction") == 2 and '"*"' not in invoke
-    assert statements["sqs:SendMessage"] == {"Fn::GetAtt": ["PipelineGlueFailures36450FA0", "Arn"]}
+    assert invoke.count("PipelineConstructsGlueFunction") == 2 and '"*"' not in invoke
+    assert statements["sqs:SendMessage"] == {"Fn::GetAtt": ["PipelineConstructsGlueFailures6E40D22F", "Arn"]}
 
 
 def test_glue_submits_only_to_exact_queues_and_job_definitions(three_chains):
     policies = three_chains.template.find_resources("AWS::IAM::Policy")
-    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineGlueRole"))
+    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineConstructsGlueRole"))
     submit = [s for s in glue_policy["Properties"]["PolicyDocument"]["Statement"] if s["Action"] == "batch:SubmitJob"]
     assert submit
     for statement in submit:
@@ -201,7 +201,7 @@ def test_constant_input_schedules_are_guarded_by_a_table_the_glue_may_write(thre
     first_table = three_chains.stack.resolve(three_chains.chains[0].table.table_name)["Ref"]
     assert f'\\"table\\":\\"", {{"Ref": "{first_table}"}}' in config
     policies = three_chains.template.find_resources("AWS::IAM::Policy")
-    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineGlueRole"))
+    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineConstructsGlueRole"))
     writes = [s for s in glue_policy["Properties"]["PolicyDocument"]["Statement"] if "dynamodb:PutItem" in s["Action"]]
     assert {"Fn::GetAtt": [first_table, "Arn"]} in [s["Resource"] for s in writes]
 
@@ -400,14 +400,14 @@ def test_a_fleet_target_sends_its_task_through_the_glue_and_may_wake_only_that_f
     template = Template.from_stack(stack)
     (schedule,) = template.find_resources("AWS::Scheduler::Schedule").values()
     target = schedule["Properties"]["Target"]
-    assert "PipelineGlueFunction" in json.dumps(target["Arn"])
+    assert "PipelineConstructsGlueFunction" in json.dumps(target["Arn"])
     parts = target["Input"]["Fn::Join"][1]
     sent = json.loads("".join(p if isinstance(p, str) else "<ref>" for p in parts))
     assert sent["enqueue"] == {"queue": "<ref>", "body": '{"key": "nightly"}', "group": "<ref>"}
     statements = [
         s
         for lid, p in template.find_resources("AWS::IAM::Policy").items()
-        if lid.startswith("PipelineGlueRole")
+        if lid.startswith("PipelineConstructsGlueRole")
         for s in p["Properties"]["PolicyDocument"]["Statement"]
     ]
     by_action = {json.dumps(s["Action"]): s["Resource"] for s in statements}
@@ -444,7 +444,7 @@ def test_a_step_that_feeds_a_fleet_may_send_it_tasks_and_the_glue_may_wake_only_
     glue_statements = [
         s
         for lid, p in policies.items()
-        if lid.startswith("PipelineGlueRole")
+        if lid.startswith("PipelineConstructsGlueRole")
         for s in p["Properties"]["PolicyDocument"]["Statement"]
     ]
     (set_desired,) = [s for s in glue_statements if s["Action"] == "autoscaling:SetDesiredCapacity"]
@@ -456,7 +456,7 @@ def glue_chain_parameters(template: Template) -> dict[str, dict]:
     return {
         lid: resource
         for lid, resource in template.find_resources("AWS::SSM::Parameter").items()
-        if lid.startswith("PipelineGlueChain")
+        if lid.startswith("PipelineConstructsGlueChain")
     }
 
 
@@ -481,7 +481,7 @@ def test_the_glue_reads_each_chains_configuration_from_a_parameter_on_its_stacks
         assert props["Type"] == "String" and props["Tier"] == "Intelligent-Tiering"
         assert props["Name"]["Fn::Join"][1][:2] == path[:2]
     policies = template.find_resources("AWS::IAM::Policy")
-    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineGlueRole"))
+    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineConstructsGlueRole"))
     (read,) = [s for s in glue_policy["Properties"]["PolicyDocument"]["Statement"] if "ssm" in json.dumps(s["Action"])]
     # GetParametersByPath is authorized against the path: exactly that ARN, no wildcard.
     assert read["Action"] == "ssm:GetParametersByPath"
@@ -551,7 +551,7 @@ def test_only_a_step_that_may_publish_is_told_the_topic(dev_template):
 def test_message_links_get_a_claim_check_folder_the_glue_writes_and_the_next_step_reads(dev_template):
     """A message over SubmitJob's 30 KiB goes to S3: the glue may write only the chain's _messages/ folder,
     and only the step after a message link may read its own claim checks there."""
-    glue_role = "PipelineGlueRole"
+    glue_role = "PipelineConstructsGlueRole"
     writes, reads = [], {}
     for logical_id, policy in dev_template.find_resources("AWS::IAM::Policy").items():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:

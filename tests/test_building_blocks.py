@@ -14,6 +14,7 @@ from constructs import Construct
 
 from pipeline_constructs import (
     BatchChain,
+    ChainLink,
     ChainStep,
     DataBucket,
     PipelineNetwork,
@@ -211,18 +212,11 @@ def test_visibility_defaults_above_the_consumer_timeout(stack):
         ),
         (
             lambda s: (
-                cdk.CfnOutput(s, "PipelineManifest", value="mine"),
-                SpotWorkerFleet(s, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats"),
-            ),
-            "Test/PipelineManifest: id='PipelineManifest' is invalid; allowed: left to the library's shared "
-            "PipelineManifest (this stack's is a CfnOutput: rename it)",
-        ),
-        (
-            lambda s: (
-                Construct(s, "PipelineStatus"),
+                Construct(s, "PipelineConstructs"),
                 BatchChain(s, "Chain", steps=[ChainStep(name="a", image="x/y:1")]),
             ),
-            "Test/PipelineStatus: id='PipelineStatus' is invalid; allowed: left to the library's shared StatusStore",
+            "Test/PipelineConstructs: id='PipelineConstructs' is invalid; allowed: left to pipeline_constructs, "
+            "which keeps a stack's shared constructs under it (this stack's is a Construct: rename it)",
         ),
     ],
 )
@@ -231,6 +225,23 @@ def test_bad_arguments_raise_one_value_error_naming_everything(stack, make, mess
     with pytest.raises(ValueError) as error:
         make(stack)
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_the_library_takes_one_id_at_a_stacks_root_and_the_users_keep_the_rest(stack):
+    # The ids and the output name the library took at the root before it kept them under one namespace.
+    for taken in ("PipelineManifest", "PipelineStatus", "PipelineGlue", "PipelineKey"):
+        cdk.CfnOutput(stack, taken, value="mine")
+    SpotWorkerFleet(stack, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats")
+    steps = [ChainStep(name="a", image="x/y:1", link=ChainLink.on_success()), ChainStep(name="b", image="x/y:1")]
+    BatchChain(stack, "Chain", steps=steps)
+    outputs = Template.from_stack(stack).to_json()["Outputs"]
+    assert {"PipelineManifest", "PipelineStatus", "PipelineGlue", "PipelineKey"} <= set(outputs)
+    manifest = json.dumps(outputs["PipelineConstructsManifest"]["Value"])
+    assert '\\"fleets\\":{\\"Test/Fleet\\"' in manifest and '\\"chains\\":{\\"Chain\\"' in manifest
+    library = [child.node.id for child in stack.node.children if child.node.id.startswith("PipelineConstructs")]
+    assert library == ["PipelineConstructs"]
+    shared = {child.node.id for child in stack.node.find_child("PipelineConstructs").node.children}
+    assert shared == {"Manifest", "Status", "Glue"}
 
 
 def _vpc(scope: cdk.Stack) -> ec2.Vpc:

@@ -196,5 +196,5 @@ def test_a_glue_function_without_a_network_is_refused_at_synth():
     from pipeline_constructs.glue_function import GlueFunction
 
     other = _compliance_stack()
-    with pytest.raises(ValueError, match=r"PipelineGlue: network=None.*compliance profile"):
+    with pytest.raises(ValueError, match=r"PipelineConstructs/Glue: network=None.*compliance profile"):
         GlueFunction.of(other)

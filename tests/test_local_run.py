@@ -59,7 +59,7 @@ def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_outdir, tmp_path
     assert result["iam"]["denied"] == []
     roles = set(result["iam"]["allowed_by_role"])
     assert any(role.startswith("StatisticsInstanceRole") for role in roles)  # the fleet's workers
-    assert any(role.startswith("PipelineGlueRole") for role in roles)  # the glue function
+    assert any(role.startswith("PipelineConstructsGlueRole") for role in roles)  # the glue function
     assert {"FeedsfeedwatcherJobRole", "FeedsfeedconsumerJobRole", "ReportsdailyreportJobRole"} <= {
         role[:-8] for role in roles
     }  # each Batch step's job role
@@ -381,7 +381,13 @@ def _assembly_without(outdir: Path, target: Path, policy_prefix: str, action: st
             "StatisticsTasksQueue",
             ("--demo", "--tasks", "4", "--no-schedules"),
         ),
-        ("PipelineGlueRoleDefaultPolicy", "batch:SubmitJob", "batch:SubmitJob", ":job-queue/", ("--fire", "DailyFeed")),
+        (
+            "PipelineConstructsGlueRoleDefaultPolicy",
+            "batch:SubmitJob",
+            "batch:SubmitJob",
+            ":job-queue/",
+            ("--fire", "DailyFeed"),
+        ),
         (
             "FeedsfeedwatcherJobRoleDefaultPolicy",
             "s3:PutObject",

@@ -448,11 +448,12 @@ def test_the_wake_check_looks_every_minute_and_may_only_raise_its_own_group(stac
     (schedule,) = template.find_resources("AWS::Scheduler::Schedule").values()
     target = schedule["Properties"]["Target"]
     assert schedule["Properties"]["ScheduleExpression"] == "rate(1 minute)"
-    assert "PipelineGlueFunction" in json.dumps(target["Arn"]) and '{\\"wake\\":{\\"queue\\":' in json.dumps(target)
+    assert "PipelineConstructsGlueFunction" in json.dumps(target["Arn"])
+    assert '{\\"wake\\":{\\"queue\\":' in json.dumps(target)
     glue_statements = [
         statement
         for logical_id, policy in template.find_resources("AWS::IAM::Policy").items()
-        if logical_id.startswith("PipelineGlueRole")
+        if logical_id.startswith("PipelineConstructsGlueRole")
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]
     ]
     by_action = {json.dumps(s["Action"]): s["Resource"] for s in glue_statements}
