@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 
@@ -13,6 +17,7 @@ import boto3
 
 @contextmanager
 def moto_endpoint():
+    """An emulator in this process (a thread): cheap to start, but it shares this interpreter's lock."""
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -21,7 +26,45 @@ def moto_endpoint():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    try:
+        with _endpoint_environment(f"http://{host}:{port}") as endpoint:
+            yield endpoint
+    finally:
+        server.stop()
+
+
+@contextmanager
+def moto_process(start_timeout: float = 30.0):
+    """An emulator in a process of its own, for throughput runs: a producer in this process then never waits
+    for the emulator's interpreter lock (nor slows the emulator by taking it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start on port {port}") from None
+                time.sleep(0.1)
+        with _endpoint_environment(f"http://127.0.0.1:{port}") as endpoint:
+            yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@contextmanager
+def _endpoint_environment(endpoint: str):
+    """Points boto3 (this process and its children) at ``endpoint`` with dummy credentials, then restores."""
     saved = {
         k: os.environ.get(k)
         for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
@@ -35,7 +78,6 @@ def moto_endpoint():
     try:
         yield endpoint
     finally:
-        server.stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
