@@ -113,6 +113,42 @@ def test_a_lost_last_attempt_after_failed_ones_keeps_the_earlier_error_in_the_re
     assert row["error"] == "worker lost during the last of 2 attempts; before: ValueError: failing attempt 1 of flaky"
 
 
+def _lose_deliveries_unstarted(p, count: int) -> None:
+    """``count`` deliveries that no task started: what a worker killed with them prefetched leaves."""
+    for _ in range(count):
+        received = p.aws.sqs.receive_message(QueueUrl=p.queue_url, VisibilityTimeout=0, WaitTimeSeconds=1)
+        assert len(received.get("Messages", [])) == 1
+
+
+def test_deliveries_lost_before_their_task_started_are_not_attempts(pipeline, aws_env):
+    p = pipeline(visibility=30, max_receive_count=6)  # 3 attempts and 3 spare deliveries, as the fleet's queue
+    p.submit([{"key": "late"}])
+    _lose_deliveries_unstarted(p, 3)
+    p.start_worker(aws_env, PIPELINE_MAX_ATTEMPTS="3")
+    wait_until(lambda: p.task_rows().get("late", {}).get("state") == "SUCCEEDED", timeout=30, message="the task")
+    assert p.stop_all() == [0]
+    row = p.task_rows()["late"]
+    # Its 4th delivery: the first counts as an attempt (unknowable without a write per task), the next two not.
+    assert row["attempts"] == 2 and p.runs("late") == 1 and p.outputs() == {"late": 1}
+    assert p.queue_counts(p.dlq_url) == (0, 0)
+
+
+def test_a_task_out_of_deliveries_before_its_attempts_is_dead_lettered_saying_so(pipeline, aws_env):
+    p = pipeline(visibility=30, max_receive_count=6)
+    p.submit([{"key": "unlucky"}])
+    _lose_deliveries_unstarted(p, 5)
+    p.start_worker(aws_env, PIPELINE_MAX_ATTEMPTS="3")
+    wait_until(lambda: "unlucky" in p.task_rows(), timeout=30, message="the reason")
+    wait_until(lambda: p.queue_counts(p.dlq_url)[0] == 1, timeout=30, message="the task in the DLQ")
+    assert p.stop_all() == [0]
+    row = p.task_rows()["unlucky"]
+    assert row["state"] == "FAILED" and p.runs("unlucky") == 0
+    assert row["error"] == (
+        "dead-lettered after 1 attempt of 3: 4 deliveries were lost before their task started "
+        "(workers killed while holding them)"
+    )
+
+
 def test_a_spare_delivery_records_its_reason_at_once_while_every_task_slot_is_busy(pipeline, aws_env):
     p = pipeline(visibility=6, max_receive_count=3)
     p.submit([{"key": "doomed", "sleep": 3600}])

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 
 #: Deliveries the fleet's created queue allows beyond a task's attempts. On one of them a worker records why
 #: the task is dead-lettered (its workers were lost, or it timed out); several, so that a worker lost on that
-#: very delivery still leaves a reason.
+#: very delivery still leaves a reason. Deliveries lost before their task started (a killed worker held them
+#: prefetched) are not attempts and use these up first; the last delivery is always kept for the record.
 SPARE_DELIVERIES = 3
 
 

@@ -53,8 +53,9 @@ class Held:
     message: dict[str, Any]
     receipt: str
     visible_until: float
-    attempt: int
+    delivery: int  # SQS's receive count: deliveries lost before their task started count too
     task_id: str
+    attempt: int = 1  # the attempt this delivery runs; a redelivery's is counted in the status store
     started: float | None = None
     future: Future | None = None
     outcome: dict[str, Any] = field(default_factory=dict)
@@ -229,17 +230,18 @@ class Worker:
                 message=message,
                 receipt=message["ReceiptHandle"],
                 visible_until=now + self.visibility_timeout,
-                attempt=int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+                delivery=int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
                 task_id=task_id_of(body, message["MessageId"]),
             )
+            held.attempt = held.delivery  # until a redelivery counts its attempt (_process)
             with self._lock:
                 self._held[held.message_id] = held
                 self.counts["received"] += 1
             if self._stopping.is_set():  # a long poll that returned after a stop: hand it straight back
                 self._release([held])
                 continue
-            pool = self._bookkeeping if self._past_attempts(held) else self._pool
-            held.future = pool.submit(self._process, held, body)
+            spare = self._past_attempts(held)  # by deliveries: most likely only a reason to record
+            held.future = (self._bookkeeping if spare else self._pool).submit(self._process, held, body, spare)
 
     # ---------------------------------------------------------------- processing
 
@@ -257,19 +259,25 @@ class Worker:
             raise
         return json.loads(body)
 
-    def _process(self, held: Held, body: Any) -> None:
+    def _process(self, held: Held, body: Any, on_spare_thread: bool = False, checked: bool = False) -> None:
+        """Run one delivery; ``checked``: its marker was looked for and its attempt counted already."""
         held.started = time.monotonic()
         self.instance.set_protection(True)
         try:
-            if self._past_attempts(held):
-                self._past_last_attempt(held)
-                return
             # Only a redelivery can find its work done (a worker died after finishing, before deleting):
             # first deliveries skip the check, so message-only tasks cost no S3 request at all.
-            marker = self._completion_marker(held.task_id) if held.attempt > 1 else None
+            marker = self._completion_marker(held.task_id) if held.delivery > 1 and not checked else None
             if marker is not None:
                 self._done_before(held, marker)
             else:
+                if held.delivery > 1 and not checked:
+                    held.attempt = self._redelivered_attempt(held)
+                if self._past_attempts(held):
+                    self._past_last_attempt(held)
+                    return
+                if on_spare_thread:  # attempts left after all (deliveries were lost unstarted): a task slot
+                    held.future = self._pool.submit(self._process, held, body, checked=True)
+                    return
                 call = TaskCall(held.task_id, body, held.message_id, held.attempt)
                 outcome = self.tasks.run(call, self._record_progress)
                 if not outcome.ok:
@@ -295,7 +303,24 @@ class Worker:
         self._queue_ack(held)
 
     def _past_attempts(self, held: Held) -> bool:
-        return self.max_attempts is not None and held.attempt > self.max_attempts
+        """No attempt on this delivery, only the reason recorded: the attempts are used up, or it is the last
+        delivery SQS makes before the dead-letter queue (kept for the record)."""
+        if self.max_attempts is not None and held.attempt > self.max_attempts:
+            return True
+        return self.max_receive_count is not None and held.delivery >= self.max_receive_count
+
+    def _last_attempt(self, held: Held) -> bool:
+        """After this one, no attempt: its failure is final, and its success is acknowledged at once."""
+        if self.max_attempts is not None and held.attempt >= self.max_attempts:
+            return True
+        return self.max_receive_count is not None and held.delivery >= self.max_receive_count - 1
+
+    def _redelivered_attempt(self, held: Held) -> int:
+        """The attempt a redelivery starts. Deliveries a killed worker held prefetched, never started, are
+        not attempts: the started ones are counted in the task's row (one write, on redeliveries only), the
+        first delivery always. Without a status store (or if the write fails), every delivery counts."""
+        started = self.status.attempt_started(held.task_id)
+        return held.delivery if started is None else min(held.delivery, started + 1)
 
     def _done_before(self, held: Held, marker: dict[str, Any]) -> None:
         """Done by an earlier attempt whose worker died before deleting: acknowledge, record and forward it
@@ -314,21 +339,34 @@ class Worker:
             self._queue_ack(held)
             return
         if (row or {}).get("state") != "FAILED":
-            attempts = f"{self.max_attempts} attempt{'s' if self.max_attempts != 1 else ''}"
-            reason = f"worker lost during {attempts}"
-            if (row or {}).get("error"):  # earlier attempts failed on their own; the last one's worker was lost
-                reason = f"worker lost during the last of {self.max_attempts} attempts; before: {row['error']}"[:1000]
+            reason = self._dead_letter_reason(held, row or {})
             log.warning("task dead-lettered", extra={"task": held.task_id, "reason": reason})
             self.status.task_failed(
-                held.task_id, state="FAILED", attempts=self.max_attempts, worker=self.config.worker_id, error=reason
+                held.task_id, state="FAILED", attempts=held.attempt - 1, worker=self.config.worker_id, error=reason
             )
         self._release([held])
+
+    def _dead_letter_reason(self, held: Held, row: dict[str, Any]) -> str:
+        attempts = held.attempt - 1  # before this delivery, which runs none
+        if attempts < (self.max_attempts or 0):  # out of deliveries, not of attempts
+            unstarted = held.delivery - 1 - attempts
+            reason = (
+                f"dead-lettered after {attempts} attempt{'s' if attempts != 1 else ''} of {self.max_attempts}: "
+                f"{unstarted} deliveries were lost before their task started (workers killed while holding them)"
+            )
+        elif row.get("error"):  # earlier attempts failed on their own; the last one's worker was lost
+            reason = f"worker lost during the last of {attempts} attempts"
+        else:
+            reason = f"worker lost during {attempts} attempt{'s' if attempts != 1 else ''}"
+        if row.get("error"):
+            reason = f"{reason}; before: {row['error']}"
+        return reason[:1000]
 
     def _task_failed(self, held: Held, outcome: TaskOutcome) -> None:
         with self._lock:
             if held.message_id not in self._held:  # released meanwhile (a stop): not ours to judge
                 return
-        final = self.max_attempts is not None and held.attempt >= self.max_attempts
+        final = self._last_attempt(held)
         log.warning(
             "task failed",
             extra={"task": held.task_id, "attempt": held.attempt, "final": final, "error": outcome.error},
@@ -337,6 +375,7 @@ class Worker:
             held.task_id,
             state="FAILED" if final else "RETRYING",
             attempts=held.attempt,
+            started=held.attempt - 1,  # the row is replaced: keep the count of started redeliveries
             worker=self.config.worker_id,
             duration_s=time.monotonic() - (held.started or time.monotonic()),
             error=outcome.error,
@@ -363,7 +402,7 @@ class Worker:
             if self._oldest_ack is None:
                 self._oldest_ack = time.monotonic()
             # On its last delivery a finished task is acknowledged at once: one more crash would dead-letter it.
-            last_chance = self.max_attempts is not None and held.attempt >= self.max_attempts
+            last_chance = self._last_attempt(held)
             # Nothing else held to join the batch soon: acknowledge now rather than after the delay.
             idle = all(h.finished for h in self._held.values())
             full = len(self._to_ack) >= ACK_BATCH or last_chance or idle

@@ -85,6 +85,28 @@ class StatusRecorder:
         if self.enabled:
             self._put(self._item(f"task#{task_id}", fields))
 
+    def attempt_started(self, task_id: str) -> int | None:
+        """Count a redelivered attempt as it starts (``started`` in the task's row) and return the count so
+        far, or None without a store or when the write fails (the caller then counts deliveries instead)."""
+        if not self.enabled:
+            return None
+        now = time.time()
+        try:
+            response = self._table.update_item(
+                Key={"pk": self._partition, "sk": f"task#{task_id}"},
+                UpdateExpression="ADD started :one SET updated_at = :now, expires_at = :expires",
+                ExpressionAttributeValues={
+                    ":one": 1,
+                    ":now": Decimal(str(round(now, 3))),
+                    ":expires": int(now + self._ttl_seconds),
+                },
+                ReturnValues="UPDATED_NEW",
+            )
+            return int(response["Attributes"]["started"])
+        except Exception:
+            log.exception("status write failed: attempt counted by deliveries", extra={"task": task_id})
+            return None
+
     def read(self, task_id: str) -> dict[str, Any] | None:
         """A task's row as it stands (strongly consistent), or None."""
         if not self.enabled:
