@@ -409,17 +409,15 @@ def main() -> int:
         f"{synth['extra_fleets_that_fit_in_500']} more fleets or {synth['extra_steps_that_fit_in_500']} more steps.",
         "- The glue function's configuration no longer limits steps or chains: each chain's is a parameter of "
         "its own, the function's environment names their path. "
-        + "{chains} chains of three steps in one stack (one shared compute environment and job queue, as Batch's "
-        "quota of 50 of each per region asks): the glue environment {glue_environment_bytes} bytes deployed (as "
-        "with one chain), the largest chain parameter {largest_chain_parameter_bytes} bytes (limit 4096 free, "
-        "8192 advanced), the glue role's {glue_role_policies} policies at most {largest_glue_policy_bytes} bytes "
-        "deployed (IAM: 6144 a managed policy, 10240 inline); synth {seconds} s without the rule packs. "
-        "CloudFormation is what stops them: {resources} resources, about {per_chain} a chain, against 500 a stack "
-        "(about {fit} such chains a stack).".format(
-            **synth["fifty_chains"],
-            per_chain=synth["fifty_chains"]["resources"] // synth["fifty_chains"]["chains"],
-            fit=500 // (synth["fifty_chains"]["resources"] // synth["fifty_chains"]["chains"]),
-        ),
+        + "{chains} chains of three steps in one deployed stack, {per_nested} to each of {nested_stacks} nested "
+        "stacks (CloudFormation's 500 resources a template: about 22 a chain), one shared compute environment and "
+        "job queue (Batch's quota is 50 of each per region): {all_resources} resources in all, the parent "
+        "{parent_resources}, the largest nested stack {largest_nested_resources}. The glue environment "
+        "{glue_environment_bytes} bytes deployed (as with one chain), the largest chain parameter "
+        "{largest_chain_parameter_bytes} bytes (limit 4096 free, 8192 advanced); the glue's {glue_policies} "
+        "policies at most {largest_glue_policy_bytes} bytes deployed ({glue_managed_policies} managed policies "
+        "of grants on the chains, of 10 a role; IAM: 6144 a managed policy); synth {seconds} s without the rule "
+        "packs.".format(**synth["fifty_chains"], per_nested=synth_cost.CHAINS_PER_NESTED_STACK),
         "- Synth's fixed start-up (Python, jsii, Node, the aws-cdk-lib modules) is not this library's and is left "
         "out: the old ratio against a one-queue app measured that, not us.",
         "",

@@ -44,49 +44,60 @@ def _add_steps(stack, count: int) -> None:
     )
 
 
+#: Chains per nested stack in the fifty-chain figure: about 22 resources a chain, well within 500 a stack.
+CHAINS_PER_NESTED_STACK = 10
+
+
 def fifty_chains(count: int = 50) -> dict:
-    """``count`` chains of three steps (a message link, a success link) in one stack, sharing one compute
-    environment and job queue (Batch allows 50 of each per region) and the stack's bucket and status store:
-    the glue function's environment and its largest chain parameter at deployed size, the glue role's
-    policies, the stack's resources, synth seconds (without the rule packs)."""
+    """``count`` chains of three steps (a message link, a success link) in one deployed stack: ten to a nested
+    stack, sharing one compute environment and job queue (Batch allows 50 of each per region), the parent's
+    bucket, status store and glue function. The resources of every template, the glue function's environment,
+    its largest chain parameter and its grants at deployed size, synth seconds (without the rule packs)."""
     import aws_cdk as cdk
 
     from pipeline_constructs import BatchChain, ChainLink, ChainStep, DataBucket, PipelineNetwork
     from pipeline_constructs.glue_function import GlueFunction, as_deployed
 
     started = time.perf_counter()
-    # CloudFormation takes 500 resources a stack: the limit is lifted here to see what else would stop them.
-    app = cdk.App(context={"aws:cdk:version-reporting": False, "@aws-cdk/core:stackResourceLimit": 0})
+    app = cdk.App(context={"aws:cdk:version-reporting": False})
     stack = cdk.Stack(app, "pipeline-production-eu", env=cdk.Environment(region="eu-central-1"))
     network = PipelineNetwork(stack, "Network", availability_zones=["eu-central-1a", "eu-central-1b"])
     bucket = DataBucket(stack, "Data").bucket
-    first = None
+    first = nested = None
     for i in range(count):
+        if i % CHAINS_PER_NESTED_STACK == 0:
+            nested = cdk.NestedStack(stack, f"Chains{i // CHAINS_PER_NESTED_STACK}")
         links = [ChainLink.message({"PARALLELISM": 4}), ChainLink.on_success(), None]
         steps = [ChainStep(name=f"step{s}", image=IMAGE, link=link) for s, link in enumerate(links)]
         shared = (
             {} if first is None else {"compute_environment": first.compute_environment, "job_queue": first.job_queue}
         )
         chain = BatchChain(
-            stack, f"Chain{i}", chain_name=f"chain{i}", steps=steps, network=network, bucket=bucket, **shared
+            nested, f"Chain{i}", chain_name=f"chain{i}", steps=steps, network=network, bucket=bucket, **shared
         )
         first = first or chain
-    template = app.synth().get_stack_by_name(stack.stack_name).template
+    assembly = app.synth()
     seconds = time.perf_counter() - started
+    template = assembly.get_stack_by_name(stack.stack_name).template
+    nested_templates = [json.loads(p.read_text()) for p in Path(assembly.directory).glob("*.nested.template.json")]
     glue = GlueFunction.of(stack)
-    policies = [
+    grants = [
         len(json.dumps(as_deployed(r["Properties"]["PolicyDocument"], stack.stack_name), separators=(",", ":")))
         for lid, r in template["Resources"].items()
-        if lid.startswith("PipelineConstructsGlueRole") and r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+        if lid.startswith("PipelineConstructsGlue") and r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
     ]
     return {
         "chains": count,
+        "nested_stacks": len(nested_templates),
         "seconds": round(seconds, 1),
-        "resources": len(template["Resources"]),
+        "parent_resources": len(template["Resources"]),
+        "largest_nested_resources": max(len(t["Resources"]) for t in nested_templates),
+        "all_resources": len(template["Resources"]) + sum(len(t["Resources"]) for t in nested_templates),
         "glue_environment_bytes": glue.deployed_config_bytes(),
         "largest_chain_parameter_bytes": max(glue.deployed_chain_bytes().values()),
-        "glue_role_policies": len(policies),
-        "largest_glue_policy_bytes": max(policies),
+        "glue_policies": len(grants),
+        "glue_managed_policies": len(glue.chain_policies),
+        "largest_glue_policy_bytes": max(grants),
     }
 
 

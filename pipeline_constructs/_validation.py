@@ -76,8 +76,13 @@ class _Namespace(Construct):
 def stack_singleton(scope: Construct, construct_id: str, kind: type, create: Callable[[Construct, str], Any]) -> Any:
     """The stack's one ``kind`` at ``<stack>/PipelineConstructs/<construct_id>``, created by ``create`` (given
     the namespace and the id) on first use. A construct of the user's own at ``<stack>/PipelineConstructs`` is
-    named in one line, not mistaken for the library's."""
+    named in one line, not mistaken for the library's.
+
+    In a nested stack, the stack deployed is its top-level parent: one glue function, status store and
+    manifest serve every nested stack in it (nested stacks are how more chains than 500 resources fit)."""
     stack = Stack.of(scope)
+    while stack.nested_stack_parent is not None:
+        stack = stack.nested_stack_parent
     namespace = stack.node.try_find_child(NAMESPACE_ID)
     if namespace is None:
         namespace = _Namespace(stack, NAMESPACE_ID)

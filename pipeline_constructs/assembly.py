@@ -105,6 +105,18 @@ def producers_of(stack: SynthesizedStack, stacks: list[SynthesizedStack]) -> lis
     return ordered
 
 
+def refuse_nested_stacks(stack: SynthesizedStack) -> None:
+    """The local run runs one stack's own template: one with nested stacks is named in one line, not half run."""
+    nested = sorted(
+        i for i, r in stack.template.get("Resources", {}).items() if r["Type"] == "AWS::CloudFormation::Stack"
+    )
+    if nested:
+        raise KeyError(
+            f"{stack.name} has nested stacks ({', '.join(nested)}), which the local run does not run: "
+            "synthesize its chains without NestedStack to run them locally"
+        )
+
+
 def find_stack(stacks: list[SynthesizedStack], name: str) -> SynthesizedStack:
     """The stack named ``name``, or ``pipeline-<name>`` (an environment name of the example app)."""
     for wanted in (name, f"pipeline-{name}"):

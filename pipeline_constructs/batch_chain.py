@@ -16,6 +16,7 @@ from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
@@ -520,9 +521,14 @@ class BatchChain(Construct):
                 endpoint=self.glue.function.function_arn,
                 dead_letter_queue=self.glue.failure_queue,
             )
-            self.glue.function.add_permission(
-                f"InvokeFrom{self.node.id}Topic",
-                principal=iam.ServicePrincipal("sns.amazonaws.com"),
+            # In the chain's scope, beside its topic: chains of one id in two scopes do not collide, and in a
+            # nested stack the permission stays with the topic it names.
+            lambda_.CfnPermission(
+                self,
+                "GlueInvokeFromTopic",
+                action="lambda:InvokeFunction",
+                function_name=self.glue.function.function_arn,
+                principal="sns.amazonaws.com",
                 source_arn=self.topic.topic_arn,
             )
         # Every state change of this chain's jobs: run tracking, and the success links.
@@ -558,11 +564,13 @@ class BatchChain(Construct):
     def _grant_claim_checks(self) -> dict[str, str]:
         """Let the glue function store messages too large for SubmitJob under this chain's claims folder."""
         claims = self.bucket.arn_for_objects(f"{self.prefix}{CLAIMS_FOLDER}*")
-        self.glue.role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:PutObject"], resources=[claims]))
+        policy = self.glue.add_to_chain_policy(
+            iam.PolicyStatement(actions=["s3:PutObject"], resources=[claims]), owner=self.bucket
+        )
         if self.bucket.encryption_key is not None:
             grant_data_key_use(self.bucket.encryption_key, self.glue.role)
         acknowledge_wildcard_resources(
-            self.glue.role,
+            policy,
             [claims],
             f"Messages too large for SubmitJob, stored as claim checks under {self.chain_name}'s "
             f"'{self.prefix}{CLAIMS_FOLDER}' only; their keys are chain runs known at run time.",

@@ -38,6 +38,15 @@ PARAMETER_ROOT = "pipeline-constructs"
 PARAMETER_LIMIT_BYTES = 8192
 
 
+#: IAM's limit on a customer managed policy (whitespace aside), and on how many attach to one role by default.
+MANAGED_POLICY_LIMIT_BYTES = 6144
+MANAGED_POLICIES_PER_ROLE = 10
+#: The chains' grants start a new managed policy past this estimate.
+CHAIN_POLICY_BUDGET_BYTES = 5400
+#: A reference to another stack's resource (a nested stack's) becomes one of its outputs only when synthesis
+#: wires it, at a longer length: its statements count this much more (measured: 15%; the final size is checked).
+OTHER_STACK_ALLOWANCE = 1.25
+
 #: What the execution role of a function in a VPC must allow (Lambda checks it when the function is created).
 VPC_ACCESS_ACTIONS = (
     "ec2:CreateNetworkInterface",
@@ -59,11 +68,12 @@ class GlueFunction(Construct):
     Each chain's configuration is a Parameter Store parameter under :attr:`chains_path`
     (``/pipeline-constructs/<stack name>/glue``; in the intelligent tier: a standard one, which is free, unless
     a chain of more than about 15 steps takes it over 4 KB, then an advanced one at $0.05 a month, up to 8 KB),
-    which the function reads once per execution environment
-    with one ``GetParametersByPath`` per ten chains: its environment stays a few hundred bytes however many
-    chains the stack has (Lambda refuses more than 4 KB). The environment carries a digest of all chains'
-    configuration, so a change replaces the function's execution environments, and the function depends
-    on the parameters, so CloudFormation writes them first.
+    which the function reads with one ``GetParametersByPath`` per ten chains: its environment stays a few
+    hundred bytes however many chains the stack has (Lambda refuses more than 4 KB). The environment carries
+    a digest of all chains' configuration, so a change replaces the function's execution environments; an
+    environment also reads the parameters again after a minute (a replaced job definition's new ARN) and at
+    once for a chain it does not know (one a deploy added: CloudFormation may write its parameter after the
+    function, which in a nested stack's chain cannot depend on it).
 
     :param log_retention: retention of the function's log group. Default: one month (a year under the
         compliance profile).
@@ -98,6 +108,10 @@ class GlueFunction(Construct):
         self.chains_path = f"/{path}"
         self._chains_path_arn = Stack.of(self).format_arn(service="ssm", resource="parameter", resource_name=path)
         self.chain_parameters: dict[str, ssm.StringParameter] = {}
+        #: What the function may do to the chains' resources (see :meth:`grant_submit`).
+        self.chain_policies: list[iam.ManagedPolicy] = []
+        self._chain_policy_bytes: list[int] = []
+        self._chain_statements: dict[str, iam.ManagedPolicy] = {}
         #: The table guarding constant-input schedules (submit once); the first chain's or trigger's table.
         self.guard_table: dynamodb.ITable | None = None
         self.failure_queue = failure_queue(self, "Failures")
@@ -239,7 +253,8 @@ class GlueFunction(Construct):
             description=f"pipeline_constructs glue: configuration of chain {name}",
         )
         self.chain_parameters[name] = parameter
-        self.function.node.add_dependency(parameter)
+        # No dependency of the function on its parameters: in a nested stack a chain's parameter refers to the
+        # nested stack, which refers to the function. The function reads them again instead (see the handler).
         self._update_environment()
 
     def deployed_config_bytes(self) -> int:
@@ -272,12 +287,41 @@ class GlueFunction(Construct):
 
     def grant_submit(self, job_queue: batch.IJobQueue, job_definitions: list[batch.IJobDefinition]) -> None:
         """SubmitJob on exactly this queue and these definitions (every revision of each)."""
-        self.role.add_to_principal_policy(
+        self.add_to_chain_policy(
             iam.PolicyStatement(
                 actions=["batch:SubmitJob"],
                 resources=[job_queue.job_queue_arn, *(d.job_definition_arn for d in job_definitions)],
-            )
+            ),
+            owner=job_definitions[0] if job_definitions else job_queue,
         )
+
+    def add_to_chain_policy(self, statement: iam.PolicyStatement, *, owner: Construct) -> iam.ManagedPolicy:
+        """A permission on resources of a chain, in customer managed policies beside the role rather than in
+        it: the function waits for its role's policies, and a chain in a nested stack waits for the function,
+        so a chain's ARNs in the role's policy would be a cycle. Packed by deployed size (IAM holds 6,144
+        characters a managed policy); the stack's first policy holds most stacks' chains."""
+        stack = Stack.of(self)
+        resolved = stack.resolve(statement.to_statement_json())
+        key = json.dumps(resolved, sort_keys=True)
+        if key in self._chain_statements:  # the same table for every chain of the stack
+            return self._chain_statements[key]
+        size = len(json.dumps(as_deployed(resolved, stack.stack_name), separators=(",", ":"))) + 1
+        if Stack.of(owner) is not stack:
+            size = int(size * OTHER_STACK_ALLOWANCE)
+        if not self.chain_policies or self._chain_policy_bytes[-1] + size > CHAIN_POLICY_BUDGET_BYTES:
+            self.chain_policies.append(
+                iam.ManagedPolicy(
+                    self,
+                    f"ChainGrants{len(self.chain_policies) + 1}",
+                    description="pipeline_constructs glue: submit and record the jobs of the stack's chains",
+                    roles=[self.role],
+                )
+            )
+            self._chain_policy_bytes.append(len('{"Version":"2012-10-17","Statement":[]}'))
+        self.chain_policies[-1].add_statements(statement)
+        self._chain_policy_bytes[-1] += size
+        self._chain_statements[key] = self.chain_policies[-1]
+        return self.chain_policies[-1]
 
     def use_guard_table(self, table: dynamodb.ITable) -> dynamodb.ITable:
         """The table that guards constant-input schedules: the first one offered (later ones share it)."""
@@ -290,10 +334,11 @@ class GlueFunction(Construct):
 
     def grant_status(self, table: dynamodb.ITable) -> None:
         """Trigger guards and run tracking: write and read back single items, nothing else."""
-        self.role.add_to_principal_policy(
+        self.add_to_chain_policy(
             iam.PolicyStatement(
                 actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"], resources=[table.table_arn]
-            )
+            ),
+            owner=table,
         )
 
 
@@ -313,11 +358,17 @@ def as_deployed(value: Any, stack_name: str) -> Any:
             return "x" * PSEUDO_LENGTHS[argument]
         if key == "Ref" and argument == "AWS::StackName":
             return stack_name
+        if key == "Fn::GetAtt" and str(argument[1]).startswith("Outputs."):
+            # A nested stack's output: its name carries the resource's path and logical id (longer than the id).
+            return "x" * (ARN_OVERHEAD + len(stack_name) + len(argument[1]) + 14)
         if key in ("Ref", "Fn::GetAtt"):
             logical_id = argument if isinstance(argument, str) else argument[0]
             return "x" * (ARN_OVERHEAD + len(stack_name) + len(logical_id) + 14)
+        if key == "Fn::ImportValue":  # another stack's export: an ARN or name of that stack's
+            return "x" * (ARN_OVERHEAD + len(stack_name) + 40)
         if key == "Fn::Join":
-            return argument[0].join(as_deployed(part, stack_name) for part in argument[1])
+            parts = (as_deployed(part, stack_name) for part in argument[1])
+            return argument[0].join(p if isinstance(p, str) else json.dumps(p) for p in parts)
     if isinstance(value, dict):
         return {k: as_deployed(v, stack_name) for k, v in value.items()}
     if isinstance(value, list):
@@ -346,5 +397,20 @@ class _ConfigSizeCheck:
             errors.append(
                 f"{self._glue.node.path}: the glue environment would be about {size} bytes deployed; allowed: "
                 f"at most {ENVIRONMENT_LIMIT_BYTES - 256} (Lambda's 4 KB environment limit)"
+            )
+        stack = Stack.of(self._glue)
+        for policy in self._glue.chain_policies:
+            document = stack.resolve(policy.document)
+            size = len(json.dumps(as_deployed(document, stack.stack_name), separators=(",", ":")))
+            if size > MANAGED_POLICY_LIMIT_BYTES:
+                errors.append(
+                    f"{policy.node.path}: the glue's grants on the chains would be about {size} bytes deployed; "
+                    f"allowed: at most {MANAGED_POLICY_LIMIT_BYTES} (IAM's limit on a managed policy)"
+                )
+        if len(self._glue.chain_policies) > MANAGED_POLICIES_PER_ROLE:
+            errors.append(
+                f"{self._glue.node.path}: the glue's grants on {len(self._glue.config['chains'])} chains need "
+                f"{len(self._glue.chain_policies)} managed policies; allowed: {MANAGED_POLICIES_PER_ROLE} a role "
+                "(IAM's default quota): fewer chains in this stack"
             )
         return errors

@@ -216,9 +216,16 @@ JSII_TESTS = (
     "tests/test_local_run.py::test_the_local_run_follows_a_changed_example_app",
     "tests/test_operator_cli.py::test_cost_reports_a_nat_gateway_with_its_price",
 )
+#: Modules whose tests share a module-scoped fixture too costly to build on several processes.
+SHARED_FIXTURE_MODULES = ("tests/test_guide.py",)
 #: The longest tests start first, so none is left to run alone at the end: the worker process tests before
 #: the local runs, which wait for the example's synth (done meanwhile by the jsii tests' process).
-SLOW_FIRST = ("tests/test_worker_processes.py", "tests/test_worker_faults.py", "tests/test_local_run.py")
+SLOW_FIRST = (
+    "tests/test_guide.py",
+    "tests/test_worker_processes.py",
+    "tests/test_worker_faults.py",
+    "tests/test_local_run.py",
+)
 
 
 def _start_rank(item: pytest.Item) -> int:
@@ -235,11 +242,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any):
-    """Every test a work unit of its own, except the jsii tests: one unit, sent first (it is the largest)."""
+    """Every test a work unit of its own, except the jsii tests (one unit, sent first: it is the largest) and
+    the tests of a module in SHARED_FIXTURE_MODULES (one unit each)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class JsiiTestsTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "jsii" if nodeid.startswith(JSII_TESTS) else nodeid
+            if nodeid.startswith(JSII_TESTS):
+                return "jsii"
+            # Tests sharing an expensive module fixture (the guide's app, synthesized in a subprocess): one
+            # unit, so it is built once, not once per process that runs one of them.
+            return nodeid.split("::")[0] if nodeid.startswith(SHARED_FIXTURE_MODULES) else nodeid
 
     return JsiiTestsTogether(config, log)

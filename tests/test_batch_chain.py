@@ -130,8 +130,9 @@ def test_one_glue_function_serves_three_chains_and_both_link_kinds(three_chains)
     configs = glue_chain_configs(template)
     assert set(configs) == {"chain0", "chain1", "chain2"}
     assert all('\\"kind\\":\\"message\\"' in c and '\\"kind\\":\\"success\\"' in c for c in configs.values())
-    # The function reads them (and only them) by their path, and waits for them to be written.
-    assert set(function["DependsOn"]) >= set(glue_chain_parameters(template))
+    # The function reads them (and only them) by their path; it does not depend on them (a chain in a nested
+    # stack would make that a cycle): it reads them again for a chain it does not know.
+    assert not set(function.get("DependsOn", [])) & set(glue_chain_parameters(template))
     assert function["Properties"]["Runtime"] == "python3.14"
     template.resource_count_is("AWS::SNS::Subscription", 3)
     template.has_resource_properties(
@@ -171,10 +172,19 @@ def test_scheduler_uses_the_time_zone_and_a_role_scoped_to_the_glue_function(thr
     assert statements["sqs:SendMessage"] == {"Fn::GetAtt": ["PipelineConstructsGlueFailures6E40D22F", "Arn"]}
 
 
+def glue_statements(template: Template) -> dict[str, list[dict]]:
+    """The glue role's statements by policy: its own, and the chain grants beside it."""
+    policies = template.find_resources("AWS::IAM::Policy") | template.find_resources("AWS::IAM::ManagedPolicy")
+    return {
+        logical_id: policy["Properties"]["PolicyDocument"]["Statement"]
+        for logical_id, policy in policies.items()
+        if logical_id.startswith(("PipelineConstructsGlueRole", "PipelineConstructsGlueChainGrants"))
+    }
+
+
 def test_glue_submits_only_to_exact_queues_and_job_definitions(three_chains):
-    policies = three_chains.template.find_resources("AWS::IAM::Policy")
-    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineConstructsGlueRole"))
-    submit = [s for s in glue_policy["Properties"]["PolicyDocument"]["Statement"] if s["Action"] == "batch:SubmitJob"]
+    statements = glue_statements(three_chains.template)
+    submit = [s for policy in statements.values() for s in policy if s["Action"] == "batch:SubmitJob"]
     assert submit
     for statement in submit:
         # Exact ARNs only: the queue's and each job definition's, never a pattern.
@@ -200,9 +210,8 @@ def test_constant_input_schedules_are_guarded_by_a_table_the_glue_may_write(thre
     config = json.dumps(function["Properties"]["Environment"]["Variables"]["GLUE_CONFIG"])
     first_table = three_chains.stack.resolve(three_chains.chains[0].table.table_name)["Ref"]
     assert f'\\"table\\":\\"", {{"Ref": "{first_table}"}}' in config
-    policies = three_chains.template.find_resources("AWS::IAM::Policy")
-    glue_policy = next(p for lid, p in policies.items() if lid.startswith("PipelineConstructsGlueRole"))
-    writes = [s for s in glue_policy["Properties"]["PolicyDocument"]["Statement"] if "dynamodb:PutItem" in s["Action"]]
+    statements = glue_statements(three_chains.template)
+    writes = [s for policy in statements.values() for s in policy if "dynamodb:PutItem" in s["Action"]]
     assert {"Fn::GetAtt": [first_table, "Arn"]} in [s["Resource"] for s in writes]
 
 
@@ -527,6 +536,49 @@ def test_fifty_three_step_chains_leave_the_glue_environment_as_small_as_one():
     cdk.App.of(fifty).synth()  # and nothing refuses it
 
 
+def test_chains_in_nested_stacks_share_the_parents_glue_status_store_and_manifest(tmp_path):
+    """How more chains than 500 resources hold fit in one deployed stack: nested stacks of chains, the shared
+    constructs in the parent (the CLI reads the parent's manifest), nothing circular, nag and cfn-lint clean."""
+    app = cdk.App(outdir=str(tmp_path), context={"aws:cdk:version-reporting": False})
+    stack = cdk.Stack(app, "Parent", env=cdk.Environment(region="eu-central-1"))
+    network = PipelineNetwork(stack, "Network", availability_zones=["eu-central-1a", "eu-central-1b"])
+    first = None
+    for group in range(2):
+        nested = cdk.NestedStack(stack, f"Chains{group}")
+        for i in range(2):
+            shared = {"compute_environment": first.compute_environment, "job_queue": first.job_queue} if first else {}
+            chain = (
+                BatchChain(
+                    nested, "Chain", chain_name=f"chain{group}{i}", steps=three_steps(), network=network, **shared
+                )
+                if i == 0
+                else BatchChain(
+                    nested, f"Chain{i}", chain_name=f"chain{group}{i}", steps=three_steps(), network=network, **shared
+                )
+            )
+            first = first or chain
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    assembly = app.synth()  # fails on any unacknowledged cdk-nag finding
+    parent = assembly.get_stack_by_name("Parent").template
+    nested_paths = sorted(Path(assembly.directory).glob("*.nested.template.json"))
+    nested = [json.loads(path.read_text()) for path in nested_paths]
+    kinds = [[r["Type"] for r in t["Resources"].values()] for t in [parent, *nested]]
+    assert [k.count("AWS::Lambda::Function") for k in kinds] == [1, 0, 0], "one glue function, in the parent"
+    assert [k.count("AWS::DynamoDB::Table") for k in kinds] == [1, 0, 0], "one status store, in the parent"
+    assert [k.count("AWS::SSM::Parameter") for k in kinds] == [4, 0, 0], "each chain's configuration"
+    assert [k.count("AWS::Lambda::Permission") for k in kinds][1:] == [4, 4], "topic and rule, beside them"
+    manifest = json.dumps(parent["Outputs"]["PipelineConstructsManifest"])
+    assert all(f'\\"chain{g}{i}\\"' in manifest for g in range(2) for i in range(2))
+    assert not any("PipelineConstructsManifest" in t.get("Outputs", {}) for t in nested)
+    errors = [
+        str(m)
+        for path in [Path(assembly.directory, "Parent.template.json"), *nested_paths]
+        for m in lint_file(path, config=ManualArgs(regions=["eu-central-1"]))
+        if m.rule.severity == "error"
+    ]
+    assert errors == []
+
+
 def test_a_chain_configuration_is_measured_at_its_deployed_size_not_its_placeholders():
     glue = _glue_with_chains(1, steps=45)
     config = glue.config["chains"]["chain0"]
@@ -551,13 +603,14 @@ def test_only_a_step_that_may_publish_is_told_the_topic(dev_template):
 def test_message_links_get_a_claim_check_folder_the_glue_writes_and_the_next_step_reads(dev_template):
     """A message over SubmitJob's 30 KiB goes to S3: the glue may write only the chain's _messages/ folder,
     and only the step after a message link may read its own claim checks there."""
-    glue_role = "PipelineConstructsGlueRole"
+    glue = glue_statements(dev_template)
     writes, reads = [], {}
-    for logical_id, policy in dev_template.find_resources("AWS::IAM::Policy").items():
+    policies = dev_template.find_resources("AWS::IAM::Policy") | dev_template.find_resources("AWS::IAM::ManagedPolicy")
+    for logical_id, policy in policies.items():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
             text = json.dumps(statement["Resource"])
             if "_messages/" in text:
-                if logical_id.startswith(glue_role):
+                if logical_id in glue:
                     writes.append((statement["Action"], text))
                 else:
                     reads[logical_id] = text

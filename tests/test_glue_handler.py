@@ -270,9 +270,62 @@ def test_failed_submit_job_raises(batch_world):
         batch_world.glue.handle(event)
 
 
+def fresh_execution_environment(monkeypatch) -> None:
+    """A cold start: the next invocation reads the configuration and makes its clients (this test's endpoint)."""
+    glue._clients.cache_clear()
+    monkeypatch.setattr(glue, "_environment", glue.ExecutionEnvironment(glue._glue_with_clients))
+
+
+class FakeGlue:
+    def __init__(self, config: dict) -> None:
+        self.config = config
+
+    def handle(self, event: dict) -> dict:
+        if event["chain"] not in self.config["chains"]:
+            raise glue.ConfigMiss(f"chain: unknown chain {event['chain']!r}")
+        return {"version": self.config["version"]}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_execution_environment_reads_the_parameters_again_after_a_minute_or_for_a_chain_it_does_not_know():
+    versions = iter(
+        [
+            {"version": 1, "chains": {"a": {}}},
+            {"version": 2, "chains": {"a": {}, "b": {}}},
+            {"version": 3, "chains": {"a": {}, "b": {}}},
+        ]
+    )
+    reads = []
+
+    def read_config() -> dict:
+        reads.append(clock.now)
+        return next(versions)
+
+    clock = Clock()
+    environment = glue.ExecutionEnvironment(FakeGlue, read_config, clock)
+    assert environment.handle({"chain": "a"}) == {"version": 1}
+    clock.now += 30
+    assert environment.handle({"chain": "a"}) == {"version": 1}, "read once per minute, not per invocation"
+    # A chain a deploy added after this environment read its configuration: read again at once.
+    assert environment.handle({"chain": "b"}) == {"version": 2}
+    clock.now += 2
+    with pytest.raises(glue.ConfigMiss):  # unknown again within 5 s: no read storm, Lambda's retry comes later
+        environment.handle({"chain": "c"})
+    clock.now += glue.CONFIG_MAX_AGE_SECONDS
+    assert environment.handle({"chain": "a"}) == {"version": 3}, "a replaced job definition is seen within a minute"
+    assert reads == [1000.0, 1030.0, 1092.0]
+
+
 def test_lambda_entry_point_reads_its_config_from_the_environment(batch_world, monkeypatch):
     monkeypatch.setenv("GLUE_CONFIG", json.dumps(batch_world.config))
-    monkeypatch.setattr(glue, "_glue", None)
+    fresh_execution_environment(monkeypatch)
     result = glue.handler(sns_event(batch_world.topic, message_id="m-2"))
     assert result["submitted"][0]["jobName"] == "feeds-consumer-m-2"
 
@@ -293,7 +346,7 @@ def test_each_chains_configuration_is_read_from_its_parameter_under_the_path(bat
     config = glue.load_config(ssm=ssm)
     assert sorted(config["chains"]) == sorted(["feeds", *(f"chain{i}" for i in range(11))])
     assert config["chains"]["chain3"]["topicArn"].endswith("3")
-    monkeypatch.setattr(glue, "_glue", None)
+    fresh_execution_environment(monkeypatch)
     result = glue.handler(sns_event(batch_world.topic, message_id="m-3"))
     assert result["submitted"][0]["jobName"] == "feeds-consumer-m-3"
 

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from conftest import synth_example
 
-from pipeline_constructs.assembly import SynthesizedStack, find_stack, load_assembly, producers_of
+from pipeline_constructs.assembly import (
+    SynthesizedStack,
+    find_stack,
+    load_assembly,
+    producers_of,
+    refuse_nested_stacks,
+)
 from pipeline_constructs.local import cli
 from pipeline_constructs.local.batch import dockerfile_command, local_argv
 from pipeline_constructs.local.events import matches, transform
@@ -348,8 +354,9 @@ def test_without_the_local_extra_the_local_run_says_how_to_get_it(example_outdir
     assert "pip install 'pipeline-constructs[local]'" in capsys.readouterr().out
 
 
-def _assembly_without(outdir: Path, target: Path, policy_prefix: str, action: str) -> Path:
-    """A copy of the dev assembly whose policy ``policy_prefix*`` no longer grants ``action``."""
+def _assembly_without(outdir: Path, target: Path, policy_prefix: str, action: str) -> tuple[Path, set[str]]:
+    """A copy of the dev assembly whose policies ``policy_prefix*`` no longer grant ``action``, and the roles
+    they belonged to."""
     target.mkdir()
     for entry in outdir.iterdir():
         if entry.is_dir():
@@ -358,17 +365,19 @@ def _assembly_without(outdir: Path, target: Path, policy_prefix: str, action: st
             (target / entry.name).write_bytes(entry.read_bytes())
     template_path = target / "pipeline-dev.template.json"
     template = json.loads(template_path.read_text())
-    removed = 0
+    removed, roles = 0, set()
     for logical_id, resource in template["Resources"].items():
-        if resource["Type"] == "AWS::IAM::Policy" and logical_id.startswith(policy_prefix):
+        kind = resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+        if kind and logical_id.startswith(policy_prefix):
             for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
                 actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
                 if action in actions:
                     statement["Action"] = [a for a in actions if a != action] or ["none:Nothing"]
                     removed += 1
+                    roles |= {role["Ref"] for role in resource["Properties"]["Roles"]}
     assert removed, f"{policy_prefix} grants no {action}"
     template_path.write_text(json.dumps(template))
-    return target
+    return target, roles
 
 
 @pytest.mark.parametrize(
@@ -382,7 +391,7 @@ def _assembly_without(outdir: Path, target: Path, policy_prefix: str, action: st
             ("--demo", "--tasks", "4", "--no-schedules"),
         ),
         (
-            "PipelineConstructsGlueRoleDefaultPolicy",
+            "PipelineConstructsGlueChainGrants",
             "batch:SubmitJob",
             "batch:SubmitJob",
             ":job-queue/",
@@ -403,15 +412,14 @@ def test_a_permission_missing_from_a_role_fails_the_local_run_naming_it(
 ):
     """IAM checked by execution: the call gets AccessDenied, as on AWS, and the run fails naming the role,
     the call, the missing action and the resource."""
-    assembly = _assembly_without(example_outdir, tmp_path / "assembly", policy_prefix, action)
+    assembly, roles = _assembly_without(example_outdir, tmp_path / "assembly", policy_prefix, action)
     code, result = run_local(assembly, tmp_path, *run, "--timeout", "60")
     assert code == 1
     assert not result["timed_out"]  # a denial ends the run at once
     denied = result["iam"]["denied"]
     assert denied
-    role = policy_prefix.removesuffix("DefaultPolicy")
     for denial in denied:
-        assert denial.startswith(role), denial
+        assert denial.startswith(tuple(roles)), denial
         assert f"{call} denied: {action} on " in denial and resource in denial, denial
 
 
@@ -422,6 +430,16 @@ def _stack(name: str, *, imports: tuple[str, ...] = (), exports: tuple[str, ...]
     }
     outputs = {f"Out{i}": {"Value": f"value-of-{n}", "Export": {"Name": n}} for i, n in enumerate(exports)}
     return SynthesizedStack(name, {"Resources": resources, "Outputs": outputs}, Path(f"{name}.template.json"))
+
+
+def test_a_stack_with_nested_stacks_is_refused_in_one_line():
+    nested = {"ChainsNested": {"Type": "AWS::CloudFormation::Stack", "Properties": {}}}
+    parent = SynthesizedStack("Parent", {"Resources": nested}, Path("Parent.template.json"))
+    with pytest.raises(
+        KeyError, match=r"^'Parent has nested stacks \(ChainsNested\), which the local run does not run"
+    ):
+        refuse_nested_stacks(parent)
+    refuse_nested_stacks(_stack("Flat"))  # nothing to refuse
 
 
 def test_a_stack_runs_with_the_stacks_it_imports_from_each_after_its_own_producers():

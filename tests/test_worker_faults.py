@@ -157,7 +157,7 @@ def test_a_spare_delivery_records_its_reason_at_once_while_every_task_slot_is_bu
     wait_until(lambda: p.runs("doomed") == 1, timeout=30, message="the only attempt")
     victim.kill()
     victim.wait()
-    time.sleep(2.5)  # the victim's long poll (2 s) outlives it on the server, and would take the next message
+    time.sleep(1.5)  # the victim's long poll (1 s) outlives it on the server, and would take the next message
     p.submit([{"key": "busy", "sleep": 3600}])  # visible at once, "doomed" only 6 s after the kill
     p.start_worker(aws_env, **settings)
     wait_until(lambda: p.runs("busy") == 1, timeout=30, message="the only slot busy")

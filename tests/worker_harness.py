@@ -70,7 +70,7 @@ class Pipeline:
                 "PIPELINE_FLEET_NAME": self.fleet,
                 "PIPELINE_TASK": "fleet_tasks:work",
                 "PIPELINE_CONCURRENCY": "4",
-                "PIPELINE_WAIT_SECONDS": "2",
+                "PIPELINE_WAIT_SECONDS": "1",  # short polls: a stopped worker exits within 1 s
                 "PIPELINE_ACK_DELAY_SECONDS": "1",
                 "PIPELINE_SPOT_WATCH": "off",
                 "PIPELINE_WORKER_ID": f"w{len(self.processes)}",

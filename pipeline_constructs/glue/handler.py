@@ -37,6 +37,7 @@ and one Parameter Store parameter per chain under ``chainsPath`` (``<chainsPath>
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -64,6 +66,10 @@ SUBMIT_JOB_BUDGET = SUBMIT_JOB_LIMIT - 1024
 
 class EventError(ValueError):
     """The event lacks a field or has it in the wrong shape; the message names the field."""
+
+
+class ConfigMiss(EventError):
+    """The event names a chain (or its topic) that the configuration read does not hold."""
 
 
 # ---------------------------------------------------------------- small pure helpers
@@ -259,7 +265,7 @@ def from_schedule(event: dict[str, Any], config: dict[str, Any]) -> tuple[str, d
     if chain_name is not None:
         chain = config["chains"].get(chain_name)
         if chain is None:
-            raise EventError(f"chain: unknown chain {chain_name!r}; known: {', '.join(config['chains']) or 'none'}")
+            raise ConfigMiss(f"chain: unknown chain {chain_name!r}; known: {', '.join(config['chains']) or 'none'}")
         first = chain["steps"][0]["name"]
         run = job_name(chain_name, scheduled)
         extra = dict(event.get("environment") or {})
@@ -294,7 +300,7 @@ def _chain_by_topic(config: dict[str, Any], topic_arn: str) -> tuple[str, dict[s
     for name, chain in config["chains"].items():
         if chain.get("topicArn") == topic_arn:
             return name, chain
-    raise EventError(f"Records[0].Sns.TopicArn: no chain publishes to {topic_arn}")
+    raise ConfigMiss(f"Records[0].Sns.TopicArn: no chain publishes to {topic_arn}")
 
 
 def _step_index(chain: dict[str, Any], name: str, field: str) -> int:
@@ -469,7 +475,7 @@ class Glue:
         facts = job_facts(event, self.config)
         if facts is None:
             log.info("job of no chain here", extra={"jobId": event.get("detail", {}).get("jobId")})
-            return {"kind": kind, "submitted": []}
+            return {"kind": kind, "submitted": [], "unknown": True}
         self.record(facts)
         self._wake_fed_fleet(facts)
         successor = from_success(facts)
@@ -695,20 +701,68 @@ def _expiry() -> int:
 
 # ---------------------------------------------------------------- Lambda entry point
 
-_glue: Glue | None = None
+#: An execution environment reads the chains' parameters again after this long: a chain whose job definition
+#: was replaced (its ARN names a new revision) is not submitted at the old ARN for longer than this.
+CONFIG_MAX_AGE_SECONDS = 60.0
+#: An event naming a chain or job the configuration read does not know reads it again at once, at most this
+#: often: a chain a deploy added may have its parameter written after the function.
+CONFIG_MISS_RELOAD_SECONDS = 5.0
+
+
+class ExecutionEnvironment:
+    """What one execution environment keeps between invocations: its clients, and the glue built on the
+    configuration it read, with when it read it."""
+
+    def __init__(
+        self,
+        make_glue: Callable[[dict[str, Any]], Glue],
+        read_config: Callable[[], dict[str, Any]] = load_config,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._make_glue, self._read_config, self._clock = make_glue, read_config, clock
+        self._glue: Glue | None = None
+        self._read_at = 0.0
+
+    def _glue_read_within(self, seconds: float) -> Glue:
+        if self._glue is None or self._clock() - self._read_at >= seconds:
+            self._glue, self._read_at = self._make_glue(self._read_config()), self._clock()
+        return self._glue
+
+    def handle(self, event: Any) -> dict[str, Any]:
+        try:
+            result = self._glue_read_within(CONFIG_MAX_AGE_SECONDS).handle(event)
+            if not result.pop("unknown", False):
+                return result
+        except ConfigMiss:
+            if self._clock() - self._read_at < CONFIG_MISS_RELOAD_SECONDS:
+                raise
+        else:
+            if self._clock() - self._read_at < CONFIG_MISS_RELOAD_SECONDS:
+                return result
+        result = self._glue_read_within(0).handle(event)  # read again: a chain a deploy just added
+        result.pop("unknown", None)
+        return result
+
+
+def _glue_with_clients(config: dict[str, Any]) -> Glue:
+    return Glue(config, **_clients())
+
+
+@functools.cache
+def _clients() -> dict[str, Any]:
+    return {
+        "batch": boto3.client("batch"),
+        "dynamodb": boto3.resource("dynamodb"),
+        "sqs": boto3.client("sqs"),
+        "autoscaling": boto3.client("autoscaling"),
+        "s3": boto3.client("s3"),
+    }
+
+
+_environment = ExecutionEnvironment(_glue_with_clients)
 
 
 def handler(event: Any, _context: Any = None) -> dict[str, Any]:
-    global _glue
-    if _glue is None:
-        _glue = Glue(
-            load_config(),
-            batch=boto3.client("batch"),
-            dynamodb=boto3.resource("dynamodb"),
-            sqs=boto3.client("sqs"),
-            autoscaling=boto3.client("autoscaling"),
-            s3=boto3.client("s3"),
-        )
-    result = _glue.handle(event)
+    result = _environment.handle(event)
     log.info("handled", extra={"result": result})
     return result

@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from pipeline_constructs.local import SERVER_POLL_SECONDS
+
 TERMINAL = ("SUCCEEDED", "FAILED")
 
 
@@ -440,7 +442,9 @@ class LocalBatch:
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="local-batch", daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, name="local-batch", daemon=True
+        ).start()
         return server
 
     @property

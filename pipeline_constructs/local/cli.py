@@ -26,8 +26,8 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline_constructs.assembly import find_stack, load_assembly, producers_of
-from pipeline_constructs.local import LOCAL_STATE_FILE
+from pipeline_constructs.assembly import find_stack, load_assembly, producers_of, refuse_nested_stacks
+from pipeline_constructs.local import LOCAL_STATE_FILE, SERVER_POLL_SECONDS
 from pipeline_constructs.local.runner import Faults, LocalPipeline, sample_feed
 
 
@@ -93,7 +93,9 @@ class FeedServer(ThreadingHTTPServer):
                 self.wfile.write(server.body)
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, name="feed-server", daemon=True).start()
+        threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, name="feed-server", daemon=True
+        ).start()
 
     @property
     def etag(self) -> str:
@@ -284,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             stack = stacks[0]
         else:
             raise KeyError(f"no stacks in {args.assembly}")
+        refuse_nested_stacks(stack)
         producers = producers_of(stack, stacks)
     except (FileNotFoundError, KeyError) as error:
         console.print(f"[red]error:[/] {str(error).strip(chr(39))}")

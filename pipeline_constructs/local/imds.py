@@ -7,6 +7,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pipeline_constructs.local import SERVER_POLL_SECONDS
+
 TOKEN = "local-imds-token"
 
 
@@ -54,7 +56,9 @@ class FakeInstanceMetadata(ThreadingHTTPServer):
                 self.wfile.write(body)
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, name="fake-imds", daemon=True).start()
+        threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, name="fake-imds", daemon=True
+        ).start()
 
     @property
     def endpoint(self) -> str:

@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipeline_constructs.local import SERVER_POLL_SECONDS
+
 #: An answer of the proxy's own: (status, headers, body).
 Answer = tuple[int, dict[str, str], bytes]
 Authorize = Callable[[str, str, Any, bytes], "Answer | None"]
@@ -146,7 +148,9 @@ class FaultProxy(ThreadingHTTPServer):
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, name="fault-proxy", daemon=True).start()
+        threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, name="fault-proxy", daemon=True
+        ).start()
 
     def _forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, Any, bytes]:
         """One request upstream on this thread's kept-alive connection (a new one if the old one broke)."""

@@ -475,7 +475,7 @@ class LocalPipeline:
                 | self.base_environment(access_key)
                 | {
                     # Time compression for a laptop: short polls and flushes, the shortened visibility timeout.
-                    "PIPELINE_WAIT_SECONDS": "2",
+                    "PIPELINE_WAIT_SECONDS": "1",
                     "PIPELINE_ACK_DELAY_SECONDS": "1",
                     "PIPELINE_WORKER_HEARTBEAT_SECONDS": "5",
                     "PIPELINE_RETRY_DELAY": "1",
