@@ -465,7 +465,7 @@ def main() -> int:
     ]
     REPORT.write_text("\n".join(lines))
     print("\n".join(lines))
-    return 0 if all("PASS" in _verdict(name, value) for name, value in figures.items()) else 1
+    return 1 if any("FAIL" in _verdict(name, value) for name, value in figures.items()) else 0
 
 
 if __name__ == "__main__":
