@@ -780,11 +780,12 @@ class LocalPipeline:
         return any(sum(self.queue_depth(fleet.queue_url)) for fleet in self.fleets.values())
 
     def wait_until_idle(
-        self, timeout: float, *, quiet_seconds: float = 2.0, interval: float = 0.5, on_tick=None
+        self, timeout: float, *, quiet_seconds: float = 1.0, interval: float = 0.5, on_tick=None
     ) -> bool:
-        """True once nothing has been busy for ``quiet_seconds`` in a row (longer than any hand-over takes:
-        an SNS tap polls every 0.5 s, a worker acknowledges within 1 s); False at ``timeout``. A call denied
-        by IAM ends the wait at once: the run has failed, and the work it blocked would never finish."""
+        """True once nothing has been busy for ``quiet_seconds`` in a row (three looks): every hand-over is
+        busy in some state while it lasts (a message in a tap or fleet queue until deleted, a function until
+        it returns, a job until its final event is delivered); False at ``timeout``. A call denied by IAM ends
+        the wait at once: the run has failed, and the work it blocked would never finish."""
         deadline = time.monotonic() + timeout
         quiet_since = None
         while time.monotonic() < deadline:
