@@ -75,6 +75,10 @@ class GlueFunction(Construct):
     once for a chain it does not know (one a deploy added: CloudFormation may write its parameter after the
     function, which in a nested stack's chain cannot depend on it).
 
+    Its permissions on the chains' resources (SubmitJob, status writes, claim checks) are customer managed
+    policies beside its role, :attr:`chain_policies`, packed to IAM's 6,144 characters a policy; synth fails in
+    one line past that, or past the 10 managed policies a role takes (about 55 three-step chains).
+
     :param log_retention: retention of the function's log group. Default: one month (a year under the
         compliance profile).
     :param network: under the compliance profile, the function runs in this network's compute subnets

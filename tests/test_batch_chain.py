@@ -22,6 +22,7 @@ from pipeline_constructs import (
     ScheduledTrigger,
     StepImage,
     TaskQueue,
+    glue_function,
 )
 from pipeline_constructs.glue_function import GlueFunction
 
@@ -577,6 +578,35 @@ def test_chains_in_nested_stacks_share_the_parents_glue_status_store_and_manifes
         if m.rule.severity == "error"
     ]
     assert errors == []
+
+
+def _grant_submit_on(glue: GlueFunction, name: str, definitions: int) -> None:
+    """The glue's SubmitJob on a queue and ``definitions`` job definitions, as a chain of that many steps gets."""
+    stack = cdk.Stack.of(glue)
+    queue = batch.JobQueue.from_job_queue_arn(
+        stack, f"{name}Queue", cdk.CfnResource(stack, f"{name}QueueResource", type="AWS::Batch::JobQueue").ref
+    )
+    arns = [
+        cdk.CfnResource(stack, f"{name}Definition{i}", type="AWS::Batch::JobDefinition").ref for i in range(definitions)
+    ]
+    glue.grant_submit(
+        queue, [batch.EcsJobDefinition.from_job_definition_arn(stack, f"{name}D{i}", a) for i, a in enumerate(arns)]
+    )
+
+
+def test_the_glues_grants_on_the_chains_are_packed_and_checked_against_iams_limits(monkeypatch):
+    glue = _glue_with_chains(1)
+    for name in ("A", "B", "C"):
+        _grant_submit_on(glue, name, 25)  # about 4 KB each deployed: one managed policy each
+    assert len(glue.chain_policies) == 3
+    monkeypatch.setattr(glue_function, "MANAGED_POLICIES_PER_ROLE", 2)
+    with pytest.raises(Exception, match=r"need 3 managed policies; allowed: 2 a role \(IAM's default quota\)"):
+        cdk.App.of(glue).synth()
+
+    glue = _glue_with_chains(1)
+    _grant_submit_on(glue, "Huge", 60)  # one statement past what a managed policy holds
+    with pytest.raises(Exception, match=r"ChainGrants1: .* bytes deployed; allowed: at most 6144 \(IAM's limit"):
+        cdk.App.of(glue).synth()
 
 
 def test_a_chain_configuration_is_measured_at_its_deployed_size_not_its_placeholders():
