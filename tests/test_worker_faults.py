@@ -138,7 +138,7 @@ def test_a_task_out_of_deliveries_before_its_attempts_is_dead_lettered_saying_so
     p.submit([{"key": "unlucky"}])
     _lose_deliveries_unstarted(p, 5)
     p.start_worker(aws_env, PIPELINE_MAX_ATTEMPTS="3")
-    wait_until(lambda: "unlucky" in p.task_rows(), timeout=30, message="the reason")
+    wait_until(lambda: p.task_rows().get("unlucky", {}).get("state") == "FAILED", timeout=30, message="the reason")
     wait_until(lambda: p.queue_counts(p.dlq_url)[0] == 1, timeout=30, message="the task in the DLQ")
     assert p.stop_all() == [0]
     row = p.task_rows()["unlucky"]
@@ -161,7 +161,11 @@ def test_a_spare_delivery_records_its_reason_at_once_while_every_task_slot_is_bu
     p.submit([{"key": "busy", "sleep": 3600}])  # visible at once, "doomed" only 6 s after the kill
     p.start_worker(aws_env, **settings)
     wait_until(lambda: p.runs("busy") == 1, timeout=30, message="the only slot busy")
-    wait_until(lambda: "doomed" in p.task_rows(), timeout=15, message="the reason, not queued behind the slot")
+    wait_until(
+        lambda: p.task_rows().get("doomed", {}).get("state") == "FAILED",
+        timeout=15,
+        message="the reason, not queued behind the slot",
+    )
     assert p.task_rows()["doomed"]["error"] == "worker lost during 1 attempt"
     assert p.runs("doomed") == 1 and p.outputs() == {}, "recorded, not run again; the busy task still running"
     assert p.stop_all() == [-9, 0]

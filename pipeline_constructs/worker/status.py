@@ -94,9 +94,15 @@ class StatusRecorder:
         try:
             response = self._table.update_item(
                 Key={"pk": self._partition, "sk": f"task#{task_id}"},
-                UpdateExpression="ADD started :one SET updated_at = :now, expires_at = :expires",
+                # A task with no row yet shows as running; a RETRYING one keeps its state and error.
+                UpdateExpression=(
+                    "ADD started :one "
+                    "SET updated_at = :now, expires_at = :expires, #state = if_not_exists(#state, :running)"
+                ),
+                ExpressionAttributeNames={"#state": "state"},
                 ExpressionAttributeValues={
                     ":one": 1,
+                    ":running": "RUNNING",
                     ":now": Decimal(str(round(now, 3))),
                     ":expires": int(now + self._ttl_seconds),
                 },
