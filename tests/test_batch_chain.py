@@ -548,14 +548,9 @@ def test_chains_in_nested_stacks_share_the_parents_glue_status_store_and_manifes
         nested = cdk.NestedStack(stack, f"Chains{group}")
         for i in range(2):
             shared = {"compute_environment": first.compute_environment, "job_queue": first.job_queue} if first else {}
-            chain = (
-                BatchChain(
-                    nested, "Chain", chain_name=f"chain{group}{i}", steps=three_steps(), network=network, **shared
-                )
-                if i == 0
-                else BatchChain(
-                    nested, f"Chain{i}", chain_name=f"chain{group}{i}", steps=three_steps(), network=network, **shared
-                )
+            # Chain0 and Chain1 in each nested stack: the same ids in two scopes.
+            chain = BatchChain(
+                nested, f"Chain{i}", chain_name=f"chain{group}{i}", steps=three_steps(), network=network, **shared
             )
             first = first or chain
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))

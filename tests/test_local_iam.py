@@ -200,25 +200,23 @@ SNS_MANAGED_KEY = {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":kms:us
 def _encrypted_world(*statements: dict) -> AccessChecker:
     """A bucket and a queue under a customer-managed key, a topic under the AWS managed SNS key."""
     key = {"Fn::GetAtt": ["Key", "Arn"]}
-    template = {
-        "Resources": {
-            "Key": {"Type": "AWS::KMS::Key", "Properties": {}},
-            "Data": {
-                "Type": "AWS::S3::Bucket",
-                "Properties": {
-                    "BucketName": "data",
-                    "BucketEncryption": {
-                        "ServerSideEncryptionConfiguration": [
-                            {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}}
-                        ]
-                    },
+    resources = {
+        "Key": {"Type": "AWS::KMS::Key", "Properties": {}},
+        "Data": {
+            "Type": "AWS::S3::Bucket",
+            "Properties": {
+                "BucketName": "data",
+                "BucketEncryption": {
+                    "ServerSideEncryptionConfiguration": [
+                        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}}
+                    ]
                 },
             },
-            "Tasks": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "tasks", "KmsMasterKeyId": key}},
-            "Topic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "t", "KmsMasterKeyId": SNS_MANAGED_KEY}},
-        }
+        },
+        "Tasks": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "tasks", "KmsMasterKeyId": key}},
+        "Topic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "t", "KmsMasterKeyId": SNS_MANAGED_KEY}},
     }
-    return checker(*statements, resources=template["Resources"])
+    return checker(*statements, resources=resources)
 
 
 def test_data_under_a_customer_managed_key_also_needs_the_callers_right_to_use_the_key():

@@ -55,7 +55,7 @@ class Held:
     visible_until: float
     delivery: int  # SQS's receive count: deliveries lost before their task started count too
     task_id: str
-    attempt: int = 1  # the attempt this delivery runs; a redelivery's is counted in the status store
+    attempt: int  # the attempt this delivery runs; a redelivery's is counted in the status store
     started: float | None = None
     future: Future | None = None
     outcome: dict[str, Any] = field(default_factory=dict)
@@ -226,14 +226,15 @@ class Worker:
         now = time.monotonic()
         for message in messages:
             body = parse_body(message.get("Body", ""))
+            delivery = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
             held = Held(
                 message=message,
                 receipt=message["ReceiptHandle"],
                 visible_until=now + self.visibility_timeout,
-                delivery=int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+                delivery=delivery,
                 task_id=task_id_of(body, message["MessageId"]),
+                attempt=delivery,  # until a redelivery counts the attempt it starts (_process)
             )
-            held.attempt = held.delivery  # until a redelivery counts its attempt (_process)
             with self._lock:
                 self._held[held.message_id] = held
                 self.counts["received"] += 1
