@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -90,12 +91,25 @@ def mask_asset_hashes(template: dict[str, Any]) -> dict[str, Any]:
     return json.loads(ASSET_HASH.sub("<asset-hash>", json.dumps(template)))
 
 
+def quiet_moto_docker_probe() -> None:
+    """Make moto's one-off Docker probe print now, to nowhere, rather than into a test's captured CLI output.
+
+    In a container, moto's Batch job threads ask Docker for its host on first use and print a warning when there
+    is no Docker engine; the answer is cached, so one silent call here keeps that print out of every later test.
+    """
+    from moto import settings
+
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere):
+        settings.moto_server_host()
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """One moto server on loopback for the session; tests isolate themselves by resource names."""
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns real failures
+    quiet_moto_docker_probe()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -269,3 +269,11 @@ def test_cost_prints_the_compliance_profiles_idle_cost_next_to_the_defaults(exam
     assert "38.50" in output  # total idle: NAT gateway, its address, the key, the alarms
     default_row = next(line for line in output.splitlines() if "default profile" in line)
     assert "1.00" in default_row  # the same stack without the profile: its alarms only
+
+
+def test_moto_prints_nothing_into_a_later_cli_output(moto_endpoint, capsys):
+    # A Batch job thread in moto once printed a Docker warning into a CLI test's captured output (CI, 2026-12-01).
+    from moto import settings
+
+    settings.moto_server_host()
+    assert capsys.readouterr().out == ""
