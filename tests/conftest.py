@@ -91,6 +91,51 @@ def mask_asset_hashes(template: dict[str, Any]) -> dict[str, Any]:
     return json.loads(ASSET_HASH.sub("<asset-hash>", json.dumps(template)))
 
 
+def share_botocore_models() -> None:
+    """One botocore data loader for every session this test process makes.
+
+    botocore parses its JSON models (endpoints, each service's API) again for every new session, 0.1-0.2 s of
+    CPU each time; the tests, the CLI and the glue code under test make hundreds of sessions, some from 20
+    threads at once. The loader only caches what it read from disk, so sharing it changes no behaviour. Worker
+    and local-run processes are not affected: each parses once, as in production.
+    """
+    import threading
+
+    import botocore.loaders
+    import botocore.session
+
+    class PathsOnce(list):
+        """boto3 appends its data directory to the loader of every session it makes: on a shared one, once."""
+
+        def append(self, path: str) -> None:
+            if path not in self:
+                super().append(path)
+
+    class SharedLoader(botocore.loaders.Loader):
+        """Loads one file at a time, so threads starting together parse each model once, not once each."""
+
+        _loading = threading.RLock()
+
+        def load_data_with_path(self, name: str):
+            with self._loading:
+                return super().load_data_with_path(name)
+
+        def load_service_model(self, *args: Any, **kwargs: Any):
+            with self._loading:
+                return super().load_service_model(*args, **kwargs)
+
+    shared = SharedLoader()
+    shared._search_paths = PathsOnce(shared.search_paths)
+
+    def register_shared_loader(session: botocore.session.Session) -> None:
+        session._components.lazy_register_component("data_loader", lambda: shared)
+
+    botocore.session.Session._register_data_loader = register_shared_loader
+
+
+share_botocore_models()
+
+
 def quiet_moto_docker_probe() -> None:
     """Make moto's one-off Docker probe print now, to nowhere, rather than into a test's captured CLI output.
 
