@@ -51,6 +51,7 @@ class Pipeline:
         self.table = create_status_table(aws.dynamodb, f"{name}-status")
         self.fleet = name
         self.processes: list[subprocess.Popen] = []
+        self.log_paths: dict[int, Path] = {}  # by process id
         self.log_dir = Path(tempfile.mkdtemp(prefix=f"{name}-workers-"))
 
     def submit(self, bodies: list[dict]) -> None:
@@ -78,12 +79,14 @@ class Pipeline:
             | overrides
         )
         # To a file, not a pipe: nobody reads a pipe while the worker runs, and a full one would block it.
-        log = (self.log_dir / f"{env['PIPELINE_WORKER_ID']}.log").open("a")
+        log_path = self.log_dir / f"{env['PIPELINE_WORKER_ID']}.log"
+        log = log_path.open("a")
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline_constructs.worker"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         self.processes.append(process)
+        self.log_paths[process.pid] = log_path
         return process
 
     def start_instance_worker(self, aws_env: dict[str, str], imds, **overrides: str) -> subprocess.Popen:
@@ -134,8 +137,17 @@ class Pipeline:
         return {item["sk"]: item for item in items}
 
     def stop_all(self, timeout: float = 60) -> list[int]:
+        """SIGTERM every live worker once it has started (a SIGTERM while Python is still importing ends it
+        by the signal, not by its drain: a test that found its work done early would see -15), then their
+        exit codes."""
         for process in self.processes:
             if process.poll() is None:
+                wait_until(
+                    lambda p=process: p.poll() is not None or '"worker started"' in self.log_paths[p.pid].read_text(),
+                    timeout=30,
+                    interval=0.1,
+                    message=f"worker {process.pid} to start before it is stopped",
+                )
                 process.send_signal(signal.SIGTERM)
         return [process.wait(timeout=timeout) for process in self.processes]
 

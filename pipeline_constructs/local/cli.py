@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.demo:
                 # The day's tasks first, then the nightly schedules (which may report on those tasks).
                 pipeline.submit_sample_tasks(args.tasks)
-                idle = wait(args.timeout)
+                if args.tasks or args.poison:  # nothing submitted, nothing to wait for
+                    idle = wait(args.timeout)
             fire = args.fire or (["all"] if args.demo and pipeline.schedules and not args.no_schedules else [])
             for name in fire:
                 try:
