@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from aws_cdk.assertions import Template
 
-from bench.duplicates import create_batch_queue  # noqa: F401 - shared with the tests
+from bench.duplicates import MODELS, create_batch_queue  # noqa: F401 - create_batch_queue: shared with the tests
 from pipeline_constructs.assembly import SynthesizedStack, load_assembly
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,36 +100,10 @@ def share_botocore_models() -> None:
     threads at once. The loader only caches what it read from disk, so sharing it changes no behaviour. Worker
     and local-run processes are not affected: each parses once, as in production.
     """
-    import threading
-
-    import botocore.loaders
     import botocore.session
 
-    class PathsOnce(list):
-        """boto3 appends its data directory to the loader of every session it makes: on a shared one, once."""
-
-        def append(self, path: str) -> None:
-            if path not in self:
-                super().append(path)
-
-    class SharedLoader(botocore.loaders.Loader):
-        """Loads one file at a time, so threads starting together parse each model once, not once each."""
-
-        _loading = threading.RLock()
-
-        def load_data_with_path(self, name: str):
-            with self._loading:
-                return super().load_data_with_path(name)
-
-        def load_service_model(self, *args: Any, **kwargs: Any):
-            with self._loading:
-                return super().load_service_model(*args, **kwargs)
-
-    shared = SharedLoader()
-    shared._search_paths = PathsOnce(shared.search_paths)
-
     def register_shared_loader(session: botocore.session.Session) -> None:
-        session._components.lazy_register_component("data_loader", lambda: shared)
+        session._components.lazy_register_component("data_loader", lambda: MODELS)
 
     botocore.session.Session._register_data_loader = register_shared_loader
 
@@ -298,6 +273,15 @@ def _start_rank(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_start_rank)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What the test modules imported (aws-cdk-lib's bindings, botocore, moto) lives as long as the process,
+    and so does most of what the tests add (the emulator's state): the garbage collector walked it all again
+    in every full collection, 20-30 s of CPU a run. Frozen, and full collections made rarer, it does not."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any):
