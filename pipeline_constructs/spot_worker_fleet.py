@@ -374,13 +374,19 @@ class SpotWorkerFleet(Construct):
     def grant_submit(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let a producer enqueue tasks and upload their inputs under ``<prefix>input/``."""
         grant = grant_send(self.queue, grantee)
+        inputs = self.bucket.arn_for_objects(f"{self.prefix}input/*")
         iam.Grant.add_to_principal(
-            grantee=grantee,
-            actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-            resource_arns=[self.bucket.arn_for_objects(f"{self.prefix}input/*")],
+            grantee=grantee, actions=["s3:PutObject", "s3:AbortMultipartUpload"], resource_arns=[inputs]
         )
         if self.bucket.encryption_key is not None:
             grant_data_key_use(self.bucket.encryption_key, grantee)
+        if isinstance(grantee.grant_principal, Construct):
+            acknowledge_wildcard_resources(
+                grantee.grant_principal,
+                [inputs],
+                f"Uploads of task inputs to {self.node.path} only (its '{self.prefix}input/' prefix); their keys "
+                "are the producer's files, known at run time.",
+            )
         return grant
 
     def grant_wake(self, grantee: iam.IGrantable) -> iam.Grant:

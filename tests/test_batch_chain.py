@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipeline_constructs import (
     ChainStep,
     PipelineNetwork,
     ScheduledTrigger,
+    SpotWorkerFleet,
     StepImage,
     TaskQueue,
     glue_function,
@@ -539,30 +541,52 @@ def test_fifty_three_step_chains_leave_the_glue_environment_as_small_as_one():
 
 def test_chains_in_nested_stacks_share_the_parents_glue_status_store_and_manifest(tmp_path):
     """How more chains than 500 resources hold fit in one deployed stack: nested stacks of chains, the shared
-    constructs in the parent (the CLI reads the parent's manifest), nothing circular, nag and cfn-lint clean."""
+    constructs in the parent (the CLI reads the parent's manifest), nothing circular, nag and cfn-lint clean;
+    a step may feed a fleet in another nested stack."""
     app = cdk.App(outdir=str(tmp_path), context={"aws:cdk:version-reporting": False})
     stack = cdk.Stack(app, "Parent", env=cdk.Environment(region="eu-central-1"))
     network = PipelineNetwork(stack, "Network", availability_zones=["eu-central-1a", "eu-central-1b"])
+    fleet = SpotWorkerFleet(
+        cdk.NestedStack(stack, "Fleets"),
+        "Stats",
+        task="task:csv_stats",
+        worker_directory=ROOT / "worker_images" / "sqs_worker",
+        network=network,
+    )
     first = None
     for group in range(2):
         nested = cdk.NestedStack(stack, f"Chains{group}")
         for i in range(2):
             shared = {"compute_environment": first.compute_environment, "job_queue": first.job_queue} if first else {}
+            *steps, last = three_steps()
             # Chain0 and Chain1 in each nested stack: the same ids in two scopes.
             chain = BatchChain(
-                nested, f"Chain{i}", chain_name=f"chain{group}{i}", steps=three_steps(), network=network, **shared
+                nested,
+                f"Chain{i}",
+                chain_name=f"chain{group}{i}",
+                steps=[*steps, dataclasses.replace(last, feeds=fleet) if first is None else last],
+                network=network,
+                **shared,
             )
             first = first or chain
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
     assembly = app.synth()  # fails on any unacknowledged cdk-nag finding
     parent = assembly.get_stack_by_name("Parent").template
-    nested_paths = sorted(Path(assembly.directory).glob("*.nested.template.json"))
+    nested_paths = sorted(Path(assembly.directory).glob("*.nested.template.json"))  # Chains0, Chains1, Fleets
     nested = [json.loads(path.read_text()) for path in nested_paths]
     kinds = [[r["Type"] for r in t["Resources"].values()] for t in [parent, *nested]]
-    assert [k.count("AWS::Lambda::Function") for k in kinds] == [1, 0, 0], "one glue function, in the parent"
-    assert [k.count("AWS::DynamoDB::Table") for k in kinds] == [1, 0, 0], "one status store, in the parent"
-    assert [k.count("AWS::SSM::Parameter") for k in kinds] == [4, 0, 0], "each chain's configuration"
-    assert [k.count("AWS::Lambda::Permission") for k in kinds][1:] == [4, 4], "topic and rule, beside them"
+    assert [k.count("AWS::Lambda::Function") for k in kinds] == [1, 0, 0, 0], "one glue function, in the parent"
+    assert [k.count("AWS::DynamoDB::Table") for k in kinds] == [1, 0, 0, 0], "one status store, in the parent"
+    assert [k.count("AWS::SSM::Parameter") for k in kinds] == [4, 0, 0, 0], "each chain's configuration"
+    assert [k.count("AWS::Lambda::Permission") for k in kinds][1:3] == [4, 4], "topic and rule, beside them"
+    assert [k.count("AWS::AutoScaling::AutoScalingGroup") for k in kinds] == [0, 0, 0, 1]
+    # The feeding step's job role (Chains0) sends to the fleet's queue, and the glue (parent) wakes its group:
+    # both reach into the Fleets stack through the parent, which CloudFormation deploys first.
+    feeding = [
+        s for s in _statements(nested[0]) if "sqs:SendMessage" in _actions(s) and "Fleets" in json.dumps(s["Resource"])
+    ]
+    waking = [s for s in _statements(parent) if "autoscaling:SetDesiredCapacity" in _actions(s)]
+    assert feeding and waking and "Fleets" in json.dumps(waking[0]["Resource"])
     manifest = json.dumps(parent["Outputs"]["PipelineConstructsManifest"])
     assert all(f'\\"chain{g}{i}\\"' in manifest for g in range(2) for i in range(2))
     assert not any("PipelineConstructsManifest" in t.get("Outputs", {}) for t in nested)
@@ -573,6 +597,19 @@ def test_chains_in_nested_stacks_share_the_parents_glue_status_store_and_manifes
         if m.rule.severity == "error"
     ]
     assert errors == []
+
+
+def _statements(template: dict) -> list[dict]:
+    """Every statement of the template's identity policies, inline and managed."""
+    policies = [
+        r for r in template["Resources"].values() if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+    ]
+    return [statement for policy in policies for statement in policy["Properties"]["PolicyDocument"]["Statement"]]
+
+
+def _actions(statement: dict) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else action
 
 
 def _grant_submit_on(glue: GlueFunction, name: str, definitions: int) -> None:
