@@ -11,13 +11,15 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from aws_cdk.assertions import Template
 
 from bench.duplicates import MODELS, create_batch_queue  # noqa: F401 - create_batch_queue: shared with the tests
 from pipeline_constructs.assembly import SynthesizedStack, load_assembly
+
+if TYPE_CHECKING:
+    from aws_cdk.assertions import Template
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
@@ -79,11 +81,15 @@ def example_stacks(example_outdir: Path) -> dict[str, SynthesizedStack]:
 
 @pytest.fixture(scope="session")
 def dev_template(example_stacks) -> Template:
+    from aws_cdk.assertions import Template  # here: the controlling process, which runs no test, starts no jsii
+
     return Template.from_json(example_stacks["pipeline-dev"].template)
 
 
 @pytest.fixture(scope="session")
 def prod_template(example_stacks) -> Template:
+    from aws_cdk.assertions import Template
+
     return Template.from_json(example_stacks["pipeline-prod"].template)
 
 
