@@ -559,7 +559,8 @@ def test_chains_in_nested_stacks_share_the_parents_glue_status_store_and_manifes
         for i in range(2):
             shared = {"compute_environment": first.compute_environment, "job_queue": first.job_queue} if first else {}
             *steps, last = three_steps()
-            # Chain0 and Chain1 in each nested stack: the same ids in two scopes.
+            # The first chain's last step feeds the fleet, across nested stacks. Chain0 and Chain1 in each
+            # nested stack: the same ids in two scopes.
             chain = BatchChain(
                 nested,
                 f"Chain{i}",
