@@ -362,12 +362,12 @@ def as_deployed(value: Any, stack_name: str) -> Any:
             return "x" * PSEUDO_LENGTHS[argument]
         if key == "Ref" and argument == "AWS::StackName":
             return stack_name
-        if key == "Fn::GetAtt" and str(argument[1]).startswith("Outputs."):
-            # A nested stack's output: its name carries the resource's path and logical id (longer than the id).
-            return "x" * (ARN_OVERHEAD + len(stack_name) + len(argument[1]) + 14)
         if key in ("Ref", "Fn::GetAtt"):
-            logical_id = argument if isinstance(argument, str) else argument[0]
-            return "x" * (ARN_OVERHEAD + len(stack_name) + len(logical_id) + 14)
+            # A nested stack's output (GetAtt ...Outputs.<name>): its name carries the resource's path and logical
+            # id, longer than the nested stack's own id.
+            nested_output = key == "Fn::GetAtt" and str(argument[1]).startswith("Outputs.")
+            name = argument if isinstance(argument, str) else argument[1] if nested_output else argument[0]
+            return "x" * (ARN_OVERHEAD + len(stack_name) + len(name) + 14)
         if key == "Fn::ImportValue":  # another stack's export: an ARN or name of that stack's
             return "x" * (ARN_OVERHEAD + len(stack_name) + 40)
         if key == "Fn::Join":

@@ -729,18 +729,17 @@ class ExecutionEnvironment:
         return self._glue
 
     def handle(self, event: Any) -> dict[str, Any]:
+        glue = self._glue_read_within(CONFIG_MAX_AGE_SECONDS)
         try:
-            result = self._glue_read_within(CONFIG_MAX_AGE_SECONDS).handle(event)
-            if not result.pop("unknown", False):
-                return result
+            result = glue.handle(event)
+            missed = result.pop("unknown", False)
         except ConfigMiss:
             if self._clock() - self._read_at < CONFIG_MISS_RELOAD_SECONDS:
                 raise
-        else:
-            if self._clock() - self._read_at < CONFIG_MISS_RELOAD_SECONDS:
-                return result
-        result = self._glue_read_within(0).handle(event)  # read again: a chain a deploy just added
-        result.pop("unknown", None)
+            missed = True
+        if missed and self._clock() - self._read_at >= CONFIG_MISS_RELOAD_SECONDS:
+            result = self._glue_read_within(0).handle(event)  # read again: a chain a deploy just added
+            result.pop("unknown", None)
         return result
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
 
-from pipeline_constructs.local import SERVER_POLL_SECONDS
+from pipeline_constructs.local import serve_in_background
 
 NAMESPACE = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
 HANDLED = ("CompleteLifecycleAction", "SetInstanceProtection", "DescribeAutoScalingGroups", "SetDesiredCapacity")
@@ -78,12 +78,7 @@ class LocalAutoScaling(ThreadingHTTPServer):
                 self.wfile.write(data)
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(
-            target=self.serve_forever,
-            kwargs={"poll_interval": SERVER_POLL_SECONDS},
-            name="local-autoscaling",
-            daemon=True,
-        ).start()
+        serve_in_background(self, "local-autoscaling")
 
     def register_group(self, group: LocalGroup) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from pipeline_constructs.local import SERVER_POLL_SECONDS
+from pipeline_constructs.local import serve_in_background
 
 TERMINAL = ("SUCCEEDED", "FAILED")
 
@@ -442,9 +442,7 @@ class LocalBatch:
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, name="local-batch", daemon=True
-        ).start()
+        serve_in_background(server, "local-batch")
         return server
 
     @property

@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline_constructs.assembly import find_stack, load_assembly, producers_of, refuse_nested_stacks
-from pipeline_constructs.local import LOCAL_STATE_FILE, SERVER_POLL_SECONDS
+from pipeline_constructs.local import LOCAL_STATE_FILE, serve_in_background
 from pipeline_constructs.local.runner import Faults, LocalPipeline, sample_feed
 
 
@@ -93,9 +93,7 @@ class FeedServer(ThreadingHTTPServer):
                 self.wfile.write(server.body)
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, name="feed-server", daemon=True
-        ).start()
+        serve_in_background(self, "feed-server")
 
     @property
     def etag(self) -> str:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pipeline_constructs.local import SERVER_POLL_SECONDS
+from pipeline_constructs.local import serve_in_background
 
 TOKEN = "local-imds-token"
 
@@ -56,9 +55,7 @@ class FakeInstanceMetadata(ThreadingHTTPServer):
                 self.wfile.write(body)
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, name="fake-imds", daemon=True
-        ).start()
+        serve_in_background(self, "fake-imds")
 
     @property
     def endpoint(self) -> str:

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline_constructs.local import SERVER_POLL_SECONDS
+from pipeline_constructs.local import serve_in_background
 
 #: An answer of the proxy's own: (status, headers, body).
 Answer = tuple[int, dict[str, str], bytes]
@@ -148,9 +148,7 @@ class FaultProxy(ThreadingHTTPServer):
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, name="fault-proxy", daemon=True
-        ).start()
+        serve_in_background(self, "fault-proxy")
 
     def _forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, Any, bytes]:
         """One request upstream on this thread's kept-alive connection (a new one if the old one broke)."""

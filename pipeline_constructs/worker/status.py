@@ -93,7 +93,7 @@ class StatusRecorder:
         now = time.time()
         try:
             response = self._table.update_item(
-                Key={"pk": self._partition, "sk": f"task#{task_id}"},
+                Key=self._task_key(task_id),
                 # A task with no row yet shows as running; a RETRYING one keeps its state and error.
                 UpdateExpression=(
                     "ADD started :one "
@@ -117,8 +117,10 @@ class StatusRecorder:
         """A task's row as it stands (strongly consistent), or None."""
         if not self.enabled:
             return None
-        key = {"pk": self._partition, "sk": f"task#{task_id}"}
-        return self._table.get_item(Key=key, ConsistentRead=True).get("Item")
+        return self._table.get_item(Key=self._task_key(task_id), ConsistentRead=True).get("Item")
+
+    def _task_key(self, task_id: str) -> dict[str, str]:
+        return {"pk": self._partition, "sk": f"task#{task_id}"}
 
     def worker_heartbeat(self, worker_id: str, **fields: Any) -> None:
         if self.enabled:
