@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import boto3
 
+from pipeline_constructs.local import atomic_item_operations
+
 
 @contextmanager
 def moto_endpoint():
@@ -23,6 +25,7 @@ def moto_endpoint():
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # moto tries to run submitted Batch jobs in Docker, which is not here; the jobs are only counted.
     logging.getLogger("moto.batch").setLevel(logging.CRITICAL)
+    atomic_item_operations()  # as DynamoDB's: the submit-once races rely on it
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

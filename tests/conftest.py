@@ -17,6 +17,7 @@ import pytest
 
 from bench.duplicates import MODELS, create_batch_queue  # noqa: F401 - create_batch_queue: shared with the tests
 from pipeline_constructs.assembly import SynthesizedStack, load_assembly
+from pipeline_constructs.local import atomic_item_operations
 
 if TYPE_CHECKING:
     from aws_cdk.assertions import Template
@@ -136,6 +137,7 @@ def moto_endpoint():
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns real failures
     quiet_moto_docker_probe()
+    atomic_item_operations()  # as DynamoDB's: the submit-once races rely on it
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

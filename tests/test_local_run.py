@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import synth_example
+from conftest import ROOT, synth_example
 
 from pipeline_constructs.assembly import (
     SynthesizedStack,
@@ -459,3 +461,17 @@ def test_an_import_no_stack_of_the_run_exports_is_named():
     assert resolver.resolve({"Fn::ImportValue": "a"}) == "1"
     with pytest.raises(UnresolvableError, match="Fn::ImportValue 'b': no stack in the run exports it"):
         resolver.resolve({"Fn::ImportValue": "b"})
+
+
+def test_the_embedded_emulator_makes_dynamodb_item_operations_atomic():
+    """moto checks a conditional write's condition and then writes, unlocked; DynamoDB does both atomically, and
+    the glue's submit-once guard relies on it. The local run's emulator holds one lock over them (a fresh
+    interpreter: the tests' own emulator holds it too)."""
+    probe = (
+        "from moto.dynamodb.models import DynamoDBBackend\n"
+        "from pipeline_constructs.local import ITEM_OPERATIONS\n"
+        "from pipeline_constructs.local.cli import embedded_emulator\n"
+        "with embedded_emulator(None):\n"
+        "    assert all(hasattr(getattr(DynamoDBBackend, name), '__wrapped__') for name in ITEM_OPERATIONS)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, timeout=60).returncode == 0

@@ -5,6 +5,7 @@ pipeline_constructs.local --help``.
 
 from __future__ import annotations
 
+import functools
 import threading
 from socketserver import BaseServer
 
@@ -20,3 +21,32 @@ def serve_in_background(server: BaseServer, name: str) -> None:
     threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, name=name, daemon=True
     ).start()
+
+
+#: The item operations of moto's DynamoDB that must not interleave (see :func:`atomic_item_operations`).
+ITEM_OPERATIONS = ("put_item", "get_item", "update_item", "delete_item", "transact_write_items")
+
+
+def atomic_item_operations() -> None:
+    """Make moto's DynamoDB item operations atomic, as DynamoDB's are.
+
+    moto checks a write's condition and then writes, unlocked: two conditional puts of one new key from two
+    threads can both succeed (measured: 3 rounds of 30 with 20 racing threads), and the glue's submit-once
+    guard would then submit twice, on the emulator only. One lock over the item operations of this process's
+    moto restores what the guard relies on. Idempotent.
+    """
+    from moto.dynamodb.models import DynamoDBBackend
+
+    if getattr(DynamoDBBackend, "_atomic_item_operations", False):
+        return
+    lock = threading.RLock()
+    for name in ITEM_OPERATIONS:
+        original = getattr(DynamoDBBackend, name)
+
+        @functools.wraps(original)
+        def atomic(self, *args, _original=original, **kwargs):
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        setattr(DynamoDBBackend, name, atomic)
+    DynamoDBBackend._atomic_item_operations = True

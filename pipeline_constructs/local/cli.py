@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipeline_constructs.assembly import find_stack, load_assembly, producers_of, refuse_nested_stacks
-from pipeline_constructs.local import LOCAL_STATE_FILE, serve_in_background
+from pipeline_constructs.local import LOCAL_STATE_FILE, atomic_item_operations, serve_in_background
 from pipeline_constructs.local.runner import Faults, LocalPipeline, sample_feed
 
 
@@ -49,6 +49,7 @@ def embedded_emulator(endpoint: str | None) -> Iterator[str]:
         ) from None
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    atomic_item_operations()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
