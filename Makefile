@@ -15,8 +15,7 @@ ENV ?=
 DEMO_FLAGS ?=
 BASE_PYTHON ?= python3
 # The modules of the constructs (what users import): the API reference's pages.
-API_MODULES := spot_worker_fleet batch_chain scheduled_trigger data_bucket task_queue status_store network topic \
-	logs alarms compliance glue_function
+API_MODULES := fleet chain glue trigger building_blocks monitoring
 
 # The venv first on PATH: `python` in cdk.json and `node` for jsii and the CDK CLI are the venv's.
 export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
@@ -56,7 +55,7 @@ demo: setup ## The main job: run the dev pipeline end to end on a local AWS emul
 	$(PYTHON) -m pipeline_constructs.local --env dev --demo $(DEMO_FLAGS)
 
 summary: synth ## Print what each stack contains: resources by kind, what each construct made
-	$(PYTHON) -m pipeline_constructs.summary
+	$(PYTHON) -m pipeline_constructs.ops.summary
 
 docs: setup ## The API reference from the docstrings, as HTML in docs/api/ (pdoc; importing the CDK runs Node)
 	PDOC_ALLOW_EXEC=1 $(PYTHON) -m pdoc --docformat restructuredtext -o docs/api $(addprefix pipeline_constructs.,$(API_MODULES))

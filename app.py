@@ -34,8 +34,8 @@ from pipeline_constructs import (
     StatusStore,
     TaskQueue,
 )
-from pipeline_constructs.compliance import COMPLIANCE_CONTEXT
-from pipeline_constructs.logs import retention_from_days
+from pipeline_constructs.building_blocks.compliance import COMPLIANCE_CONTEXT
+from pipeline_constructs.building_blocks.logs import retention_from_days
 
 ENVIRONMENTS_CONTEXT_KEY = "pipeline:environments"
 CONTROL_TOWER_CONTEXT_KEY = "controlTower"

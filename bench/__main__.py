@@ -202,7 +202,7 @@ def throughput(
         }
         worker_run = _consume(
             sqs,
-            [sys.executable, "-m", "pipeline_constructs.worker"],
+            [sys.executable, "-m", "pipeline_constructs.fleet.worker"],
             worker_env,
             tasks=tasks,
             backlog=backlog,
@@ -249,7 +249,7 @@ def held_backlog_round(backlog: int, tasks: int = 1000) -> dict[str, Any]:
 
 def enqueue_requests(files: int = 200) -> dict[str, float]:
     """SQS requests per task of `pipeline submit` (SendMessageBatch of 10), counted from botocore hooks."""
-    from pipeline_constructs import operator
+    from pipeline_constructs.ops import operator
 
     with moto_endpoint(), tempfile.TemporaryDirectory() as scratch:
         counter = RequestCounter()

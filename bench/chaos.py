@@ -29,11 +29,11 @@ from typing import Any
 
 import boto3
 
+from pipeline_constructs.fleet.worker.config import SPARE_DELIVERIES
+from pipeline_constructs.fleet.worker.status import TABLE_KEYS
 from pipeline_constructs.local.autoscaling import LocalAutoScaling
 from pipeline_constructs.local.imds import FakeInstanceMetadata
 from pipeline_constructs.local.proxy import FaultProxy
-from pipeline_constructs.worker.config import SPARE_DELIVERIES
-from pipeline_constructs.worker.status import TABLE_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_TIMEOUT_SECONDS = 4
@@ -75,7 +75,7 @@ class Chaos:
         }
         log = (self.log_dir / f"worker-{self.started}.log").open("w")
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline_constructs.worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "pipeline_constructs.fleet.worker"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         return Worker(self.started, process, proxy, imds)
 

@@ -19,10 +19,10 @@ from typing import Any
 from botocore.config import Config
 
 from bench.emulator import RequestCounter, moto_endpoint
-from pipeline_constructs.worker.config import WorkerConfig
-from pipeline_constructs.worker.isolation import TaskProcesses
-from pipeline_constructs.worker.runtime import Worker
-from pipeline_constructs.worker.status import TABLE_KEYS
+from pipeline_constructs.fleet.worker.config import WorkerConfig
+from pipeline_constructs.fleet.worker.isolation import TaskProcesses
+from pipeline_constructs.fleet.worker.runtime import Worker
+from pipeline_constructs.fleet.worker.status import TABLE_KEYS
 
 DYNAMODB_WRITES = ("PutItem", "UpdateItem", "BatchWriteItem", "DeleteItem")
 

@@ -56,7 +56,7 @@ def fifty_chains(count: int = 50) -> dict:
     import aws_cdk as cdk
 
     from pipeline_constructs import BatchChain, ChainLink, ChainStep, DataBucket, PipelineNetwork
-    from pipeline_constructs.glue_function import GlueFunction, as_deployed
+    from pipeline_constructs.glue.construct import GlueFunction, as_deployed
 
     started = time.perf_counter()
     app = cdk.App(context={"aws:cdk:version-reporting": False})

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from bench.synth_cost import example_dev_app
-from pipeline_constructs.assembly import find_stack, load_assembly
 from pipeline_constructs.local.cli import embedded_emulator
 from pipeline_constructs.local.runner import LocalPipeline
+from pipeline_constructs.ops.assembly import find_stack, load_assembly
 
 
 def _first_task_seconds(outdir: Path, *, wake: bool, give_up_after: float) -> float | None:

@@ -5,8 +5,12 @@ Building blocks (secure, cheap defaults, used by every pattern):
 :func:`pipeline_log_group`. Patterns: :class:`SpotWorkerFleet`, :class:`BatchChain` (with :class:`ChainStep`,
 :class:`ChainLink`), :class:`ScheduledTrigger`; :class:`PipelineAlarms`.
 
-Names are imported lazily, so the runtime code shipped inside this package (``pipeline_constructs.worker``)
-imports without the AWS CDK and its Node.js runtime.
+One folder per component, each a construct with its own runtime: ``fleet/`` (with the worker runtime,
+``fleet/worker``), ``chain/``, ``glue/`` (with the glue handler), ``trigger/``, ``building_blocks/``,
+``monitoring/``, ``ops/`` (the operator CLI and reports) and ``local/`` (the local run); see
+docs/architecture.md. Names are imported lazily, so the runtime code shipped inside this package
+(``pipeline_constructs.fleet.worker``, ``pipeline_constructs.glue.handler``) imports without the AWS CDK and its
+Node.js runtime. The flat module paths of earlier releases still import (:mod:`._moved`).
 """
 
 from __future__ import annotations
@@ -14,23 +18,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from pipeline_constructs import _moved
+
+_moved.install()
+
 _EXPORTS = {
-    "BatchChain": "pipeline_constructs.batch_chain",
-    "ChainLink": "pipeline_constructs.batch_chain",
-    "ChainStep": "pipeline_constructs.batch_chain",
-    "StepImage": "pipeline_constructs.batch_chain",
-    "GlueFunction": "pipeline_constructs.glue_function",
-    "PipelineAlarms": "pipeline_constructs.alarms",
-    "ScheduledTrigger": "pipeline_constructs.scheduled_trigger",
-    "DataBucket": "pipeline_constructs.data_bucket",
-    "PipelineNetwork": "pipeline_constructs.network",
-    "SpotWorkerFleet": "pipeline_constructs.spot_worker_fleet",
-    "StatusStore": "pipeline_constructs.status_store",
-    "TaskQueue": "pipeline_constructs.task_queue",
-    "WorkerDelivery": "pipeline_constructs.spot_worker_fleet",
-    "failure_queue": "pipeline_constructs.task_queue",
-    "pipeline_log_group": "pipeline_constructs.logs",
-    "secure_topic": "pipeline_constructs.topic",
+    "BatchChain": "pipeline_constructs.chain.construct",
+    "ChainLink": "pipeline_constructs.chain.construct",
+    "ChainStep": "pipeline_constructs.chain.construct",
+    "StepImage": "pipeline_constructs.chain.construct",
+    "GlueFunction": "pipeline_constructs.glue.construct",
+    "PipelineAlarms": "pipeline_constructs.monitoring.alarms",
+    "ScheduledTrigger": "pipeline_constructs.trigger.construct",
+    "DataBucket": "pipeline_constructs.building_blocks.data_bucket",
+    "PipelineNetwork": "pipeline_constructs.building_blocks.network",
+    "SpotWorkerFleet": "pipeline_constructs.fleet.construct",
+    "StatusStore": "pipeline_constructs.building_blocks.status_store",
+    "TaskQueue": "pipeline_constructs.building_blocks.task_queue",
+    "WorkerDelivery": "pipeline_constructs.fleet.construct",
+    "failure_queue": "pipeline_constructs.building_blocks.task_queue",
+    "pipeline_log_group": "pipeline_constructs.building_blocks.logs",
+    "secure_topic": "pipeline_constructs.building_blocks.topic",
 }
 
 __all__ = sorted(_EXPORTS)

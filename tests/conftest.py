@@ -5,40 +5,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
-import json
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bench.duplicates import MODELS, create_batch_queue  # noqa: F401 - create_batch_queue: shared with the tests
-from pipeline_constructs.assembly import SynthesizedStack, load_assembly
 from pipeline_constructs.local import atomic_item_operations
+from pipeline_constructs.ops.assembly import SynthesizedStack, load_assembly
+from tests.support.botocore_models import MODELS
+from tests.support.example_app import synth_example
 
 if TYPE_CHECKING:
     from aws_cdk.assertions import Template
-
-ROOT = Path(__file__).resolve().parent.parent
-ASSET_HASH = re.compile(r"\b[0-9a-f]{64}\b")
-
-
-def cdk_json_context() -> dict[str, Any]:
-    """The context `cdk synth` would pass: cdk.json's, without the CLI."""
-    return json.loads((ROOT / "cdk.json").read_text())["context"]
-
-
-def synth_example(outdir: Path, extra_context: dict[str, Any] | None = None, *, rule_packs: bool = True):
-    """Build and synthesize the example app into ``outdir``; returns the app (for tree inspection)."""
-    import app as example_app
-
-    context = cdk_json_context() | {"aws:cdk:version-reporting": False} | (extra_context or {})
-    app = example_app.build_app(context, outdir=str(outdir), rule_packs=rule_packs)
-    app.synth()
-    return app
 
 
 #: The example app this process synthesized for the shared assembly, if it was this process.
@@ -92,11 +73,6 @@ def prod_template(example_stacks) -> Template:
     from aws_cdk.assertions import Template
 
     return Template.from_json(example_stacks["pipeline-prod"].template)
-
-
-def mask_asset_hashes(template: dict[str, Any]) -> dict[str, Any]:
-    """Asset hashes change with every code edit; snapshots should change only when the infrastructure does."""
-    return json.loads(ASSET_HASH.sub("<asset-hash>", json.dumps(template)))
 
 
 def share_botocore_models() -> None:
@@ -177,13 +153,6 @@ def aws(aws_env, monkeypatch):
     )
 
 
-def create_status_table(dynamodb, name: str):
-    """A table shaped like the StatusStore's (pk, sk), in the emulator."""
-    from pipeline_constructs.worker.status import TABLE_KEYS
-
-    return dynamodb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST", **TABLE_KEYS)
-
-
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any):
     report = yield
@@ -199,7 +168,7 @@ _FAILED = pytest.StashKey[bool]()
 def pipeline(aws, request):
     """``pipeline(visibility=..., max_receive_count=...)``: a fresh queue, DLQ, bucket and table; its worker
     processes are killed when the test ends, and their logs shown when it failed."""
-    from worker_harness import Pipeline
+    from tests.support.worker_harness import Pipeline
 
     created = []
 
@@ -248,25 +217,25 @@ def _mistake(report: Any) -> bool:
 #: Tests that synthesize constructs over jsii. They all run on one process, which pays Node's start-up and
 #: the aws-cdk-lib load once; spread over every process they would cost each of them that CPU.
 JSII_TESTS = (
-    "tests/test_batch_chain.py",
-    "tests/test_building_blocks.py",
-    "tests/test_example_app.py",
-    "tests/test_control_tower.py",
-    "tests/test_compliance.py",
-    "tests/test_docstrings.py",
-    "tests/test_spot_worker_fleet.py",
-    "tests/test_local_run.py::test_the_local_run_follows_a_changed_example_app",
-    "tests/test_operator_cli.py::test_cost_reports_a_nat_gateway_with_its_price",
+    "tests/chain/test_batch_chain.py",
+    "tests/building_blocks/test_building_blocks.py",
+    "tests/app/test_example_app.py",
+    "tests/app/test_control_tower.py",
+    "tests/building_blocks/test_compliance.py",
+    "tests/app/test_docstrings.py",
+    "tests/fleet/test_spot_worker_fleet.py",
+    "tests/local/test_local_run.py::test_the_local_run_follows_a_changed_example_app",
+    "tests/ops/test_operator_cli.py::test_cost_reports_a_nat_gateway_with_its_price",
 )
 #: Modules whose tests share a module-scoped fixture too costly to build on several processes.
-SHARED_FIXTURE_MODULES = ("tests/test_guide.py",)
+SHARED_FIXTURE_MODULES = ("tests/app/test_guide.py",)
 #: The longest tests start first, so none is left to run alone at the end: the worker process tests before
 #: the local runs, which wait for the example's synth (done meanwhile by the jsii tests' process).
 SLOW_FIRST = (
-    "tests/test_guide.py",
-    "tests/test_worker_processes.py",
-    "tests/test_worker_faults.py",
-    "tests/test_local_run.py",
+    "tests/app/test_guide.py",
+    "tests/fleet/test_worker_processes.py",
+    "tests/fleet/test_worker_faults.py",
+    "tests/local/test_local_run.py",
 )
 
 

@@ -26,9 +26,9 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline_constructs.assembly import find_stack, load_assembly, producers_of, refuse_nested_stacks
 from pipeline_constructs.local import LOCAL_STATE_FILE, atomic_item_operations, serve_in_background
 from pipeline_constructs.local.runner import Faults, LocalPipeline, sample_feed
+from pipeline_constructs.ops.assembly import find_stack, load_assembly, producers_of, refuse_nested_stacks
 
 
 class EmulatorMissing(RuntimeError):

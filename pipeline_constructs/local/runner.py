@@ -24,7 +24,6 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from pipeline_constructs.assembly import SynthesizedStack
 from pipeline_constructs.glue.handler import wake_group
 from pipeline_constructs.local.autoscaling import LocalAutoScaling, LocalGroup
 from pipeline_constructs.local.batch import JobDefinitionSpec, LocalBatch
@@ -34,6 +33,7 @@ from pipeline_constructs.local.fleets import LocalFleet, parse_user_data
 from pipeline_constructs.local.iam import ADMIN_KEY, IamGate
 from pipeline_constructs.local.lambdas import LocalFunction
 from pipeline_constructs.local.resolver import ACCOUNT, Resolver
+from pipeline_constructs.ops.assembly import SynthesizedStack
 
 log = logging.getLogger("pipeline.local")
 

@@ -1,0 +1,178 @@
+"""DataBucket: the S3 bucket every pattern reads inputs from and writes results to."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from pipeline_constructs.building_blocks.compliance import compliance_profile, default_key
+from pipeline_constructs.building_blocks.nag import acknowledge_control
+from pipeline_constructs.building_blocks.validation import check_duration
+
+#: Key prefixes shared by the runtimes: inputs are read from ``input/``, results written to ``output/``
+#: and scratch data to ``intermediate/`` (which expires).
+INPUT_PREFIX = "input/"
+OUTPUT_PREFIX = "output/"
+INTERMEDIATE_PREFIX = "intermediate/"
+#: The CDK feature flag under which server access log delivery is granted by bucket policy, not by ACL.
+LOG_DELIVERY_BY_POLICY = "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy"
+
+
+class DataBucket(Construct):
+    """A private, encrypted, versioned bucket with lifecycle rules and server access logging.
+
+    Defaults: SSE-S3 (no KMS key to pay for), all public access blocked, TLS 1.2+ only, versioning on,
+    noncurrent versions expire, objects under ``intermediate/`` expire, server access logs go to a
+    separate log bucket.
+
+    :param encryption_key: customer-managed KMS key for SSE-KMS. Default: None, SSE-S3. Under the compliance
+        profile: the stack's key for both buckets, object lock (no default retention) on both, and the log
+        bucket logging its own deliveries.
+    :param intermediate_expiration: how long objects under ``intermediate/`` live. Default: 7 days.
+    :param noncurrent_version_expiration: how long overwritten or deleted versions are kept. Default: 30 days.
+    :param access_log_bucket: where server access logs go. Default: a new log bucket, ``self.access_log_bucket``.
+    :param access_log_expiration: how long server access logs are kept in a created log bucket. Default: 365 days.
+    :param removal_policy: what happens to the buckets when the stack is deleted. Default: RETAIN.
+        DESTROY deletes them only when empty: emptying needs a custom-resource Lambda we do not add.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        encryption_key: kms.IKey | None = None,
+        intermediate_expiration: Duration | None = None,
+        noncurrent_version_expiration: Duration | None = None,
+        access_log_bucket: s3.IBucket | None = None,
+        access_log_expiration: Duration | None = None,
+        removal_policy: RemovalPolicy = RemovalPolicy.RETAIN,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        # Log delivery granted by a bucket policy, never an ACL (CT.S3.PR.5), whatever the app's feature flags.
+        self.node.set_context(LOG_DELIVERY_BY_POLICY, True)
+        self.intermediate_expiration = intermediate_expiration or Duration.days(7)
+        self.noncurrent_version_expiration = noncurrent_version_expiration or Duration.days(30)
+        log_expiration = access_log_expiration or Duration.days(365)
+        one_day = Duration.days(1)
+        check_duration(self, "intermediate_expiration", self.intermediate_expiration, minimum=one_day)
+        check_duration(self, "noncurrent_version_expiration", self.noncurrent_version_expiration, minimum=one_day)
+        check_duration(self, "access_log_expiration", log_expiration, minimum=one_day)
+        compliance = compliance_profile(self)
+        encryption_key = default_key(self, encryption_key)
+
+        if access_log_bucket is None:
+            # cdk-nag's S1 (access logs) does not apply to a bucket that is itself a log target.
+            access_log_bucket = s3.Bucket(
+                self,
+                "AccessLogs",
+                # SSE-S3 needs nothing of the logging service; a customer-managed key needs it in its key
+                # policy (PipelineKey has it).
+                encryption=s3.BucketEncryption.KMS if compliance else s3.BucketEncryption.S3_MANAGED,
+                encryption_key=encryption_key if compliance else None,
+                bucket_key_enabled=compliance or None,
+                # Under the profile the log bucket logs too, into itself (every bucket must, CT.S3.PR.2): each
+                # delivery adds one record to a later one, a trickle, not a loop that grows.
+                server_access_logs_prefix="access-log-bucket/" if compliance else None,
+                object_lock_enabled=compliance or None,
+                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+                # Object ownership left to the CDK: a bucket policy grants log delivery under the
+                # serverAccessLogsUseBucketPolicy feature flag, an ACL (ObjectWriter) without it.
+                enforce_ssl=True,
+                minimum_tls_version=1.2,
+                # Log objects are never overwritten: versioning costs nothing and keeps deletions recoverable.
+                versioned=True,
+                lifecycle_rules=[
+                    s3.LifecycleRule(
+                        id="expire-access-logs",
+                        expiration=log_expiration,
+                        noncurrent_version_expiration=Duration.days(1),
+                    )
+                ],
+                removal_policy=removal_policy,
+            )
+            if compliance:
+                _notify_eventbridge(access_log_bucket)
+            else:
+                _acknowledge_log_bucket(access_log_bucket)
+        self.access_log_bucket: s3.IBucket = access_log_bucket
+
+        self.bucket = s3.Bucket(
+            self,
+            "Bucket",
+            encryption=s3.BucketEncryption.KMS if encryption_key else s3.BucketEncryption.S3_MANAGED,
+            encryption_key=encryption_key,
+            bucket_key_enabled=encryption_key is not None,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            enforce_ssl=True,
+            minimum_tls_version=1.2,
+            versioned=True,
+            object_lock_enabled=compliance or None,
+            server_access_logs_bucket=self.access_log_bucket,
+            server_access_logs_prefix="data-bucket/",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-noncurrent-versions",
+                    noncurrent_version_expiration=self.noncurrent_version_expiration,
+                    expired_object_delete_marker=True,
+                    abort_incomplete_multipart_upload_after=Duration.days(7),
+                ),
+                s3.LifecycleRule(
+                    id="expire-intermediate",
+                    prefix=INTERMEDIATE_PREFIX,
+                    expiration=self.intermediate_expiration,
+                ),
+            ],
+            removal_policy=removal_policy,
+        )
+        _notify_eventbridge(self.bucket)
+        if encryption_key is None:
+            acknowledge_control(self.bucket, "s3_bucket_default_encryption_kms_check", SSE_S3_REASON)
+        if not compliance:
+            acknowledge_control(
+                self.bucket,
+                "s3_bucket_object_lock_enabled_check",
+                "Pipeline outputs are rewritten when a task is re-run and expire under the lifecycle rules; versioning "
+                "keeps every overwritten or deleted object for noncurrent_version_expiration instead of a lock.",
+            )
+
+
+SSE_S3_REASON = (
+    "SSE-S3 by default: a customer-managed key costs $1 a month and a request charge per object; pass "
+    "encryption_key where a key is required."
+)
+
+
+def _notify_eventbridge(bucket: s3.Bucket) -> None:
+    """Object events to EventBridge (free to emit) so users can react to uploads; set natively, where the
+    CDK's ``event_bridge_enabled`` would add a notifications custom-resource Lambda to the stack."""
+    bucket.node.default_child.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
+        event_bridge_configuration=s3.CfnBucket.EventBridgeConfigurationProperty(event_bridge_enabled=True)
+    )
+
+
+def _acknowledge_log_bucket(bucket: s3.Bucket) -> None:
+    acknowledge_control(
+        bucket,
+        "s3_bucket_default_encryption_kms_check",
+        "S3 server access logs are written by the logging service; SSE-S3 needs no key policy for it and costs "
+        "nothing; a customer-managed key would need the logging service in its key policy.",
+    )
+    acknowledge_control(
+        bucket,
+        "s3_bucket_logging_enabled_check",
+        "This is the access-log bucket: logging its own log deliveries would log every delivery again, forever.",
+    )
+    acknowledge_control(
+        bucket,
+        "s3_bucket_object_lock_enabled_check",
+        "Access logs expire under a lifecycle rule; versioning keeps deleted log objects for a day instead of a lock.",
+    )
+    acknowledge_control(
+        bucket,
+        "s3_event_notifications_enabled_check",
+        "Nothing reacts to log deliveries; events for them would be noise on the default event bus.",
+    )

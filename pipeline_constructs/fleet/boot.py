@@ -1,0 +1,122 @@
+"""How a SpotWorkerFleet instance boots: the worker environment file, the code, the systemd unit (user data).
+
+The worker code reaches an instance as S3 assets (Python bundle under systemd) or as a Docker image. Every
+asset object is granted to the instance role by its exact key; no credentials are written to user data.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aws_cdk import Aws
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3_assets as s3_assets
+
+if TYPE_CHECKING:
+    from pipeline_constructs.fleet.construct import SpotWorkerFleet
+
+#: Where the worker runtime lives; shipped to instances as the package ``pipeline_worker``.
+WORKER_RUNTIME_DIR = Path(__file__).resolve().parent / "worker"
+
+
+class WorkerDelivery(enum.Enum):
+    """How the worker code reaches an instance."""
+
+    #: The worker directory and the runtime as S3 assets, run under systemd: no Docker needed to deploy.
+    PYTHON_BUNDLE = "python-bundle"
+    #: A Docker image built from the worker directory's Dockerfile, run by Docker on the instance.
+    CONTAINER = "container"
+
+
+def worker_user_data(fleet: SpotWorkerFleet, variables: dict[str, str]) -> ec2.UserData:
+    """The boot script: ``/etc/pipeline-worker.env``, then the delivery's code and service.
+
+    The script embeds the assets' hashes, so changed worker code is a new launch template version, which
+    the fleet's instance refresh rolls out (draining each replaced worker through its lifecycle hook).
+    """
+    user_data = ec2.UserData.for_linux()
+    env_lines = "\n".join(f"{name}={value}" for name, value in variables.items())
+    user_data.add_commands(
+        "set -euo pipefail",
+        "install -d -m 0755 /opt/pipeline /var/log/pipeline-worker",
+        f"cat > /etc/pipeline-worker.env <<'PIPELINE_ENV'\n{env_lines}\nPIPELINE_ENV",
+        "chmod 0644 /etc/pipeline-worker.env",
+    )
+    if fleet.delivery is WorkerDelivery.CONTAINER:
+        _container_boot(fleet, user_data)
+    else:
+        _bundle_boot(fleet, user_data)
+    return user_data
+
+
+def _download(fleet: SpotWorkerFleet, user_data: ec2.UserData, asset: s3_assets.Asset, local_file: str) -> None:
+    # Our own line, not add_s3_download_command's: its unquoted `mkdir -p $(dirname ...)` fails shellcheck, and
+    # the files go to /tmp, which exists.
+    user_data.add_commands(f"aws s3 cp 's3://{asset.s3_bucket_name}/{asset.s3_object_key}' '{local_file}'")
+    # Read access to this one object, not the whole asset bucket.
+    fleet.role.add_to_principal_policy(
+        iam.PolicyStatement(actions=["s3:GetObject"], resources=[asset.bucket.arn_for_objects(asset.s3_object_key)])
+    )
+
+
+def _runtime_asset(fleet: SpotWorkerFleet) -> s3_assets.Asset:
+    return s3_assets.Asset(fleet, "RuntimeBundle", path=str(WORKER_RUNTIME_DIR), exclude=["__pycache__", "*.pyc"])
+
+
+def _bundle_boot(fleet: SpotWorkerFleet, user_data: ec2.UserData) -> None:
+    task_asset = s3_assets.Asset(
+        fleet, "TaskBundle", path=str(fleet.worker_directory), exclude=["__pycache__", "*.pyc", "tests"]
+    )
+    _download(fleet, user_data, task_asset, "/tmp/task.zip")
+    _download(fleet, user_data, _runtime_asset(fleet), "/tmp/runtime.zip")
+    agent_config = (
+        '{"logs":{"logs_collected":{"files":{"collect_list":[{"file_path":'
+        '"/var/log/pipeline-worker/worker.log","log_group_name":"'
+        f"{fleet.log_group.log_group_name}"
+        '","log_stream_name":"{instance_id}"}]}}}}'
+    )
+    user_data.add_commands(
+        "dnf install -y python3.11 python3.11-pip unzip amazon-cloudwatch-agent",
+        "id pipeline-worker || useradd --system --home-dir /opt/pipeline --shell /sbin/nologin pipeline-worker",
+        "unzip -q -o /tmp/task.zip -d /opt/pipeline/task",
+        "unzip -q -o /tmp/runtime.zip -d /opt/pipeline/lib/pipeline_worker",
+        "python3.11 -m venv /opt/pipeline/venv",
+        "/opt/pipeline/venv/bin/pip install -q 'boto3>=1.40,<2' -r /opt/pipeline/task/requirements.txt",
+        "chown -R pipeline-worker:pipeline-worker /var/log/pipeline-worker",
+        f"cat > /opt/aws/amazon-cloudwatch-agent/etc/pipeline-worker.json <<'AGENT'\n{agent_config}\nAGENT",
+        "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s "
+        "-c file:/opt/aws/amazon-cloudwatch-agent/etc/pipeline-worker.json",
+        "install -m 0644 /opt/pipeline/lib/pipeline_worker/pipeline-worker.service /etc/systemd/system/",
+        "systemctl daemon-reload",
+        "systemctl enable --now pipeline-worker.service",
+    )
+
+
+def _container_boot(fleet: SpotWorkerFleet, user_data: ec2.UserData) -> None:
+    image = ecr_assets.DockerImageAsset(
+        fleet,
+        "Image",
+        directory=str(fleet.worker_directory),
+        build_contexts={"runtime": str(WORKER_RUNTIME_DIR)},
+        platform=ecr_assets.Platform.LINUX_ARM64 if fleet.architecture == "arm64" else ecr_assets.Platform.LINUX_AMD64,
+    )
+    fleet.image = image
+    image.repository.grant_pull(fleet.role)
+    registry = f"{Aws.ACCOUNT_ID}.dkr.ecr.{Aws.REGION}.{Aws.URL_SUFFIX}"
+    _download(fleet, user_data, _runtime_asset(fleet), "/tmp/runtime.zip")
+    user_data.add_commands(
+        "dnf install -y docker unzip",
+        "systemctl enable --now docker",
+        f"echo PIPELINE_IMAGE={image.image_uri} >> /etc/pipeline-worker.env",
+        f"aws ecr get-login-password --region {Aws.REGION} | docker login --username AWS --password-stdin {registry}",
+        f"docker pull {image.image_uri}",
+        "unzip -q -o /tmp/runtime.zip -d /opt/pipeline/runtime",
+        "install -m 0644 /opt/pipeline/runtime/pipeline-worker-container.service "
+        "/etc/systemd/system/pipeline-worker.service",
+        "systemctl daemon-reload",
+        "systemctl enable --now pipeline-worker.service",
+    )

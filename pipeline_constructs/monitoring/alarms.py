@@ -1,0 +1,121 @@
+"""PipelineAlarms: one SNS topic for everything that needs a person, and the alarms that feed it."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as events_targets
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from pipeline_constructs.building_blocks.nag import acknowledge
+from pipeline_constructs.building_blocks.topic import secure_topic
+from pipeline_constructs.chain.construct import BatchChain
+from pipeline_constructs.fleet.construct import SpotWorkerFleet
+
+
+class PipelineAlarms(Construct):
+    """Alarms on what should never pile up: dead letters, failed jobs, glue errors.
+
+    Cheap by design: one single-metric alarm per queue or function (alarms are billed per metric), and
+    failed Batch jobs are an EventBridge rule straight to the topic, which costs nothing while idle.
+
+    :param email: address subscribed to the alarm topic (it must confirm the subscription). Default: None.
+    :param encryption_key: customer-managed KMS key for the topic. Default: None (CloudWatch cannot publish
+        to a topic encrypted with the AWS managed SNS key).
+    """
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, email: str | None = None, encryption_key: kms.IKey | None = None
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.topic = secure_topic(
+            self, "Topic", encryption_key=encryption_key, service_publishers=True, display_name="Pipeline alarms"
+        )
+        if email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(email))
+            acknowledge(
+                self.topic,
+                "Serverless-SNSRedrivePolicy",
+                "The only subscription is the alarm e-mail, which SNS retries for days; a DLQ behind an alarm "
+                "e-mail would itself need an alarm that no one receives.",
+            )
+        self.alarms: dict[str, cloudwatch.Alarm] = {}
+        self._watched: set[str] = set()
+
+    def _once(self, key: str) -> bool:
+        if key in self._watched:
+            return False
+        self._watched.add(key)
+        return True
+
+    def _alarm(self, alarm_id: str, metric: cloudwatch.IMetric, description: str) -> cloudwatch.Alarm:
+        alarm = cloudwatch.Alarm(
+            self,
+            alarm_id,
+            metric=metric,
+            threshold=1,
+            evaluation_periods=1,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            alarm_description=description,
+        )
+        alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.topic))
+        self.alarms[alarm_id] = alarm
+        return alarm
+
+    def watch_queue(self, alarm_id: str, queue: sqs.IQueue, what: str) -> None:
+        """Alarm as soon as ``queue`` (a DLQ, an on-failure queue) holds a message."""
+        if self._once(queue.node.path):
+            self._alarm(
+                alarm_id,
+                queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(5), statistic="Maximum"),
+                f"{what} is not empty: something failed for good and waits for a person (see the messages).",
+            )
+
+    def watch_function(self, alarm_id: str, function: lambda_.IFunction, what: str) -> None:
+        if self._once(function.node.path):
+            self._alarm(
+                alarm_id,
+                function.metric_errors(period=Duration.minutes(5), statistic="Sum"),
+                f"{what} raised errors (it retries; see its log group).",
+            )
+
+    def watch_fleet(self, fleet: SpotWorkerFleet) -> None:
+        if fleet.dead_letter_queue is not None:
+            self.watch_queue(f"{fleet.node.id}DeadLetters", fleet.dead_letter_queue, f"{fleet.node.path} DLQ")
+
+    def watch_chain(self, chain: BatchChain) -> None:
+        """Failed jobs of the chain (notified per job), and its glue Lambda's errors and failure queue."""
+        self.watch_function("GlueErrors", chain.glue.function, "The glue Lambda")
+        self.watch_queue("GlueFailures", chain.glue.failure_queue, "The glue on-failure queue")
+        detail = events.EventField.from_path
+        events.Rule(
+            self,
+            f"{chain.node.id}FailedJobs",
+            description=f"Failed Batch jobs of chain {chain.chain_name}",
+            event_pattern=events.EventPattern(
+                source=["aws.batch"],
+                detail_type=["Batch Job State Change"],
+                detail={
+                    "status": ["FAILED"],
+                    "jobQueue": [chain.job_queue.job_queue_arn],
+                    "jobDefinition": [d.job_definition_arn for d in chain.job_definitions.values()],
+                },
+            ),
+            targets=[
+                events_targets.SnsTopic(
+                    self.topic,
+                    message=events.RuleTargetInput.from_text(
+                        f"Batch job {detail('$.detail.jobName')} ({detail('$.detail.jobId')}) of chain "
+                        f"{chain.chain_name} FAILED: {detail('$.detail.statusReason')}"
+                    ),
+                    dead_letter_queue=chain.glue.failure_queue,
+                )
+            ],
+        )

@@ -1,0 +1,421 @@
+"""What the operator CLI does, without the CLI: find a pipeline, submit work, read status, redrive, start.
+
+Resources are found through the stack's ``PipelineConstructsManifest`` output, from CloudFormation (a deployed stack,
+by stack or environment name) or from a running local run's state file (``--local``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
+
+from pipeline_constructs.glue.handler import SubmitGuard, job_name, try_wake
+from pipeline_constructs.local import LOCAL_STATE_FILE
+
+#: The output :class:`~pipeline_constructs.building_blocks.manifest.PipelineManifest` writes (named here too:
+#: this module does not import the CDK), and the name it had before the library kept its ids under one namespace.
+MANIFEST_OUTPUT = "PipelineConstructsManifest"
+EARLIER_MANIFEST_OUTPUT = "PipelineManifest"
+SQS_BATCH = 10
+STATUS_TTL_SECONDS = 90 * 86400
+
+
+class OperatorError(Exception):
+    """Something the operator must fix, in one line."""
+
+
+def explain(error: Exception, *, region: str | None = None, endpoint: str | None = None) -> OperatorError:
+    """One actionable line for the AWS errors an operator meets."""
+    if isinstance(error, OperatorError):
+        return error
+    if isinstance(error, NoCredentialsError | PartialCredentialsError):
+        return OperatorError(
+            "no AWS credentials found: set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
+            "or use --local against a local run"
+        )
+    if isinstance(error, NoRegionError):
+        return OperatorError("no AWS region: pass --region or set AWS_REGION")
+    if isinstance(error, EndpointConnectionError):
+        return OperatorError(
+            f"cannot reach {endpoint or error.kwargs.get('endpoint_url')}: check the region or the network"
+        )
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        message = error.response.get("Error", {}).get("Message", "")
+        if code in ("ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "UnrecognizedClientException"):
+            return OperatorError(f"AWS rejected the credentials ({code}): refresh them (aws sso login, new keys)")
+        if code in ("AccessDenied", "AccessDeniedException"):
+            return OperatorError(f"access denied: {message}")
+        return OperatorError(f"{error.operation_name} failed: {code}: {message}")
+    return OperatorError(str(error))
+
+
+@dataclass
+class Target:
+    """A pipeline to operate on: its stack, manifest and AWS session (deployed or local)."""
+
+    stack: str
+    region: str
+    manifest: dict[str, Any]
+    session: boto3.session.Session
+    endpoint: str | None = None
+    batch_endpoint: str | None = None
+    _clients: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            endpoint = self.batch_endpoint if service == "batch" and self.batch_endpoint else self.endpoint
+            config = Config(retries={"mode": "standard"}, max_pool_connections=32)
+            self._clients[service] = self.session.client(service, endpoint_url=endpoint, config=config)
+        return self._clients[service]
+
+    def table(self, name: str) -> Any:
+        return self.session.resource("dynamodb", endpoint_url=self.endpoint).Table(name)
+
+    # ---------------------------------------------------------------- lookups
+
+    def fleet(self, name: str | None) -> tuple[str, dict[str, Any]]:
+        fleets = self.manifest.get("fleets", {})
+        if not fleets:
+            raise OperatorError(f"stack {self.stack} has no fleets")
+        if name is None:
+            upstream = [
+                n
+                for n, f in fleets.items()
+                if f["queueUrl"] not in {g.get("downstreamQueueUrl") for g in fleets.values()}
+            ]
+            if len(upstream) == 1:
+                return upstream[0], fleets[upstream[0]]
+            raise OperatorError(f"name a fleet with --fleet; fleets: {', '.join(fleets)}")
+        for full_name, fleet in fleets.items():
+            if name.lower() in (full_name.lower(), full_name.rsplit("/", 1)[-1].lower()):
+                return full_name, fleet
+        raise OperatorError(f"no fleet named {name!r} in {self.stack}; fleets: {', '.join(fleets)}")
+
+    def chain(self, name: str) -> dict[str, Any]:
+        chains = self.manifest.get("chains", {})
+        if name not in chains:
+            raise OperatorError(f"no chain named {name!r} in {self.stack}; chains: {', '.join(chains) or 'none'}")
+        return chains[name]
+
+
+def connect(
+    name: str | None,
+    *,
+    region: str | None = None,
+    local: bool = False,
+    state_file: str | Path = LOCAL_STATE_FILE,
+) -> Target:
+    """Find the pipeline: a local run's state file, or a deployed stack by stack or environment name."""
+    if local:
+        path = Path(state_file)
+        if not path.is_file():
+            raise OperatorError(
+                f"no local run found ({path} is missing): start one with `pipeline local --env dev --demo --serve`"
+            )
+        state = json.loads(path.read_text())
+        session = boto3.session.Session(
+            aws_access_key_id="local", aws_secret_access_key="local", region_name=state["region"]
+        )
+        return Target(
+            state["stack"],
+            state["region"],
+            _manifest(state["stack"], state["outputs"]),
+            session,
+            state["endpoint"],
+            state.get("batchEndpoint"),
+        )
+    if not name:
+        raise OperatorError("name the stack or environment with --stack (e.g. --stack dev), or use --local")
+    session = boto3.session.Session(region_name=region)
+    if session.region_name is None:
+        raise explain(NoRegionError())
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_CLOUDFORMATION") or os.environ.get("AWS_ENDPOINT_URL")
+    cloudformation = session.client("cloudformation")
+    candidates = [name] if name.startswith("pipeline-") else [f"pipeline-{name}", name]
+    for candidate in candidates:
+        try:
+            stacks = cloudformation.describe_stacks(StackName=candidate)["Stacks"]
+        except ClientError as error:
+            if "does not exist" in error.response.get("Error", {}).get("Message", ""):
+                continue
+            raise explain(error) from None
+        except Exception as error:  # credentials, region, network: one line each
+            raise explain(error, endpoint=endpoint) from None
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+        return Target(candidate, session.region_name, _manifest(candidate, outputs), session)
+    raise OperatorError(
+        f"stack {' or '.join(repr(c) for c in candidates)} not found in region {session.region_name}: "
+        "check the name, or the region (--region, AWS_REGION)"
+    )
+
+
+def _manifest(stack: str, outputs: dict[str, str]) -> dict[str, Any]:
+    for name in (MANIFEST_OUTPUT, EARLIER_MANIFEST_OUTPUT):
+        if name in outputs:
+            return json.loads(outputs[name])
+    raise OperatorError(f"stack {stack} has no {MANIFEST_OUTPUT} output: was it built with pipeline_constructs?")
+
+
+# -------------------------------------------------------------------- submit
+
+
+def task_files(paths: Iterable[str | Path]) -> dict[str, Path]:
+    """Task id (the path under the folder, or the file name) -> local file."""
+    tasks: dict[str, Path] = {}
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                tasks[file.relative_to(path).as_posix()] = file
+        elif path.is_file():
+            tasks[path.name] = path
+        else:
+            raise OperatorError(f"{path}: no such file or folder")
+    return tasks
+
+
+def known_tasks(target: Target, fleet_name: str, table_name: str) -> dict[str, str]:
+    """Task id -> state, for every task the status store knows of this fleet (enqueued or finished)."""
+    table = target.table(table_name)
+    known: dict[str, str] = {}
+    arguments: dict[str, Any] = {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :task)",
+        "ExpressionAttributeValues": {":pk": f"fleet#{fleet_name}", ":task": "task#"},
+        "ProjectionExpression": "sk, #state",
+        "ExpressionAttributeNames": {"#state": "state"},
+    }
+    while True:
+        page = table.query(**arguments)
+        known.update({item["sk"].removeprefix("task#"): item.get("state", "") for item in page["Items"]})
+        if "LastEvaluatedKey" not in page:
+            return known
+        arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+@dataclass
+class SubmitReport:
+    found: int = 0
+    already_known: int = 0
+    uploaded: int = 0
+    enqueued: int = 0
+    failed: list[str] = field(default_factory=list)
+    woke: bool = False  # the fleet was at zero and its group was raised to one worker
+    wake_error: str = ""
+
+
+def submit(
+    target: Target,
+    fleet_name: str | None,
+    paths: Iterable[str | Path],
+    *,
+    dry_run: bool = False,
+    concurrency: int = 16,
+    on_progress: Callable[[int], None] | None = None,
+) -> SubmitReport:
+    """Upload files to ``<prefix>input/`` and enqueue one task each; tasks the status store knows are skipped.
+
+    Resumable: each task is recorded ENQUEUED (never over a finished state) once SQS took it, so a second
+    run sends nothing twice; a crash between sending and recording only re-sends, and workers skip done tasks.
+    """
+    name, fleet = target.fleet(fleet_name)
+    files = task_files(paths)
+    report = SubmitReport(found=len(files))
+    known = known_tasks(target, name, fleet["table"])
+    todo = {task_id: path for task_id, path in files.items() if task_id not in known}
+    report.already_known = len(files) - len(todo)
+    if dry_run or not todo:
+        return report
+    s3, sqs, table = target.client("s3"), target.client("sqs"), target.table(fleet["table"])
+
+    def upload(item: tuple[str, Path]) -> None:
+        task_id, path = item
+        s3.upload_file(str(path), fleet["bucket"], f"{fleet['prefix']}input/{task_id}")
+
+    def enqueue(batch: list[str]) -> list[str]:
+        entries = [{"Id": str(i), "MessageBody": json.dumps({"key": task_id})} for i, task_id in enumerate(batch)]
+        response = sqs.send_message_batch(QueueUrl=fleet["queueUrl"], Entries=entries)
+        sent = [batch[int(ok["Id"])] for ok in response.get("Successful", [])]
+        now = int(time.time())
+        for task_id in sent:
+            table.update_item(
+                Key={"pk": f"fleet#{name}", "sk": f"task#{task_id}"},
+                UpdateExpression="SET #state = if_not_exists(#state, :enqueued), enqueued_at = :now, "
+                "expires_at = if_not_exists(expires_at, :expires)",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={":enqueued": "ENQUEUED", ":now": now, ":expires": now + STATUS_TTL_SECONDS},
+            )
+        if on_progress:
+            on_progress(len(batch))
+        return [task_id for task_id in batch if task_id not in sent]
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(upload, todo.items()))
+        report.uploaded = len(todo)
+        ids = list(todo)
+        batches = [ids[i : i + SQS_BATCH] for i in range(0, len(ids), SQS_BATCH)]
+        for failed in pool.map(enqueue, batches):
+            report.failed.extend(failed)
+    report.enqueued = len(todo) - len(report.failed)
+    if report.enqueued and fleet.get("group"):
+        # Start a fleet at zero now, not when CloudWatch's per-minute SQS metrics catch up (minutes; more
+        # after six idle hours). Never fails the submit: the tasks are in; scaling on the backlog follows.
+        report.woke, report.wake_error = try_wake(target.client("autoscaling"), fleet["group"])
+    return report
+
+
+# -------------------------------------------------------------------- status, tail
+
+
+def queue_depth(target: Target, url: str | None) -> tuple[int, int]:
+    if not url:
+        return 0, 0
+    attributes = target.client("sqs").get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def _query_all(table: Any, partition: str, prefix: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    arguments: dict[str, Any] = {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)" if prefix else "pk = :pk",
+        "ExpressionAttributeValues": {":pk": partition, ":prefix": prefix} if prefix else {":pk": partition},
+    }
+    while True:
+        page = table.query(**arguments)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return items
+        arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def fleet_size(target: Target, fleet: dict[str, Any], workers: list[dict[str, Any]]) -> str:
+    """``in service/desired`` from the Auto Scaling group, or live local workers (recent heartbeats)."""
+    if target.endpoint is None:
+        groups = target.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[fleet["group"]])
+        for group in groups.get("AutoScalingGroups", []):
+            in_service = sum(1 for i in group.get("Instances", []) if i.get("LifecycleState") == "InService")
+            return f"{in_service}/{group['DesiredCapacity']}"
+    fresh = [w for w in workers if w.get("state") == "RUNNING" and time.time() - float(w.get("updated_at", 0)) < 120]
+    return f"{len(fresh)} worker(s)"
+
+
+def status(target: Target) -> dict[str, Any]:
+    fleets = {}
+    for name, fleet in target.manifest.get("fleets", {}).items():
+        rows = _query_all(target.table(fleet["table"]), f"fleet#{name}", "")
+        tasks = Counter(row.get("state", "?") for row in rows if row["sk"].startswith("task#"))
+        workers = [row for row in rows if row["sk"].startswith("worker#")]
+        waiting, in_flight = queue_depth(target, fleet["queueUrl"])
+        dead, _ = queue_depth(target, fleet.get("deadLetterQueueUrl"))
+        fleets[name] = {
+            "waiting": waiting,
+            "in_flight": in_flight,
+            "dead_letters": dead,
+            "size": fleet_size(target, fleet, workers),
+            "tasks": dict(tasks),
+            "workers": {w["sk"].removeprefix("worker#"): w.get("state", "?") for w in workers},
+        }
+    chains = {}
+    for name, chain in target.manifest.get("chains", {}).items():
+        rows = _query_all(target.table(chain["table"]), f"chain#{name}", "run#")
+        runs: dict[str, dict[str, str]] = {}
+        for row in sorted(rows, key=lambda r: r["sk"]):
+            runs.setdefault(row.get("chain_run", "?"), {})[row.get("step", "?")] = row.get("status", "?")
+        chains[name] = dict(list(runs.items())[-5:])
+    return {"stack": target.stack, "fleets": fleets, "chains": chains}
+
+
+def tail(target: Target, fleet_name: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest failed attempts (RETRYING and FAILED tasks), newest first."""
+    names = [target.fleet(fleet_name)[0]] if fleet_name else list(target.manifest.get("fleets", {}))
+    failures = []
+    for name in names:
+        fleet = target.manifest["fleets"][name]
+        for row in _query_all(target.table(fleet["table"]), f"fleet#{name}", "task#"):
+            if row.get("state") in ("FAILED", "RETRYING"):
+                failures.append(
+                    {
+                        "fleet": name,
+                        "task": row["sk"].removeprefix("task#"),
+                        "state": row["state"],
+                        "attempts": int(row.get("attempts", 0)),
+                        "error": row.get("error", ""),
+                        "updated_at": float(row.get("updated_at", 0)),
+                    }
+                )
+    return sorted(failures, key=lambda f: f["updated_at"], reverse=True)[:limit]
+
+
+# -------------------------------------------------------------------- redrive, start
+
+
+def dead_letter_count(target: Target, fleet_name: str | None) -> tuple[str, int]:
+    name, fleet = target.fleet(fleet_name)
+    if not fleet.get("deadLetterQueueUrl"):
+        raise OperatorError(f"fleet {name} has no dead-letter queue")
+    return name, queue_depth(target, fleet["deadLetterQueueUrl"])[0]
+
+
+def redrive(target: Target, fleet_name: str | None) -> int:
+    """Move every DLQ message back to the fleet's queue: send first, then delete, 10 at a time."""
+    _, fleet = target.fleet(fleet_name)
+    sqs, moved, empty_polls = target.client("sqs"), 0, 0
+    while empty_polls < 2:
+        messages = sqs.receive_message(
+            QueueUrl=fleet["deadLetterQueueUrl"], MaxNumberOfMessages=SQS_BATCH, WaitTimeSeconds=1
+        ).get("Messages", [])
+        if not messages:
+            empty_polls += 1
+            continue
+        empty_polls = 0
+        entries = [{"Id": str(i), "MessageBody": m["Body"]} for i, m in enumerate(messages)]
+        sent = sqs.send_message_batch(QueueUrl=fleet["queueUrl"], Entries=entries).get("Successful", [])
+        done = [messages[int(ok["Id"])] for ok in sent]
+        if done:
+            sqs.delete_message_batch(
+                QueueUrl=fleet["deadLetterQueueUrl"],
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+            )
+        moved += len(done)
+    return moved
+
+
+def start(target: Target, chain_name: str, environment: dict[str, str], *, run: str | None = None) -> dict[str, str]:
+    """Submit the chain's first step by hand, as a run of its own, once per run name.
+
+    The run name (default: the chain and the current second) keys the same submit-once guard the glue
+    function uses, so a start repeated with the same ``run`` (a retried script, two operators at once)
+    submits one job and reports it.
+    """
+    chain = target.chain(chain_name)
+    first = chain["steps"][0]
+    run = run or f"{chain_name}-manual-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    overrides = environment | {"PIPELINE_CHAIN": chain_name, "PIPELINE_CHAIN_RUN": run, "PIPELINE_STEP": first}
+    request = {
+        "jobName": job_name(run, first),
+        "jobQueue": chain["jobQueue"],
+        "jobDefinition": chain["jobDefinitions"][first],
+        "containerOverrides": {"environment": [{"name": k, "value": str(v)} for k, v in overrides.items()]},
+    }
+    guard = SubmitGuard(target.table(chain["table"]), target.client("batch"))
+    submitted = guard.submit_once(f"trigger#{chain_name}", f"start#{run}", request)
+    return {"run": run, **submitted}

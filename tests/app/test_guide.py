@@ -1,0 +1,85 @@
+"""docs/guide.md cannot rot: its files are extracted and its two-stack app synthesized with cdk-nag and the
+Control Tower controls on, as a user would run it (a fresh process, the venv's Node)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline_constructs.local import cli
+from tests.support import ROOT
+
+GUIDE = ROOT / "docs" / "guide.md"
+FILE_BLOCK = re.compile(r"<!-- file: (?P<path>[^ ]+) -->\n```[a-z]*\n(?P<body>.*?)```", re.DOTALL)
+
+
+def guide_files() -> dict[str, str]:
+    return {match["path"]: match["body"] for match in FILE_BLOCK.finditer(GUIDE.read_text())}
+
+
+def test_the_guide_names_its_files():
+    assert set(guide_files()) == {"app.py", "my_worker/task.py", "my_worker/requirements.txt"}
+
+
+@pytest.fixture(scope="module")
+def guide_app(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The guide's files written out and its app run as a user would: (cloud assembly, the app's run)."""
+    tmp_path = tmp_path_factory.mktemp("guide")
+    for relative, body in guide_files().items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(body)
+    outdir = tmp_path / "cdk.out"
+    result = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=tmp_path,
+        env=os.environ
+        | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CDK_OUTDIR": str(outdir)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return outdir, result
+
+
+def test_the_guides_app_synthesizes_across_two_stacks_with_no_unacknowledged_finding(guide_app):
+    outdir, result = guide_app
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((outdir / "manifest.json").read_text())
+    stacks = {
+        name for name, artifact in manifest["artifacts"].items() if artifact["type"] == "aws:cloudformation:stack"
+    }
+    assert stacks == {"Shared", "Work"}
+    report = json.loads((outdir / "validation-report.json").read_text())
+    plugins = {plugin["pluginName"]: plugin for plugin in report["pluginReports"]}
+    assert {"AwsSolutions", "Serverless", "cdk-validator-cfnguard"} <= set(plugins)
+    assert all(plugin["violations"] == [] for plugin in plugins.values())
+    # The acknowledgments of wildcard S3 grants kept matching though the bucket lives in the other stack.
+    cross_stack = [
+        v["acknowledgedId"]
+        for v in plugins["AwsSolutions"].get("suppressedViolations", [])
+        if "Shared:ExportsOutput" in v["acknowledgedId"]
+    ]
+    assert len(cross_stack) >= 5
+
+
+def test_the_guides_app_runs_locally_across_its_two_stacks(guide_app, tmp_path):
+    """The fleet in Work reads and writes the bucket of Shared (Fn::ImportValue): the local run creates what
+    the stack imports, under the same run, and checks every call against the roles of Work."""
+    outdir, synthesized = guide_app
+    assert synthesized.returncode == 0, synthesized.stderr[-3000:]
+    result_file = tmp_path / "result.json"
+    arguments = ["--assembly", str(outdir), "--stack", "Work", "--demo", "--tasks", "3", "--quiet"]
+    code = cli.main([*arguments, "--logs", str(tmp_path / "logs"), "--json", str(result_file)])
+    result = json.loads(result_file.read_text())
+    assert code == 0 and result["ok"], result
+    (fleet,) = result["fleets"].values()
+    assert (fleet["done"], fleet["lost"], fleet["rows_succeeded"]) == (3, 0, 3)
+    written = {prefix: count for prefix, count in result["objects"].items() if prefix.startswith("shared-")}
+    assert sorted(p.split("/", 1)[1] for p in written) == ["resize/input/", "resize/output/"], result["objects"]
+    assert result["iam"]["denied"] == [] and result["iam"]["checked"] > 0

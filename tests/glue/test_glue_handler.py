@@ -1,0 +1,439 @@
+"""The glue Lambda's code against moto: one SubmitJob per trigger, string environments, named errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from pipeline_constructs.glue import handler as glue
+from pipeline_constructs.local.autoscaling import LocalAutoScaling, LocalGroup
+from tests.support.resources import create_batch_queue, create_status_table
+
+SNS_MESSAGE = '{"type":"lovelive","jobXmlTag":"job","gzipped":true,"emptyCDATA":false}}'  # not valid JSON
+
+
+@pytest.fixture
+def batch_world(aws):
+    """A job queue with two job definitions in moto, a status table, and the glue config naming them."""
+    name = uuid.uuid4().hex[:8]
+    batch = aws.session.client("batch")
+    queue, definitions = create_batch_queue(aws.session, name, ["watcher", "consumer", "report"])
+    table = create_status_table(aws.dynamodb, f"status{name}")
+    topic = f"arn:aws:sns:us-east-1:123456789012:start_feed_consumer{name}"
+    config = {
+        "table": table.name,
+        "chains": {
+            "feeds": {
+                "jobQueue": queue,
+                "topicArn": topic,
+                "table": table.name,
+                "steps": [
+                    {
+                        "name": "watcher",
+                        "jobDefinition": definitions["watcher"],
+                        "link": {"kind": "message", "environment": {"PARALLELISM": "15"}},
+                    },
+                    {
+                        "name": "consumer",
+                        "jobDefinition": definitions["consumer"],
+                        "link": {"kind": "success", "environment": {}},
+                    },
+                    {"name": "report", "jobDefinition": definitions["report"], "arraySize": 3},
+                ],
+            }
+        },
+    }
+    requests: list[dict] = []
+    session = boto3.session.Session()
+    session.events.register(
+        "before-parameter-build.batch.SubmitJob", lambda params, **_: requests.append(copy.deepcopy(params))
+    )
+    world = type("World", (), {})()
+    world.batch, world.queue, world.definitions, world.table, world.topic = batch, queue, definitions, table, topic
+    world.config, world.submitted = config, requests
+    world.glue = glue.Glue(config, batch=session.client("batch"), dynamodb=session.resource("dynamodb"))
+    return world
+
+
+def sns_event(topic: str, message: str = SNS_MESSAGE, message_id: str = "95df01b4-ee98-5cb9-9903-4c221d41eb5e") -> dict:
+    return {
+        "Records": [
+            {
+                "EventSource": "aws:sns",
+                "Sns": {
+                    "Type": "Notification",
+                    "MessageId": message_id,
+                    "TopicArn": topic,
+                    "Subject": None,
+                    "Message": message,
+                    "Timestamp": "2018-01-20T04:06:35.010Z",
+                    "MessageAttributes": {},
+                },
+            }
+        ]
+    }
+
+
+def batch_event(definition: str, status: str, job_id: str = "job-1", run: str = "feeds-run-1") -> dict:
+    return {
+        "version": "0",
+        "detail-type": "Batch Job State Change",
+        "source": "aws.batch",
+        "detail": {
+            "jobName": "feeds-consumer-x",
+            "jobId": job_id,
+            "jobQueue": "arn:aws:batch:us-east-1:123456789012:job-queue/feeds",
+            "status": status,
+            "statusReason": "Essential container in task exited" if status == "FAILED" else "",
+            "jobDefinition": definition,
+            "createdAt": 1700000000000,
+            "container": {"environment": [{"name": "PIPELINE_CHAIN_RUN", "value": run}]},
+        },
+    }
+
+
+def env_of(request: dict) -> dict[str, str]:
+    return {pair["name"]: pair["value"] for pair in request["containerOverrides"]["environment"]}
+
+
+def test_sns_event_submits_the_next_step_with_the_raw_message(batch_world):
+    result = batch_world.glue.handle(sns_event(batch_world.topic))
+    (request,) = batch_world.submitted
+    assert request["jobQueue"] == batch_world.queue
+    assert request["jobDefinition"] == batch_world.definitions["consumer"]
+    assert request["jobName"] == "feeds-consumer-95df01b4-ee98-5cb9-9903-4c221d41eb5e"
+    env = env_of(request)
+    assert env["DOWNLOAD_MESSAGE"] == SNS_MESSAGE  # byte for byte, invalid JSON and all
+    assert env["PARALLELISM"] == "15"
+    assert all(isinstance(value, str) for value in env.values())
+    (job,) = batch_world.batch.describe_jobs(jobs=[result["submitted"][0]["jobId"]])["jobs"]
+    assert job["jobName"] == request["jobName"]
+
+
+def test_a_message_too_large_for_submit_job_goes_to_s3_as_a_claim_check(batch_world, aws):
+    """SubmitJob takes 30 KiB: a 100 KB message travels as DOWNLOAD_MESSAGE_S3, byte for byte, stored once
+    under a key that a redelivery of the same message rewrites, never duplicates."""
+    bucket = f"claims-{uuid.uuid4().hex[:8]}"
+    aws.s3.create_bucket(Bucket=bucket)
+    batch_world.config["chains"]["feeds"]["claims"] = {"bucket": bucket, "prefix": "feeds/_messages/"}
+    batch_world.glue.s3 = aws.s3
+    message = '{"keys": ["' + "k" * 100_000 + '"]}}'
+    batch_world.glue.handle(sns_event(batch_world.topic, message))
+    batch_world.glue.handle(sns_event(batch_world.topic, message))  # redelivered
+    (request,) = batch_world.submitted
+    assert glue.request_size(request) <= glue.SUBMIT_JOB_BUDGET
+    env = env_of(request)
+    assert "DOWNLOAD_MESSAGE" not in env
+    claim = env["DOWNLOAD_MESSAGE_S3"]
+    assert claim.startswith(f"s3://{bucket}/feeds/_messages/") and claim.endswith("/consumer.json")
+    key = claim.removeprefix(f"s3://{bucket}/")
+    assert aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode() == message
+    assert aws.s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+
+
+def test_a_message_too_large_without_a_claims_bucket_is_refused_naming_its_size(batch_world):
+    with pytest.raises(glue.EventError, match=r"SubmitJob request of \d+ bytes is over Batch's 30720"):
+        batch_world.glue.handle(sns_event(batch_world.topic, "x" * 40_000))
+    assert batch_world.submitted == []
+
+
+def test_a_message_that_fits_stays_in_the_environment(batch_world):
+    message = "m" * 20_000
+    batch_world.glue.handle(sns_event(batch_world.topic, message))
+    (request,) = batch_world.submitted
+    assert env_of(request)["DOWNLOAD_MESSAGE"] == message
+
+
+def test_constant_input_submits_exactly_one_job_with_string_values(batch_world):
+    event = {
+        "jobName": "feed-check",
+        "jobQueue": batch_world.queue,
+        "jobDefinition": batch_world.definitions["watcher"],
+        "containerOverrides": {"environment": [{"name": "PARALLELISM", "value": 15}], "vcpus": 2},
+        "parameters": {"limit": 100, "dry": True},
+        "scheduledTime": "2026-11-23T02:00:00Z",
+    }
+    batch_world.glue.handle(event)
+    (request,) = batch_world.submitted
+    assert request["jobName"] == "feed-check-2026-11-23T02-00-00Z"
+    assert request["jobQueue"] == batch_world.queue and request["jobDefinition"] == batch_world.definitions["watcher"]
+    assert request["containerOverrides"]["environment"] == [{"name": "PARALLELISM", "value": "15"}]
+    assert request["parameters"] == {"limit": "100", "dry": "true"}
+    listed = batch_world.batch.list_jobs(
+        jobQueue=batch_world.queue, filters=[{"name": "JOB_NAME", "values": [request["jobName"]]}]
+    )
+    assert len(listed["jobSummaryList"]) == 1
+
+
+def test_chain_start_submits_the_first_step_with_the_run_id(batch_world):
+    batch_world.glue.handle({"chain": "feeds", "scheduledTime": "2026-11-23T02:00:00Z"})
+    (request,) = batch_world.submitted
+    assert request["jobDefinition"] == batch_world.definitions["watcher"]
+    assert env_of(request)["PIPELINE_CHAIN_RUN"] == "feeds-2026-11-23T02-00-00Z"
+
+
+def test_redelivered_triggers_submit_nothing_twice(batch_world):
+    event = sns_event(batch_world.topic)
+    first = batch_world.glue.handle(event)
+    second = batch_world.glue.handle(event)
+    assert len(batch_world.submitted) == 1
+    assert second["submitted"][0]["duplicate"] == "true"
+    assert second["submitted"][0]["jobId"] == first["submitted"][0]["jobId"]
+
+
+def test_success_link_submits_the_next_step_with_the_finished_job_id(batch_world):
+    result = batch_world.glue.handle(batch_event(batch_world.definitions["consumer"], "SUCCEEDED", job_id="abc-123"))
+    (request,) = batch_world.submitted
+    assert request["jobDefinition"] == batch_world.definitions["report"]
+    assert request["jobName"] == "feeds-report-abc-123"
+    assert request["arrayProperties"] == {"size": 3}
+    assert env_of(request)["PREVIOUS_JOB_ID"] == "abc-123"
+    assert env_of(request)["PIPELINE_CHAIN_RUN"] == "feeds-run-1"
+    assert result["status"] == "SUCCEEDED"
+
+
+def test_job_states_are_tracked_and_never_regress(batch_world):
+    definition = batch_world.definitions["consumer"]
+    batch_world.glue.handle(batch_event(definition, "RUNNING", job_id="j-9"))
+    batch_world.glue.handle(batch_event(definition, "FAILED", job_id="j-9"))
+    batch_world.glue.handle(batch_event(definition, "RUNNABLE", job_id="j-9"))  # late, out of order
+    (row,) = batch_world.table.query(
+        KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": "chain#feeds"}
+    )["Items"]
+    assert row["sk"] == "run#feeds-run-1#01#j-9"
+    assert row["status"] == "FAILED" and row["reason"] == "Essential container in task exited"
+    assert row["step"] == "consumer"
+    assert batch_world.submitted == []  # a failed step starts nothing
+
+
+def test_message_link_step_success_does_not_also_submit(batch_world):
+    batch_world.glue.handle(batch_event(batch_world.definitions["watcher"], "SUCCEEDED"))
+    assert batch_world.submitted == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda e: e["Records"][0]["Sns"].pop("Message"), "Records[0].Sns.Message: missing"),
+        (lambda e: e["Records"][0]["Sns"].pop("MessageId"), "Records[0].Sns.MessageId: missing"),
+        (lambda e: e["Records"][0]["Sns"].update(TopicArn="arn:aws:sns:us-east-1:1:other"), "Records[0].Sns.TopicArn"),
+        (lambda e: e["Records"][0]["Sns"].update(Message={"not": "a string"}), "Records[0].Sns.Message: expected str"),
+        (lambda e: e.update(Records=[]), "Records: empty"),
+    ],
+)
+def test_malformed_sns_events_name_the_field(batch_world, mutate, field):
+    event = sns_event(batch_world.topic)
+    mutate(event)
+    with pytest.raises(glue.EventError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        batch_world.glue.handle(event)
+    assert batch_world.submitted == []
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"jobQueue": "q", "jobDefinition": "d"}, "jobName: missing"),
+        ({"jobName": "n", "jobDefinition": "d"}, "jobQueue: missing"),
+        ({"jobName": "n", "jobQueue": "q"}, "jobDefinition: missing"),
+        ({"jobName": "n", "jobQueue": "q", "jobDefinition": "d", "parameters": [1]}, "parameters: expected dict"),
+        (
+            {
+                "jobName": "n",
+                "jobQueue": "q",
+                "jobDefinition": "d",
+                "containerOverrides": {"environment": [{"value": 1}]},
+            },
+            r"containerOverrides.environment\[0\].name: missing",
+        ),
+        ({"chain": "nope"}, "chain: unknown chain 'nope'; known: feeds"),
+        ({"hello": "world"}, "event: neither"),
+        ({"detail-type": "Batch Job State Change", "detail": {"jobId": "x"}}, "detail.status: missing"),
+    ],
+)
+def test_malformed_constant_inputs_name_the_field(batch_world, event, field):
+    with pytest.raises(glue.EventError, match=field):
+        batch_world.glue.handle(event)
+
+
+def test_failed_submit_job_raises(batch_world):
+    event = {
+        "jobName": "n",
+        "jobQueue": "arn:aws:batch:us-east-1:123456789012:job-queue/missing",
+        "jobDefinition": "nope",
+    }
+    with pytest.raises(ClientError):
+        batch_world.glue.handle(event)
+
+
+def fresh_execution_environment(monkeypatch) -> None:
+    """A cold start: the next invocation reads the configuration and makes its clients (this test's endpoint)."""
+    glue._clients.cache_clear()
+    monkeypatch.setattr(glue, "_environment", glue.ExecutionEnvironment(glue._glue_with_clients))
+
+
+class FakeGlue:
+    def __init__(self, config: dict) -> None:
+        self.config = config
+
+    def handle(self, event: dict) -> dict:
+        if event["chain"] not in self.config["chains"]:
+            raise glue.ConfigMiss(f"chain: unknown chain {event['chain']!r}")
+        return {"version": self.config["version"]}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_execution_environment_reads_the_parameters_again_after_a_minute_or_for_a_chain_it_does_not_know():
+    versions = iter(
+        [
+            {"version": 1, "chains": {"a": {}}},
+            {"version": 2, "chains": {"a": {}, "b": {}}},
+            {"version": 3, "chains": {"a": {}, "b": {}}},
+        ]
+    )
+    reads = []
+
+    def read_config() -> dict:
+        reads.append(clock.now)
+        return next(versions)
+
+    clock = Clock()
+    environment = glue.ExecutionEnvironment(FakeGlue, read_config, clock)
+    assert environment.handle({"chain": "a"}) == {"version": 1}
+    clock.now += 30
+    assert environment.handle({"chain": "a"}) == {"version": 1}, "read once per minute, not per invocation"
+    # A chain a deploy added after this environment read its configuration: read again at once.
+    assert environment.handle({"chain": "b"}) == {"version": 2}
+    clock.now += 2
+    with pytest.raises(glue.ConfigMiss):  # unknown again within 5 s: no read storm, Lambda's retry comes later
+        environment.handle({"chain": "c"})
+    clock.now += glue.CONFIG_MAX_AGE_SECONDS
+    assert environment.handle({"chain": "a"}) == {"version": 3}, "a replaced job definition is seen within a minute"
+    assert reads == [1000.0, 1030.0, 1092.0]
+
+
+def test_lambda_entry_point_reads_its_config_from_the_environment(batch_world, monkeypatch):
+    monkeypatch.setenv("GLUE_CONFIG", json.dumps(batch_world.config))
+    fresh_execution_environment(monkeypatch)
+    result = glue.handler(sns_event(batch_world.topic, message_id="m-2"))
+    assert result["submitted"][0]["jobName"] == "feeds-consumer-m-2"
+
+
+def test_each_chains_configuration_is_read_from_its_parameter_under_the_path(batch_world, aws, monkeypatch):
+    """As deployed: GLUE_CONFIG names the path; every chain is a parameter under it (twelve here, more than
+    one page of GetParametersByPath); a parameter under a deeper path is another stack's, not read."""
+    ssm = aws.session.client("ssm")
+    path = f"/pipeline-constructs/stack-{uuid.uuid4().hex[:6]}/glue"
+    feeds = batch_world.config["chains"]["feeds"]
+    for i in range(11):
+        ssm.put_parameter(
+            Name=f"{path}/chain{i}", Value=json.dumps({**feeds, "topicArn": f"{feeds['topicArn']}{i}"}), Type="String"
+        )
+    ssm.put_parameter(Name=f"{path}/feeds", Value=json.dumps(feeds), Type="String")
+    ssm.put_parameter(Name=f"{path}/deeper/other", Value="{}", Type="String")
+    monkeypatch.setenv("GLUE_CONFIG", json.dumps({"table": batch_world.config["table"], "chainsPath": path}))
+    config = glue.load_config(ssm=ssm)
+    assert sorted(config["chains"]) == sorted(["feeds", *(f"chain{i}" for i in range(11))])
+    assert config["chains"]["chain3"]["topicArn"].endswith("3")
+    fresh_execution_environment(monkeypatch)
+    result = glue.handler(sns_event(batch_world.topic, message_id="m-3"))
+    assert result["submitted"][0]["jobName"] == "feeds-consumer-m-3"
+
+
+def test_a_chain_parameter_that_is_not_json_is_named(aws):
+    ssm = aws.session.client("ssm")
+    path = f"/pipeline-constructs/stack-{uuid.uuid4().hex[:6]}/glue"
+    ssm.put_parameter(Name=f"{path}/broken", Value="{not json", Type="String")
+    with pytest.raises(RuntimeError, match=f"{path}/broken: not valid JSON"):
+        glue.load_config({"GLUE_CONFIG": json.dumps({"chainsPath": path})}, ssm=ssm)
+
+
+@pytest.fixture
+def local_group():
+    """A local Auto Scaling endpoint with one group at zero; its desired-capacity changes are recorded."""
+    server = LocalAutoScaling()
+    changes: list[int] = []
+    server.register_group(LocalGroup("workers", max_size=4, desired=0, on_desired=changes.append))
+    client = boto3.client(
+        "autoscaling",
+        endpoint_url=server.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    yield client, changes
+    server.close()
+
+
+def test_a_wake_check_starts_a_fleet_at_zero_only_when_tasks_wait(aws, local_group):
+    autoscaling, changes = local_group
+    queue = aws.sqs.create_queue(QueueName=f"wake{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    check = {"wake": {"queue": queue, "group": "workers"}}
+    gluer = glue.Glue({"chains": {}}, batch=None, dynamodb=None, sqs=aws.sqs, autoscaling=autoscaling)
+    assert gluer.handle(check) == {"kind": "wake", "waiting": 0, "woke": False}
+    aws.sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"key": "a"}))
+    assert gluer.handle(check) == {"kind": "wake", "waiting": 1, "woke": True}
+    assert gluer.handle(check) == {"kind": "wake", "waiting": 1, "woke": False}, "a group above zero is left alone"
+    assert changes == [1]
+    with pytest.raises(glue.EventError, match=r"^wake\.group: no Auto Scaling group named 'elsewhere'$"):
+        glue.wake_group(autoscaling, "elsewhere")
+    with pytest.raises(glue.EventError, match=r"^wake\.queue: missing$"):
+        gluer.handle({"wake": {"group": "workers"}})
+
+
+def test_a_scheduled_fleet_task_is_sent_once_and_wakes_the_fleet_and_a_failed_wake_sends_nothing_twice(
+    aws, local_group
+):
+    autoscaling, changes = local_group
+    queue = aws.sqs.create_queue(QueueName=f"enqueue{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    gluer = glue.Glue({"chains": {}}, batch=None, dynamodb=None, sqs=aws.sqs, autoscaling=autoscaling)
+    event = {"enqueue": {"queue": queue, "body": '{"key": "nightly"}', "group": "workers"}, "scheduledTime": "t"}
+    result = gluer.handle(event)
+    assert result["kind"] == "enqueue" and result["woke"] is True and changes == [1]
+    lost_group = {**event, "enqueue": {**event["enqueue"], "group": "elsewhere"}}
+    result = gluer.handle(lost_group)  # the task is in; the wake's failure is reported, not raised (no retry)
+    assert result["woke"] is False and "no Auto Scaling group named 'elsewhere'" in result["wakeError"]
+    bodies = []
+    while batch := aws.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages"):
+        bodies += [m["Body"] for m in batch]
+        aws.sqs.delete_message_batch(
+            QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
+        )
+    assert bodies == ['{"key": "nightly"}'] * 2
+    with pytest.raises(glue.EventError, match=r"^enqueue\.body: missing$"):
+        gluer.handle({"enqueue": {"queue": queue, "group": "workers"}})
+
+
+def test_a_step_that_feeds_a_fleet_wakes_it_when_it_runs_and_when_it_succeeds(local_group):
+    autoscaling, changes = local_group
+    definition = "arn:aws:batch:us-east-1:123456789012:job-definition/produce:1"
+    config = {
+        "chains": {
+            "c": {"jobQueue": "q", "steps": [{"name": "produce", "jobDefinition": definition, "wakes": "workers"}]}
+        }
+    }
+    gluer = glue.Glue(config, batch=None, dynamodb=None, autoscaling=autoscaling)
+
+    def state(status: str) -> dict:
+        detail = {"jobId": f"j-{status}", "status": status, "jobDefinition": definition, "jobName": "c-produce"}
+        return {"source": "aws.batch", "detail-type": "Batch Job State Change", "detail": detail}
+
+    for status in ("SUBMITTED", "RUNNABLE", "FAILED"):
+        gluer.handle(state(status))
+    assert changes == [], "only a running or finished producer wakes its fleet"
+    gluer.handle(state("RUNNING"))
+    assert changes == [1]
+    autoscaling.set_desired_capacity(AutoScalingGroupName="workers", DesiredCapacity=0)  # it went back to zero
+    gluer.handle(state("SUCCEEDED"))
+    assert changes == [1, 0, 1]
