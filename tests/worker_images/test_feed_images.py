@@ -197,3 +197,39 @@ def test_an_entity_expansion_bomb_in_a_feed_is_refused_at_once():
     with pytest.raises(ParseError, match="amplification"):
         list(consumer.records(io.BytesIO(bomb.encode()), "job", False))
     assert time.monotonic() - started < 2
+
+
+def consumer_env(world, run: str, **extra: str) -> dict[str, str]:
+    return world.env | {"PIPELINE_BUCKET": world.bucket, "PIPELINE_PREFIX": "c/", "PIPELINE_CHAIN_RUN": run} | extra
+
+
+def test_feed_files_of_one_name_in_two_folders_become_two_outputs(feed_world):
+    for key, count in (("in/a/feed.xml", 3), ("in/b/feed.xml", 5)):
+        feed_world.aws.s3.put_object(Bucket=feed_world.bucket, Key=key, Body=feed_xml(count))
+    message = {"bucket": feed_world.bucket, "keys": ["in/a/feed.xml", "in/b/feed.xml"], "jobXmlTag": "job"}
+    result = run_script(CONSUMER, consumer_env(feed_world, "run-2", DOWNLOAD_MESSAGE=json.dumps(message)))
+    assert result.returncode == 0, result.stderr
+    for key, count in (("c/run-2/in/a/feed.jsonl", 3), ("c/run-2/in/b/feed.jsonl", 5)):
+        output = feed_world.aws.s3.get_object(Bucket=feed_world.bucket, Key=key)["Body"].read()
+        assert len(output.decode().splitlines()) == count, key
+
+
+def test_two_keys_that_would_write_one_output_are_refused_by_name(feed_world):
+    message = {"bucket": feed_world.bucket, "keys": ["in/feed.xml", "in/feed.xml.gz"], "jobXmlTag": "job"}
+    result = run_script(CONSUMER, consumer_env(feed_world, "run-3", DOWNLOAD_MESSAGE=json.dumps(message)))
+    assert result.returncode == 1
+    assert "['in/feed.xml', 'in/feed.xml.gz'] would write the same output" in result.stderr
+
+
+def test_a_success_linked_consumer_converts_nothing_when_its_run_saw_no_change(feed_world):
+    """A success link starts the consumer after every watcher run: an unchanged feed's run converts nothing."""
+    without_topic = {k: v for k, v in watcher_env(feed_world).items() if k != "PIPELINE_TOPIC_ARN"}
+    latest = {"MESSAGE_KEY": "feeds/feed_watcher/latest-message.json"}
+    for run, changed in (("run-1", True), ("run-2", False)):
+        watcher = run_script(WATCHER, without_topic | {"PIPELINE_CHAIN_RUN": run})
+        assert watcher.returncode == 0, watcher.stderr
+        consumer = run_script(CONSUMER, consumer_env(feed_world, run, **latest))
+        assert consumer.returncode == 0, consumer.stderr
+        listed = feed_world.aws.s3.list_objects_v2(Bucket=feed_world.bucket, Prefix=f"c/{run}/")
+        assert len(listed.get("Contents", [])) == (1 if changed else 0), run
+    assert "feed unchanged in this run" in consumer.stdout

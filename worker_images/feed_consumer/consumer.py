@@ -6,6 +6,11 @@ for SubmitJob), or, when a success link started the step, MESSAGE_KEY (the S3 ke
 PARALLELISM (files processed at once, default 4); PIPELINE_BUCKET and PIPELINE_PREFIX (this step's own
 prefix, for the output); PIPELINE_CHAIN_RUN (names the output folder).
 
+Each feed file ``K`` becomes ``<prefix><run>/K.jsonl`` (``.xml``/``.gz`` dropped): the source key's whole path,
+so ``a/feed.xml`` and ``b/feed.xml`` never overwrite each other. A success link starts this step after every
+run of the watcher, changed feed or not; the watcher's message names the run that saw the change
+(``chainRun``), and a message of an earlier run means nothing changed in this one: nothing is converted again.
+
 The message is ``{"bucket", "keys", "jobXmlTag", "gzipped", "emptyCDATA", ...}``. Real-world publishers
 sometimes send a stray character after the JSON (the users' own example ends in ``}}``): the first JSON
 object is read and the rest is reported, not fatal. Each element named ``jobXmlTag`` becomes one JSON line
@@ -18,7 +23,6 @@ import gzip
 import io
 import json
 import os
-import posixpath
 import sys
 import tempfile
 
@@ -87,7 +91,18 @@ def records(stream: io.BufferedIOBase, record_tag: str, empty_cdata: bool) -> It
         element.clear()
 
 
-def convert(s3: Any, message: dict[str, Any], key: str, out_bucket: str, out_prefix: str) -> dict[str, Any]:
+def output_names(keys: list[str]) -> dict[str, str]:
+    """Each distinct source key -> its output's name under the run's prefix, one output per key."""
+    names: dict[str, str] = {}
+    for key in dict.fromkeys(keys):  # a key listed twice is converted once
+        names[key] = key.lstrip("/").removesuffix(".gz").removesuffix(".xml") + ".jsonl"
+    clashes = sorted(key for key in names if list(names.values()).count(names[key]) > 1)
+    if clashes:
+        raise ValueError(f"DOWNLOAD_MESSAGE.keys {clashes} would write the same output; rename one of them")
+    return names
+
+
+def convert(s3: Any, message: dict[str, Any], key: str, out_bucket: str, output_key: str) -> dict[str, Any]:
     gzipped = bool(message.get("gzipped")) or key.endswith(".gz")
     with tempfile.TemporaryFile() as raw, tempfile.NamedTemporaryFile("w+", suffix=".jsonl", delete=False) as out:
         s3.download_fileobj(message["bucket"], key, raw)
@@ -98,8 +113,6 @@ def convert(s3: Any, message: dict[str, Any], key: str, out_bucket: str, out_pre
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
             count += 1
         out.flush()
-        name = posixpath.basename(key).removesuffix(".gz").removesuffix(".xml") + ".jsonl"
-        output_key = f"{out_prefix}{name}"
         s3.upload_file(out.name, out_bucket, output_key)
     os.unlink(out.name)
     log("converted", source=key, output=output_key, records=count)
@@ -120,8 +133,11 @@ def run(environ: dict[str, str] | None = None, *, s3: Any = None) -> list[dict[s
         # Started by a success link: the previous step's message is in S3, not in the environment.
         raw = s3.get_object(Bucket=env["PIPELINE_BUCKET"], Key=env["MESSAGE_KEY"].strip())["Body"].read().decode()
     message = parse_message(raw)
-    out_bucket = env.get("PIPELINE_BUCKET", "").strip() or message["bucket"]
     run_id = env.get("PIPELINE_CHAIN_RUN", "").strip() or "manual"
+    if env.get("MESSAGE_KEY", "").strip() and message.get("chainRun") not in (None, run_id):
+        log("feed unchanged in this run: nothing to convert", run=run_id, message_run=message["chainRun"])
+        return []
+    out_bucket = env.get("PIPELINE_BUCKET", "").strip() or message["bucket"]
     out_prefix = f"{env.get('PIPELINE_PREFIX', '')}{run_id}/"
     try:
         parallelism = int(env.get("PARALLELISM", "4"))
@@ -129,8 +145,9 @@ def run(environ: dict[str, str] | None = None, *, s3: Any = None) -> list[dict[s
         raise ValueError(f"PARALLELISM={env.get('PARALLELISM')!r} is not a whole number") from None
     if parallelism < 1:
         raise ValueError(f"PARALLELISM={parallelism} is out of range; allowed: 1 or more")
+    names = output_names(message["keys"])
     with ThreadPoolExecutor(max_workers=parallelism) as pool:
-        results = list(pool.map(lambda key: convert(s3, message, key, out_bucket, out_prefix), message["keys"]))
+        results = list(pool.map(lambda key: convert(s3, message, key, out_bucket, f"{out_prefix}{names[key]}"), names))
     log("done", files=len(results), records=sum(r["records"] for r in results))
     return results
 

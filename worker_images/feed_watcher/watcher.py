@@ -1,6 +1,8 @@
 """feed_watcher: fetch an XML feed, and only when it changed store it in S3 and announce it on SNS.
 
-The message is also written to ``<prefix>latest-message.json``, for a consumer started by a success link.
+The message is also written to ``<prefix>latest-message.json``, for a consumer started by a success link; it
+names the chain run that saw the change (``chainRun``), so that a consumer started by a run whose feed was
+unchanged knows the message is not its own.
 
 Environment: FEED_URL; PIPELINE_BUCKET, PIPELINE_PREFIX (this step's own prefix), PIPELINE_TOPIC_ARN (set by
 BatchChain for a step with a message link; without it, nothing is published and the next step, started by a
@@ -131,6 +133,8 @@ def run(
         "sha256": digest,
         "changedAt": now.isoformat(),
     }
+    if env.get("PIPELINE_CHAIN_RUN"):
+        message["chainRun"] = env["PIPELINE_CHAIN_RUN"]
     attributes = {
         name: {"DataType": "String", "StringValue": env[var]}
         for name, var in (("step", "PIPELINE_STEP"), ("chainRun", "PIPELINE_CHAIN_RUN"))
