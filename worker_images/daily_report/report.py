@@ -5,6 +5,12 @@ fleet finished (``{"key", "source", "outputs": [...], "result": {...}}``), deliv
 report counts each task once (by ``source`` and ``key``). The report is written before any message
 is deleted, so a crash loses nothing: the next run finds the messages again.
 
+A run's report adds up every attempt of that run: what an attempt counted is kept beside the report
+(``counted.json``: each task's rows and columns), so a Batch retry of an attempt that drained the queue and
+died finds those tasks there and adds what it drains itself, instead of overwriting the report with the
+empty queue it finds. A delete that SQS refuses is retried; what still fails fails the job, naming how many
+(the run's retry counts those messages once, when they come back).
+
 Environment: PIPELINE_QUEUE_URL (the queue to drain), PIPELINE_BUCKET and PIPELINE_PREFIX (this step's own
 prefix, for the report), PIPELINE_CHAIN_RUN (names the report), MAX_TASKS (default 100000).
 """
@@ -17,6 +23,14 @@ import sys
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
+
+#: Deletes of one batch that SQS refused are tried again this often before the job fails.
+DELETE_TRIES = 3
+
+
+class DeleteError(RuntimeError):
+    """Messages that stay undeleted after :data:`DELETE_TRIES` tries."""
 
 
 def log(message: str, **fields: Any) -> None:
@@ -36,34 +50,68 @@ def drain(sqs: Any, queue_url: str, limit: int) -> list[dict[str, Any]]:
     return messages
 
 
-def summarize(s3: Any, bucket: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts distinct tasks: the fleet forwards at least once, so the same task may arrive twice (its
-    worker died after forwarding, before deleting); ``source`` and ``key`` identify it."""
-    seen: set[tuple[str, str]] = set()
-    rows, columns, unreadable, duplicates = 0, set(), [], 0
+def load_counted(s3: Any, bucket: str, key: str) -> dict[str, Any]:
+    """What earlier attempts of this run counted: ``{"tasks": {identity: {...}}, "duplicate_messages",
+    "unreadable_messages"}``; empty for the run's first attempt."""
+    try:
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as error:
+        if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return {"tasks": {}, "duplicate_messages": 0, "unreadable_messages": []}
+        raise
+
+
+def count(s3: Any, bucket: str, messages: list[dict[str, Any]], counted: dict[str, Any]) -> None:
+    """Adds ``messages`` to ``counted``, each task once: the fleet forwards at least once, so the same task
+    may arrive twice (its worker died after forwarding, before deleting); ``source`` and ``key`` identify it."""
+    tasks = counted["tasks"]
     for message in messages:
         try:
             body = json.loads(message["Body"])
         except ValueError:
-            unreadable.append(message["MessageId"])
+            if message["MessageId"] not in counted["unreadable_messages"]:  # back again after a retry
+                counted["unreadable_messages"].append(message["MessageId"])
             continue
-        identity = (str(body.get("source", "")), str(body.get("key") or message["MessageId"]))
-        if identity in seen:
-            duplicates += 1
+        identity = json.dumps([str(body.get("source", "")), str(body.get("key") or message["MessageId"])])
+        if identity in tasks:
+            counted["duplicate_messages"] += 1
             continue
-        seen.add(identity)
+        rows, columns = 0, set()
         for key in body.get("outputs") or []:
             if key.endswith("stats.json"):
                 stats = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
                 columns.update(stats)
                 rows += max((column.get("count", 0) for column in stats.values()), default=0)
+        tasks[identity] = {"rows": rows, "columns": sorted(columns)}
+
+
+def summarize(counted: dict[str, Any]) -> dict[str, Any]:
+    """The report of everything counted so far in this run."""
+    tasks = counted["tasks"].values()
     return {
-        "tasks": len(seen),
-        "duplicate_messages": duplicates,
-        "rows": rows,
-        "columns": sorted(columns),
-        "unreadable_messages": unreadable,
+        "tasks": len(tasks),
+        "duplicate_messages": counted["duplicate_messages"],
+        "rows": sum(task["rows"] for task in tasks),
+        "columns": sorted({column for task in tasks for column in task["columns"]}),
+        "unreadable_messages": counted["unreadable_messages"],
     }
+
+
+def delete(sqs: Any, queue: str, messages: list[dict[str, Any]]) -> None:
+    """Deletes ``messages``, ten at a time, each refused one again up to :data:`DELETE_TRIES` times."""
+    for start in range(0, len(messages), 10):
+        pending = {str(i): m["ReceiptHandle"] for i, m in enumerate(messages[start : start + 10])}
+        for _ in range(DELETE_TRIES):
+            entries = [{"Id": i, "ReceiptHandle": handle} for i, handle in pending.items()]
+            failed = sqs.delete_message_batch(QueueUrl=queue, Entries=entries).get("Failed", [])
+            pending = {entry["Id"]: pending[entry["Id"]] for entry in failed}
+            if not pending:
+                break
+        if pending:
+            raise DeleteError(
+                f"{len(pending)} messages could not be deleted after {DELETE_TRIES} tries; the report counts "
+                "them, and this run's retry counts them once when they come back"
+            )
 
 
 def run(environ: dict[str, str] | None = None, *, sqs: Any = None, s3: Any = None) -> dict[str, Any]:
@@ -73,15 +121,16 @@ def run(environ: dict[str, str] | None = None, *, sqs: Any = None, s3: Any = Non
             raise ValueError(f"{name} is required")
     sqs, s3 = sqs or boto3.client("sqs"), s3 or boto3.client("s3")
     queue, bucket = env["PIPELINE_QUEUE_URL"], env["PIPELINE_BUCKET"]
+    folder = f"{env.get('PIPELINE_PREFIX', '')}{env.get('PIPELINE_CHAIN_RUN', 'manual')}/"
+    key, counted_key = f"{folder}report.json", f"{folder}counted.json"
+    counted = load_counted(s3, bucket, counted_key)
     messages = drain(sqs, queue, int(env.get("MAX_TASKS", "100000")))
-    report = summarize(s3, bucket, messages)
-    key = f"{env.get('PIPELINE_PREFIX', '')}{env.get('PIPELINE_CHAIN_RUN', 'manual')}/report.json"
+    count(s3, bucket, messages, counted)
+    report = summarize(counted)
+    # What was counted first, then the report: a crash between them leaves a retry that derives it again.
+    s3.put_object(Bucket=bucket, Key=counted_key, Body=json.dumps(counted), ContentType="application/json")
     s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(report, indent=2), ContentType="application/json")
-    for start in range(0, len(messages), 10):  # only now: the report that counts them is written
-        chunk = messages[start : start + 10]
-        sqs.delete_message_batch(
-            QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)]
-        )
+    delete(sqs, queue, messages)  # only now: the report that counts them is written
     log("report written", key=key, tasks=report["tasks"], rows=report["rows"])
     return report | {"key": key}
 
@@ -89,7 +138,7 @@ def run(environ: dict[str, str] | None = None, *, sqs: Any = None, s3: Any = Non
 def main() -> int:
     try:
         run()
-    except ValueError as error:
+    except (ValueError, DeleteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
