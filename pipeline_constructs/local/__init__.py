@@ -25,6 +25,8 @@ def serve_in_background(server: BaseServer, name: str) -> None:
 
 #: The item operations of moto's DynamoDB that must not interleave (see :func:`atomic_item_operations`).
 ITEM_OPERATIONS = ("put_item", "get_item", "update_item", "delete_item", "transact_write_items")
+#: Set on moto's DynamoDBBackend once its item operations hold the lock.
+_ATOMIC_MARK = "_atomic_item_operations"
 
 
 def atomic_item_operations() -> None:
@@ -37,7 +39,7 @@ def atomic_item_operations() -> None:
     """
     from moto.dynamodb.models import DynamoDBBackend
 
-    if getattr(DynamoDBBackend, "_atomic_item_operations", False):
+    if getattr(DynamoDBBackend, _ATOMIC_MARK, False):
         return
     lock = threading.RLock()
     for name in ITEM_OPERATIONS:
@@ -49,4 +51,4 @@ def atomic_item_operations() -> None:
                 return _original(self, *args, **kwargs)
 
         setattr(DynamoDBBackend, name, atomic)
-    DynamoDBBackend._atomic_item_operations = True
+    setattr(DynamoDBBackend, _ATOMIC_MARK, True)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pipeline_constructs.local import serve_in_background
 
@@ -146,6 +146,94 @@ class LocalJob:
         return detail
 
 
+class JobLauncher:
+    """Runs one attempt of a job as a local process: its image's entrypoint and command (the definition's
+    ``Command`` replacing the Dockerfile's ``CMD``) with image paths mapped back to the image directory, the
+    job's environment over ``base_environment``, a log per attempt in ``log_dir``, the attempt timeout. A job
+    of a step in ``fail_steps`` fails instead (exit 3), an injected fault."""
+
+    def __init__(self, *, base_environment: dict[str, str], log_dir: Path, fail_steps: set[str]) -> None:
+        self.base_environment = base_environment
+        self.log_dir = log_dir
+        self.fail_steps = fail_steps
+
+    def argv(self, job: LocalJob) -> tuple[list[str], Path]:
+        """(the command line, its working directory) of the job's container, run locally."""
+        spec = job.definition
+        if spec.image_dir is None:
+            raise RuntimeError(f"{spec.name}: image is not built from a local directory; cannot run it locally")
+        entrypoint, cmd, copies = dockerfile_command(spec.image_dir)
+        argv = entrypoint + (spec.command or cmd)  # a definition's Command replaces CMD, as in Docker
+        step = (spec.environment | job.environment).get("PIPELINE_STEP", spec.name)
+        if step in self.fail_steps:
+            # Injected fault: the step's code "crashes" with an application error (exit 3).
+            return [sys.executable, "-c", "import sys; print('injected failure'); sys.exit(3)"], spec.image_dir
+        return local_argv(argv, copies), spec.image_dir
+
+    def run(self, job: LocalJob, attempt: int) -> tuple[int, str]:
+        """(exit code, reason) of the job's attempt number ``attempt``; the reason is empty on success."""
+        argv, cwd = self.argv(job)
+        environment = (
+            dict(os.environ)
+            | self.base_environment
+            | job.definition.environment
+            | job.environment
+            | {
+                "AWS_BATCH_JOB_ID": job.job_id,
+                "AWS_BATCH_JOB_ATTEMPT": str(attempt),
+                "AWS_BATCH_JQ_NAME": job.queue.rsplit("/", 1)[-1],
+            }
+        )
+        log_path = self.log_dir / f"job-{job.name}-{job.job_id[:8]}-{attempt}.log"
+        with log_path.open("w") as log:
+            job.process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                code = job.process.wait(timeout=job.definition.timeout_seconds)
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+                job.process.wait()
+                return 137, "Job attempt duration exceeded timeout"
+        if job.terminate_requested:
+            return code or 143, job.terminate_requested
+        return code, "" if code == 0 else f"Essential container in task exited (exit code {code})"
+
+
+def retry_action(spec: JobDefinitionSpec, exit_code: int, reason: str) -> str:
+    """``RETRY`` or ``EXIT``: what the first matching rule of the definition's ``EvaluateOnExit`` says about
+    a failed attempt (retry when none matches)."""
+    for rule in spec.evaluate_on_exit:
+        checks = []
+        exit_codes = _rule_field(rule, "OnExitCode")
+        if exit_codes is not None:
+            checks.append(fnmatch.fnmatch(str(exit_code), exit_codes))
+        for field_name in ("OnStatusReason", "OnReason"):
+            reasons = _rule_field(rule, field_name)
+            if reasons is not None:
+                checks.append(fnmatch.fnmatch(reason, reasons))
+        if checks and all(checks):
+            return str(rule.get("Action", rule.get("action", "RETRY"))).upper()
+    return "RETRY"
+
+
+def _rule_field(rule: dict[str, str], name: str) -> str | None:
+    """A field of an EvaluateOnExit rule, spelled as in the template (``OnExitCode``) or the API (``onExitCode``)."""
+    return rule.get(name, rule.get(name[0].lower() + name[1:]))
+
+
+#: What ListJobs gives of each job.
+SUMMARY_FIELDS = (
+    "jobArn",
+    "jobId",
+    "jobName",
+    "createdAt",
+    "status",
+    "statusReason",
+    "startedAt",
+    "stoppedAt",
+    "jobDefinition",
+)
+
+
 class LocalBatch:
     """Job queue semantics for the template's definitions; state changes go to ``emit`` as Batch events."""
 
@@ -155,7 +243,7 @@ class LocalBatch:
         queues: set[str],
         *,
         base_environment: dict[str, str],
-        emit: Callable[[dict[str, Any]], None],
+        emit: Callable[[dict[str, Any]], object],
         log_dir: Path,
         region: str,
         max_parallel: int = 4,
@@ -163,16 +251,15 @@ class LocalBatch:
     ) -> None:
         self.definitions = definitions
         self.queues = queues
-        self.base_environment = base_environment
         self.emit = emit
-        self.log_dir = log_dir
         self.region = region
-        self.fail_steps = fail_steps or set()
+        self.launcher = JobLauncher(base_environment=base_environment, log_dir=log_dir, fail_steps=fail_steps or set())
         self.jobs: dict[str, LocalJob] = {}
         self._lock = threading.RLock()
         self._slots = threading.Semaphore(max_parallel)
         self._threads: list[threading.Thread] = []
-        self.server = self._server()
+        self.server = _BatchServer(self)
+        serve_in_background(self.server, "local-batch")
 
     # ------------------------------------------------------------------ API
 
@@ -223,25 +310,7 @@ class LocalBatch:
             jobs = [j for j in jobs if any(_name_matches(j.name, pattern) for pattern in names)]
         elif status:
             jobs = [j for j in jobs if j.status == status]
-        return [
-            {
-                k: v
-                for k, v in j.detail().items()
-                if k
-                in (
-                    "jobArn",
-                    "jobId",
-                    "jobName",
-                    "createdAt",
-                    "status",
-                    "statusReason",
-                    "startedAt",
-                    "stoppedAt",
-                    "jobDefinition",
-                )
-            }
-            for j in jobs
-        ]
+        return [{k: v for k, v in j.detail().items() if k in SUMMARY_FIELDS} for j in jobs]
 
     def terminate(self, job_id: str, reason: str) -> None:
         with self._lock:
@@ -323,127 +392,23 @@ class LocalBatch:
             succeeded, reason = self._attempts(child)
         self._transition(child, "SUCCEEDED" if succeeded else "FAILED", reason)
 
-    def _argv(self, job: LocalJob) -> tuple[list[str], Path]:
-        spec = job.definition
-        if spec.image_dir is None:
-            raise RuntimeError(f"{spec.name}: image is not built from a local directory; cannot run it locally")
-        entrypoint, cmd, copies = dockerfile_command(spec.image_dir)
-        argv = entrypoint + (spec.command or cmd)  # a definition's Command replaces CMD, as in Docker
-        step = (spec.environment | job.environment).get("PIPELINE_STEP", spec.name)
-        if step in self.fail_steps:
-            # Injected fault: the step's code "crashes" with an application error (exit 3).
-            return [sys.executable, "-c", "import sys; print('injected failure'); sys.exit(3)"], spec.image_dir
-        return local_argv(argv, copies), spec.image_dir
-
     def _attempts(self, job: LocalJob) -> tuple[bool, str]:
         spec = job.definition
         for attempt in range(1, spec.attempts + 1):
             if job.terminate_requested:
                 return False, job.terminate_requested
-            code, reason = self._attempt(job, attempt)
+            code, reason = self.launcher.run(job, attempt)
             job.attempts.append({"container": {"exitCode": code, "reason": reason}, "statusReason": reason})
             if code == 0:
                 return True, "Essential container in task exited"
-            action = self._action_for(spec, code, reason)
+            action = retry_action(spec, code, reason)
             if action == "EXIT" or attempt == spec.attempts:
                 return False, reason or f"Essential container in task exited (exit code {code})"
         return False, "attempts exhausted"
 
-    @staticmethod
-    def _action_for(spec: JobDefinitionSpec, exit_code: int, reason: str) -> str:
-        for rule in spec.evaluate_on_exit:
-            checks = []
-            if "OnExitCode" in rule or "onExitCode" in rule:
-                checks.append(fnmatch.fnmatch(str(exit_code), rule.get("OnExitCode", rule.get("onExitCode"))))
-            if "OnStatusReason" in rule or "onStatusReason" in rule:
-                checks.append(fnmatch.fnmatch(reason, rule.get("OnStatusReason", rule.get("onStatusReason"))))
-            if "OnReason" in rule or "onReason" in rule:
-                checks.append(fnmatch.fnmatch(reason, rule.get("OnReason", rule.get("onReason"))))
-            if checks and all(checks):
-                return str(rule.get("Action", rule.get("action", "RETRY"))).upper()
-        return "RETRY"
-
-    def _attempt(self, job: LocalJob, attempt: int) -> tuple[int, str]:
-        argv, cwd = self._argv(job)
-        environment = (
-            dict(os.environ)
-            | self.base_environment
-            | job.definition.environment
-            | job.environment
-            | {
-                "AWS_BATCH_JOB_ID": job.job_id,
-                "AWS_BATCH_JOB_ATTEMPT": str(attempt),
-                "AWS_BATCH_JQ_NAME": job.queue.rsplit("/", 1)[-1],
-            }
-        )
-        log_path = self.log_dir / f"job-{job.name}-{job.job_id[:8]}-{attempt}.log"
-        with log_path.open("w") as log:
-            job.process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=log, stderr=subprocess.STDOUT)
-            try:
-                code = job.process.wait(timeout=job.definition.timeout_seconds)
-            except subprocess.TimeoutExpired:
-                job.process.kill()
-                job.process.wait()
-                return 137, "Job attempt duration exceeded timeout"
-        if job.terminate_requested:
-            return code or 143, job.terminate_requested
-        return code, "" if code == 0 else f"Essential container in task exited (exit code {code})"
-
     def busy(self) -> bool:
         with self._lock:
             return any(j.status not in TERMINAL for j in self.jobs.values())
-
-    # ------------------------------------------------------------------ HTTP endpoint
-
-    def _server(self) -> ThreadingHTTPServer:
-        batch = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                try:
-                    if self.path == "/v1/submitjob":
-                        reply = batch.submit(body)
-                    elif self.path == "/v1/describejobs":
-                        reply = {"jobs": batch.describe(body.get("jobs", []))}
-                    elif self.path == "/v1/listjobs":
-                        names = [
-                            v for f in body.get("filters") or [] if f.get("name") == "JOB_NAME" for v in f["values"]
-                        ]
-                        reply = {
-                            "jobSummaryList": batch.list(
-                                body.get("jobQueue"), body.get("jobStatus"), names if body.get("filters") else None
-                            )
-                        }
-                    elif self.path == "/v1/terminatejob":
-                        batch.terminate(body.get("jobId", ""), body.get("reason", ""))
-                        reply = {}
-                    else:
-                        self._reply(404, {"message": f"{self.path} is not emulated locally"})
-                        return
-                except KeyError as error:
-                    self._reply(400, {"__type": "ClientException", "message": str(error).strip("'\"")})
-                    return
-                self._reply(200, reply)
-
-            def _reply(self, code: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                if code >= 400:
-                    self.send_header("x-amzn-ErrorType", payload.get("__type", "ClientException"))
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        serve_in_background(server, "local-batch")
-        return server
 
     @property
     def endpoint(self) -> str:
@@ -454,6 +419,61 @@ class LocalBatch:
             if job.process and job.process.poll() is None:
                 job.process.kill()
         self.server.shutdown()
+
+
+class _BatchServer(ThreadingHTTPServer):
+    """The local Batch endpoint of one :class:`LocalBatch`."""
+
+    daemon_threads = True
+
+    def __init__(self, batch: LocalBatch) -> None:
+        super().__init__(("127.0.0.1", 0), _BatchRequestHandler)
+        self.batch = batch
+
+
+class _BatchRequestHandler(BaseHTTPRequestHandler):
+    """Batch's REST-JSON API (``POST /v1/submitjob``...) over the server's :class:`LocalBatch`."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        batch = cast(_BatchServer, self.server).batch
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        reply: dict[str, Any]
+        try:
+            if self.path == "/v1/submitjob":
+                reply = batch.submit(body)
+            elif self.path == "/v1/describejobs":
+                reply = {"jobs": batch.describe(body.get("jobs", []))}
+            elif self.path == "/v1/listjobs":
+                names = [v for f in body.get("filters") or [] if f.get("name") == "JOB_NAME" for v in f["values"]]
+                reply = {
+                    "jobSummaryList": batch.list(
+                        body.get("jobQueue"), body.get("jobStatus"), names if body.get("filters") else None
+                    )
+                }
+            elif self.path == "/v1/terminatejob":
+                batch.terminate(body.get("jobId", ""), body.get("reason", ""))
+                reply = {}
+            else:
+                self._reply(404, {"message": f"{self.path} is not emulated locally"})
+                return
+        except KeyError as error:
+            self._reply(400, {"__type": "ClientException", "message": str(error).strip("'\"")})
+            return
+        self._reply(200, reply)
+
+    def _reply(self, code: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        if code >= 400:
+            self.send_header("x-amzn-ErrorType", payload.get("__type", "ClientException"))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 def _name_matches(name: str, pattern: str) -> bool:

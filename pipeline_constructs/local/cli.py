@@ -21,14 +21,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
 
 from pipeline_constructs.local import LOCAL_STATE_FILE, atomic_item_operations, serve_in_background
-from pipeline_constructs.local.runner import Faults, LocalPipeline, sample_feed
-from pipeline_constructs.ops.assembly import find_stack, load_assembly, producers_of, refuse_nested_stacks
+from pipeline_constructs.local.display import print_summary, progress_view
+from pipeline_constructs.local.faults import Faults
+from pipeline_constructs.local.runner import LocalPipeline, sample_feed
+from pipeline_constructs.ops.assembly import (
+    SynthesizedStack,
+    find_stack,
+    load_assembly,
+    producers_of,
+    refuse_nested_stacks,
+)
 
 
 class EmulatorMissing(RuntimeError):
@@ -105,107 +112,26 @@ class FeedServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/{self.feed_path}"
 
 
-def progress_view(pipeline: LocalPipeline, started: float) -> Group:
-    jobs = Table(title=f"Batch jobs ({time.monotonic() - started:.0f} s)", title_justify="left")
-    for column in ("job", "status", "attempts", "reason"):
-        jobs.add_column(column)
-    if pipeline.batch is not None:
-        for job in list(pipeline.batch.jobs.values()):
-            if job.parent is None:
-                jobs.add_row(job.name, job.status, str(len(job.attempts)), job.status_reason[:60])
-    fleets = Table(title="Fleets", title_justify="left")
-    for column in ("fleet", "expected", "done", "waiting", "in flight", "DLQ", "workers"):
-        fleets.add_column(column)
-    for fleet in pipeline.fleets.values():
-        p = pipeline.fleet_progress(fleet)
-        live = sum(1 for w in fleet.workers if w.process.poll() is None)
-        fleets.add_row(
-            fleet.name.rsplit("/", 1)[-1],
-            str(p["expected"]),
-            str(p["done"]),
-            str(p["waiting"]),
-            str(p["in_flight"]),
-            str(p["dead"]),
-            str(live),
-        )
-    return Group(jobs, fleets)
-
-
-def print_summary(console: Console, result: dict[str, Any]) -> None:
-    jobs = Table(title="Jobs", title_justify="left")
-    for column in ("job", "step", "final state", "attempts", "reason"):
-        jobs.add_column(column)
-    for job in result["jobs"]:
-        jobs.add_row(job["name"], job["step"], job["status"], str(job["attempts"]), job["reason"][:70])
-    fleets = Table(title="Fleet tasks", title_justify="left")
-    columns = ("fleet", "expected", "done", "in DLQ", "lost", "status rows", "kills", "restarts", "spot", "drained")
-    for column in columns:
-        fleets.add_column(column)
-    for name, p in result["fleets"].items():
-        fleets.add_row(
-            name.rsplit("/", 1)[-1],
-            str(p["expected"]),
-            str(p["done"]),
-            str(p["dead"]),
-            str(p["lost"]),
-            f"{p['rows_succeeded']} ok, {p['rows_failed']} failed",
-            str(p["kills"]),
-            str(p["restarts"]),
-            str(p["spot_notices"]),
-            f"{p['lifecycle_completed']}/{p['lifecycle_terminations']}",
-        )
-    functions = Table(title="Lambda functions", title_justify="left")
-    for column in ("function", "invocations", "succeeded", "failed"):
-        functions.add_column(column)
-    for name, counts in result["functions"].items():
-        functions.add_row(name, str(counts["invocations"]), str(counts["succeeded"]), str(counts["failed"]))
-    objects = Table(title="Objects written", title_justify="left")
-    objects.add_column("prefix")
-    objects.add_column("objects", justify="right")
-    for prefix, count in sorted(result["objects"].items()):
-        objects.add_row(prefix, str(count))
-    console.print(jobs, fleets, functions, objects)
-    if result.get("downstream_queues"):
-        console.print(
-            "Downstream queues left (messages + dead letters): "
-            + ", ".join(f"{k}={v}" for k, v in result["downstream_queues"].items())
-        )
-    if result["failure_queues"]:
-        console.print("On-failure queues: " + ", ".join(f"{k}={v}" for k, v in result["failure_queues"].items()))
-    if result["not_emulated"]:
-        console.print(
-            "Not emulated (control plane, nothing to run locally): "
-            + ", ".join(f"{kind} ×{count}" for kind, count in sorted(result["not_emulated"].items()))
-        )
-    if result["injected"]:
-        console.print("[bold]Injected:[/] " + "; ".join(result["injected"]))
-        for event in result["fault_events"]:
-            console.print(f"  - {event}")
-        dead = sum(p["dead"] for p in result["fleets"].values())
-        lost = sum(p["lost"] for p in result["fleets"].values())
-        stale = sum(p.get("stale_dead", 0) for p in result["fleets"].values())
-        console.print(f"  => tasks lost: {lost}; tasks in dead-letter queues: {dead}")
-        if stale:
-            console.print(
-                f"  => {stale} finished task(s) also sit in a DLQ (killed before the delete); "
-                "`pipeline redrive` acknowledges and forwards them"
-            )
-    iam = result["iam"]
-    if iam["checked"] is not None:
-        console.print(f"IAM: {iam['checked']} call(s) of functions, jobs and workers allowed by their roles' policies")
-    for denial in iam["denied"]:
-        console.print(f"[red]IAM denied[/] {escape(denial)}")
-    verdict = "[green]everything completed[/]" if result["ok"] else "[red]NOT everything completed[/]"
-    console.print(f"Result: {verdict}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline local", description="Run a synthesized pipeline locally.")
+    _add_target_arguments(parser)
+    _add_work_arguments(parser)
+    _add_fault_arguments(parser)
+    _add_output_arguments(parser)
+    return parser
+
+
+def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which stack runs, on which emulator."""
     parser.add_argument("--assembly", default="cdk.out", help="cloud assembly directory (default: cdk.out)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--env", default=None, help="environment name: runs stack pipeline-<env>")
     target.add_argument("--stack", default=None, help="stack name (default: the only or first stack)")
     parser.add_argument("--endpoint-url", default=None, help="use this AWS emulator instead of an embedded moto")
+
+
+def _add_work_arguments(parser: argparse.ArgumentParser) -> None:
+    """The work the run is given, and how its compute runs it."""
     parser.add_argument("--demo", action="store_true", help="serve a sample feed, fire every schedule, submit tasks")
     parser.add_argument("--fire", action="append", default=[], help="fire this schedule (repeatable; 'all')")
     parser.add_argument(
@@ -227,16 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap on queue visibility timeouts, so redeliveries happen in seconds (default: 15)",
     )
     parser.add_argument("--timeout", type=float, default=150, help="seconds to wait for the work (default: 150)")
-    parser.add_argument("--kill-worker-every", type=float, default=None, metavar="SECONDS")
-    parser.add_argument("--poison", type=int, default=0, metavar="N", help="add N tasks that always fail")
-    parser.add_argument("--spot-notice-after", type=float, default=None, metavar="SECONDS")
-    parser.add_argument(
-        "--lifecycle-terminate-after",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="start terminating one worker's instance (scale-in, instance refresh): it drains and completes",
-    )
     parser.add_argument(
         "--from-zero",
         action="store_true",
@@ -250,7 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="let every call through; by default each call of a function, job or worker is checked against its "
         "role's policies in the template and a denied one fails the run, as AccessDenied would on AWS",
     )
+
+
+def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    """The faults to inject (:class:`.Faults`)."""
+    parser.add_argument("--kill-worker-every", type=float, default=None, metavar="SECONDS")
+    parser.add_argument("--poison", type=int, default=0, metavar="N", help="add N tasks that always fail")
+    parser.add_argument("--spot-notice-after", type=float, default=None, metavar="SECONDS")
+    parser.add_argument(
+        "--lifecycle-terminate-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start terminating one worker's instance (scale-in, instance refresh): it drains and completes",
+    )
     parser.add_argument("--fail-step", action="append", default=[], metavar="NAME", help="make this Batch step fail")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the run's logs, result and state go, and whether it stays up."""
     parser.add_argument("--logs", default=".demo/logs", help="where process logs go (default: .demo/logs)")
     parser.add_argument("--json", default=None, help="also write the result as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no live progress table")
@@ -262,7 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state-file", default=LOCAL_STATE_FILE, help=f"where --serve says where it runs (default: {LOCAL_STATE_FILE})"
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,107 +209,28 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        stacks = load_assembly(args.assembly)
-        if args.env:
-            stack = find_stack(stacks, f"pipeline-{args.env}")
-        elif args.stack:
-            stack = find_stack(stacks, args.stack)
-        elif stacks:
-            stack = stacks[0]
-        else:
-            raise KeyError(f"no stacks in {args.assembly}")
-        refuse_nested_stacks(stack)
-        producers = producers_of(stack, stacks)
+        stack, producers = _stack_to_run(args)
     except (FileNotFoundError, KeyError) as error:
         console.print(f"[red]error:[/] {str(error).strip(chr(39))}")
         return 2
     overrides = dict(item.split("=", 1) for item in args.set_env)
-    faults = Faults(
-        args.kill_worker_every,
-        args.poison,
-        args.spot_notice_after,
-        set(args.fail_step),
-        lifecycle_after=args.lifecycle_terminate_after,
-    )
     log_dir = Path(args.logs)
     shutil.rmtree(log_dir, ignore_errors=True)
-    feed_server = None
-    if args.demo:
-        tags = {
-            e["Value"]
-            for r in stack.resources_of_type("AWS::Batch::JobDefinition").values()
-            for e in r["Properties"].get("ContainerProperties", {}).get("Environment", [])
-            if e.get("Name") == "FEED_RECORD_TAG" and isinstance(e.get("Value"), str)
-        }
-        feed_server = FeedServer(sample_feed(next(iter(tags), "item"), 40))
+    feed_server = FeedServer(sample_feed(_feed_record_tag(stack), 40)) if args.demo else None
+    if feed_server is not None:
         overrides.setdefault("FEED_URL", feed_server.url)
     started = time.monotonic()
     with embedded_emulator(args.endpoint_url) as endpoint:
-        pipeline = LocalPipeline(
-            stack,
-            Path(args.assembly),
-            endpoint=endpoint,
-            region=stack.region or "us-east-1",
-            log_dir=log_dir,
-            workers_per_fleet=args.workers,
-            visibility_timeout=args.visibility_timeout,
-            env_overrides=overrides,
-            faults=faults,
-            from_zero=args.from_zero,
-            wake=not args.no_wake,
-            iam_check=not args.no_iam_check,
-            producers=producers,
-        )
+        pipeline = _pipeline(args, stack, producers, endpoint=endpoint, overrides=overrides, log_dir=log_dir)
         try:
-            pipeline.start()
-            pipeline.write_state(Path(args.state_file))
-            console.print(
-                f"[bold]{stack.name}[/] up on {endpoint}: {len(pipeline.functions)} function(s), "
-                f"{len(pipeline.batch.definitions) if pipeline.batch else 0} job definition(s), "
-                f"{len(pipeline.fleets)} fleet(s), schedules: {', '.join(pipeline.schedule_names()) or 'none'}"
-            )
-
-            def wait(timeout: float) -> bool:
-                if args.quiet:
-                    return pipeline.wait_until_idle(timeout)
-                with Live(progress_view(pipeline, started), console=console, refresh_per_second=2) as live:
-                    return pipeline.wait_until_idle(
-                        timeout, on_tick=lambda: live.update(progress_view(pipeline, started))
-                    )
-
-            idle = True
-            if args.demo:
-                # The day's tasks first, then the nightly schedules (which may report on those tasks).
-                pipeline.submit_sample_tasks(args.tasks)
-                if args.tasks or args.poison:  # nothing submitted, nothing to wait for
-                    idle = wait(args.timeout)
-            fire = args.fire or (["all"] if args.demo and pipeline.schedules and not args.no_schedules else [])
-            for name in fire:
-                try:
-                    for fired in pipeline.fire(name):
-                        console.print(f"fired schedule {fired}")
-                except KeyError as error:
-                    console.print(f"[red]error:[/] {str(error).strip(chr(39))}")
-                    return 2
-            idle = wait(max(10.0, args.timeout - (time.monotonic() - started))) and idle
-            if args.serve:
-                threading.Thread(target=pipeline.run_schedules, name="schedules", daemon=True).start()
-                console.print(
-                    f"serving, schedules firing on their cron; state in {args.state_file}; "
-                    "try `pipeline status --local`. Ctrl-C ends it."
-                )
-                with contextlib.suppress(KeyboardInterrupt):
-                    while True:
-                        time.sleep(1)
-            result = pipeline.result()
-            result["timed_out"] = not idle
-            result["ok"] = result["ok"] and idle
-            result["seconds"] = round(time.monotonic() - started, 1)
+            result = _run(pipeline, args, console, started)
         finally:
             pipeline.stop()
             Path(args.state_file).unlink(missing_ok=True)
             if feed_server is not None:
                 feed_server.shutdown()
+    if result is None:
+        return 2
     print_summary(console, result)
     if result["timed_out"]:
         console.print(f"[red]timed out after {args.timeout:g} s with work still in progress[/]")
@@ -384,3 +238,115 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     return 0 if result["ok"] else 1
+
+
+def _stack_to_run(args: argparse.Namespace) -> tuple[SynthesizedStack, list[SynthesizedStack]]:
+    """(the stack ``--env`` or ``--stack`` names, or the first; the stacks it imports from)."""
+    stacks = load_assembly(args.assembly)
+    if args.env:
+        stack = find_stack(stacks, f"pipeline-{args.env}")
+    elif args.stack:
+        stack = find_stack(stacks, args.stack)
+    elif stacks:
+        stack = stacks[0]
+    else:
+        raise KeyError(f"no stacks in {args.assembly}")
+    refuse_nested_stacks(stack)
+    return stack, producers_of(stack, stacks)
+
+
+def _feed_record_tag(stack: SynthesizedStack) -> str:
+    """The record element the stack's feed steps read (``FEED_RECORD_TAG``), for the demo's sample feed."""
+    tags = {
+        e["Value"]
+        for r in stack.resources_of_type("AWS::Batch::JobDefinition").values()
+        for e in r["Properties"].get("ContainerProperties", {}).get("Environment", [])
+        if e.get("Name") == "FEED_RECORD_TAG" and isinstance(e.get("Value"), str)
+    }
+    return next(iter(tags), "item")
+
+
+def _pipeline(
+    args: argparse.Namespace,
+    stack: SynthesizedStack,
+    producers: list[SynthesizedStack],
+    *,
+    endpoint: str,
+    overrides: dict[str, str],
+    log_dir: Path,
+) -> LocalPipeline:
+    faults = Faults(
+        args.kill_worker_every,
+        args.poison,
+        args.spot_notice_after,
+        set(args.fail_step),
+        lifecycle_after=args.lifecycle_terminate_after,
+    )
+    return LocalPipeline(
+        stack,
+        Path(args.assembly),
+        endpoint=endpoint,
+        region=stack.region or "us-east-1",
+        log_dir=log_dir,
+        workers_per_fleet=args.workers,
+        visibility_timeout=args.visibility_timeout,
+        env_overrides=overrides,
+        faults=faults,
+        from_zero=args.from_zero,
+        wake=not args.no_wake,
+        iam_check=not args.no_iam_check,
+        producers=producers,
+    )
+
+
+def _run(pipeline: LocalPipeline, args: argparse.Namespace, console: Console, started: float) -> dict[str, Any] | None:
+    """Start the run, give it its work, wait for it (and serve, with ``--serve``); its result, with
+    ``timed_out`` and ``seconds``, or None when a schedule to fire does not exist."""
+    pipeline.start()
+    pipeline.write_state(Path(args.state_file))
+    console.print(
+        f"[bold]{pipeline.stack.name}[/] up on {pipeline.clients.endpoint}: {len(pipeline.functions)} function(s), "
+        f"{len(pipeline.batch.definitions) if pipeline.batch else 0} job definition(s), "
+        f"{len(pipeline.fleets)} fleet(s), schedules: {', '.join(pipeline.schedule_names()) or 'none'}"
+    )
+
+    def wait(timeout: float) -> bool:
+        if args.quiet:
+            return pipeline.wait_until_idle(timeout)
+        with Live(progress_view(pipeline, started), console=console, refresh_per_second=2) as live:
+            return pipeline.wait_until_idle(timeout, on_tick=lambda: live.update(progress_view(pipeline, started)))
+
+    idle = True
+    if args.demo:
+        # The day's tasks first, then the nightly schedules (which may report on those tasks).
+        pipeline.submit_sample_tasks(args.tasks)
+        if args.tasks or args.poison:  # nothing submitted, nothing to wait for
+            idle = wait(args.timeout)
+    fire = args.fire or (["all"] if args.demo and pipeline.schedules and not args.no_schedules else [])
+    for name in fire:
+        try:
+            for fired in pipeline.fire(name):
+                console.print(f"fired schedule {fired}")
+        except KeyError as error:
+            console.print(f"[red]error:[/] {str(error).strip(chr(39))}")
+            return None
+    idle = wait(max(10.0, args.timeout - (time.monotonic() - started))) and idle
+    if args.serve:
+        _serve(pipeline, console, args.state_file)
+    result = pipeline.result()
+    result["timed_out"] = not idle
+    result["ok"] = result["ok"] and idle
+    result["seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def _serve(pipeline: LocalPipeline, console: Console, state_file: str) -> None:
+    """Stay up, schedules firing on their cron, until Ctrl-C."""
+    threading.Thread(target=pipeline.run_schedules, name="schedules", daemon=True).start()
+    console.print(
+        f"serving, schedules firing on their cron; state in {state_file}; "
+        "try `pipeline status --local`. Ctrl-C ends it."
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(1)

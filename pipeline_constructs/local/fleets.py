@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -156,15 +157,15 @@ class LocalFleet:
             if not live:
                 return None
             victim = rng.choice(live)
-            if how == "spot":
-                victim.imds.interrupt()
-                self.spot_notices += 1
-            elif how == "lifecycle":
-                victim.imds.terminate_lifecycle()
-                self.lifecycle_terminations += 1
-            else:
+            if how == "kill":
                 victim.process.kill()
                 self.kills += 1
+            elif how == "spot" and victim.imds:
+                victim.imds.interrupt()
+                self.spot_notices += 1
+            elif how == "lifecycle" and victim.imds:
+                victim.imds.terminate_lifecycle()
+                self.lifecycle_terminations += 1
             return f"{self.name} worker {victim.number}"
 
     def kill_one(self, rng: random.Random) -> str | None:
@@ -196,4 +197,5 @@ class LocalFleet:
                     codes.append(worker.process.wait())
                 if worker.imds:
                     worker.imds.close()
+        shutil.rmtree(self._lib, ignore_errors=True)  # the link to the runtime, not the runtime
         return codes

@@ -20,6 +20,7 @@ import re
 import threading
 import xml.etree.ElementTree as ElementTree  # nosec B405 - parses request bodies of our own processes
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -239,21 +240,7 @@ def authorizations(
         return _s3(method, parts.path, query, headers, body)
     if service == "batch":
         operation = _BATCH_OPERATIONS.get(parts.path.rstrip("/").rsplit("/", 1)[-1], parts.path)
-        fields = json.loads(body or b"{}")
-        action = f"batch:{operation}"
-        if operation == "SubmitJob":
-            queue = str(fields.get("jobQueue", ""))
-            definition = str(fields.get("jobDefinition", ""))
-            queue_arn = queue if queue.startswith("arn:") else arn("batch", f"job-queue/{queue}")
-            definition_arn = (
-                definition
-                if definition.startswith("arn:")
-                else arn("batch", f"job-definition/{definition if ':' in definition else definition + ':1'}")
-            )
-            return f"batch:{operation}", [Authorization(action, queue_arn), Authorization(action, definition_arn)]
-        if operation in ("TerminateJob", "CancelJob"):
-            return f"batch:{operation}", [Authorization(action, arn("batch", f"job/{fields.get('jobId', '')}"))]
-        return f"batch:{operation}", [Authorization(action, "*")]
+        return f"batch:{operation}", _batch(operation, json.loads(body or b"{}"), arn)
     if target:  # JSON protocols: SQS, DynamoDB, SNS (newer SDKs)
         operation = target.rsplit(".", 1)[-1]
         fields = json.loads(body or b"{}")
@@ -280,15 +267,29 @@ def authorizations(
         group = fields.get("AutoScalingGroupName")
         if action in _NO_RESOURCE_TYPE or not group:
             return call, [Authorization(action, "*")]
-        # The group's id is part of its ARN; the templates' grants leave it a wildcard.
-        resource = arn(
-            "autoscaling", f"autoScalingGroup:00000000-0000-0000-0000-000000000000:autoScalingGroupName/{group}"
-        )
+        resource = arn("autoscaling", f"autoScalingGroup:{UNKNOWN_GROUP_ID}:autoScalingGroupName/{group}")
         return call, [Authorization(action, resource)]
     return call, [Authorization(f"{service}:{operation}", "*")]
 
 
-def _dynamodb(operation: str, fields: dict[str, Any], arn: Any) -> list[Authorization]:
+def _batch(operation: str, fields: dict[str, Any], arn: Callable[[str, str], str]) -> list[Authorization]:
+    action = f"batch:{operation}"
+    if operation == "SubmitJob":
+        queue = str(fields.get("jobQueue", ""))
+        definition = str(fields.get("jobDefinition", ""))
+        queue_arn = queue if queue.startswith("arn:") else arn("batch", f"job-queue/{queue}")
+        definition_arn = (
+            definition
+            if definition.startswith("arn:")
+            else arn("batch", f"job-definition/{definition if ':' in definition else definition + ':1'}")
+        )
+        return [Authorization(action, queue_arn), Authorization(action, definition_arn)]
+    if operation in ("TerminateJob", "CancelJob"):
+        return [Authorization(action, arn("batch", f"job/{fields.get('jobId', '')}"))]
+    return [Authorization(action, "*")]
+
+
+def _dynamodb(operation: str, fields: dict[str, Any], arn: Callable[[str, str], str]) -> list[Authorization]:
     def table(name: str) -> str:
         return arn("dynamodb", f"table/{name}")
 

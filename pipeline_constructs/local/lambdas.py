@@ -63,19 +63,22 @@ class _Environment:
             env=function.environment
             | {"PYTHONPATH": str(function.code_dir), "AWS_LAMBDA_FUNCTION_NAME": function.name},
         )
+        assert self.process.stdin is not None and self.process.stdout is not None  # both pipes (PIPE above)
+        #: Events go in one per line; outcomes come out one per line.
+        self.events, self.outcomes = self.process.stdin, self.process.stdout
 
     def invoke(self, event: Any, timeout: float) -> tuple[bool, Any, str, bool]:
         """(ok, result, error, reusable): one invocation, waiting at most ``timeout`` seconds."""
         try:
-            self.process.stdin.write(json.dumps(event) + "\n")
-            self.process.stdin.flush()
+            self.events.write(json.dumps(event) + "\n")
+            self.events.flush()
         except OSError:
             return False, None, f"exit {self.process.poll()}: the environment died", False
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        ready, _, _ = select.select([self.outcomes], [], [], timeout)
         if not ready:
             self.close()
             return False, None, f"Task timed out after {timeout:g} seconds", False
-        line = self.process.stdout.readline()
+        line = self.outcomes.readline()
         if not line:  # the process ended mid-invocation: sys.exit, a crash, the out-of-memory killer
             return False, None, f"exit {self.process.wait()}: the environment died during the invocation", False
         outcome = json.loads(line)
@@ -87,7 +90,7 @@ class _Environment:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
+        for stream in (self.events, self.outcomes):
             with contextlib.suppress(OSError):
                 stream.close()
 

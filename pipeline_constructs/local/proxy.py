@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from pipeline_constructs.local import serve_in_background
@@ -67,6 +67,9 @@ def describe_call(method: str, path: str, headers: Any) -> str:
 
 
 class FaultProxy(ThreadingHTTPServer):
+    """The proxy in front of ``upstream`` (the emulator, or a local endpoint), acting on the rules given to
+    :meth:`add`."""
+
     daemon_threads = True
 
     def __init__(self, upstream: str, *, authorize: Authorize | None = None) -> None:
@@ -78,79 +81,20 @@ class FaultProxy(ThreadingHTTPServer):
         self.last_call = ""
         self._lock = threading.Lock()
         parts = urlsplit(upstream)
+        if parts.hostname is None:
+            raise ValueError(f"upstream {upstream!r} names no host")
         self._upstream_address = (parts.hostname, parts.port)
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _body(self) -> bytes | None:
-                """The whole request body, or None when the caller died before sending all of it."""
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
-                    while True:
-                        line = self.rfile.readline()
-                        if not line.strip():
-                            return None
-                        size = int(line.strip().split(b";")[0], 16)
-                        if size == 0:
-                            while self.rfile.readline().strip():  # trailers, up to the blank line
-                                pass
-                            return b"".join(chunks)
-                        chunk = self.rfile.read(size)
-                        if len(chunk) < size:
-                            return None
-                        chunks.append(chunk)
-                        self.rfile.readline()
-                expected = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(expected)
-                return body if len(body) == expected else None
-
-            def _handle(self) -> None:
-                body = self._body()
-                if body is None:
-                    # Cut off mid-request (a kill of this caller, from another of its calls): like a real
-                    # connection cut, nothing reaches the service; forwarding a short body would store a torn
-                    # object that S3 itself would refuse.
-                    self.close_connection = True
-                    return
-                with proxy._lock:
-                    rule = next((r for r in proxy.rules if r.matches(self.command, self.path, self.headers)), None)
-                    proxy.last_call = describe_call(self.command, self.path, self.headers)
-                if rule is not None and rule.when == "before":
-                    rule.action()
-                    self.close_connection = True
-                    return
-                answer = proxy.authorize(self.command, self.path, self.headers, body) if proxy.authorize else None
-                if answer is not None:
-                    self._reply(*answer)
-                    return
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                headers["Content-Length"] = str(len(body))
-                status, reason, response_headers, payload = proxy._forward(self.command, self.path, body, headers)
-                if rule is not None:
-                    rule.action()
-                self._reply(status, dict(response_headers), payload, reason)
-
-            def _reply(self, status: int, headers: dict[str, str], payload: bytes, reason: str | None = None) -> None:
-                self.send_response(status, reason)
-                for key, value in headers.items():
-                    if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
         serve_in_background(self, "fault-proxy")
 
-    def _forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, Any, bytes]:
+    def rule_for(self, method: str, path: str, headers: Any) -> Rule | None:
+        """The rule a request fires (each fires once), remembering the request as the last call."""
+        with self._lock:
+            rule = next((r for r in self.rules if r.matches(method, path, headers)), None)
+            self.last_call = describe_call(method, path, headers)
+        return rule
+
+    def forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, Any, bytes]:
         """One request upstream on this thread's kept-alive connection (a new one if the old one broke)."""
         for attempt in (1, 2):
             connection = getattr(self._upstream, "connection", None)
@@ -184,3 +128,75 @@ class FaultProxy(ThreadingHTTPServer):
     def close(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    """One request through a :class:`FaultProxy`: a rule's action before or after it, the authorization,
+    the forwarding upstream."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _handle(self) -> None:
+        proxy = cast(FaultProxy, self.server)
+        body = self._body()
+        if body is None:
+            # Cut off mid-request (a kill of this caller, from another of its calls): like a real connection
+            # cut, nothing reaches the service; forwarding a short body would store a torn object that S3
+            # itself would refuse.
+            self.close_connection = True
+            return
+        rule = proxy.rule_for(self.command, self.path, self.headers)
+        if rule is not None and rule.when == "before":
+            rule.action()
+            self.close_connection = True
+            return
+        answer = proxy.authorize(self.command, self.path, self.headers, body) if proxy.authorize else None
+        if answer is not None:
+            self._reply(*answer)
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["Content-Length"] = str(len(body))
+        status, reason, response_headers, payload = proxy.forward(self.command, self.path, body, headers)
+        if rule is not None:
+            rule.action()
+        self._reply(status, dict(response_headers), payload, reason)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+    def _body(self) -> bytes | None:
+        """The whole request body, or None when the caller died before sending all of it."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return self._chunked_body()
+        expected = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(expected)
+        return body if len(body) == expected else None
+
+    def _chunked_body(self) -> bytes | None:
+        chunks: list[bytes] = []
+        while True:
+            line = self.rfile.readline()
+            if not line.strip():
+                return None
+            size = int(line.strip().split(b";")[0], 16)
+            if size == 0:
+                while self.rfile.readline().strip():  # trailers, up to the blank line
+                    pass
+                return b"".join(chunks)
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:
+                return None
+            chunks.append(chunk)
+            self.rfile.readline()
+
+    def _reply(self, status: int, headers: dict[str, str], payload: bytes, reason: str | None = None) -> None:
+        self.send_response(status, reason)
+        for key, value in headers.items():
+            if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)

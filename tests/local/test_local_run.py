@@ -321,13 +321,13 @@ def test_a_lost_task_makes_the_demo_exit_non_zero(example_outdir, tmp_path, monk
 
 
 def test_schedules_fire_on_their_own_while_the_run_serves(example_outdir, tmp_path, monkeypatch):
-    from pipeline_constructs.local import runner
+    from pipeline_constructs.local import triggers
     from pipeline_constructs.local.cli import embedded_emulator
 
     outdir = example_outdir
     stack = find_stack(load_assembly(outdir), "dev")
     # Every minute is "due" for the feed schedule only: the loop, not the calendar, is under test here.
-    monkeypatch.setattr(runner, "due", lambda expression, zone, now, started: zone == "Europe/Berlin")
+    monkeypatch.setattr(triggers, "due", lambda expression, zone, now, started: zone == "Europe/Berlin")
     with embedded_emulator(None) as endpoint:
         pipeline = LocalPipeline(
             stack, outdir, endpoint=endpoint, region="us-east-1", log_dir=tmp_path / "logs", workers_per_fleet=0

@@ -1,0 +1,132 @@
+"""How far the local run's work has come, read from the emulator as an operator would read it: each fleet's
+tasks (done, waiting, in flight, dead letters), its rows in the status store, and whether anything is busy."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from pipeline_constructs.local.clients import EmulatorClients
+from pipeline_constructs.local.compute import LocalCompute
+from pipeline_constructs.local.fleets import LocalFleet
+from pipeline_constructs.local.iam import IamGate
+from pipeline_constructs.local.triggers import Triggers
+
+
+class Progress:
+    """Progress of the work on ``compute`` and ``triggers``."""
+
+    def __init__(
+        self,
+        clients: EmulatorClients,
+        compute: LocalCompute,
+        triggers: Triggers,
+        *,
+        iam: IamGate | None,
+    ) -> None:
+        self.clients = clients
+        self.compute = compute
+        self.triggers = triggers
+        #: The task keys submitted to each first-stage fleet, by fleet name: what it is expected to finish.
+        self.submitted: dict[str, list[str]] = {}
+        self.iam = iam
+
+    def fleet_progress(self, fleet: LocalFleet) -> dict[str, int]:
+        """The fleet's tasks: expected, done, waiting, in flight, dead (real dead letters) and stale_dead
+        (dead-letter copies of tasks that finished)."""
+        bucket, prefix = fleet.environment["PIPELINE_BUCKET"], fleet.environment.get("PIPELINE_PREFIX", "")
+        paginator = self.clients.s3.get_paginator("list_objects_v2")
+        done = sum(
+            1
+            for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}output/")
+            for entry in page.get("Contents", [])
+            if entry["Key"].endswith("/_SUCCESS")
+        )
+        visible, in_flight = self.clients.queue_depth(fleet.queue_url)
+        dlq = self.clients.dead_letter_url(fleet.queue_url)
+        dead = sum(self.clients.queue_depth(dlq)) if dlq else 0
+        stale = self._done_in_dead_letters(fleet, dlq) if dlq and dead else 0
+        upstream = [f for f in self.compute.fleets.values() if f.downstream_queue_url == fleet.queue_url]
+        if upstream:
+            # Done upstream tasks stuck as stale DLQ copies may never have been forwarded: not expected here.
+            expected = sum(p["done"] - p["stale_dead"] for p in (self.fleet_progress(f) for f in upstream))
+        else:
+            expected = len(self.submitted.get(fleet.name, []))
+        return {
+            "expected": expected,
+            "done": done,
+            "waiting": visible,
+            "in_flight": in_flight,
+            "dead": dead - stale,
+            "stale_dead": stale,
+        }
+
+    def status_rows(self, fleet: LocalFleet) -> Counter[str]:
+        """The fleet's task rows in the status store, by state (what `pipeline status` reports)."""
+        table = fleet.environment.get("PIPELINE_TABLE")
+        states: Counter[str] = Counter()
+        if not table:
+            return states
+        paginator = self.clients.dynamodb.get_paginator("query")
+        pages = paginator.paginate(
+            TableName=table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :task)",
+            ExpressionAttributeValues={":pk": {"S": f"fleet#{fleet.name}"}, ":task": {"S": "task#"}},
+        )
+        for page in pages:
+            states.update(item.get("state", {}).get("S", "?") for item in page["Items"])
+        return states
+
+    def _done_in_dead_letters(self, fleet: LocalFleet, dlq: str) -> int:
+        """DLQ messages of tasks that are done (their worker was killed three times before deleting them):
+        stale copies, not lost work; a redrive would acknowledge them as duplicates."""
+        bucket, prefix = fleet.environment["PIPELINE_BUCKET"], fleet.environment.get("PIPELINE_PREFIX", "")
+        messages = self.clients.sqs.receive_message(
+            QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0
+        ).get("Messages", [])
+        stale = 0
+        for message in messages:
+            try:
+                key = json.loads(message["Body"]).get("key", "")
+                self.clients.s3.head_object(Bucket=bucket, Key=f"{prefix}output/{key}/_SUCCESS")
+                stale += 1
+            except Exception:  # not JSON, or no marker: a real dead letter
+                continue
+        return stale
+
+    def busy(self) -> bool:
+        """True while a job, a function, a tap or a fleet queue has work in hand."""
+        if self.compute.busy() or self.triggers.busy():
+            return True
+        return any(sum(self.clients.queue_depth(fleet.queue_url)) for fleet in self.compute.fleets.values())
+
+    def wait_until_idle(
+        self,
+        timeout: float,
+        *,
+        quiet_seconds: float = 1.0,
+        interval: float = 0.5,
+        on_tick: Callable[[], object] | None = None,
+    ) -> bool:
+        """True once nothing has been busy for ``quiet_seconds`` in a row (three looks): every hand-over is
+        busy in some state while it lasts (a message in a tap or fleet queue until deleted, a function until
+        it returns, a job until its final event is delivered); False at ``timeout``. A call denied by IAM ends
+        the wait at once: the run has failed, and the work it blocked would never finish."""
+        deadline = time.monotonic() + timeout
+        quiet_since = None
+        while time.monotonic() < deadline:
+            if on_tick:
+                on_tick()
+            if self.iam is not None and self.iam.checker.denials:
+                return True
+            now = time.monotonic()
+            if self.busy():
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since >= quiet_seconds:
+                return True
+            time.sleep(interval)
+        return False
