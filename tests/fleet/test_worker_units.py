@@ -9,7 +9,8 @@ import pytest
 
 from pipeline_constructs.fleet.worker import instance, runtime
 from pipeline_constructs.fleet.worker.config import ConfigError, WorkerConfig
-from pipeline_constructs.fleet.worker.isolation import TaskCall, TaskProcesses
+from pipeline_constructs.fleet.worker.isolation import TaskCall, TaskOutcome, TaskProcesses
+from pipeline_constructs.fleet.worker.limits import attempt_budget
 from pipeline_constructs.fleet.worker.metadata import InstanceMetadata
 from pipeline_constructs.fleet.worker.status import StatusRecorder
 from pipeline_constructs.fleet.worker.task import load_task_function, parse_body, task_id_of
@@ -99,7 +100,7 @@ def test_finished_rows_that_cannot_be_stored_say_so():
 
 @pytest.mark.parametrize(("max_receive_count", "attempts"), [(None, None), (1, 1), (2, 1), (4, 3)])
 def test_one_delivery_is_kept_spare_to_record_why_a_task_is_dead_lettered(max_receive_count, attempts):
-    assert runtime.attempt_budget(max_receive_count) == attempts
+    assert attempt_budget(max_receive_count) == attempts
 
 
 def test_metadata_client_uses_a_token_and_reads_notices():
@@ -204,7 +205,7 @@ class BlockingTasks:
     def run(self, call, on_progress):
         self.running += 1
         self.closed.wait(30)
-        return runtime.TaskOutcome("crashed", error="stopped")
+        return TaskOutcome("crashed", error="stopped")
 
     def close(self) -> None:
         self.closed.set()

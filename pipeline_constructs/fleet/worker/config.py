@@ -35,6 +35,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import overload
 
 #: Deliveries the fleet's created queue allows beyond a task's attempts. On one of them a worker records why
 #: the task is dead-lettered (its workers were lost, or it timed out); several, so that a worker lost on that
@@ -47,6 +48,10 @@ class ConfigError(ValueError):
     """A missing or malformed ``PIPELINE_*`` variable; the message names it."""
 
 
+@overload
+def _int(environ: Mapping[str, str], name: str, default: int, low: int, high: int) -> int: ...
+@overload
+def _int(environ: Mapping[str, str], name: str, default: None, low: int, high: int) -> int | None: ...
 def _int(environ: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
     raw = environ.get(name, "").strip()
     if not raw:

@@ -45,8 +45,10 @@ class InstanceDuties:
         self.protection_enabled = (
             self.available and self.autoscaling is not None and self.config.scale_in_protection != "off"
         )
-        if self.available and self.config.spot_watch != "off":
-            threading.Thread(target=self._watch, args=(stop, stopping), name="instance-watch", daemon=True).start()
+        if self.metadata is not None and self.available and self.config.spot_watch != "off":
+            threading.Thread(
+                target=self._watch, args=(self.metadata, stop, stopping), name="instance-watch", daemon=True
+            ).start()
 
     def _metadata_available(self) -> bool:
         if self.metadata is None:
@@ -58,15 +60,15 @@ class InstanceDuties:
             log.info("no instance metadata service: no spot notices, no lifecycle hooks, no scale-in protection")
         return available
 
-    def _watch(self, stop: Callable[[str], None], stopping: threading.Event) -> None:
+    def _watch(self, metadata: InstanceMetadata, stop: Callable[[str], None], stopping: threading.Event) -> None:
         while not stopping.is_set():
             reason = None
             try:
-                notice = self.metadata.spot_interruption()
+                notice = metadata.spot_interruption()
                 if notice:
                     log.warning("spot interruption notice", extra={"notice": notice})
                     reason = SPOT_NOTICE
-                elif self.metadata.target_lifecycle_state() == "Terminated":
+                elif metadata.target_lifecycle_state() == "Terminated":
                     log.warning("termination lifecycle action: draining")
                     reason = LIFECYCLE_TERMINATION
             except Exception:
@@ -77,7 +79,7 @@ class InstanceDuties:
             stopping.wait(self.config.spot_poll_seconds)
 
     def _identity(self) -> tuple[str | None, str | None]:
-        if self._instance_id is None:
+        if self._instance_id is None and self.metadata is not None:
             self._instance_id = self.metadata.instance_id()
             self._group = self.metadata.auto_scaling_group()
         return self._instance_id, self._group
@@ -109,7 +111,7 @@ class InstanceDuties:
 
     def set_protection(self, protect: bool) -> None:
         """Scale-in protection while busy, so the ASG never terminates a worker in the middle of a task."""
-        if protect == self._protected or not self.protection_enabled:
+        if protect == self._protected or not self.protection_enabled or self.autoscaling is None:
             return
         with self._lock:
             if protect == self._protected:

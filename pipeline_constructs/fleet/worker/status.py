@@ -47,10 +47,6 @@ class StatusRecorder:
         self._partition = f"fleet#{fleet}"
         self._ttl_seconds = ttl_days * 86400
 
-    @property
-    def enabled(self) -> bool:
-        return self._table is not None
-
     def _item(self, sort_key: str, fields: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
         item = {"pk": self._partition, "sk": sort_key, "updated_at": Decimal(str(round(now, 3)))}
@@ -60,7 +56,7 @@ class StatusRecorder:
 
     def tasks_finished(self, rows: list[tuple[str, dict[str, Any]]]) -> bool:
         """Store final rows (task id, fields) now, 25 a request; False if any could not be stored."""
-        if not self.enabled or not rows:
+        if self._table is None or not rows:
             return True
         items = [self._item(f"task#{task_id}", fields) for task_id, fields in rows]
         client = self._table.meta.client
@@ -82,13 +78,12 @@ class StatusRecorder:
 
     def task_failed(self, task_id: str, **fields: Any) -> None:
         """Write a failed attempt now: the error and attempt count are what an operator needs first."""
-        if self.enabled:
-            self._put(self._item(f"task#{task_id}", fields))
+        self._put(self._item(f"task#{task_id}", fields))
 
     def attempt_started(self, task_id: str) -> int | None:
         """Count a redelivered attempt as it starts (``started`` in the task's row) and return the count so
         far, or None without a store or when the write fails (the caller then counts deliveries instead)."""
-        if not self.enabled:
+        if self._table is None:
             return None
         now = time.time()
         try:
@@ -115,7 +110,7 @@ class StatusRecorder:
 
     def read(self, task_id: str) -> dict[str, Any] | None:
         """A task's row as it stands (strongly consistent), or None."""
-        if not self.enabled:
+        if self._table is None:
             return None
         return self._table.get_item(Key=self._task_key(task_id), ConsistentRead=True).get("Item")
 
@@ -123,10 +118,12 @@ class StatusRecorder:
         return {"pk": self._partition, "sk": f"task#{task_id}"}
 
     def worker_heartbeat(self, worker_id: str, **fields: Any) -> None:
-        if self.enabled:
-            self._put(self._item(f"worker#{worker_id}", fields))
+        self._put(self._item(f"worker#{worker_id}", fields))
 
     def _put(self, item: dict[str, Any]) -> None:
+        """Write one row now; without a store, nothing."""
+        if self._table is None:
+            return
         try:
             self._table.put_item(Item=item)
         except Exception:
