@@ -24,9 +24,9 @@ _moved.install()
 
 _EXPORTS = {
     "BatchChain": "pipeline_constructs.chain.construct",
-    "ChainLink": "pipeline_constructs.chain.construct",
-    "ChainStep": "pipeline_constructs.chain.construct",
-    "StepImage": "pipeline_constructs.chain.construct",
+    "ChainLink": "pipeline_constructs.chain.links",
+    "ChainStep": "pipeline_constructs.chain.steps",
+    "StepImage": "pipeline_constructs.chain.steps",
     "GlueFunction": "pipeline_constructs.glue.construct",
     "PipelineAlarms": "pipeline_constructs.monitoring.alarms",
     "ScheduledTrigger": "pipeline_constructs.trigger.construct",

@@ -18,7 +18,7 @@ from aws_cdk import aws_scheduler as scheduler
 from aws_cdk import aws_scheduler_targets as scheduler_targets
 from aws_cdk import aws_sqs as sqs
 from aws_cdk import aws_ssm as ssm
-from constructs import Construct, IValidation
+from constructs import Construct, IConstruct, IValidation
 
 from pipeline_constructs.building_blocks.compliance import compliance_profile, grant_data_key_use
 from pipeline_constructs.building_blocks.logs import pipeline_log_group
@@ -98,16 +98,7 @@ class GlueFunction(Construct):
         network: PipelineNetwork | None = None,
     ):
         super().__init__(scope, construct_id)
-        if not compliance_profile(self):
-            network = None
-        elif network is None:
-            raise argument_error(
-                self,
-                "network",
-                None,
-                "a PipelineNetwork under the compliance profile (the function runs in a VPC): give the stack's "
-                "first BatchChain (or wake_check fleet) a network, or call GlueFunction.of(stack, network=...) first",
-            )
+        network = _network_under_profile(self, network)
         #: Everything the function is configured with: ``chains`` go to parameters, the rest to its environment.
         self.config: dict[str, Any] = {"chains": {}}
         #: The Parameter Store path holding one parameter per chain (a token: it names the stack).
@@ -115,10 +106,9 @@ class GlueFunction(Construct):
         self.chains_path = f"/{path}"
         self._chains_path_arn = Stack.of(self).format_arn(service="ssm", resource="parameter", resource_name=path)
         self.chain_parameters: dict[str, ssm.StringParameter] = {}
+        self._chain_grants = _ChainGrants(self)
         #: What the function may do to the chains' resources (see :meth:`grant_submit`).
-        self.chain_policies: list[iam.ManagedPolicy] = []
-        self._chain_policy_bytes: list[int] = []
-        self._chain_statements: dict[str, iam.ManagedPolicy] = {}
+        self.chain_policies: list[iam.ManagedPolicy] = self._chain_grants.policies
         #: The table guarding constant-input schedules (submit once); the first chain's or trigger's table.
         self.guard_table: dynamodb.ITable | None = None
         self.failure_queue = failure_queue(self, "Failures")
@@ -126,70 +116,10 @@ class GlueFunction(Construct):
         # An explicit role: the log group is this function's own, so no AWS managed policy is needed.
         self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"))
         self.log_group.grant_write(self.role)
-        self.function = lambda_.Function(
-            self,
-            "Function",
-            runtime=lambda_.Runtime.PYTHON_3_14,
-            architecture=lambda_.Architecture.ARM_64,
-            handler="handler.handler",
-            code=lambda_.Code.from_asset(str(GLUE_CODE_DIR), exclude=GLUE_CODE_FILES),
-            role=self.role,
-            memory_size=256,
-            timeout=Duration.seconds(60),
-            environment=self._environment(),
-            log_group=self.log_group,
-            logging_format=lambda_.LoggingFormat.JSON,
-            system_log_level_v2=lambda_.SystemLogLevel.WARN,
-            application_log_level_v2=lambda_.ApplicationLogLevel.INFO,
-            description="pipeline_constructs glue: submits chained and scheduled AWS Batch jobs",
-            retry_attempts=2,
-            max_event_age=Duration.hours(6),
-            on_failure=QueueDestination(self.failure_queue),
-            dead_letter_queue_enabled=False,
-            vpc=network.vpc if network else None,
-            vpc_subnets=network.subnet_selection if network else None,
-            security_groups=(
-                [network.security_group(self, "SecurityGroup", description="Glue function: no inbound")]
-                if network
-                else None
-            ),
-        )
+        self.function = _glue_lambda(self, network, self._environment())
         self.node.add_validation(_ConfigSizeCheck(self))
-        # A delivery that takes over an expired submit guard first looks for the job its holder may have
-        # submitted (by its deterministic name); ListJobs has no resource-level permissions.
-        self.role.add_to_principal_policy(iam.PolicyStatement(actions=["batch:ListJobs"], resources=["*"]))
-        reason = (
-            "batch:ListJobs supports no resource-level permissions (the service authorization reference lists "
-            "'*' only); it reads job names and states, and is used only to find a job before a resubmission."
-        )
-        if network is not None:
-            # What Lambda needs of the execution role to attach the function to the VPC (the actions of the
-            # AWS managed AWSLambdaVPCAccessExecutionRole, which a role passed to the function does not get).
-            self.role.add_to_principal_policy(iam.PolicyStatement(actions=list(VPC_ACCESS_ACTIONS), resources=["*"]))
-            reason += (
-                " The VPC attachment actions are Lambda's own for its network interfaces, whose ids it chooses; "
-                "AWS documents them on '*' (AWSLambdaVPCAccessExecutionRole)."
-            )
-        acknowledge(self.role, "AwsSolutions-IAM5[Resource::*]", reason)
-        acknowledge(
-            self.function,
-            "Serverless-LambdaDLQ",
-            "Failed async invocations go to an on-failure destination (this construct's failure_queue), which "
-            "keeps the request and the error; a DLQ as well would deliver each failure twice.",
-        )
-        if network is None:
-            acknowledge_control(
-                self.function,
-                "lambda_inside_vpc_check",
-                "The glue function calls only AWS APIs (Batch, SNS, SQS, DynamoDB, Auto Scaling) and holds no data; "
-                "inside a VPC it would need a NAT gateway or five interface endpoints, $33 to $70 a month per AZ.",
-            )
-        acknowledge(
-            self.function,
-            "Serverless-LambdaTracing",
-            "One Batch call per event, and the JSON log lines carry the trigger and job ids; X-Ray would add a "
-            "wildcard xray:PutTraceSegments grant for no further insight.",
-        )
+        _grant_own_calls(self.role, in_vpc=network is not None)
+        _acknowledge_function_design(self.function, in_vpc=network is not None)
 
     @classmethod
     def of(
@@ -240,6 +170,8 @@ class GlueFunction(Construct):
         )
         return target, role
 
+    # ------------------------------------------------------------------ configuration
+
     def register_chain(self, name: str, chain_config: dict[str, Any], *, owner: Construct) -> None:
         """Store ``chain_config`` in the chain's own parameter (``<chains_path>/<name>``)."""
         if name in self.config["chains"]:
@@ -250,7 +182,7 @@ class GlueFunction(Construct):
                 iam.PolicyStatement(actions=["ssm:GetParametersByPath"], resources=[self._chains_path_arn])
             )
         self.config["chains"][name] = chain_config
-        parameter = ssm.StringParameter(
+        self.chain_parameters[name] = ssm.StringParameter(
             self,
             f"Chain-{name}",
             parameter_name=f"{self.chains_path}/{name}",
@@ -259,10 +191,18 @@ class GlueFunction(Construct):
             tier=ssm.ParameterTier.INTELLIGENT_TIERING,
             description=f"pipeline_constructs glue: configuration of chain {name}",
         )
-        self.chain_parameters[name] = parameter
         # No dependency of the function on its parameters: in a nested stack a chain's parameter refers to the
         # nested stack, which refers to the function. The function reads them again instead (see the handler).
         self._update_environment()
+
+    def use_guard_table(self, table: dynamodb.ITable) -> dynamodb.ITable:
+        """The table that guards constant-input schedules: the first one offered (later ones share it)."""
+        if self.guard_table is None:
+            self.guard_table = table
+            self.config["table"] = table.table_name
+            self._update_environment()
+            self.grant_status(table)
+        return self.guard_table
 
     def deployed_config_bytes(self) -> int:
         """The environment's size once deployed: ARNs and names at their real length, not as placeholders."""
@@ -292,6 +232,8 @@ class GlueFunction(Construct):
         for name, value in self._environment().items():
             self.function.add_environment(name, value)
 
+    # ------------------------------------------------------------------ grants on the chains' resources
+
     def grant_submit(self, job_queue: batch.IJobQueue, job_definitions: list[batch.IJobDefinition]) -> None:
         """SubmitJob on exactly this queue and these definitions (every revision of each)."""
         self.add_to_chain_policy(
@@ -302,43 +244,6 @@ class GlueFunction(Construct):
             owner=job_definitions[0] if job_definitions else job_queue,
         )
 
-    def add_to_chain_policy(self, statement: iam.PolicyStatement, *, owner: Construct) -> iam.ManagedPolicy:
-        """A permission on resources of a chain, in customer managed policies beside the role rather than in
-        it: the function waits for its role's policies, and a chain in a nested stack waits for the function,
-        so a chain's ARNs in the role's policy would be a cycle. Packed by deployed size (IAM holds 6,144
-        characters a managed policy); the stack's first policy holds most stacks' chains."""
-        stack = Stack.of(self)
-        resolved = stack.resolve(statement.to_statement_json())
-        key = json.dumps(resolved, sort_keys=True)
-        if key in self._chain_statements:  # the same table for every chain of the stack
-            return self._chain_statements[key]
-        size = len(json.dumps(as_deployed(resolved, stack.stack_name), separators=(",", ":"))) + 1
-        if Stack.of(owner) is not stack:
-            size = int(size * OTHER_STACK_ALLOWANCE)
-        if not self.chain_policies or self._chain_policy_bytes[-1] + size > CHAIN_POLICY_BUDGET_BYTES:
-            self.chain_policies.append(
-                iam.ManagedPolicy(
-                    self,
-                    f"ChainGrants{len(self.chain_policies) + 1}",
-                    description="pipeline_constructs glue: submit and record the jobs of the stack's chains",
-                    roles=[self.role],
-                )
-            )
-            self._chain_policy_bytes.append(len('{"Version":"2012-10-17","Statement":[]}'))
-        self.chain_policies[-1].add_statements(statement)
-        self._chain_policy_bytes[-1] += size
-        self._chain_statements[key] = self.chain_policies[-1]
-        return self.chain_policies[-1]
-
-    def use_guard_table(self, table: dynamodb.ITable) -> dynamodb.ITable:
-        """The table that guards constant-input schedules: the first one offered (later ones share it)."""
-        if self.guard_table is None:
-            self.guard_table = table
-            self.config["table"] = table.table_name
-            self._update_environment()
-            self.grant_status(table)
-        return self.guard_table
-
     def grant_status(self, table: dynamodb.ITable) -> None:
         """Trigger guards and run tracking: write and read back single items, nothing else."""
         self.add_to_chain_policy(
@@ -347,6 +252,140 @@ class GlueFunction(Construct):
             ),
             owner=table,
         )
+
+    def add_to_chain_policy(self, statement: iam.PolicyStatement, *, owner: IConstruct) -> iam.ManagedPolicy:
+        """A permission on resources of a chain, in customer managed policies beside the role rather than in
+        it: the function waits for its role's policies, and a chain in a nested stack waits for the function,
+        so a chain's ARNs in the role's policy would be a cycle. Packed by deployed size (IAM holds 6,144
+        characters a managed policy); the stack's first policy holds most stacks' chains. ``owner``: the
+        resource the statement names (its stack decides how long a reference to it is deployed)."""
+        return self._chain_grants.add(statement, owner=owner)
+
+
+def _network_under_profile(scope: Construct, network: PipelineNetwork | None) -> PipelineNetwork | None:
+    """The network the function runs in: ``network`` under the compliance profile (required), else none."""
+    if not compliance_profile(scope):
+        return None
+    if network is None:
+        raise argument_error(
+            scope,
+            "network",
+            None,
+            "a PipelineNetwork under the compliance profile (the function runs in a VPC): give the stack's "
+            "first BatchChain (or wake_check fleet) a network, or call GlueFunction.of(stack, network=...) first",
+        )
+    return network
+
+
+def _glue_lambda(glue: GlueFunction, network: PipelineNetwork | None, environment: dict[str, str]) -> lambda_.Function:
+    """The function itself: the handler module on ARM, JSON logs, async failures to ``glue.failure_queue``."""
+    return lambda_.Function(
+        glue,
+        "Function",
+        runtime=lambda_.Runtime.PYTHON_3_14,
+        architecture=lambda_.Architecture.ARM_64,
+        handler="handler.handler",
+        code=lambda_.Code.from_asset(str(GLUE_CODE_DIR), exclude=GLUE_CODE_FILES),
+        role=glue.role,
+        memory_size=256,
+        timeout=Duration.seconds(60),
+        environment=environment,
+        log_group=glue.log_group,
+        logging_format=lambda_.LoggingFormat.JSON,
+        system_log_level_v2=lambda_.SystemLogLevel.WARN,
+        application_log_level_v2=lambda_.ApplicationLogLevel.INFO,
+        description="pipeline_constructs glue: submits chained and scheduled AWS Batch jobs",
+        retry_attempts=2,
+        max_event_age=Duration.hours(6),
+        on_failure=QueueDestination(glue.failure_queue),
+        dead_letter_queue_enabled=False,
+        vpc=network.vpc if network else None,
+        vpc_subnets=network.subnet_selection if network else None,
+        security_groups=(
+            [network.security_group(glue, "SecurityGroup", description="Glue function: no inbound")]
+            if network
+            else None
+        ),
+    )
+
+
+def _grant_own_calls(role: iam.Role, *, in_vpc: bool) -> None:
+    """What the function calls that no resource scopes: ListJobs, and in a VPC Lambda's network interfaces."""
+    # A delivery that takes over an expired submit guard first looks for the job its holder may have
+    # submitted (by its deterministic name); ListJobs has no resource-level permissions.
+    role.add_to_principal_policy(iam.PolicyStatement(actions=["batch:ListJobs"], resources=["*"]))
+    reason = (
+        "batch:ListJobs supports no resource-level permissions (the service authorization reference lists "
+        "'*' only); it reads job names and states, and is used only to find a job before a resubmission."
+    )
+    if in_vpc:
+        # What Lambda needs of the execution role to attach the function to the VPC (the actions of the
+        # AWS managed AWSLambdaVPCAccessExecutionRole, which a role passed to the function does not get).
+        role.add_to_principal_policy(iam.PolicyStatement(actions=list(VPC_ACCESS_ACTIONS), resources=["*"]))
+        reason += (
+            " The VPC attachment actions are Lambda's own for its network interfaces, whose ids it chooses; "
+            "AWS documents them on '*' (AWSLambdaVPCAccessExecutionRole)."
+        )
+    acknowledge(role, "AwsSolutions-IAM5[Resource::*]", reason)
+
+
+def _acknowledge_function_design(function: lambda_.Function, *, in_vpc: bool) -> None:
+    """The rules the function does not follow by design, each with why."""
+    acknowledge(
+        function,
+        "Serverless-LambdaDLQ",
+        "Failed async invocations go to an on-failure destination (this construct's failure_queue), which "
+        "keeps the request and the error; a DLQ as well would deliver each failure twice.",
+    )
+    if not in_vpc:
+        acknowledge_control(
+            function,
+            "lambda_inside_vpc_check",
+            "The glue function calls only AWS APIs (Batch, SNS, SQS, DynamoDB, Auto Scaling) and holds no data; "
+            "inside a VPC it would need a NAT gateway or five interface endpoints, $33 to $70 a month per AZ.",
+        )
+    acknowledge(
+        function,
+        "Serverless-LambdaTracing",
+        "One Batch call per event, and the JSON log lines carry the trigger and job ids; X-Ray would add a "
+        "wildcard xray:PutTraceSegments grant for no further insight.",
+    )
+
+
+class _ChainGrants:
+    """The glue's customer managed policies on the chains' resources, each statement added once, packed by
+    deployed size: a new policy (``ChainGrants<n>`` under the glue) when the last one is full."""
+
+    def __init__(self, glue: GlueFunction) -> None:
+        self._glue = glue
+        self.policies: list[iam.ManagedPolicy] = []
+        self._policy_bytes: list[int] = []
+        self._policy_of: dict[str, iam.ManagedPolicy] = {}
+
+    def add(self, statement: iam.PolicyStatement, *, owner: IConstruct) -> iam.ManagedPolicy:
+        """The policy ``statement`` went to (the one holding it already: the same table for every chain)."""
+        stack = Stack.of(self._glue)
+        resolved = stack.resolve(statement.to_statement_json())
+        key = json.dumps(resolved, sort_keys=True)
+        if key in self._policy_of:
+            return self._policy_of[key]
+        size = len(json.dumps(as_deployed(resolved, stack.stack_name), separators=(",", ":"))) + 1
+        if Stack.of(owner) is not stack:
+            size = int(size * OTHER_STACK_ALLOWANCE)
+        if not self.policies or self._policy_bytes[-1] + size > CHAIN_POLICY_BUDGET_BYTES:
+            self.policies.append(
+                iam.ManagedPolicy(
+                    self._glue,
+                    f"ChainGrants{len(self.policies) + 1}",
+                    description="pipeline_constructs glue: submit and record the jobs of the stack's chains",
+                    roles=[self._glue.role],
+                )
+            )
+            self._policy_bytes.append(len('{"Version":"2012-10-17","Statement":[]}'))
+        self.policies[-1].add_statements(statement)
+        self._policy_bytes[-1] += size
+        self._policy_of[key] = self.policies[-1]
+        return self.policies[-1]
 
 
 #: Deploy-time lengths of what a template reference turns into: pseudo parameters at their longest, and a

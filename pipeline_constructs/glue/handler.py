@@ -7,7 +7,7 @@ It takes three kinds of event and submits AWS Batch jobs for them:
 - an SNS event: a step published to its chain's topic (a *message link*); the next step gets the message,
   unchanged and opaque, in ``DOWNLOAD_MESSAGE`` plus the link's static environment. A message that would
   take the SubmitJob request over Batch's 30 KiB is stored in S3 instead (a claim check:
-  ``<chain prefix>messages/<run>/<step>.json``) and the step gets ``DOWNLOAD_MESSAGE_S3=s3://bucket/key``;
+  ``<chain prefix>_messages/<run>/<step>.json``) and the step gets ``DOWNLOAD_MESSAGE_S3=s3://bucket/key``;
 - an EventBridge "Batch Job State Change": recorded in the status store (run tracking), and on SUCCEEDED
   a *success link* submits the next step with ``PREVIOUS_JOB_ID``.
 
@@ -28,7 +28,7 @@ Configuration: ``GLUE_CONFIG`` (JSON, written by the constructs)::
 and one Parameter Store parameter per chain under ``chainsPath`` (``<chainsPath>/<chain>``), whose value is::
 
     {"jobQueue": "<arn>", "topicArn": "<arn>"|null, "table": "<name>"|null,
-     "claims"?: {"bucket": "<name>", "prefix": "<chain prefix>messages/"},
+     "claims"?: {"bucket": "<name>", "prefix": "<chain prefix>_messages/"},
      "steps": [{"name", "jobDefinition", "arraySize"?, "link"?: {"kind": "message"|"success",
                 "environment": {...}}, "wakes"?: "<Auto Scaling group>"}]}
 
@@ -488,6 +488,8 @@ class Glue:
         if claimed is None:
             return request
         bucket, key, body, smaller = claimed
+        if self.s3 is None:
+            raise RuntimeError(f"chain {chain} stores large messages in S3, and this Glue has no S3 client")
         # The same key for a redelivered message: rewriting it is harmless, and the job reads one object.
         self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/octet-stream")
         log.info("message stored as a claim check", extra={"bucket": bucket, "key": key, "bytes": len(body)})

@@ -118,6 +118,9 @@ class ScheduledTrigger(Construct):
     :param retry_attempts: delivery retries before the event lands in the DLQ. Default: 3. Range: 0 to 185.
     """
 
+    #: What each firing sends: the message body (to ``queue``), else the glue function's event.
+    input: str | dict[str, Any]
+
     def __init__(
         self,
         scope: Construct,
@@ -142,12 +145,61 @@ class ScheduledTrigger(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.schedule_expression, self.time_zone = schedule, time_zone
-        validate_expression(self, schedule)
+        self._check_schedule(use_eventbridge_rule=use_eventbridge_rule, retry_attempts=retry_attempts)
+        self._check_targets(chain=chain, job_queue=job_queue, job_definition=job_definition, fleet=fleet, queue=queue)
+        self.queue, self.fleet = queue, fleet
+        self.glue: GlueFunction | None = None
+        body = message if message is not None else {"trigger": construct_id}
+        body_text = body if isinstance(body, str) else json.dumps(body)
+        if queue is not None:
+            self.input = body_text
+            self._send_to_queue(
+                queue,
+                body_text,
+                use_eventbridge_rule=use_eventbridge_rule,
+                enabled=enabled,
+                retry_attempts=retry_attempts,
+            )
+            return
+        self.glue = glue = GlueFunction.of(self)
+        if fleet is not None:
+            event = _enqueue_event(glue, fleet, body_text)
+        elif chain is not None:
+            event = {"chain": chain.chain_name, "environment": dict(chain_environment or {})}
+        else:
+            assert job_queue is not None and job_definition is not None  # the target left, both given (checked)
+            event = self._job_event(
+                glue,
+                job_queue,
+                job_definition,
+                job_name=job_name or construct_id,
+                container_overrides=container_overrides,
+                parameters=parameters,
+                table=table,
+            )
+        self.input = event
+        self._invoke_glue(
+            glue, event, use_eventbridge_rule=use_eventbridge_rule, enabled=enabled, retry_attempts=retry_attempts
+        )
+
+    def _check_schedule(self, *, use_eventbridge_rule: bool, retry_attempts: int) -> None:
+        validate_expression(self, self.schedule_expression)
+        time_zone = self.time_zone
         if time_zone not in zoneinfo.available_timezones() and time_zone != "UTC":
             raise argument_error(self, "time_zone", time_zone, "an IANA time zone such as 'Europe/Berlin'")
         if use_eventbridge_rule and time_zone != "UTC":
             raise argument_error(self, "time_zone", time_zone, "UTC with use_eventbridge_rule=True (rules run in UTC)")
         check_range(self, "retry_attempts", retry_attempts, minimum=0, maximum=185)
+
+    def _check_targets(
+        self,
+        *,
+        chain: BatchChain | None,
+        job_queue: batch.IJobQueue | None,
+        job_definition: batch.IJobDefinition | None,
+        fleet: SpotWorkerFleet | None,
+        queue: sqs.IQueue | None,
+    ) -> None:
         targets = [
             chain is not None,
             job_queue is not None or job_definition is not None,
@@ -161,75 +213,85 @@ class ScheduledTrigger(Construct):
         if (job_queue is None) != (job_definition is None):
             raise argument_error(self, "job_definition", job_definition, "given together with job_queue")
 
-        self.queue = queue
-        self.fleet = fleet
-        self.glue: GlueFunction | None = None
-        body = message if message is not None else {"trigger": construct_id}
-        body_text = body if isinstance(body, str) else json.dumps(body)
-        if queue is not None:
-            self.input = body_text
-        else:
-            self.glue = GlueFunction.of(self)
-            if fleet is not None:
-                grant_send(fleet.queue, self.glue.role)
-                fleet.grant_wake(self.glue.role)
-                group = fleet.auto_scaling_group.auto_scaling_group_name
-                self.input = {"enqueue": {"queue": fleet.queue.queue_url, "body": body_text, "group": group}}
-            elif chain is not None:
-                self.input = {"chain": chain.chain_name, "environment": dict(chain_environment or {})}
-            else:
-                self.glue.grant_submit(job_queue, [job_definition])
-                if table is None and self.glue.guard_table is None:
-                    table = StatusStore.of(self).table
-                self.table = self.glue.use_guard_table(table) if table is not None else self.glue.guard_table
-                self.input = {
-                    "jobName": job_name or construct_id,
-                    "jobQueue": job_queue.job_queue_arn,
-                    "jobDefinition": job_definition.job_definition_arn,
-                }
-                if container_overrides:
-                    self.input["containerOverrides"] = dict(container_overrides)
-                if parameters:
-                    self.input["parameters"] = dict(parameters)
+    def _job_event(
+        self,
+        glue: GlueFunction,
+        job_queue: batch.IJobQueue,
+        job_definition: batch.IJobDefinition,
+        *,
+        job_name: str,
+        container_overrides: Mapping[str, Any] | None,
+        parameters: Mapping[str, Any] | None,
+        table: dynamodb.ITable | None,
+    ) -> dict[str, Any]:
+        """The glue's event submitting the job, which may submit it and guard it (submit once) in ``table``."""
+        glue.grant_submit(job_queue, [job_definition])
+        if table is None and glue.guard_table is None:
+            table = StatusStore.of(self).table
+        #: The table of the guard that makes a redelivered event submit once (a job target only).
+        self.table = glue.use_guard_table(table) if table is not None else glue.guard_table
+        event: dict[str, Any] = {
+            "jobName": job_name,
+            "jobQueue": job_queue.job_queue_arn,
+            "jobDefinition": job_definition.job_definition_arn,
+        }
+        if container_overrides:
+            event["containerOverrides"] = dict(container_overrides)
+        if parameters:
+            event["parameters"] = dict(parameters)
+        return event
 
+    def _send_to_queue(
+        self, queue: sqs.IQueue, body: str, *, use_eventbridge_rule: bool, enabled: bool, retry_attempts: int
+    ) -> None:
+        """Each firing sends ``body`` to ``queue`` directly."""
         if use_eventbridge_rule:
-            self.rule = self._rule(enabled, retry_attempts)
-        else:
-            self.schedule = self._schedule(enabled, retry_attempts)
-
-    def _schedule(self, enabled: bool, retry_attempts: int) -> scheduler.Schedule:
-        expression = scheduler.ScheduleExpression.expression(self.schedule_expression, TimeZone.of(self.time_zone))
-        if self.queue is not None:
-            target: scheduler.IScheduleTarget = scheduler_targets.SqsSendMessage(
-                self.queue, input=scheduler.ScheduleTargetInput.from_text(self.input), retry_attempts=retry_attempts
+            message = events.RuleTargetInput.from_text(body)
+            self.rule = self._rule(
+                events_targets.SqsQueue(queue, message=message, retry_attempts=retry_attempts), enabled
             )
         else:
-            payload = dict(self.input) | {"scheduledTime": scheduler.ContextAttribute.scheduled_time}
-            target, self.role = self.glue.scheduler_target(
+            text = scheduler.ScheduleTargetInput.from_text(body)
+            target = scheduler_targets.SqsSendMessage(queue, input=text, retry_attempts=retry_attempts)
+            self.schedule = self._schedule(target, enabled)
+
+    def _invoke_glue(
+        self,
+        glue: GlueFunction,
+        event: dict[str, Any],
+        *,
+        use_eventbridge_rule: bool,
+        enabled: bool,
+        retry_attempts: int,
+    ) -> None:
+        """Each firing invokes the glue function with ``event`` and the time it was scheduled for."""
+        if use_eventbridge_rule:
+            target = events_targets.LambdaFunction(
+                glue.function,
+                event=events.RuleTargetInput.from_object(event | {"scheduledTime": events.EventField.time}),
+                dead_letter_queue=glue.failure_queue,
+                retry_attempts=retry_attempts,
+            )
+            self.rule = self._rule(target, enabled)
+        else:
+            payload = event | {"scheduledTime": scheduler.ContextAttribute.scheduled_time}
+            invoke, self.role = glue.scheduler_target(
                 self,
                 "ScheduleRole",
                 payload,
                 retry_attempts=retry_attempts,
                 max_event_age=Duration.hours(6),
-                dead_letter_queue=self.glue.failure_queue,
+                dead_letter_queue=glue.failure_queue,
             )
+            self.schedule = self._schedule(invoke, enabled)
+
+    def _schedule(self, target: scheduler.IScheduleTarget, enabled: bool) -> scheduler.Schedule:
+        expression = scheduler.ScheduleExpression.expression(self.schedule_expression, TimeZone.of(self.time_zone))
         return scheduler.Schedule(
             self, "Schedule", schedule=expression, target=target, enabled=enabled, description=f"{self.node.path}"
         )
 
-    def _rule(self, enabled: bool, retry_attempts: int) -> events.Rule:
-        if self.queue is not None:
-            target: events.IRuleTarget = events_targets.SqsQueue(
-                self.queue, message=events.RuleTargetInput.from_text(self.input), retry_attempts=retry_attempts
-            )
-        else:
-            payload = dict(self.input) | {"scheduledTime": events.EventField.time}
-            target = events_targets.LambdaFunction(
-                self.glue.function,
-                event=events.RuleTargetInput.from_object(payload),
-                dead_letter_queue=self.glue.failure_queue,
-                retry_attempts=retry_attempts,
-            )
+    def _rule(self, target: events.IRuleTarget, enabled: bool) -> events.Rule:
         return events.Rule(
             self,
             "Rule",
@@ -238,3 +300,11 @@ class ScheduledTrigger(Construct):
             enabled=enabled,
             description=f"{self.node.path}",
         )
+
+
+def _enqueue_event(glue: GlueFunction, fleet: SpotWorkerFleet, body: str) -> dict[str, Any]:
+    """The glue's event sending ``body`` to the fleet's queue and starting the fleet from zero, which it may."""
+    grant_send(fleet.queue, glue.role)
+    fleet.grant_wake(glue.role)
+    group = fleet.auto_scaling_group.auto_scaling_group_name
+    return {"enqueue": {"queue": fleet.queue.queue_url, "body": body, "group": group}}

@@ -23,8 +23,8 @@ from pipeline_constructs import (
     SpotWorkerFleet,
     StepImage,
     TaskQueue,
-    glue_function,
 )
+from pipeline_constructs.glue import construct as glue_function
 from pipeline_constructs.glue.construct import GlueFunction
 from tests.support import ROOT
 
@@ -681,3 +681,11 @@ def test_message_links_get_a_claim_check_folder_the_glue_writes_and_the_next_ste
     ((reader, resource),) = reads.items()
     assert reader.startswith("FeedsfeedconsumerJobRole")
     assert "/feeds/_messages/*/feed_consumer.json" in resource
+
+
+def test_steps_links_and_images_still_import_from_the_chains_module():
+    """They live in chain/steps.py and chain/links.py now; code that imported them beside BatchChain (from
+    ``pipeline_constructs.batch_chain`` before the component folders) gets the same classes."""
+    from pipeline_constructs.chain import construct
+
+    assert (construct.ChainStep, construct.ChainLink, construct.StepImage) == (ChainStep, ChainLink, StepImage)
