@@ -21,8 +21,8 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct, IConstruct
 
+from pipeline_constructs.building_blocks.template_metadata import PROFILE_METADATA
 from pipeline_constructs.building_blocks.validation import argument_error, stack_singleton
-from pipeline_constructs.ops.cost import PROFILE_METADATA
 
 #: The context key of the switch (true / false).
 COMPLIANCE_CONTEXT = "pipeline-constructs:compliance"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
@@ -64,39 +66,7 @@ class DataBucket(Construct):
         encryption_key = default_key(self, encryption_key)
 
         if access_log_bucket is None:
-            # cdk-nag's S1 (access logs) does not apply to a bucket that is itself a log target.
-            access_log_bucket = s3.Bucket(
-                self,
-                "AccessLogs",
-                # SSE-S3 needs nothing of the logging service; a customer-managed key needs it in its key
-                # policy (PipelineKey has it).
-                encryption=s3.BucketEncryption.KMS if compliance else s3.BucketEncryption.S3_MANAGED,
-                encryption_key=encryption_key if compliance else None,
-                bucket_key_enabled=compliance or None,
-                # Under the profile the log bucket logs too, into itself (every bucket must, CT.S3.PR.2): each
-                # delivery adds one record to a later one, a trickle, not a loop that grows.
-                server_access_logs_prefix="access-log-bucket/" if compliance else None,
-                object_lock_enabled=compliance or None,
-                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-                # Object ownership left to the CDK: a bucket policy grants log delivery under the
-                # serverAccessLogsUseBucketPolicy feature flag, an ACL (ObjectWriter) without it.
-                enforce_ssl=True,
-                minimum_tls_version=1.2,
-                # Log objects are never overwritten: versioning costs nothing and keeps deletions recoverable.
-                versioned=True,
-                lifecycle_rules=[
-                    s3.LifecycleRule(
-                        id="expire-access-logs",
-                        expiration=log_expiration,
-                        noncurrent_version_expiration=Duration.days(1),
-                    )
-                ],
-                removal_policy=removal_policy,
-            )
-            if compliance:
-                _notify_eventbridge(access_log_bucket)
-            else:
-                _acknowledge_log_bucket(access_log_bucket)
+            access_log_bucket = _access_log_bucket(self, compliance, encryption_key, log_expiration, removal_policy)
         self.access_log_bucket: s3.IBucket = access_log_bucket
 
         self.bucket = s3.Bucket(
@@ -113,43 +83,92 @@ class DataBucket(Construct):
             object_lock_enabled=compliance or None,
             server_access_logs_bucket=self.access_log_bucket,
             server_access_logs_prefix="data-bucket/",
-            lifecycle_rules=[
-                s3.LifecycleRule(
-                    id="expire-noncurrent-versions",
-                    noncurrent_version_expiration=self.noncurrent_version_expiration,
-                    expired_object_delete_marker=True,
-                    abort_incomplete_multipart_upload_after=Duration.days(7),
-                ),
-                s3.LifecycleRule(
-                    id="expire-intermediate",
-                    prefix=INTERMEDIATE_PREFIX,
-                    expiration=self.intermediate_expiration,
-                ),
-            ],
+            lifecycle_rules=self._lifecycle_rules(),
             removal_policy=removal_policy,
         )
         _notify_eventbridge(self.bucket)
         if encryption_key is None:
             acknowledge_control(self.bucket, "s3_bucket_default_encryption_kms_check", SSE_S3_REASON)
         if not compliance:
-            acknowledge_control(
-                self.bucket,
-                "s3_bucket_object_lock_enabled_check",
-                "Pipeline outputs are rewritten when a task is re-run and expire under the lifecycle rules; versioning "
-                "keeps every overwritten or deleted object for noncurrent_version_expiration instead of a lock.",
-            )
+            acknowledge_control(self.bucket, "s3_bucket_object_lock_enabled_check", NO_OBJECT_LOCK_REASON)
+
+    def _lifecycle_rules(self) -> list[s3.LifecycleRule]:
+        """Overwritten and deleted versions expire, and so does everything under ``intermediate/``."""
+        return [
+            s3.LifecycleRule(
+                id="expire-noncurrent-versions",
+                noncurrent_version_expiration=self.noncurrent_version_expiration,
+                expired_object_delete_marker=True,
+                abort_incomplete_multipart_upload_after=Duration.days(7),
+            ),
+            s3.LifecycleRule(
+                id="expire-intermediate",
+                prefix=INTERMEDIATE_PREFIX,
+                expiration=self.intermediate_expiration,
+            ),
+        ]
 
 
 SSE_S3_REASON = (
     "SSE-S3 by default: a customer-managed key costs $1 a month and a request charge per object; pass "
     "encryption_key where a key is required."
 )
+NO_OBJECT_LOCK_REASON = (
+    "Pipeline outputs are rewritten when a task is re-run and expire under the lifecycle rules; versioning "
+    "keeps every overwritten or deleted object for noncurrent_version_expiration instead of a lock."
+)
+
+
+def _access_log_bucket(
+    data_bucket: DataBucket,
+    compliance: bool,
+    encryption_key: kms.IKey | None,
+    expiration: Duration,
+    removal_policy: RemovalPolicy,
+) -> s3.Bucket:
+    """The bucket the data bucket's server access logs go to; under the compliance profile encrypted with
+    ``encryption_key``, locked, logging its own deliveries and notifying EventBridge like the data bucket."""
+    # cdk-nag's S1 (access logs) does not apply to a bucket that is itself a log target.
+    bucket = s3.Bucket(
+        data_bucket,
+        "AccessLogs",
+        # SSE-S3 needs nothing of the logging service; a customer-managed key needs it in its key
+        # policy (PipelineKey has it).
+        encryption=s3.BucketEncryption.KMS if compliance else s3.BucketEncryption.S3_MANAGED,
+        encryption_key=encryption_key if compliance else None,
+        bucket_key_enabled=compliance or None,
+        # Under the profile the log bucket logs too, into itself (every bucket must, CT.S3.PR.2): each
+        # delivery adds one record to a later one, a trickle, not a loop that grows.
+        server_access_logs_prefix="access-log-bucket/" if compliance else None,
+        object_lock_enabled=compliance or None,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        # Object ownership left to the CDK: a bucket policy grants log delivery under the
+        # serverAccessLogsUseBucketPolicy feature flag, an ACL (ObjectWriter) without it.
+        enforce_ssl=True,
+        minimum_tls_version=1.2,
+        # Log objects are never overwritten: versioning costs nothing and keeps deletions recoverable.
+        versioned=True,
+        lifecycle_rules=[
+            s3.LifecycleRule(
+                id="expire-access-logs",
+                expiration=expiration,
+                noncurrent_version_expiration=Duration.days(1),
+            )
+        ],
+        removal_policy=removal_policy,
+    )
+    if compliance:
+        _notify_eventbridge(bucket)
+    else:
+        _acknowledge_log_bucket(bucket)
+    return bucket
 
 
 def _notify_eventbridge(bucket: s3.Bucket) -> None:
     """Object events to EventBridge (free to emit) so users can react to uploads; set natively, where the
     CDK's ``event_bridge_enabled`` would add a notifications custom-resource Lambda to the stack."""
-    bucket.node.default_child.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
+    cfn_bucket = cast(s3.CfnBucket, bucket.node.default_child)  # an s3.Bucket's default child is its CfnBucket
+    cfn_bucket.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
         event_bridge_configuration=s3.CfnBucket.EventBridgeConfigurationProperty(event_bridge_enabled=True)
     )
 

@@ -66,36 +66,7 @@ class PipelineNetwork(Construct):
             self.vpc: ec2.IVpc = vpc
             self.subnet_selection = subnet_selection or _subnets_with_a_route_out(self, vpc)
             return
-        created = ec2.Vpc(
-            self,
-            "Vpc",
-            ip_addresses=ec2.IpAddresses.cidr(cidr),
-            availability_zones=availability_zones,
-            max_azs=None if availability_zones else max_azs,
-            nat_gateways=nat_gateways,
-            subnet_configuration=[
-                # Behind NAT gateways nothing needs a public IP of its own (CT.EC2.PR.11: none assigned).
-                ec2.SubnetConfiguration(
-                    name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=20, map_public_ip_on_launch=not private
-                ),
-                *(
-                    [
-                        ec2.SubnetConfiguration(
-                            name="private", subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20
-                        )
-                    ]
-                    if private
-                    else []
-                ),
-            ],
-            # The CDK's default-SG lock-down adds a custom-resource Lambda per stack; nothing here uses
-            # the default security group (see security_group()).
-            restrict_default_security_group=False,
-            gateway_endpoints={
-                "S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3),
-                "DynamoDB": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.DYNAMODB),
-            },
-        )
+        created = _vpc(self, availability_zones, max_azs, cidr, nat_gateways)
         created.add_flow_log(
             "FlowLog",
             destination=ec2.FlowLogDestination.to_cloud_watch_logs(
@@ -104,13 +75,7 @@ class PipelineNetwork(Construct):
             traffic_type=ec2.FlowLogTrafficType.REJECT,
         )
         for subnet in [] if private else created.public_subnets:
-            acknowledge_control(
-                subnet,
-                "subnet_auto_assign_public_ip_disabled_check",
-                "Workers and Batch instances reach SQS, SNS, ECR and CloudWatch through the free internet gateway "
-                "with a public IP, instead of a NAT gateway at about $33 a month per AZ; their security groups "
-                "allow no inbound traffic.",
-            )
+            acknowledge_control(subnet, "subnet_auto_assign_public_ip_disabled_check", PUBLIC_IP_REASON)
         for gateway in created.node.find_all() if compliance_profile(self) else []:
             if isinstance(gateway, (ec2.CfnNatGateway, ec2.CfnEIP)):
                 mark_compliance_cost(gateway)
@@ -127,6 +92,43 @@ class PipelineNetwork(Construct):
     def security_group(self, scope: Construct, construct_id: str, *, description: str) -> ec2.SecurityGroup:
         """A security group with outbound access only: no inbound rule, now or later by default."""
         return ec2.SecurityGroup(scope, construct_id, vpc=self.vpc, description=description, allow_all_outbound=True)
+
+
+PUBLIC_IP_REASON = (
+    "Workers and Batch instances reach SQS, SNS, ECR and CloudWatch through the free internet gateway with a "
+    "public IP, instead of a NAT gateway at about $33 a month per AZ; their security groups allow no inbound "
+    "traffic."
+)
+
+
+def _vpc(
+    network: PipelineNetwork, availability_zones: list[str] | None, max_azs: int, cidr: str, nat_gateways: int
+) -> ec2.Vpc:
+    """Public subnets (and private ones behind the NAT gateways, if any) with gateway endpoints for S3 and
+    DynamoDB."""
+    private = nat_gateways > 0
+    return ec2.Vpc(
+        network,
+        "Vpc",
+        ip_addresses=ec2.IpAddresses.cidr(cidr),
+        availability_zones=availability_zones,
+        max_azs=None if availability_zones else max_azs,
+        nat_gateways=nat_gateways,
+        subnet_configuration=[
+            # Behind NAT gateways nothing needs a public IP of its own (CT.EC2.PR.11: none assigned).
+            ec2.SubnetConfiguration(
+                name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=20, map_public_ip_on_launch=not private
+            ),
+            *([_private_subnets()] if private else []),
+        ],
+        # The CDK's default-SG lock-down adds a custom-resource Lambda per stack; nothing here uses
+        # the default security group (see security_group()).
+        restrict_default_security_group=False,
+        gateway_endpoints={
+            "S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3),
+            "DynamoDB": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.DYNAMODB),
+        },
+    )
 
 
 def _private_subnets() -> ec2.SubnetConfiguration:

@@ -56,10 +56,9 @@ class TaskQueue(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         if visibility_timeout is None:
+            consumer_seconds = seconds(consumer_timeout)
             visibility_timeout = (
-                Duration.seconds(seconds(consumer_timeout) + 30)
-                if seconds(consumer_timeout) is not None
-                else Duration.minutes(5)
+                Duration.seconds(consumer_seconds + 30) if consumer_seconds is not None else Duration.minutes(5)
             )
         self.visibility_timeout = visibility_timeout
         self.consumer_timeout = consumer_timeout
@@ -126,8 +125,14 @@ class QueueDestination:
         self.queue = queue
 
     def bind(
-        self, _scope: Construct, fn: lambda_.IFunction, *_options: lambda_.DestinationOptions
+        self,
+        scope: Construct,
+        fn: lambda_.IFunction,
+        *_options: lambda_.DestinationOptions,
+        type: lambda_.DestinationType | None = None,
     ) -> lambda_.DestinationConfig:
+        """Grant ``fn`` sending to the queue. (jsii passes the destination options as one struct, positionally,
+        where :class:`~aws_cdk.aws_lambda.IDestination` declares their field ``type`` as a keyword.)"""
         grant_send(self.queue, fn)
         return lambda_.DestinationConfig(destination=self.queue.queue_arn)
 

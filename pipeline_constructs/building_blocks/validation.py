@@ -15,14 +15,14 @@ from typing import Any
 
 from aws_cdk import Duration, Stack, Token
 from aws_cdk import aws_s3 as s3
-from constructs import Construct
+from constructs import Construct, IConstruct
 
 
 def _unresolved(value: object) -> bool:
     return Token.is_unresolved(value)
 
 
-def argument_error(scope: Construct | str, argument: str, value: object, allowed: str) -> ValueError:
+def argument_error(scope: IConstruct | str, argument: str, value: object, allowed: str) -> ValueError:
     """The one error shape of this library: ``<id>: <argument>=<value> is invalid; allowed: <allowed>``."""
     construct_id = scope if isinstance(scope, str) else scope.node.path or scope.node.id
     return ValueError(f"{construct_id}: {argument}={value!r} is invalid; allowed: {allowed}")
@@ -43,12 +43,14 @@ def check_range(
     too_low = minimum is not None and value < minimum
     too_high = maximum is not None and value > maximum
     if too_low or too_high:
-        if minimum is not None and maximum is not None:
-            allowed = f"{_number(minimum)} to {_number(maximum)}{unit}"
-        elif minimum is not None:
-            allowed = f"at least {_number(minimum)}{unit}"
+        lower = _number(minimum) if minimum is not None else None
+        upper = _number(maximum) if maximum is not None else None
+        if lower is not None and upper is not None:
+            allowed = f"{lower} to {upper}{unit}"
+        elif lower is not None:
+            allowed = f"at least {lower}{unit}"
         else:
-            allowed = f"at most {_number(maximum)}{unit}"
+            allowed = f"at most {upper}{unit}"
         shown: object = f"{_number(value)}{unit}" if unit else value
         raise argument_error(scope, argument, shown, allowed)
 

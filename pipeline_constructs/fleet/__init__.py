@@ -1,4 +1,5 @@
-"""SpotWorkerFleet: the construct (:mod:`.construct`) with its boot script (:mod:`.boot`), scaling
+"""SpotWorkerFleet: the construct (:mod:`.construct`) with its defaults and checks (:mod:`.options`), its
+instances (:mod:`.instances`: role, launch template, Auto Scaling group), boot script (:mod:`.boot`), scaling
 (:mod:`.scaling`) and permissions (:mod:`.permissions`), and the worker runtime that runs on its instances
 (:mod:`.worker`, stdlib + boto3 only).
 

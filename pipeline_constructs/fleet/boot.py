@@ -7,6 +7,7 @@ asset object is granted to the instance role by its exact key; no credentials ar
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,10 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
+
+from pipeline_constructs.building_blocks.validation import argument_error, seconds
+from pipeline_constructs.fleet.scaling import DRAIN_HOOK_NAME
+from pipeline_constructs.fleet.worker.config import SPARE_DELIVERIES
 
 if TYPE_CHECKING:
     from pipeline_constructs.fleet.construct import SpotWorkerFleet
@@ -30,6 +35,42 @@ class WorkerDelivery(enum.Enum):
     PYTHON_BUNDLE = "python-bundle"
     #: A Docker image built from the worker directory's Dockerfile, run by Docker on the instance.
     CONTAINER = "container"
+
+
+def worker_environment(fleet: SpotWorkerFleet, environment: Mapping[str, str] | None) -> dict[str, str]:
+    """``/etc/pipeline-worker.env``: what the worker runtime reads (``PIPELINE_*``), then the task's own
+    ``environment``, whose names may not start with ``PIPELINE_``."""
+    extra = dict(environment or {})
+    reserved = sorted(name for name in extra if name.startswith("PIPELINE_"))
+    if reserved:
+        raise argument_error(fleet, "environment", reserved, "names not starting with PIPELINE_ (reserved)")
+    variables = {
+        "AWS_REGION": Aws.REGION,
+        "PIPELINE_QUEUE_URL": fleet.queue.queue_url,
+        "PIPELINE_TASK": fleet.task,
+        "PIPELINE_BUCKET": fleet.bucket.bucket_name,
+        "PIPELINE_PREFIX": fleet.prefix,
+        "PIPELINE_TABLE": fleet.table.table_name,
+        "PIPELINE_FLEET_NAME": fleet.node.path,
+        "PIPELINE_LOG_GROUP": fleet.log_group.log_group_name,
+    }
+    if fleet.downstream_queue is not None:
+        variables["PIPELINE_DOWNSTREAM_QUEUE_URL"] = fleet.downstream_queue.queue_url
+    if fleet.concurrency is not None:
+        variables["PIPELINE_CONCURRENCY"] = str(fleet.concurrency)
+    if fleet.created_queue:
+        # Known at synth for a created queue: saves the worker a GetQueueAttributes call at start. (Not the
+        # visibility timeout of a task timeout known only at deploy time: the worker reads it from the queue.)
+        visibility_seconds = seconds(fleet.visibility_timeout)
+        if visibility_seconds is not None:
+            variables["PIPELINE_VISIBILITY_TIMEOUT"] = str(int(visibility_seconds))
+        variables["PIPELINE_MAX_RECEIVE_COUNT"] = str(fleet.max_receive_count + SPARE_DELIVERIES)
+        variables["PIPELINE_MAX_ATTEMPTS"] = str(fleet.max_receive_count)
+    task_seconds = seconds(fleet.task_timeout)
+    if task_seconds is not None:
+        variables["PIPELINE_TASK_TIMEOUT"] = str(int(task_seconds))
+    variables["PIPELINE_LIFECYCLE_HOOK"] = DRAIN_HOOK_NAME
+    return variables | extra
 
 
 def worker_user_data(fleet: SpotWorkerFleet, variables: dict[str, str]) -> ec2.UserData:

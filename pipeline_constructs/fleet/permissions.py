@@ -1,5 +1,6 @@
 """What a SpotWorkerFleet's instance role may do: exactly what the worker runtime calls, on this fleet's own
-resources. ``tests/test_spot_worker_fleet.py`` holds the list of calls the runtime makes against it."""
+resources (``tests/fleet/test_spot_worker_fleet.py`` holds the list of calls the runtime makes against it); and
+what the fleet's ``grant_*`` methods give producers, consumers and wakers."""
 
 from __future__ import annotations
 
@@ -59,7 +60,49 @@ def grant_wake(fleet: SpotWorkerFleet, grantee: iam.IGrantable) -> iam.Grant:
     return grant
 
 
-def grant_worker_permissions(fleet: SpotWorkerFleet) -> None:
+def grant_submit(fleet: SpotWorkerFleet, grantee: iam.IGrantable) -> iam.Grant:
+    """SendMessage on the fleet's queue, and uploads under its ``<prefix>input/``."""
+    grant = grant_send(fleet.queue, grantee)
+    _grant_objects(
+        fleet,
+        grantee,
+        ["s3:PutObject", "s3:AbortMultipartUpload"],
+        fleet.bucket.arn_for_objects(f"{fleet.prefix}input/*"),
+        f"Uploads of task inputs to {fleet.node.path} only (its '{fleet.prefix}input/' prefix); their keys "
+        "are the producer's files, known at run time.",
+    )
+    return grant
+
+
+def grant_read_outputs(fleet: SpotWorkerFleet, grantee: iam.IGrantable) -> iam.Grant:
+    """GetObject under the fleet's ``<prefix>output/``."""
+    return _grant_objects(
+        fleet,
+        grantee,
+        ["s3:GetObject"],
+        fleet.bucket.arn_for_objects(f"{fleet.prefix}output/*"),
+        f"Read access to {fleet.node.path}'s outputs only (its '{fleet.prefix}output/' prefix); "
+        "their keys are task ids known at run time.",
+    )
+
+
+def _grant_objects(
+    fleet: SpotWorkerFleet, grantee: iam.IGrantable, actions: list[str], objects: str, reason: str
+) -> iam.Grant:
+    """``actions`` on ``objects`` (a key pattern in the fleet's bucket) and the use of the bucket's key; the
+    key wildcard acknowledged with ``reason``."""
+    grant = iam.Grant.add_to_principal(grantee=grantee, actions=actions, resource_arns=[objects])
+    if fleet.bucket.encryption_key is not None:
+        grant_data_key_use(fleet.bucket.encryption_key, grantee)
+    if isinstance(grantee.grant_principal, Construct):
+        acknowledge_wildcard_resources(grantee.grant_principal, [objects], reason)
+    return grant
+
+
+def grant_worker_permissions(fleet: SpotWorkerFleet) -> iam.Policy:
+    """What the worker runtime calls: its queue (and the downstream one), its prefixes, the status table, the
+    data keys and its log group; and, in the policy returned, scale-in protection and the drain hook's
+    completion on its group."""
     role, bucket, prefix = fleet.role, fleet.bucket, fleet.prefix
     input_objects = bucket.arn_for_objects(f"{prefix}input/*")
     written_objects = [
@@ -88,15 +131,16 @@ def grant_worker_permissions(fleet: SpotWorkerFleet) -> None:
     # A policy of its own: the launch template depends on the role's default policy, so a statement
     # naming the group there would make group -> template -> policy -> group a cycle.
     group_arn = group_arn_of(fleet)
-    fleet.scale_in_protection_policy = iam.Policy(
+    group_policy = iam.Policy(
         fleet,
         "ScaleInProtectionPolicy",
         roles=[role],
         statements=[iam.PolicyStatement(actions=GROUP_ACTIONS, resources=[group_arn])],
     )
-    acknowledge_wildcard_resources(fleet.scale_in_protection_policy, [group_arn], GROUP_ARN_REASON)
+    acknowledge_wildcard_resources(group_policy, [group_arn], GROUP_ARN_REASON)
     if bucket.encryption_key is not None:
         grant_data_key_use(bucket.encryption_key, role)
     if fleet.table.encryption_key is not None:
         grant_data_key_use(fleet.table.encryption_key, role)
     fleet.log_group.grant_write(role)
+    return group_policy

@@ -44,6 +44,7 @@ def instance_refresh() -> autoscaling.UpdatePolicy:
 
 
 def add_drain_hook(fleet: SpotWorkerFleet) -> autoscaling.LifecycleHook:
+    """The termination hook every instance waits on while its worker releases its tasks."""
     return fleet.auto_scaling_group.add_lifecycle_hook(
         "Drain",
         lifecycle_hook_name=DRAIN_HOOK_NAME,
@@ -54,24 +55,32 @@ def add_drain_hook(fleet: SpotWorkerFleet) -> autoscaling.LifecycleHook:
     )
 
 
-def add_backlog_scaling(fleet: SpotWorkerFleet, tasks_per_worker: int) -> None:
-    group_name = fleet.auto_scaling_group.auto_scaling_group_name
+def add_backlog_scaling(fleet: SpotWorkerFleet) -> cloudwatch.Alarm:
+    """Target tracking on the backlog per in-service instance, and the alarm that leaves and returns to zero
+    (returned), both on the queue's visible messages and the group's in-service instances."""
     visible = fleet.queue.metric_approximate_number_of_messages_visible(period=Duration.minutes(1), statistic="Maximum")
     in_service = cloudwatch.Metric(
         namespace="AWS/AutoScaling",
         metric_name="GroupInServiceInstances",
-        dimensions_map={"AutoScalingGroupName": group_name},
+        dimensions_map={"AutoScalingGroupName": fleet.auto_scaling_group.auto_scaling_group_name},
         period=Duration.minutes(1),
         statistic="Average",
     )
+    _add_backlog_target_tracking(fleet, visible, in_service)
+    return _add_zero_steps(fleet, visible, in_service)
+
+
+def _add_backlog_target_tracking(
+    fleet: SpotWorkerFleet, visible: cloudwatch.Metric, in_service: cloudwatch.Metric
+) -> None:
     # Target tracking on backlog per instance (visible messages / in-service instances).
     autoscaling.CfnScalingPolicy(
         fleet,
         "BacklogPerInstance",
-        auto_scaling_group_name=group_name,
+        auto_scaling_group_name=fleet.auto_scaling_group.auto_scaling_group_name,
         policy_type="TargetTrackingScaling",
         target_tracking_configuration=autoscaling.CfnScalingPolicy.TargetTrackingConfigurationProperty(
-            target_value=tasks_per_worker,
+            target_value=fleet.tasks_per_worker,
             customized_metric_specification=autoscaling.CfnScalingPolicy.CustomizedMetricSpecificationProperty(
                 metrics=[
                     _metric_query("visible", visible, "Maximum"),
@@ -86,6 +95,11 @@ def add_backlog_scaling(fleet: SpotWorkerFleet, tasks_per_worker: int) -> None:
             ),
         ),
     )
+
+
+def _add_zero_steps(
+    fleet: SpotWorkerFleet, visible: cloudwatch.Metric, in_service: cloudwatch.Metric
+) -> cloudwatch.Alarm:
     # One step policy, one alarm (alarms bill per metric): the expression is 2 when tasks wait and no
     # worker is in service (target tracking has no ratio then), 1 when nothing waits, else 0.
     #   2 -> +1 instance: leave zero (a change, so it never cuts a scale-out still launching);
@@ -98,7 +112,7 @@ def add_backlog_scaling(fleet: SpotWorkerFleet, tasks_per_worker: int) -> None:
     )
     zero_steps.add_adjustment(adjustment=-fleet.max_size, lower_bound=0, upper_bound=1)
     zero_steps.add_adjustment(adjustment=1, lower_bound=1)
-    fleet.zero_alarm = cloudwatch.Alarm(
+    alarm = cloudwatch.Alarm(
         fleet,
         "LeaveOrReturnToZero",
         metric=cloudwatch.MathExpression(
@@ -114,13 +128,16 @@ def add_backlog_scaling(fleet: SpotWorkerFleet, tasks_per_worker: int) -> None:
         treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
         alarm_description="Leave zero when tasks wait with no worker in service; return to zero when none wait.",
     )
-    fleet.zero_alarm.add_alarm_action(cloudwatch_actions.AutoScalingAction(zero_steps))
+    alarm.add_alarm_action(cloudwatch_actions.AutoScalingAction(zero_steps))
+    return alarm
 
 
 def _metric_query(
     query_id: str, metric: cloudwatch.Metric, statistic: str
 ) -> autoscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty:
     config = metric.to_metric_config().metric_stat
+    if config is None:  # a plain Metric always renders as a metric stat, never as a math expression
+        raise TypeError(f"{metric} is not a metric stat")
     return autoscaling.CfnScalingPolicy.TargetTrackingMetricDataQueryProperty(
         id=query_id,
         return_data=False,

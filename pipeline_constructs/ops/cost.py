@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from pipeline_constructs.building_blocks.template_metadata import PROFILE_METADATA
 
 PRICE_TABLE = Path(__file__).resolve().parent / "pricing" / "us-east-1.json"
 #: A fleet's wake check: a schedule whose input (JSON, perhaps inside an Fn::Join) is {"wake": ...}.
-#: Template metadata on the resources the compliance profile adds that bill while idle (set by
-#: ``building_blocks.compliance``; this module stays free of the CDK, for a quick ``pipeline cost``).
-PROFILE_METADATA = "pipeline-constructs:profile"
 WAKE_INPUT = re.compile(r'\{\\*"wake\\*":')
 
 
@@ -50,108 +50,128 @@ def _int(value: Any, default: int = 0) -> int:
 
 def idle_costs(template: dict[str, Any], prices: dict[str, Any] | None = None) -> list[CostLine]:
     """Every always-on billable resource of the template with its monthly list price."""
-    prices = prices or load_prices()
-    always, hours = prices["always_on"], prices["hours_per_month"]
-    instance_prices = prices["instance_hour_on_demand"]
-    lines: list[CostLine] = []
-    for logical_id, resource in template.get("Resources", {}).items():
-        kind, props = resource.get("Type", ""), resource.get("Properties", {}) or {}
-        if kind == "AWS::EC2::NatGateway":
-            lines.append(
-                CostLine(logical_id, "NAT gateway", "per hour, before traffic", always["nat_gateway_hour"] * hours)
-            )
-        elif kind == "AWS::EC2::VPCEndpoint" and props.get("VpcEndpointType") == "Interface":
-            zones = len(props.get("SubnetIds") or []) or 1
-            lines.append(
-                CostLine(
-                    logical_id,
-                    "interface endpoint",
-                    f"{zones} AZ(s)",
-                    always["interface_endpoint_az_hour"] * zones * hours,
-                )
-            )
-        elif kind == "AWS::KMS::Key":
-            lines.append(CostLine(logical_id, "KMS key", "customer managed", always["kms_key_month"]))
-        elif kind == "AWS::CloudWatch::Alarm":
-            metrics = _alarm_metric_count(props)
-            lines.append(
-                CostLine(
-                    logical_id,
-                    "CloudWatch alarm",
-                    f"{metrics} alarm metric(s)",
-                    always["cloudwatch_alarm_metric_month"] * metrics,
-                )
-            )
-        elif kind == "AWS::AutoScaling::ScalingPolicy" and props.get("PolicyType") == "TargetTrackingScaling":
-            custom = (props.get("TargetTrackingConfiguration") or {}).get("CustomizedMetricSpecification") or {}
-            metrics = _alarm_metric_count(custom) if custom.get("Metrics") else 1
-            lines.append(
-                CostLine(
-                    logical_id,
-                    "CloudWatch alarm",
-                    f"2 target-tracking alarms x {metrics} metric(s)",
-                    always["cloudwatch_alarm_metric_month"] * metrics * 2,
-                )
-            )
-        elif kind == "AWS::CloudWatch::Dashboard":
-            lines.append(CostLine(logical_id, "dashboard", "per dashboard", always["cloudwatch_dashboard_month"]))
-        elif kind == "AWS::AutoScaling::AutoScalingGroup" and _int(props.get("MinSize")) > 0:
-            count = _int(props.get("MinSize"))
-            overrides = (((props.get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}).get("Overrides")) or []
-            instance_type = next((o.get("InstanceType") for o in overrides if o.get("InstanceType")), None)
-            hourly = instance_prices.get(instance_type or "", 0.1)
-            lines.append(
-                CostLine(
-                    logical_id,
-                    "instances kept by min size",
-                    f"{count} x {instance_type or 'instance'} on demand (upper bound; spot is cheaper)",
-                    count * (hourly + always["public_ipv4_hour"]) * hours,
-                )
-            )
-        elif kind == "AWS::EC2::Instance":
-            hourly = instance_prices.get(str(props.get("InstanceType")), 0.1)
-            lines.append(CostLine(logical_id, "EC2 instance", str(props.get("InstanceType")), hourly * hours))
-        elif kind == "AWS::Batch::ComputeEnvironment":
-            minimum = _int((props.get("ComputeResources") or {}).get("MinvCpus"))
-            if minimum > 0:
-                lines.append(
-                    CostLine(
-                        logical_id,
-                        "Batch min vCPUs",
-                        f"{minimum} vCPU kept running",
-                        minimum * always["batch_vcpu_hour_on_demand"] * hours,
-                    )
-                )
-        elif kind == "AWS::Lambda::Version" and props.get("ProvisionedConcurrencyConfig"):
-            concurrency = _int(props["ProvisionedConcurrencyConfig"].get("ProvisionedConcurrentExecutions"))
-            lines.append(
-                CostLine(
-                    logical_id,
-                    "provisioned concurrency",
-                    f"{concurrency} x 1 GB assumed",
-                    concurrency * always["lambda_provisioned_gb_second"] * 3600 * hours,
-                )
-            )
-        elif kind == "AWS::ElasticLoadBalancingV2::LoadBalancer":
-            network = props.get("Type") == "network"
-            rate = always["network_load_balancer_hour" if network else "application_load_balancer_hour"]
-            lines.append(CostLine(logical_id, "load balancer", "NLB" if network else "ALB", rate * hours))
-        elif kind == "AWS::Scheduler::Schedule" and WAKE_INPUT.search(json.dumps(props.get("Target", {}).get("Input"))):
-            checks = _checks_per_month(str(props.get("ScheduleExpression", "")), hours)
-            if checks:
-                lines.append(
-                    CostLine(
-                        logical_id,
-                        "fleet wake check",
-                        f"{checks:,.0f} checks a month (Scheduler, glue Lambda 256 MB ~0.1 s, SQS), before free tiers",
-                        checks * _wake_check_price(prices["per_request"]),
-                    )
-                )
-        elif kind == "AWS::SecretsManager::Secret":
-            lines.append(CostLine(logical_id, "secret", "Secrets Manager", always["secrets_manager_secret_month"]))
-        elif kind == "AWS::EC2::EIP":
-            lines.append(CostLine(logical_id, "public IPv4 address", "Elastic IP", always["public_ipv4_hour"] * hours))
-    return [_with_profile(line, template) for line in lines]
+    monthly = _MonthlyIdleCost(prices or load_prices())
+    lines = [monthly.line(logical_id, resource) for logical_id, resource in template.get("Resources", {}).items()]
+    return [_with_profile(line, template) for line in lines if line is not None]
+
+
+class _MonthlyIdleCost:
+    """What one resource of a template bills a month while no work runs, priced by its CloudFormation type."""
+
+    def __init__(self, prices: dict[str, Any]) -> None:
+        self.prices = prices
+        self.always, self.hours = prices["always_on"], prices["hours_per_month"]
+        self.instance_hour = prices["instance_hour_on_demand"]
+
+    def line(self, logical_id: str, resource: dict[str, Any]) -> CostLine | None:
+        """The resource's cost line; None for what bills only per use, or not at all."""
+        price = self.BY_TYPE.get(resource.get("Type", ""))
+        return price(self, logical_id, resource.get("Properties", {}) or {}) if price else None
+
+    def nat_gateway(self, logical_id: str, props: dict[str, Any]) -> CostLine:
+        return CostLine(
+            logical_id, "NAT gateway", "per hour, before traffic", self.always["nat_gateway_hour"] * self.hours
+        )
+
+    def vpc_endpoint(self, logical_id: str, props: dict[str, Any]) -> CostLine | None:
+        if props.get("VpcEndpointType") != "Interface":
+            return None  # gateway endpoints (S3, DynamoDB) are free
+        zones = len(props.get("SubnetIds") or []) or 1
+        monthly = self.always["interface_endpoint_az_hour"] * zones * self.hours
+        return CostLine(logical_id, "interface endpoint", f"{zones} AZ(s)", monthly)
+
+    def kms_key(self, logical_id: str, props: dict[str, Any]) -> CostLine:
+        return CostLine(logical_id, "KMS key", "customer managed", self.always["kms_key_month"])
+
+    def alarm(self, logical_id: str, props: dict[str, Any]) -> CostLine:
+        metrics = _alarm_metric_count(props)
+        monthly = self.always["cloudwatch_alarm_metric_month"] * metrics
+        return CostLine(logical_id, "CloudWatch alarm", f"{metrics} alarm metric(s)", monthly)
+
+    def scaling_policy(self, logical_id: str, props: dict[str, Any]) -> CostLine | None:
+        if props.get("PolicyType") != "TargetTrackingScaling":
+            return None
+        # Target tracking keeps two alarms of its own (high and low) on its metrics.
+        custom = (props.get("TargetTrackingConfiguration") or {}).get("CustomizedMetricSpecification") or {}
+        metrics = _alarm_metric_count(custom) if custom.get("Metrics") else 1
+        monthly = self.always["cloudwatch_alarm_metric_month"] * metrics * 2
+        return CostLine(logical_id, "CloudWatch alarm", f"2 target-tracking alarms x {metrics} metric(s)", monthly)
+
+    def dashboard(self, logical_id: str, props: dict[str, Any]) -> CostLine:
+        return CostLine(logical_id, "dashboard", "per dashboard", self.always["cloudwatch_dashboard_month"])
+
+    def auto_scaling_group(self, logical_id: str, props: dict[str, Any]) -> CostLine | None:
+        count = _int(props.get("MinSize"))
+        if count <= 0:
+            return None
+        overrides = (((props.get("MixedInstancesPolicy") or {}).get("LaunchTemplate") or {}).get("Overrides")) or []
+        instance_type = next((o.get("InstanceType") for o in overrides if o.get("InstanceType")), None)
+        hourly = self.instance_hour.get(instance_type or "", 0.1)
+        return CostLine(
+            logical_id,
+            "instances kept by min size",
+            f"{count} x {instance_type or 'instance'} on demand (upper bound; spot is cheaper)",
+            count * (hourly + self.always["public_ipv4_hour"]) * self.hours,
+        )
+
+    def instance(self, logical_id: str, props: dict[str, Any]) -> CostLine:
+        hourly = self.instance_hour.get(str(props.get("InstanceType")), 0.1)
+        return CostLine(logical_id, "EC2 instance", str(props.get("InstanceType")), hourly * self.hours)
+
+    def compute_environment(self, logical_id: str, props: dict[str, Any]) -> CostLine | None:
+        minimum = _int((props.get("ComputeResources") or {}).get("MinvCpus"))
+        if minimum <= 0:
+            return None
+        monthly = minimum * self.always["batch_vcpu_hour_on_demand"] * self.hours
+        return CostLine(logical_id, "Batch min vCPUs", f"{minimum} vCPU kept running", monthly)
+
+    def lambda_version(self, logical_id: str, props: dict[str, Any]) -> CostLine | None:
+        if not props.get("ProvisionedConcurrencyConfig"):
+            return None
+        concurrency = _int(props["ProvisionedConcurrencyConfig"].get("ProvisionedConcurrentExecutions"))
+        monthly = concurrency * self.always["lambda_provisioned_gb_second"] * 3600 * self.hours
+        return CostLine(logical_id, "provisioned concurrency", f"{concurrency} x 1 GB assumed", monthly)
+
+    def load_balancer(self, logical_id: str, props: dict[str, Any]) -> CostLine:
+        network = props.get("Type") == "network"
+        rate = self.always["network_load_balancer_hour" if network else "application_load_balancer_hour"]
+        return CostLine(logical_id, "load balancer", "NLB" if network else "ALB", rate * self.hours)
+
+    def schedule(self, logical_id: str, props: dict[str, Any]) -> CostLine | None:
+        if not WAKE_INPUT.search(json.dumps(props.get("Target", {}).get("Input"))):
+            return None  # other schedules bill per invocation of what they start
+        checks = _checks_per_month(str(props.get("ScheduleExpression", "")), self.hours)
+        if not checks:
+            return None
+        return CostLine(
+            logical_id,
+            "fleet wake check",
+            f"{checks:,.0f} checks a month (Scheduler, glue Lambda 256 MB ~0.1 s, SQS), before free tiers",
+            checks * _wake_check_price(self.prices["per_request"]),
+        )
+
+    def secret(self, logical_id: str, props: dict[str, Any]) -> CostLine:
+        return CostLine(logical_id, "secret", "Secrets Manager", self.always["secrets_manager_secret_month"])
+
+    def elastic_ip(self, logical_id: str, props: dict[str, Any]) -> CostLine:
+        return CostLine(logical_id, "public IPv4 address", "Elastic IP", self.always["public_ipv4_hour"] * self.hours)
+
+    BY_TYPE: ClassVar[dict[str, Callable[[_MonthlyIdleCost, str, dict[str, Any]], CostLine | None]]] = {
+        "AWS::EC2::NatGateway": nat_gateway,
+        "AWS::EC2::VPCEndpoint": vpc_endpoint,
+        "AWS::KMS::Key": kms_key,
+        "AWS::CloudWatch::Alarm": alarm,
+        "AWS::AutoScaling::ScalingPolicy": scaling_policy,
+        "AWS::CloudWatch::Dashboard": dashboard,
+        "AWS::AutoScaling::AutoScalingGroup": auto_scaling_group,
+        "AWS::EC2::Instance": instance,
+        "AWS::Batch::ComputeEnvironment": compute_environment,
+        "AWS::Lambda::Version": lambda_version,
+        "AWS::ElasticLoadBalancingV2::LoadBalancer": load_balancer,
+        "AWS::Scheduler::Schedule": schedule,
+        "AWS::SecretsManager::Secret": secret,
+        "AWS::EC2::EIP": elastic_ip,
+    }
 
 
 def _with_profile(line: CostLine, template: dict[str, Any]) -> CostLine:
