@@ -21,6 +21,9 @@ from tests.support.example_app import synth_example
 if TYPE_CHECKING:
     from aws_cdk.assertions import Template
 
+#: Every process of the run makes its temporary files in one folder, removed when the run ends.
+pytest_plugins = ("tests.support.temp_root",)
+
 
 #: The example app this process synthesized for the shared assembly, if it was this process.
 _synthesized_here: dict[str, Any] = {}
@@ -226,6 +229,8 @@ JSII_TESTS = (
     "tests/fleet/test_spot_worker_fleet.py",
     "tests/local/test_local_run.py::test_the_local_run_follows_a_changed_example_app",
     "tests/ops/test_operator_cli.py::test_cost_reports_a_nat_gateway_with_its_price",
+    # The flat paths of the constructs' modules import the CDK.
+    "tests/app/test_layout.py::test_a_flat_module_path_still_imports_as_its_new_module",
 )
 #: Modules whose tests share a module-scoped fixture too costly to build on several processes.
 SHARED_FIXTURE_MODULES = ("tests/app/test_guide.py",)

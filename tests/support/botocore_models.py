@@ -17,7 +17,7 @@ class ModelsLoader(botocore.loaders.Loader):
 
     def __init__(self) -> None:
         super().__init__()
-        self._search_paths = _PathsOnce(self._search_paths)
+        self._search_paths = _PathsOnce(self.search_paths)
 
     def load_data_with_path(self, name: str) -> Any:
         with self._loading:

@@ -105,16 +105,18 @@ def output_names(keys: list[str]) -> dict[str, str]:
 def convert(s3: Any, message: dict[str, Any], key: str, out_bucket: str, output_key: str) -> dict[str, Any]:
     gzipped = bool(message.get("gzipped")) or key.endswith(".gz")
     with tempfile.TemporaryFile() as raw, tempfile.NamedTemporaryFile("w+", suffix=".jsonl", delete=False) as out:
-        s3.download_fileobj(message["bucket"], key, raw)
-        raw.seek(0)
-        stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
-        count = 0
-        for record in records(stream, message["jobXmlTag"], bool(message.get("emptyCDATA"))):
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-        out.flush()
-        s3.upload_file(out.name, out_bucket, output_key)
-    os.unlink(out.name)
+        try:
+            s3.download_fileobj(message["bucket"], key, raw)
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+            count = 0
+            for record in records(stream, message["jobXmlTag"], bool(message.get("emptyCDATA"))):
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+            out.flush()
+            s3.upload_file(out.name, out_bucket, output_key)
+        finally:  # a feed that fails to parse must not leave its half-written output on the disk
+            os.unlink(out.name)
     log("converted", source=key, output=output_key, records=count)
     return {"source": key, "output": output_key, "records": count}
 
