@@ -23,7 +23,7 @@ export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 export CDK_DISABLE_CLI_TELEMETRY := true
 export CDK_DISABLE_VERSION_CHECK := true
 
-.PHONY: help setup synth test snapshots demo summary bench chaos deploy lint docs clean install-check
+.PHONY: help setup synth typecheck test snapshots demo summary bench chaos deploy lint docs clean install-check
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -44,7 +44,10 @@ synth: setup ## cdk synth every stack of every environment (or ENV=<name>) into 
 	$(CDK) synth --quiet --no-notices $(if $(ENV),-c env=$(ENV))
 	@ls cdk.out/*.template.json
 
-test: setup ## Run the whole test suite
+typecheck: setup ## mypy over the package (pyproject.toml [tool.mypy]); the first run parses aws-cdk-lib's stubs
+	$(BIN)/mypy
+
+test: setup typecheck ## Type-check the package, then run the whole test suite
 	$(PYTHON) -m pytest
 
 snapshots: setup ## Re-record the stack snapshots after an intended infrastructure change
@@ -78,4 +81,4 @@ lint: setup ## ruff over the code
 	$(BIN)/ruff format --check .
 
 clean: ## Remove synthesized output and caches (keeps .venv and node_modules)
-	rm -rf cdk.out build dist *.egg-info .pytest_cache .ruff_cache .demo
+	rm -rf cdk.out build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache .demo
