@@ -7,7 +7,7 @@ It takes three kinds of event and submits AWS Batch jobs for them:
 - an SNS event: a step published to its chain's topic (a *message link*); the next step gets the message,
   unchanged and opaque, in ``DOWNLOAD_MESSAGE`` plus the link's static environment. A message that would
   take the SubmitJob request over Batch's 30 KiB is stored in S3 instead (a claim check:
-  ``<chain prefix>_messages/<run>/<step>.json``) and the step gets ``DOWNLOAD_MESSAGE_S3=s3://bucket/key``;
+  ``<chain prefix>_messages/<run>/<step>/<SNS message id>.json``, one object per message) and the step gets ``DOWNLOAD_MESSAGE_S3=s3://bucket/key``;
 - an EventBridge "Batch Job State Change": recorded in the status store (run tracking), and on SUCCEEDED
   a *success link* submits the next step with ``PREVIOUS_JOB_ID``.
 
@@ -38,6 +38,7 @@ and one Parameter Store parameter per chain under ``chainsPath`` (``<chainsPath>
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -56,6 +57,8 @@ log = logging.getLogger("pipeline.glue")
 log.setLevel(logging.INFO)
 
 JOB_NAME_LIMIT = 128
+#: Hex digits of the whole name's SHA-256 that a shortened job name keeps.
+NAME_DIGEST_LENGTH = 12
 STATUS_RANK = {"SUBMITTED": 0, "PENDING": 1, "RUNNABLE": 2, "STARTING": 3, "RUNNING": 4, "SUCCEEDED": 5, "FAILED": 5}
 RECORD_TTL_SECONDS = 90 * 86400
 #: Batch caps a SubmitJob request at 30 KiB; above the budget (room for the SDK's own framing) a message
@@ -87,12 +90,22 @@ def as_env_string(value: Any) -> str:
 
 
 def job_name(*parts: str) -> str:
-    """A valid, deterministic Batch job name: letters, digits, - and _, at most 128, alphanumeric first."""
+    """A valid, deterministic Batch job name: letters, digits, - and _, at most 128, alphanumeric first.
+
+    A longer name keeps its start and its end (where the date or the message id stands) around a digest of
+    the whole: names that differ anywhere stay different, as the submit-once guard and the ListJobs look
+    after a lost response need them to be (cut at 128, a long name lost its date, and day 2 was day 1's).
+    """
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(p for p in parts if p)).strip("-_")
     name = name or "job"
     if not name[0].isalnum():
         name = f"j{name}"
-    return name[:JOB_NAME_LIMIT]
+    if len(name) <= JOB_NAME_LIMIT:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:NAME_DIGEST_LENGTH]
+    kept = JOB_NAME_LIMIT - NAME_DIGEST_LENGTH - 2
+    head, tail = name[: kept // 2], name[len(name) - (kept - kept // 2) :]
+    return f"{head}-{digest}-{tail}"
 
 
 def require(container: Any, field: str, kind: type | tuple[type, ...], path: str) -> Any:
@@ -404,12 +417,15 @@ def request_size(request: dict[str, Any]) -> int:
 
 
 def claim_check(
-    request: dict[str, Any], claims: dict[str, str] | None
+    request: dict[str, Any], claims: dict[str, str] | None, message_id: str
 ) -> tuple[str, str, bytes, dict[str, Any]] | None:
     """None when ``request`` fits SubmitJob; else (bucket, key, message, request without the message).
 
-    A chain without ``claims`` cannot store the message: :class:`EventError` says how big it was, so the
-    event lands in the on-failure queue with the reason instead of failing in Batch."""
+    The key names the message (``message_id``, the SNS message's): two messages for one step in one run (an
+    array step, a step that publishes per file, a retried publisher) are two objects, and a redelivery of
+    one message rewrites its own. A chain without ``claims`` cannot store the message: :class:`EventError`
+    says how big it was, so the event lands in the on-failure queue with the reason instead of failing in
+    Batch."""
     size = request_size(request)
     if size <= SUBMIT_JOB_BUDGET:
         return None
@@ -422,7 +438,7 @@ def claim_check(
         )
     step = next(e["value"] for e in environment if e["name"] == "PIPELINE_STEP")
     run = next(e["value"] for e in environment if e["name"] == "PIPELINE_CHAIN_RUN")
-    key = f"{claims['prefix']}{run}/{step}.json"
+    key = f"{claims['prefix']}{run}/{step}/{message_id}.json"
     kept = [e for e in environment if e["name"] != "DOWNLOAD_MESSAGE"]
     kept.append({"name": "DOWNLOAD_MESSAGE_S3", "value": f"s3://{claims['bucket']}/{key}"})
     smaller = request | {"containerOverrides": request["containerOverrides"] | {"environment": kept}}
@@ -468,7 +484,7 @@ class Glue:
             return {"kind": kind, "submitted": [self.submit_once(event.get("chain"), guard, request)]}
         if kind == "sns":
             submitted = [
-                self.submit_once(chain, guard, self.claim_check(chain, request))
+                self.submit_once(chain, guard, self.claim_check(chain, request, guard.removeprefix("sns#")))
                 for chain, guard, request in from_sns(event, self.config)
             ]
             return {"kind": kind, "submitted": submitted}
@@ -482,9 +498,9 @@ class Glue:
         submitted = [self.submit_once(facts["chain"], *successor)] if successor else []
         return {"kind": kind, "status": facts["status"], "submitted": submitted}
 
-    def claim_check(self, chain: str, request: dict[str, Any]) -> dict[str, Any]:
+    def claim_check(self, chain: str, request: dict[str, Any], message_id: str) -> dict[str, Any]:
         """The request itself when it fits SubmitJob; else the same with its message stored in S3."""
-        claimed = claim_check(request, (self.config["chains"].get(chain) or {}).get("claims"))
+        claimed = claim_check(request, (self.config["chains"].get(chain) or {}).get("claims"), message_id)
         if claimed is None:
             return request
         bucket, key, body, smaller = claimed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import uuid
 
 import boto3
@@ -130,10 +131,31 @@ def test_a_message_too_large_for_submit_job_goes_to_s3_as_a_claim_check(batch_wo
     env = env_of(request)
     assert "DOWNLOAD_MESSAGE" not in env
     claim = env["DOWNLOAD_MESSAGE_S3"]
-    assert claim.startswith(f"s3://{bucket}/feeds/_messages/") and claim.endswith("/consumer.json")
+    assert claim.startswith(f"s3://{bucket}/feeds/_messages/")
+    assert claim.endswith("/consumer/95df01b4-ee98-5cb9-9903-4c221d41eb5e.json")
     key = claim.removeprefix(f"s3://{bucket}/")
     assert aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode() == message
     assert aws.s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
+
+
+def test_two_large_messages_of_one_run_for_one_step_are_two_claim_checks(batch_world, aws):
+    """A step that publishes per file (or an array step, or a retried publisher): two messages in one run
+    for the same next step must each reach their own job, not both the last one stored."""
+    bucket = f"claims-{uuid.uuid4().hex[:8]}"
+    aws.s3.create_bucket(Bucket=bucket)
+    batch_world.config["chains"]["feeds"]["claims"] = {"bucket": bucket, "prefix": "feeds/_messages/"}
+    batch_world.glue.s3 = aws.s3
+    messages = {"m-first": "a" * 40_000, "m-second": "b" * 40_000}
+    for message_id, message in messages.items():
+        event = sns_event(batch_world.topic, message, message_id=message_id)
+        event["Records"][0]["Sns"]["MessageAttributes"] = {"chainRun": {"Type": "String", "Value": "feeds-run-7"}}
+        batch_world.glue.handle(event)
+    claims = [
+        env_of(request)["DOWNLOAD_MESSAGE_S3"].removeprefix(f"s3://{bucket}/") for request in batch_world.submitted
+    ]
+    assert len(set(claims)) == 2
+    bodies = [aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode() for key in claims]
+    assert bodies == list(messages.values()), "each job reads the message that started it, byte for byte"
 
 
 def test_a_message_too_large_without_a_claims_bucket_is_refused_naming_its_size(batch_world):
@@ -437,3 +459,31 @@ def test_a_step_that_feeds_a_fleet_wakes_it_when_it_runs_and_when_it_succeeds(lo
     autoscaling.set_desired_capacity(AutoScalingGroupName="workers", DesiredCapacity=0)  # it went back to zero
     gluer.handle(state("SUCCEEDED"))
     assert changes == [1, 0, 1]
+
+
+def test_a_long_job_name_keeps_its_date_so_every_day_submits_its_own_job(batch_world):
+    """Cut at Batch's 128 characters, a long jobName lost the scheduled time: day 2 found day 1's guard."""
+    long_name = "nightly-" + "x" * 140
+    names = []
+    for day in ("2026-11-23T02:00:00Z", "2026-11-24T02:00:00Z"):
+        event = {
+            "jobName": long_name,
+            "jobQueue": batch_world.queue,
+            "jobDefinition": batch_world.definitions["watcher"],
+            "scheduledTime": day,
+        }
+        (submitted,) = batch_world.glue.handle(event)["submitted"]
+        assert "duplicate" not in submitted, day
+        names.append(submitted["jobName"])
+    assert len(batch_world.submitted) == 2
+    assert all(len(name) <= 128 and name.startswith("nightly-xxx") for name in names)
+    assert names[0].endswith("2026-11-23T02-00-00Z") and names[1].endswith("2026-11-24T02-00-00Z")
+
+
+@pytest.mark.parametrize("length", [127, 128, 129, 400])
+def test_job_names_are_valid_and_differ_where_their_parts_differ(length):
+    first, second = glue.job_name("a" * length, "run-1"), glue.job_name("a" * length, "run-2")
+    assert first != second
+    for name in (first, second):
+        assert len(name) <= glue.JOB_NAME_LIMIT and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)
+    assert glue.job_name("a" * length, "run-1") == first, "deterministic"
