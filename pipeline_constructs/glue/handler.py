@@ -6,15 +6,18 @@ It takes three kinds of event and submits AWS Batch jobs for them:
   "containerOverrides"?, "parameters"?}`` (plus ``"chain"`` and ``"scheduledTime"`` when a chain starts);
 - an SNS event: a step published to its chain's topic (a *message link*); the next step gets the message,
   unchanged and opaque, in ``DOWNLOAD_MESSAGE`` plus the link's static environment. A message that would
-  take the SubmitJob request over Batch's 30 KiB is stored in S3 instead (a claim check:
-  ``<chain prefix>_messages/<run>/<step>/<SNS message id>.json``, one object per message) and the step gets ``DOWNLOAD_MESSAGE_S3=s3://bucket/key``;
+  take the SubmitJob request over Batch's 30 KiB is stored in S3 instead (a claim check, one object per
+  message: ``<chain prefix>_messages/<run>/<step>/<SNS message id>.json``) and the step gets
+  ``DOWNLOAD_MESSAGE_S3=s3://bucket/key``;
 - an EventBridge "Batch Job State Change": recorded in the status store (run tracking), and on SUCCEEDED
   a *success link* submits the next step with ``PREVIOUS_JOB_ID``.
 
-And two for worker fleets: ``{"enqueue": {"queue": "<url>", "body": "<text>", "group": "<name>"}}`` from a
-``ScheduledTrigger(fleet=...)`` sends one task and starts the fleet from zero; ``{"wake": {"queue": "<url>",
-"group": "<name>"}}`` from a fleet's once-a-minute check (``SpotWorkerFleet(wake_check=True)``) starts it
-when tasks wait (see :func:`wake_group`).
+And two for worker fleets: ``{"enqueue": {"queue": "<url>", "body": "<text>", "group": "<name>",
+"inputPrefix"?: "<fleet prefix>input/", "taskPerFiring"?: true}, "scheduledTime": "..."}`` from a
+``ScheduledTrigger(fleet=...)`` sends one task per firing, once (:class:`EnqueueGuard`), and starts the fleet
+from zero (a body's ``key`` gets the firing's time, so a daily task runs daily: :func:`scheduled_task_body`);
+``{"wake": {"queue": "<url>", "group": "<name>"}}`` from a fleet's once-a-minute check
+(``SpotWorkerFleet(wake_check=True)``) starts it when tasks wait (see :func:`wake_group`).
 
 Every environment value is sent as a string. A missing or malformed field raises :class:`EventError`
 naming it; a failed SubmitJob raises (Lambda retries, then the on-failure destination keeps the event).
@@ -227,19 +230,28 @@ def try_wake(autoscaling: Any, group: str) -> tuple[bool, str]:
         return False, str(error)
 
 
-def enqueue_and_wake(sqs: Any, autoscaling: Any, event: dict[str, Any]) -> dict[str, Any]:
-    """A scheduled task for a fleet: send it, then start the fleet if it is at zero.
-
-    The message first, and the wake never raises (:func:`try_wake`), so a Lambda retry never sends the task
-    twice.
-    """
-    enqueue = require(event, "enqueue", dict, "")
-    queue = require(enqueue, "queue", str, "enqueue.")
+def scheduled_task_body(enqueue: dict[str, Any], scheduled: str) -> str:
+    """The body a firing sends: with ``taskPerFiring``, a JSON object's ``key`` (or ``id``) gets the firing's
+    time (``nightly`` -> ``nightly/2026-11-24T03-00-00Z``), so each firing is a task of its own and not one
+    the fleet finished yesterday; its ``input`` stays where the plain key names it (``<inputPrefix><key>``).
+    Any other body is sent as it is (the message id is then its task id)."""
     body = require(enqueue, "body", str, "enqueue.")
-    group = require(enqueue, "group", str, "enqueue.")
-    message_id = sqs.send_message(QueueUrl=queue, MessageBody=body)["MessageId"]
-    woke, error = try_wake(autoscaling, group)
-    return {"messageId": message_id, "woke": woke} | ({"wakeError": error} if error else {})
+    if not enqueue.get("taskPerFiring") or not scheduled:
+        return body
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(parsed, dict):
+        return body
+    field = next((name for name in ("key", "id") if parsed.get(name) not in (None, "")), None)
+    if field is None:
+        return body
+    task = str(parsed[field]).strip().strip("/")
+    if "input" not in parsed and enqueue.get("inputPrefix"):
+        parsed["input"] = f"{enqueue['inputPrefix']}{task}"
+    parsed[field] = f"{task}/{job_name(scheduled)}"
+    return json.dumps(parsed)
 
 
 def wake_if_waiting(sqs: Any, autoscaling: Any, event: dict[str, Any]) -> dict[str, Any]:
@@ -478,7 +490,7 @@ class Glue:
         if kind == "wake":
             return {"kind": kind, **wake_if_waiting(self.sqs, self.autoscaling, event)}
         if kind == "enqueue":
-            return {"kind": kind, **enqueue_and_wake(self.sqs, self.autoscaling, event)}
+            return {"kind": kind, **self.enqueue_once(event)}
         if kind == "schedule":
             guard, request = from_schedule(event, self.config)
             return {"kind": kind, "submitted": [self.submit_once(event.get("chain"), guard, request)]}
@@ -513,13 +525,30 @@ class Glue:
 
     def submit_once(self, chain: str | None, guard: str, request: dict[str, Any]) -> dict[str, str]:
         """SubmitJob, unless this trigger already submitted its job (redelivered event, Lambda retry)."""
+        table = self._guard_table(chain, chain or "constant-input schedules")
+        return SubmitGuard(table, self.batch).submit_once(f"trigger#{chain or 'schedule'}", guard, request)
+
+    def enqueue_once(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A scheduled fleet task: sent once per firing (a redelivered invocation sends nothing more), then
+        the fleet started if it is at zero. The wake never raises (:func:`try_wake`): the task is in."""
+        enqueue = require(event, "enqueue", dict, "")
+        queue = require(enqueue, "queue", str, "enqueue.")
+        group = require(enqueue, "group", str, "enqueue.")
+        scheduled = event.get("scheduledTime") or ""
+        if not isinstance(scheduled, str):
+            raise EventError(f"scheduledTime: expected str, got {type(scheduled).__name__}")
+        request = {"QueueUrl": queue, "MessageBody": scheduled_task_body(enqueue, scheduled)}
+        firing = hashlib.sha256(json.dumps([queue, request["MessageBody"], scheduled]).encode()).hexdigest()[:32]
+        guard = EnqueueGuard(self._guard_table(None, "scheduled fleet tasks"), self.sqs)
+        sent = guard.submit_once("trigger#fleet", f"enqueue#{firing}", request)
+        woke, error = try_wake(self.autoscaling, group)
+        return sent | {"woke": woke} | ({"wakeError": error} if error else {})
+
+    def _guard_table(self, chain: str | None, what: str) -> Any:
         table = self._table(chain)
         if table is None:
-            raise RuntimeError(
-                f"GLUE_CONFIG names no status table for {chain or 'constant-input schedules'}: "
-                "a redelivered trigger could submit twice"
-            )
-        return SubmitGuard(table, self.batch).submit_once(f"trigger#{chain or 'schedule'}", guard, request)
+            raise RuntimeError(f"GLUE_CONFIG names no status table for {what}: a redelivered trigger could act twice")
+        return table
 
     def _wake_fed_fleet(self, facts: dict[str, Any]) -> None:
         """A step that feeds a fleet started or succeeded: start the fleet from zero."""
@@ -612,12 +641,12 @@ class SubmitGuard:
         owner = uuid.uuid4().hex
         give_up = self.clock() + self.wait_seconds
         while True:
-            existing = self._claim(key, owner, request["jobName"])
+            existing = self._claim(key, owner, self._label(request))
             if existing is None:
                 return self._submit(key, owner, request, look_first=False)
             if existing.get("state") == "SUBMITTED":
                 log.info("trigger already handled", extra={"guard": guard, "jobId": existing.get("jobId")})
-                return {"jobName": request["jobName"], "jobId": existing.get("jobId", ""), "duplicate": "true"}
+                return self._result(request, existing.get("jobId", "")) | {"duplicate": "true"}
             if float(existing.get("lease_until", 0)) <= self.clock() and self._take_over(key, owner, existing):
                 log.warning("guard taken over", extra={"guard": guard, "previous": existing.get("owner")})
                 return self._submit(key, owner, request, look_first=True)
@@ -674,17 +703,27 @@ class SubmitGuard:
         job_id = self._submitted_job(request) if look_first else None
         if job_id is None:
             try:
-                job_id = self.batch.submit_job(**request)["jobId"]  # a failure raises: never swallowed
+                job_id = self._perform(request)  # a failure raises: never swallowed
             except Exception:
                 # The job may or may not exist (a timeout after Batch accepted it): expire the lease so the
                 # retry takes over at once, and looks for the job before submitting again.
                 self._update(key, owner, "SET lease_until = :zero", {":zero": 0})
                 raise
-            log.info("job submitted", extra={"jobName": request["jobName"], "jobId": job_id, "guard": key["sk"]})
+            log.info("job submitted", extra={"jobName": self._label(request), "jobId": job_id, "guard": key["sk"]})
         else:
-            log.warning("job found after takeover", extra={"jobName": request["jobName"], "jobId": job_id})
+            log.warning("job found after takeover", extra={"jobName": self._label(request), "jobId": job_id})
         self._update(key, owner, "SET #state = :submitted, jobId = :job", {":submitted": "SUBMITTED", ":job": job_id})
-        return {"jobName": request["jobName"], "jobId": job_id}
+        return self._result(request, job_id)
+
+    # What is guarded: a Batch job here, a message in :class:`EnqueueGuard`.
+    def _label(self, request: dict[str, Any]) -> str:
+        return request["jobName"]
+
+    def _perform(self, request: dict[str, Any]) -> str:
+        return self.batch.submit_job(**request)["jobId"]
+
+    def _result(self, request: dict[str, Any], done: str) -> dict[str, str]:
+        return {"jobName": request["jobName"], "jobId": done}
 
     def _submitted_job(self, request: dict[str, Any]) -> str | None:
         """The job a previous holder submitted under this deterministic name, if any (any status)."""
@@ -707,6 +746,31 @@ class SubmitGuard:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
             log.warning("guard changed hands meanwhile", extra={"guard": key["sk"]})
+
+
+class EnqueueGuard(SubmitGuard):
+    """One SendMessage per firing of a scheduled fleet task, guarded as :class:`SubmitGuard` guards a job.
+
+    SQS cannot be asked whether a message was sent: a delivery that takes over an expired lease (its holder
+    died between the send and the record, or the send's response was lost) sends again. The task then
+    arrives twice with one task id, and the worker finds it done the second time.
+    """
+
+    def __init__(self, table: Any, sqs: Any, **options: Any) -> None:
+        super().__init__(table, None, **options)
+        self.sqs = sqs
+
+    def _label(self, request: dict[str, Any]) -> str:
+        return f"task for {request['QueueUrl']}"
+
+    def _perform(self, request: dict[str, Any]) -> str:
+        return self.sqs.send_message(**request)["MessageId"]
+
+    def _result(self, request: dict[str, Any], done: str) -> dict[str, str]:
+        return {"messageId": done}
+
+    def _submitted_job(self, request: dict[str, Any]) -> str | None:
+        return None
 
 
 def _decimal(value: float) -> Decimal:

@@ -6,7 +6,7 @@ import json
 import re
 import zoneinfo
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from aws_cdk import Duration, TimeZone
 from aws_cdk import aws_batch as batch
@@ -111,8 +111,12 @@ class ScheduledTrigger(Construct):
     :param queue: send one message to this queue, directly. Default: None.
     :param message: the body of the ``fleet`` or ``queue`` message (object -> JSON). Default:
         ``{"trigger": <construct id>}``.
+    :param task_per_firing: with ``fleet``: a message's ``key`` (or ``id``) gets each firing's time
+        (``nightly`` -> ``nightly/2026-11-24T03-00-00Z``), so the task runs at every firing instead of once
+        ever (a task id the fleet has done is not done again); its input stays at ``input/<key>``. False:
+        every firing sends the same task id. Default: True.
     :param table: status store holding the guard that makes a redelivered schedule event submit once (a job
-        target; a chain uses its own table). Default: the table of the stack's first chain or guarded
+        or ``fleet`` target; a chain uses its own table). Default: the table of the stack's first chain or guarded
         trigger, else the stack's shared :class:`StatusStore` (:meth:`StatusStore.of`).
     :param enabled: whether the schedule fires. Default: True.
     :param retry_attempts: delivery retries before the event lands in the DLQ. Default: 3. Range: 0 to 185.
@@ -139,6 +143,7 @@ class ScheduledTrigger(Construct):
         fleet: SpotWorkerFleet | None = None,
         queue: sqs.IQueue | None = None,
         message: Mapping[str, Any] | str | None = None,
+        task_per_firing: bool = True,
         table: dynamodb.ITable | None = None,
         enabled: bool = True,
         retry_attempts: int = 3,
@@ -149,21 +154,19 @@ class ScheduledTrigger(Construct):
         self._check_targets(chain=chain, job_queue=job_queue, job_definition=job_definition, fleet=fleet, queue=queue)
         self.queue, self.fleet = queue, fleet
         self.glue: GlueFunction | None = None
+        #: The table of the guard that makes a redelivered event act once (a job or fleet target).
+        self.table: dynamodb.ITable | None = None
         body = message if message is not None else {"trigger": construct_id}
         body_text = body if isinstance(body, str) else json.dumps(body)
+        firing = _Firing(use_eventbridge_rule=use_eventbridge_rule, enabled=enabled, retry_attempts=retry_attempts)
         if queue is not None:
             self.input = body_text
-            self._send_to_queue(
-                queue,
-                body_text,
-                use_eventbridge_rule=use_eventbridge_rule,
-                enabled=enabled,
-                retry_attempts=retry_attempts,
-            )
+            self._send_to_queue(queue, body_text, **firing)
             return
         self.glue = glue = GlueFunction.of(self)
         if fleet is not None:
-            event = _enqueue_event(glue, fleet, body_text)
+            event = _enqueue_event(glue, fleet, body_text, task_per_firing=task_per_firing)
+            self.table = self._guard_table(glue, table)
         elif chain is not None:
             event = {"chain": chain.chain_name, "environment": dict(chain_environment or {})}
         else:
@@ -178,9 +181,11 @@ class ScheduledTrigger(Construct):
                 table=table,
             )
         self.input = event
-        self._invoke_glue(
-            glue, event, use_eventbridge_rule=use_eventbridge_rule, enabled=enabled, retry_attempts=retry_attempts
-        )
+        self._invoke_glue(glue, event, **firing)
+
+    def _guard_table(self, glue: GlueFunction, table: dynamodb.ITable | None) -> dynamodb.ITable:
+        """``table``, unless the stack's glue guards in one already; the shared status store if neither."""
+        return glue.use_guard_table(table or glue.guard_table or StatusStore.of(self).table)
 
     def _check_schedule(self, *, use_eventbridge_rule: bool, retry_attempts: int) -> None:
         validate_expression(self, self.schedule_expression)
@@ -226,10 +231,7 @@ class ScheduledTrigger(Construct):
     ) -> dict[str, Any]:
         """The glue's event submitting the job, which may submit it and guard it (submit once) in ``table``."""
         glue.grant_submit(job_queue, [job_definition])
-        if table is None and glue.guard_table is None:
-            table = StatusStore.of(self).table
-        #: The table of the guard that makes a redelivered event submit once (a job target only).
-        self.table = glue.use_guard_table(table) if table is not None else glue.guard_table
+        self.table = self._guard_table(glue, table)
         event: dict[str, Any] = {
             "jobName": job_name,
             "jobQueue": job_queue.job_queue_arn,
@@ -302,9 +304,21 @@ class ScheduledTrigger(Construct):
         )
 
 
-def _enqueue_event(glue: GlueFunction, fleet: SpotWorkerFleet, body: str) -> dict[str, Any]:
-    """The glue's event sending ``body`` to the fleet's queue and starting the fleet from zero, which it may."""
+class _Firing(TypedDict):
+    """How each firing is delivered, whatever the target."""
+
+    use_eventbridge_rule: bool
+    enabled: bool
+    retry_attempts: int
+
+
+def _enqueue_event(glue: GlueFunction, fleet: SpotWorkerFleet, body: str, *, task_per_firing: bool) -> dict[str, Any]:
+    """The glue's event sending ``body`` to the fleet's queue once per firing and starting the fleet from
+    zero, which it may."""
     grant_send(fleet.queue, glue.role)
     fleet.grant_wake(glue.role)
     group = fleet.auto_scaling_group.auto_scaling_group_name
-    return {"enqueue": {"queue": fleet.queue.queue_url, "body": body, "group": group}}
+    enqueue: dict[str, Any] = {"queue": fleet.queue.queue_url, "body": body, "group": group}
+    if task_per_firing:
+        enqueue |= {"taskPerFiring": True, "inputPrefix": f"{fleet.prefix}input/"}
+    return {"enqueue": enqueue}

@@ -415,7 +415,13 @@ def test_a_fleet_target_sends_its_task_through_the_glue_and_may_wake_only_that_f
     assert "PipelineConstructsGlueFunction" in json.dumps(target["Arn"])
     parts = target["Input"]["Fn::Join"][1]
     sent = json.loads("".join(p if isinstance(p, str) else "<ref>" for p in parts))
-    assert sent["enqueue"] == {"queue": "<ref>", "body": '{"key": "nightly"}', "group": "<ref>"}
+    assert sent["enqueue"] == {
+        "queue": "<ref>",
+        "body": '{"key": "nightly"}',
+        "group": "<ref>",
+        "taskPerFiring": True,
+        "inputPrefix": "fleet/input/",
+    }
     statements = [
         s
         for lid, p in template.find_resources("AWS::IAM::Policy").items()

@@ -414,27 +414,69 @@ def test_a_wake_check_starts_a_fleet_at_zero_only_when_tasks_wait(aws, local_gro
         gluer.handle({"wake": {"group": "workers"}})
 
 
-def test_a_scheduled_fleet_task_is_sent_once_and_wakes_the_fleet_and_a_failed_wake_sends_nothing_twice(
-    aws, local_group
-):
-    autoscaling, changes = local_group
-    queue = aws.sqs.create_queue(QueueName=f"enqueue{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    gluer = glue.Glue({"chains": {}}, batch=None, dynamodb=None, sqs=aws.sqs, autoscaling=autoscaling)
-    event = {"enqueue": {"queue": queue, "body": '{"key": "nightly"}', "group": "workers"}, "scheduledTime": "t"}
-    result = gluer.handle(event)
-    assert result["kind"] == "enqueue" and result["woke"] is True and changes == [1]
-    lost_group = {**event, "enqueue": {**event["enqueue"], "group": "elsewhere"}}
-    result = gluer.handle(lost_group)  # the task is in; the wake's failure is reported, not raised (no retry)
-    assert result["woke"] is False and "no Auto Scaling group named 'elsewhere'" in result["wakeError"]
+def drain_bodies(aws, queue: str) -> list[dict]:
     bodies = []
     while batch := aws.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages"):
-        bodies += [m["Body"] for m in batch]
+        bodies += [json.loads(m["Body"]) for m in batch]
         aws.sqs.delete_message_batch(
             QueueUrl=queue, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
         )
-    assert bodies == ['{"key": "nightly"}'] * 2
+    return bodies
+
+
+@pytest.fixture
+def fleet_trigger(aws, local_group):
+    """A glue with a guard table and a fleet's queue, and the event of a daily ScheduledTrigger(fleet=...)."""
+    autoscaling, changes = local_group
+    name = uuid.uuid4().hex[:8]
+    queue = aws.sqs.create_queue(QueueName=f"enqueue{name}")["QueueUrl"]
+    table = create_status_table(aws.dynamodb, f"guard{name}")
+    gluer = glue.Glue(
+        {"chains": {}, "table": table.name}, batch=None, dynamodb=aws.dynamodb, sqs=aws.sqs, autoscaling=autoscaling
+    )
+    enqueue = {
+        "queue": queue,
+        "body": '{"key": "nightly"}',
+        "group": "workers",
+        "taskPerFiring": True,
+        "inputPrefix": "stats/input/",
+    }
+    event = {"enqueue": enqueue, "scheduledTime": "2026-11-24T03:00:00Z"}
+    return type("FleetTrigger", (), {"glue": gluer, "queue": queue, "event": event, "changes": changes})
+
+
+def test_a_scheduled_fleet_task_is_sent_once_per_firing_and_wakes_the_fleet(aws, fleet_trigger):
+    first = fleet_trigger.glue.handle(fleet_trigger.event)
+    assert first["kind"] == "enqueue" and first["woke"] is True and fleet_trigger.changes == [1]
+    again = fleet_trigger.glue.handle(copy.deepcopy(fleet_trigger.event))  # a redelivered invocation
+    assert again["duplicate"] == "true" and again["messageId"] == first["messageId"]
+    assert drain_bodies(aws, fleet_trigger.queue) == [
+        {"key": "nightly/2026-11-24T03-00-00Z", "input": "stats/input/nightly"}
+    ], "sent once; the key names the firing, the input stays the plain key's"
+
+
+def test_every_firing_of_a_scheduled_fleet_task_is_a_task_of_its_own(aws, fleet_trigger):
+    """With one task id for every firing, the fleet would find the task done after the first day."""
+    for day in ("2026-11-24T03:00:00Z", "2026-11-25T03:00:00Z"):
+        fleet_trigger.glue.handle(fleet_trigger.event | {"scheduledTime": day})
+    keys = [body["key"] for body in drain_bodies(aws, fleet_trigger.queue)]
+    assert sorted(keys) == ["nightly/2026-11-24T03-00-00Z", "nightly/2026-11-25T03-00-00Z"]
+
+
+def test_a_scheduled_fleet_task_may_keep_one_task_id_for_every_firing(aws, fleet_trigger):
+    event = fleet_trigger.event | {"enqueue": fleet_trigger.event["enqueue"] | {"taskPerFiring": False}}
+    fleet_trigger.glue.handle(event)
+    fleet_trigger.glue.handle(event | {"scheduledTime": "2026-11-25T03:00:00Z"})
+    assert drain_bodies(aws, fleet_trigger.queue) == [{"key": "nightly"}] * 2
+
+
+def test_a_failed_wake_is_reported_and_sends_nothing_twice(aws, fleet_trigger):
+    lost_group = fleet_trigger.event | {"enqueue": fleet_trigger.event["enqueue"] | {"group": "elsewhere"}}
+    result = fleet_trigger.glue.handle(lost_group)  # the task is in; the wake's failure is reported, not raised
+    assert result["woke"] is False and "no Auto Scaling group named 'elsewhere'" in result["wakeError"]
+    assert len(drain_bodies(aws, fleet_trigger.queue)) == 1
     with pytest.raises(glue.EventError, match=r"^enqueue\.body: missing$"):
-        gluer.handle({"enqueue": {"queue": queue, "group": "workers"}})
+        fleet_trigger.glue.handle({"enqueue": {"queue": fleet_trigger.queue, "group": "workers"}})
 
 
 def test_a_step_that_feeds_a_fleet_wakes_it_when_it_runs_and_when_it_succeeds(local_group):
