@@ -1,17 +1,23 @@
 """Fault injection from outside a process: an HTTP proxy in front of the emulator that acts on chosen calls.
 
 The process needs no test hook: its ``AWS_ENDPOINT_URL`` points at the proxy, which forwards every request
-to moto and, on the first request matching a rule, runs the rule's action (``kill -9`` of a worker)
-before forwarding it (the call never lands) or after (it landed, the caller never hears back). That puts a
-crash exactly "right after a delete" or "during a status flush", not wherever a timer happens to fall. The
-proxy also remembers the last call it saw, so a crash at a random moment can be told where it struck.
+to moto and, on a request matching a rule, runs the rule's action (``kill -9`` of a worker) before
+forwarding it (the call never lands) or after (it landed, the caller never hears back). That puts a crash
+exactly "right after a delete" or "during a status flush", not wherever a timer happens to fall. The proxy
+also remembers the last call it saw, so a crash at a random moment can be told where it struck.
+
+Besides dead processes, a rule makes the faults AWS's APIs make: it answers in the service's place (a 5xx,
+a throttle: :func:`server_error`, :func:`throttled`), or stalls the call before forwarding it
+(``stall=10``), for its first ``times`` matches (a burst longer than the SDK's retries reaches the code).
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,21 +33,47 @@ Authorize = Callable[[str, str, Any, bytes], "Answer | None"]
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
 
 
+def server_error(target: str | None = None) -> Answer:
+    """A 500 as the service sends it: JSON for a call with an ``X-Amz-Target`` (SQS, DynamoDB), else S3's XML."""
+    if target is not None:
+        body = {"__type": "InternalFailure", "message": "injected: internal failure"}
+        return 500, {"Content-Type": "application/x-amz-json-1.0"}, json.dumps(body).encode()
+    xml = "<Error><Code>InternalError</Code><Message>injected: internal error</Message></Error>"
+    return 500, {"Content-Type": "application/xml"}, xml.encode()
+
+
+def throttled(target: str | None = None) -> Answer:
+    """A throttle as the service sends it (SQS, DynamoDB: 400 ThrottlingException; S3: 503 SlowDown)."""
+    if target is not None:
+        body = {"__type": "ThrottlingException", "message": "injected: rate exceeded"}
+        headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-query-error": "ThrottlingException;Sender"}
+        return 400, headers, json.dumps(body).encode()
+    xml = "<Error><Code>SlowDown</Code><Message>injected: reduce your request rate</Message></Error>"
+    return 503, {"Content-Type": "application/xml"}, xml.encode()
+
+
 @dataclass
 class Rule:
     """Matches a call by its ``X-Amz-Target`` (JSON protocols: ``AmazonSQS.DeleteMessageBatch``) or by
-    method and a path fragment (S3: ``PUT`` of ``/intermediate/``); fires once, ``before`` or ``after``."""
+    method and a path fragment (S3: ``PUT`` of ``/intermediate/``); fires on its first ``times`` matches
+    (after ``skip``).
 
-    action: Callable[[], None]
+    Firing runs ``action`` ``before`` the call is forwarded (which it then never is) or ``after`` it; or
+    answers with ``answer`` instead of forwarding; or waits ``stall`` seconds, then forwards."""
+
+    action: Callable[[], None] | None = None
     target: str | None = None
     method: str | None = None
     path_contains: str | None = None
     when: str = "after"
     skip: int = 0
-    fired: bool = False
+    times: int = 1
+    answer: Answer | None = None
+    stall: float = 0.0
+    fired: int = 0
 
     def matches(self, method: str, path: str, headers: Any) -> bool:
-        if self.fired:
+        if self.fired >= self.times:
             return False
         if self.target is not None and headers.get("X-Amz-Target", "") != self.target:
             return False
@@ -52,8 +84,12 @@ class Rule:
         if self.skip > 0:
             self.skip -= 1
             return False
-        self.fired = True
+        self.fired += 1
         return True
+
+    def run_action(self) -> None:
+        if self.action is not None:
+            self.action()
 
 
 def describe_call(method: str, path: str, headers: Any) -> str:
@@ -149,8 +185,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         rule = proxy.rule_for(self.command, self.path, self.headers)
-        if rule is not None and rule.when == "before":
-            rule.action()
+        if rule is not None and rule.answer is not None:
+            self._reply(*rule.answer)
+            return
+        if rule is not None and rule.stall:
+            time.sleep(rule.stall)
+        if rule is not None and rule.when == "before" and rule.action is not None:
+            rule.run_action()
             self.close_connection = True
             return
         answer = proxy.authorize(self.command, self.path, self.headers, body) if proxy.authorize else None
@@ -160,8 +201,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["Content-Length"] = str(len(body))
         status, reason, response_headers, payload = proxy.forward(self.command, self.path, body, headers)
-        if rule is not None:
-            rule.action()
+        if rule is not None and rule.when == "after":
+            rule.run_action()
         self._reply(status, dict(response_headers), payload, reason)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
