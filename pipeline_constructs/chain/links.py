@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pipeline_constructs.chain.construct import BatchChain
 
 #: Under the chain's prefix, where the glue function stores a message too large for SubmitJob (a claim
-#: check, ``_messages/<run>/<step>.json``); no step name starts with "_", so no step's prefix is this.
+#: check, ``_messages/<run>/<message id>/<step>.json``); no step name starts with "_", so no step's prefix is this.
 CLAIMS_FOLDER = "_messages/"
 #: What a link hands the next step; set by the glue, so a step's or link's own value would be overridden
 #: (or override the real message).

@@ -7,7 +7,7 @@ It takes three kinds of event and submits AWS Batch jobs for them:
 - an SNS event: a step published to its chain's topic (a *message link*); the next step gets the message,
   unchanged and opaque, in ``DOWNLOAD_MESSAGE`` plus the link's static environment. A message that would
   take the SubmitJob request over Batch's 30 KiB is stored in S3 instead (a claim check, one object per
-  message: ``<chain prefix>_messages/<run>/<step>/<SNS message id>.json``) and the step gets
+  message: ``<chain prefix>_messages/<run>/<SNS message id>/<step>.json``) and the step gets
   ``DOWNLOAD_MESSAGE_S3=s3://bucket/key``;
 - an EventBridge "Batch Job State Change": recorded in the status store (run tracking), and on SUCCEEDED
   a *success link* submits the next step with ``PREVIOUS_JOB_ID``.
@@ -450,7 +450,8 @@ def claim_check(
         )
     step = next(e["value"] for e in environment if e["name"] == "PIPELINE_STEP")
     run = next(e["value"] for e in environment if e["name"] == "PIPELINE_CHAIN_RUN")
-    key = f"{claims['prefix']}{run}/{step}/{message_id}.json"
+    # <step>.json last: the step's role may read ``_messages/*/<step>.json`` and nothing else there.
+    key = f"{claims['prefix']}{run}/{message_id}/{step}.json"
     kept = [e for e in environment if e["name"] != "DOWNLOAD_MESSAGE"]
     kept.append({"name": "DOWNLOAD_MESSAGE_S3", "value": f"s3://{claims['bucket']}/{key}"})
     smaller = request | {"containerOverrides": request["containerOverrides"] | {"environment": kept}}

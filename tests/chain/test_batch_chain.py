@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import aws_cdk as cdk
@@ -687,6 +688,19 @@ def test_message_links_get_a_claim_check_folder_the_glue_writes_and_the_next_ste
     ((reader, resource),) = reads.items()
     assert reader.startswith("FeedsfeedconsumerJobRole")
     assert "/feeds/_messages/*/feed_consumer.json" in resource
+    # The key the glue writes is one the step may read.
+    from pipeline_constructs.glue.handler import SUBMIT_JOB_BUDGET, claim_check
+    from pipeline_constructs.local.iam import _glob
+
+    environment = [
+        {"name": "PIPELINE_STEP", "value": "feed_consumer"},
+        {"name": "PIPELINE_CHAIN_RUN", "value": "feeds-2026-12-04T03-00-00Z"},
+        {"name": "DOWNLOAD_MESSAGE", "value": "m" * SUBMIT_JOB_BUDGET},
+    ]
+    request = {"jobName": "j", "containerOverrides": {"environment": environment}}
+    _, key, _, _ = claim_check(request, {"bucket": "b", "prefix": "feeds/_messages/"}, "95df01b4-message-id")
+    (readable,) = re.findall(r'"(/feeds/_messages/[^"]*)"', resource)
+    assert _glob(f"arn:aws:s3:::b{readable}", f"arn:aws:s3:::b/{key}"), (readable, key)
 
 
 def test_steps_links_and_images_still_import_from_the_chains_module():

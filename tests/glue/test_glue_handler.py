@@ -132,7 +132,7 @@ def test_a_message_too_large_for_submit_job_goes_to_s3_as_a_claim_check(batch_wo
     assert "DOWNLOAD_MESSAGE" not in env
     claim = env["DOWNLOAD_MESSAGE_S3"]
     assert claim.startswith(f"s3://{bucket}/feeds/_messages/")
-    assert claim.endswith("/consumer/95df01b4-ee98-5cb9-9903-4c221d41eb5e.json")
+    assert claim.endswith("/95df01b4-ee98-5cb9-9903-4c221d41eb5e/consumer.json")
     key = claim.removeprefix(f"s3://{bucket}/")
     assert aws.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode() == message
     assert aws.s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 1
