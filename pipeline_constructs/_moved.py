@@ -14,6 +14,7 @@ import importlib.util
 import sys
 import warnings
 from types import ModuleType
+from typing import Any
 
 #: Old module path -> the module it is now.
 MOVED_MODULES = {
@@ -50,15 +51,34 @@ def new_path(old: str) -> str | None:
     return None
 
 
-class _Alias(importlib.abc.Loader):
-    def __init__(self, target: str) -> None:
+class _Alias(importlib.abc.InspectLoader):
+    """Loads an old path as the module at its new one, and hands ``python -m`` the new module's code."""
+
+    def __init__(self, target: importlib.machinery.ModuleSpec) -> None:
         self.target = target
+        self._real_spec: importlib.machinery.ModuleSpec | None = None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        return importlib.import_module(self.target)
+        module = importlib.import_module(self.target.name)
+        self._real_spec = module.__spec__  # the import system sets the alias's spec next: put back in exec
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """The module is the target, executed already by its own import."""
+        """The module is the target, executed already by its own import; it keeps its own spec, so that
+        ``importlib.reload`` and ``importlib.resources`` see the real module."""
+        module.__spec__ = self._real_spec
+
+    def get_code(self, fullname: str) -> Any:
+        """The target's code: ``python -m pipeline_constructs.worker`` runs the runtime's ``__main__``."""
+        loader = self.target.loader
+        return loader.get_code(self.target.name) if isinstance(loader, importlib.abc.InspectLoader) else None
+
+    def get_source(self, fullname: str) -> str | None:
+        loader = self.target.loader
+        return loader.get_source(self.target.name) if isinstance(loader, importlib.abc.InspectLoader) else None
+
+    def is_package(self, fullname: str) -> bool:
+        return self.target.submodule_search_locations is not None
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
@@ -70,14 +90,20 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder):
         target_name = new_path(fullname)
         if target_name is None:
             return None
+        target_spec = importlib.util.find_spec(target_name)
+        if target_spec is None:  # no such module at the new path either
+            return None
         warnings.warn(
             f"{fullname} moved to {target_name}; import public names from pipeline_constructs",
             DeprecationWarning,
             stacklevel=2,
         )
-        target_spec = importlib.util.find_spec(target_name)
-        is_package = target_spec is not None and target_spec.submodule_search_locations is not None
-        return importlib.machinery.ModuleSpec(fullname, _Alias(target_name), is_package=is_package)
+        is_package = target_spec.submodule_search_locations is not None
+        spec = importlib.machinery.ModuleSpec(
+            fullname, _Alias(target_spec), origin=target_spec.origin, is_package=is_package
+        )
+        spec.has_location = target_spec.has_location
+        return spec
 
 
 def install() -> None:

@@ -33,14 +33,46 @@ from pipeline_constructs.building_blocks.validation import (
     check_unique,
     claim_prefix,
 )
-from pipeline_constructs.chain.compute import own_job_queue, spot_compute_environment
-from pipeline_constructs.chain.links import ChainLink, wire_links
-from pipeline_constructs.chain.permissions import grant_publish_only
-from pipeline_constructs.chain.steps import STEP_NAME, ChainStep, StepImage, check_steps, step_job_definition
-from pipeline_constructs.glue.construct import GlueFunction
 
 # ChainStep, ChainLink and StepImage were defined here (as pipeline_constructs.batch_chain) before.
-__all__ = ["BatchChain", "ChainLink", "ChainStep", "StepImage"]
+# What pipeline_constructs.batch_chain (this module's path before the component folders) had: still there.
+from pipeline_constructs.chain.compute import (
+    ARM_INSTANCE_CLASSES,
+    X86_INSTANCE_CLASSES,
+    own_job_queue,
+    spot_compute_environment,
+)
+from pipeline_constructs.chain.links import CLAIMS_FOLDER, LINK_VARIABLES, ChainLink, wire_links
+from pipeline_constructs.chain.permissions import grant_publish_only
+from pipeline_constructs.chain.steps import (
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    MIN_MEMORY_MIB,
+    MIN_TIMEOUT,
+    MIN_VCPUS,
+    STEP_NAME,
+    ChainStep,
+    StepImage,
+    check_steps,
+    step_job_definition,
+)
+from pipeline_constructs.glue.construct import GlueFunction
+
+__all__ = [
+    "ARM_INSTANCE_CLASSES",
+    "CLAIMS_FOLDER",
+    "LINK_VARIABLES",
+    "MAX_MEMORY_MIB",
+    "MAX_VCPUS",
+    "MIN_MEMORY_MIB",
+    "MIN_TIMEOUT",
+    "MIN_VCPUS",
+    "X86_INSTANCE_CLASSES",
+    "BatchChain",
+    "ChainLink",
+    "ChainStep",
+    "StepImage",
+]
 
 
 class BatchChain(Construct):

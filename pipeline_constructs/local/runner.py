@@ -28,6 +28,8 @@ from pipeline_constructs.local.iam import IamGate
 from pipeline_constructs.local.lambdas import LocalFunction
 from pipeline_constructs.local.progress import Progress
 from pipeline_constructs.local.provisioning import (
+    EMULATED,
+    IAM_CHECKED,
     asset_manifest,
     count_not_emulated,
     create_data_resources,
@@ -37,6 +39,9 @@ from pipeline_constructs.local.provisioning import (
 from pipeline_constructs.local.report import run_result
 from pipeline_constructs.local.triggers import Schedule, Triggers
 from pipeline_constructs.ops.assembly import SynthesizedStack
+
+# LocalPipeline, and what this module held before the local run was split (code that imported them from here).
+__all__ = ["EMULATED", "IAM_CHECKED", "Faults", "LocalPipeline", "sample_feed"]
 
 
 class LocalPipeline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import subprocess
 import sys
 import warnings
@@ -69,6 +70,27 @@ def test_the_runtimes_import_no_cdk():
     assert result.stdout.strip() == "[]"
 
 
+#: Names the flat modules had that now live in a module of their own, and that code may have imported.
+OLD_NAMES = {
+    "pipeline_constructs.batch_chain": [
+        "ARM_INSTANCE_CLASSES",
+        "CLAIMS_FOLDER",
+        "LINK_VARIABLES",
+        "MAX_MEMORY_MIB",
+        "MAX_VCPUS",
+        "MIN_MEMORY_MIB",
+        "MIN_TIMEOUT",
+        "MIN_VCPUS",
+        "X86_INSTANCE_CLASSES",
+        "ChainLink",
+        "ChainStep",
+        "StepImage",
+    ],
+    "pipeline_constructs.spot_worker_fleet": ["DEFAULT_ARM_INSTANCE_TYPES", "DEFAULT_X86_INSTANCE_TYPES"],
+    "pipeline_constructs.worker": [],
+}
+
+
 @pytest.mark.parametrize("old", sorted(MOVED_MODULES))
 def test_a_flat_module_path_still_imports_as_its_new_module(old: str):
     with warnings.catch_warnings(record=True) as caught:
@@ -76,6 +98,15 @@ def test_a_flat_module_path_still_imports_as_its_new_module(old: str):
         module = importlib.import_module(old)
     assert module is importlib.import_module(MOVED_MODULES[old])
     assert any(MOVED_MODULES[old] in str(w.message) and w.category is DeprecationWarning for w in caught)
+    assert [name for name in OLD_NAMES.get(old, []) if not hasattr(module, name)] == []
+
+
+def test_what_the_runtime_and_the_local_run_modules_held_before_their_split_still_imports():
+    from pipeline_constructs.fleet.worker import runtime
+    from pipeline_constructs.local import runner
+
+    assert {"ACK_BATCH", "COMPLETION_MARKER", "JSON", "SQS_BATCH", "Held", "attempt_budget"} <= set(dir(runtime))
+    assert {"EMULATED", "IAM_CHECKED", "LocalPipeline", "sample_feed"} <= set(dir(runner))
 
 
 def test_a_submodule_of_a_moved_package_follows_it():
@@ -94,3 +125,38 @@ def test_every_moved_module_exists_at_its_new_path():
     for target in MOVED_MODULES.values():
         relative = Path(*target.split(".")[1:])
         assert (PACKAGE / relative).with_suffix(".py").exists() or (PACKAGE / relative / "__init__.py").exists()
+
+
+def test_python_dash_m_of_a_moved_package_runs_the_module_it_became():
+    """``python -m pipeline_constructs.worker`` (the runtime's path before fleet/) still starts the worker."""
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "pipeline_constructs.worker"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr.strip()) == (2, "error: PIPELINE_QUEUE_URL is required")
+
+
+def test_an_old_path_leaves_the_real_module_its_own_spec():
+    """Reloads and package resources of the module go on working after its old path was imported."""
+    import importlib.resources
+
+    import pipeline_constructs.fleet.worker.status as real
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import pipeline_constructs.worker as old_package
+        import pipeline_constructs.worker.status  # noqa: F401 - the old path of the real module
+    assert real.__spec__.name == "pipeline_constructs.fleet.worker.status"
+    assert importlib.reload(real).__name__ == "pipeline_constructs.fleet.worker.status"
+    units = sorted(p.name for p in importlib.resources.files(old_package).iterdir() if p.name.endswith(".service"))
+    assert units == ["pipeline-worker-container.service", "pipeline-worker.service"]
+
+
+def test_a_module_that_exists_at_neither_path_is_not_found():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # and no warning for it
+        assert importlib.util.find_spec("pipeline_constructs.worker.nonexistent") is None

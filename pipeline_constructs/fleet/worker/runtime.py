@@ -22,8 +22,11 @@ import logging
 import threading
 from typing import Any
 
-from .acknowledger import Acknowledger
-from .attempts import AttemptRunner
+from .acknowledger import (
+    ACK_BATCH,
+    Acknowledger,
+)
+from .attempts import COMPLETION_MARKER, JSON, AttemptRunner
 from .config import WorkerConfig
 from .drain import Drain
 from .heartbeat import Heartbeat, TaskProgress, WorkerRow
@@ -31,10 +34,16 @@ from .instance import LIFECYCLE_TERMINATION, InstanceDuties
 from .intake import Intake
 from .isolation import TaskProcesses
 from .leases import LeaseKeeper
-from .limits import DeliveryLimits
-from .messages import Tally
+from .limits import (
+    DeliveryLimits,
+    attempt_budget,
+)
+from .messages import SQS_BATCH, Held, Tally
 from .metadata import InstanceMetadata
 from .status import StatusRecorder
+
+# Worker, and what this module held before the runtime was split (code that imported them from here).
+__all__ = ["ACK_BATCH", "COMPLETION_MARKER", "JSON", "SQS_BATCH", "Held", "Worker", "attempt_budget"]
 
 log = logging.getLogger("pipeline.worker")
 
