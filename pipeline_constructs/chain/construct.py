@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from aws_cdk import Duration
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
@@ -27,6 +28,8 @@ from pipeline_constructs.building_blocks.status_store import StatusStore
 from pipeline_constructs.building_blocks.topic import secure_topic
 from pipeline_constructs.building_blocks.validation import (
     argument_error,
+    check_duration,
+    check_is_duration,
     check_is_instance,
     check_not_empty,
     check_range,
@@ -38,7 +41,12 @@ from pipeline_constructs.building_blocks.validation import (
 # What pipeline_constructs.batch_chain (this module's path before the component folders) had: still there.
 from pipeline_constructs.chain.compute import (
     ARM_INSTANCE_CLASSES,
+    DEFAULT_RUNNABLE_TIMEOUT,
+    MAX_RUNNABLE_TIMEOUT,
+    MIN_RUNNABLE_TIMEOUT,
     X86_INSTANCE_CLASSES,
+    check_steps_fit,
+    instance_families,
     own_job_queue,
     spot_compute_environment,
 )
@@ -84,6 +92,11 @@ class BatchChain(Construct):
     :param compute_environment: an existing (shared) compute environment; ``max_vcpus``, ``architecture`` and
         ``instance_classes`` are then ignored. Default: a new spot environment.
     :param job_queue: an existing job queue. Default: a new queue on ``compute_environment``.
+    :param runnable_timeout: how long a job may wait in RUNNABLE for spot capacity before the chain's own
+        queue cancels it: the job fails, its run fails with the reason on its status row (``pipeline
+        status``), and :meth:`PipelineAlarms.watch_chain` notifies. A job no allowed instance type can hold is
+        cancelled after 10 minutes. Not for your own ``job_queue`` (give it ``job_state_time_limit_actions``).
+        Default: 4 hours. Range: 10 minutes to 24 hours.
     :param max_vcpus: the created compute environment's ceiling. Default: 64. Range: 1 to 100000.
     :param architecture: ``x86_64`` or ``arm64`` for the created compute environment. Default: ``x86_64``.
     :param instance_classes: instance classes for the created environment. Default: m6i, c6i, r6i, m5
@@ -108,6 +121,7 @@ class BatchChain(Construct):
         network: PipelineNetwork | None = None,
         compute_environment: batch.IManagedComputeEnvironment | None = None,
         job_queue: batch.IJobQueue | None = None,
+        runnable_timeout: Duration | None = None,
         max_vcpus: int = 64,
         architecture: str = "x86_64",
         instance_classes: Sequence[ec2.InstanceClass] | None = None,
@@ -122,6 +136,8 @@ class BatchChain(Construct):
         self.steps = list(steps)
         self.chain_name = chain_name or construct_id
         self._validate(max_vcpus=max_vcpus, architecture=architecture, own_compute=compute_environment is None)
+        families = instance_families(instance_classes, architecture) if compute_environment is None else []
+        self._validate_compute(runnable_timeout, job_queue, families)
         self.prefix = prefix if prefix is not None else f"{self.chain_name}/"
         self.bucket: s3.IBucket = bucket or DataBucket(self, "Data").bucket
         claim_prefix(self, self.bucket, self.prefix)
@@ -142,7 +158,9 @@ class BatchChain(Construct):
                 detailed_monitoring=compliance_profile(self) if detailed_monitoring is None else detailed_monitoring,
             )
         self.compute_environment: batch.IManagedComputeEnvironment = compute_environment
-        self.job_queue: batch.IJobQueue = job_queue or own_job_queue(self, compute_environment)
+        self.job_queue: batch.IJobQueue = job_queue or own_job_queue(
+            self, compute_environment, runnable_timeout or DEFAULT_RUNNABLE_TIMEOUT
+        )
         self.job_roles: dict[str, iam.Role] = {}
         self.job_definitions: dict[str, batch.EcsJobDefinition] = {
             step.name: step_job_definition(self, index, step) for index, step in enumerate(self.steps)
@@ -161,6 +179,19 @@ class BatchChain(Construct):
             raise argument_error(self, "chain_name", self.chain_name, "1-41 letters, digits, - or _")
         # max_vcpus bounds the steps only on the environment the chain creates with it.
         check_steps(self, self.steps, max_vcpus=max_vcpus if own_compute else None)
+
+    def _validate_compute(
+        self, runnable_timeout: Duration | None, job_queue: batch.IJobQueue | None, families: list[str]
+    ) -> None:
+        check_is_duration(self, "runnable_timeout", runnable_timeout)
+        check_duration(
+            self, "runnable_timeout", runnable_timeout, minimum=MIN_RUNNABLE_TIMEOUT, maximum=MAX_RUNNABLE_TIMEOUT
+        )
+        if runnable_timeout is not None and job_queue is not None:
+            allowed = "None with your own job_queue (give that queue job_state_time_limit_actions)"
+            raise argument_error(self, "runnable_timeout", f"{runnable_timeout.to_seconds():g} seconds", allowed)
+        # The steps must fit an instance type of the environment the chain creates (families: its classes).
+        check_steps_fit(self, self.steps, families)
 
     def _register_in_manifest(self) -> None:
         PipelineManifest.of(self).register(

@@ -54,7 +54,8 @@ from decimal import Decimal
 from typing import Any
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
 log = logging.getLogger("pipeline.glue")
 log.setLevel(logging.INFO)
@@ -68,6 +69,16 @@ RECORD_TTL_SECONDS = 90 * 86400
 #: goes to S3 as a claim check.
 SUBMIT_JOB_LIMIT = 30 * 1024
 SUBMIT_JOB_BUDGET = SUBMIT_JOB_LIMIT - 1024
+#: How a job's statusReason starts when its queue's job state time limit cancelled it in RUNNABLE
+#: (``Canceled by JobStateTimeLimit action due to reason: CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY``; AWS Batch
+#: user guide, "Jobs stuck in a RUNNABLE status").
+RUNNABLE_TIMEOUT_CANCEL = "Canceled by JobStateTimeLimit action"
+#: Why a job waited: the reasons a BatchChain's own queue cancels on, in words.
+STUCK_CAUSES = {
+    "CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY": "no spot capacity in any allowed instance type",
+    "MISCONFIGURATION:COMPUTE_ENVIRONMENT_MAX_RESOURCE": "the compute environment's max vCPUs are fewer than the job's",
+    "MISCONFIGURATION:JOB_RESOURCE_REQUIREMENT": "no allowed instance type has the job's vCPUs and memory",
+}
 
 
 class EventError(ValueError):
@@ -167,6 +178,16 @@ def chain_parameters(ssm: Any, path: str) -> dict[str, Any]:
             except ValueError as error:
                 raise RuntimeError(f"{parameter['Name']}: not valid JSON: {error}") from None
     return chains
+
+
+def stuck_reason(status_reason: str) -> str:
+    """For a job its queue cancelled after it waited in RUNNABLE, why, in words (the cause's code last);
+    else ""."""
+    if not status_reason.startswith(RUNNABLE_TIMEOUT_CANCEL):
+        return ""
+    cause = next((code for code in STUCK_CAUSES if code in status_reason), "")
+    words = STUCK_CAUSES.get(cause, "the job could not be placed")
+    return f"cancelled after waiting in RUNNABLE past its queue's time limit: {words} ({cause or status_reason})"
 
 
 def definition_family(arn: str) -> str:
@@ -397,6 +418,7 @@ def job_facts(event: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] |
                     "job_name": detail.get("jobName", ""),
                     "status": status,
                     "reason": detail.get("statusReason", ""),
+                    "stuck": stuck_reason(str(detail.get("statusReason") or "")),
                     "run": environment.get("PIPELINE_CHAIN_RUN") or job_id,
                     "array_child": ":" in job_id,
                     "timestamps": {k: detail[k] for k in ("createdAt", "startedAt", "stoppedAt") if k in detail},
@@ -581,6 +603,9 @@ class Glue:
         for name, value in facts["timestamps"].items():
             values[f":{name}"] = value
             assignments += f", {name} = :{name}"
+        if facts.get("stuck"):  # the run failed for want of capacity or an instance to hold the step
+            values[":stuck"] = facts["stuck"]
+            assignments += ", stuck = :stuck"
         try:
             table.update_item(
                 Key={
@@ -606,6 +631,33 @@ LEASE_SECONDS = 90.0
 #: How long a duplicate delivery waits for the holder to finish before handing over to a later retry.
 WAIT_SECONDS = 20.0
 POLL_SECONDS = 0.25
+#: SubmitJob takes no idempotency token, so a call whose answer was lost (a timeout, a cut connection, a
+#: 5xx) may have made its job, and the same call again makes a second one. After such a call the guard looks
+#: for the job by its name first; ListJobs is eventually consistent (a job accepted a moment ago may not be
+#: listed yet), so the look is repeated for this long before the job is taken as never made.
+SETTLE_SECONDS = 10.0
+LOOK_POLL_SECONDS = 1.0
+#: How long a holder keeps trying SubmitJob (throttled, not sent, or its answer lost and the job not found)
+#: before it hands the trigger over to a retry: well inside the function's 60 s.
+SUBMIT_SECONDS = 20.0
+THROTTLES = frozenset({"TooManyRequestsException", "ThrottlingException", "Throttling"})
+#: The Batch client a :class:`SubmitGuard` needs: one that never retries by itself (botocore would send a
+#: SubmitJob whose answer it lost again, and Batch would make a second job); the guard retries, looking first.
+BATCH_CLIENT_CONFIG = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=15)
+
+
+def submit_failure(error: BaseException) -> str:
+    """What a failed SubmitJob means: ``not sent`` (throttled, or no connection: no job, try again),
+    ``refused`` (Batch said no: no job, and trying again changes nothing) or ``unknown`` (no answer, or a
+    5xx: the job may exist)."""
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in THROTTLES or status == 429:
+            return "not sent"
+        return "unknown" if status >= 500 else "refused"
+    # No connection made (ConnectTimeoutError is one too): the request never left.
+    return "not sent" if isinstance(error, EndpointConnectionError) else "unknown"
 
 
 class InFlight(RuntimeError):
@@ -621,6 +673,11 @@ class SubmitGuard:
     :class:`InFlight` so that a retry comes back later. Only after the lease expired (the holder died or
     its submit failed) does another delivery take over, and it first looks for a job the holder may have
     submitted under the same deterministic name before submitting one itself.
+
+    The holder retries SubmitJob itself, and its ``batch`` client must not (:data:`BATCH_CLIENT_CONFIG`):
+    after a call whose answer was lost it looks for the job by name, for up to ``settle_seconds``, and
+    submits again only if it is not listed; a holder that gives up records until when a takeover should
+    keep looking (``unsure_until``).
     """
 
     def __init__(
@@ -630,11 +687,14 @@ class SubmitGuard:
         *,
         lease_seconds: float = LEASE_SECONDS,
         wait_seconds: float = WAIT_SECONDS,
+        settle_seconds: float = SETTLE_SECONDS,
+        submit_seconds: float = SUBMIT_SECONDS,
         clock: Any = time.time,
         sleep: Any = time.sleep,
     ) -> None:
         self.table, self.batch = table, batch
         self.lease_seconds, self.wait_seconds = lease_seconds, wait_seconds
+        self.settle_seconds, self.submit_seconds = settle_seconds, submit_seconds
         self.clock, self.sleep = clock, sleep
 
     def submit_once(self, partition: str, guard: str, request: dict[str, Any]) -> dict[str, str]:
@@ -644,13 +704,13 @@ class SubmitGuard:
         while True:
             existing = self._claim(key, owner, self._label(request))
             if existing is None:
-                return self._submit(key, owner, request, look_first=False)
+                return self._submit(key, owner, request, look_until=None)
             if existing.get("state") == "SUBMITTED":
                 log.info("trigger already handled", extra={"guard": guard, "jobId": existing.get("jobId")})
                 return self._result(request, existing.get("jobId", "")) | {"duplicate": "true"}
             if float(existing.get("lease_until", 0)) <= self.clock() and self._take_over(key, owner, existing):
                 log.warning("guard taken over", extra={"guard": guard, "previous": existing.get("owner")})
-                return self._submit(key, owner, request, look_first=True)
+                return self._submit(key, owner, request, look_until=float(existing.get("unsure_until", 0)))
             if self.clock() >= give_up:
                 raise InFlight(f"trigger {guard} is being submitted by another delivery; retry later")
             # Jitter between polls, not a secret: a pseudo-random generator is right here.
@@ -700,21 +760,65 @@ class SubmitGuard:
                 raise
             return False  # another delivery took over first
 
-    def _submit(self, key: dict[str, str], owner: str, request: dict[str, Any], *, look_first: bool) -> dict[str, str]:
-        job_id = self._submitted_job(request) if look_first else None
-        if job_id is None:
-            try:
-                job_id = self._perform(request)  # a failure raises: never swallowed
-            except Exception:
-                # The job may or may not exist (a timeout after Batch accepted it): expire the lease so the
-                # retry takes over at once, and looks for the job before submitting again.
-                self._update(key, owner, "SET lease_until = :zero", {":zero": 0})
-                raise
-            log.info("job submitted", extra={"jobName": self._label(request), "jobId": job_id, "guard": key["sk"]})
-        else:
-            log.warning("job found after takeover", extra={"jobName": self._label(request), "jobId": job_id})
+    def _submit(
+        self, key: dict[str, str], owner: str, request: dict[str, Any], *, look_until: float | None
+    ) -> dict[str, str]:
+        """Submit, or (``look_until``: a takeover) first look for the job a previous holder may have made."""
+        unsure = {"until": look_until or 0.0}
+        try:
+            job_id = self._find(request, look_until) if look_until is not None else None
+            if job_id is not None:
+                log.warning("job found after takeover", extra={"jobName": self._label(request), "jobId": job_id})
+            else:
+                job_id = self._submit_with_retries(request, unsure)  # a failure raises: never swallowed
+                log.info("job submitted", extra={"jobName": self._label(request), "jobId": job_id, "guard": key["sk"]})
+        except Exception:
+            # The job may or may not exist: expire the lease so a retry takes over at once, and tell it until
+            # when a job made by a lost call may still be missing from ListJobs.
+            expression = "SET lease_until = :zero, unsure_until = :unsure"
+            self._update(key, owner, expression, {":zero": 0, ":unsure": _decimal(unsure["until"])})
+            raise
         self._update(key, owner, "SET #state = :submitted, jobId = :job", {":submitted": "SUBMITTED", ":job": job_id})
         return self._result(request, job_id)
+
+    def _submit_with_retries(self, request: dict[str, Any], unsure: dict[str, float]) -> str:
+        """SubmitJob, tried again for up to ``submit_seconds``: after a throttle or no connection at once
+        (with backoff); after a lost answer only if the job is not listed ``settle_seconds`` later."""
+        give_up, delay = self.clock() + self.submit_seconds, POLL_SECONDS
+        while True:
+            try:
+                return self._perform(request)
+            except Exception as error:
+                failure = submit_failure(error)
+                if failure == "unknown":
+                    unsure["until"] = self.clock() + self.settle_seconds
+                    found = self._find(request, unsure["until"])
+                    if found is not None:
+                        log.warning("job found after its submit's answer was lost", extra={"jobId": found})
+                        return found
+                if failure == "refused" or self.clock() >= give_up:
+                    raise
+                log.warning("submit failed; trying again", extra={"failure": failure, "error": str(error)})
+            # Jitter between tries, not a secret: a pseudo-random generator is right here.
+            self.sleep(delay * (1 + random.random()))  # nosec B311
+            delay = min(delay * 2, 4.0)
+
+    def _find(self, request: dict[str, Any], until: float) -> str | None:
+        """The job made under the request's name, looked for once and again until ``until``; a look that
+        fails is repeated, and if the last one failed its error is raised (whether the job exists is unknown)."""
+        while True:
+            error: Exception | None = None
+            try:
+                found = self._submitted_job(request)
+            except (ClientError, BotoCoreError) as failed:
+                found, error = None, failed
+            if found is not None:
+                return found
+            if self.clock() >= until:
+                if error is not None:
+                    raise error
+                return None
+            self.sleep(LOOK_POLL_SECONDS)
 
     # What is guarded: a Batch job here, a message in :class:`EnqueueGuard`.
     def _label(self, request: dict[str, Any]) -> str:
@@ -727,12 +831,16 @@ class SubmitGuard:
         return {"jobName": request["jobName"], "jobId": done}
 
     def _submitted_job(self, request: dict[str, Any]) -> str | None:
-        """The job a previous holder submitted under this deterministic name, if any (any status)."""
-        listed = self.batch.list_jobs(
+        """The job submitted under this deterministic name, if any: a JOB_NAME filter lists every status,
+        and may answer a page with no jobs and a next token, so every page is read."""
+        pages = self.batch.get_paginator("list_jobs").paginate(
             jobQueue=request["jobQueue"], filters=[{"name": "JOB_NAME", "values": [request["jobName"]]}]
         )
-        names = [job for job in listed.get("jobSummaryList", []) if job.get("jobName") == request["jobName"]]
-        return names[0]["jobId"] if names else None
+        for page in pages:
+            for job in page.get("jobSummaryList", []):
+                if job.get("jobName") == request["jobName"]:  # the filter ignores case; the name does not
+                    return str(job["jobId"])
+        return None
 
     def _update(self, key: dict[str, str], owner: str, expression: str, values: dict[str, Any]) -> None:
         try:
@@ -766,6 +874,9 @@ class EnqueueGuard(SubmitGuard):
 
     def _perform(self, request: dict[str, Any]) -> str:
         return self.sqs.send_message(**request)["MessageId"]
+
+    def _submit_with_retries(self, request: dict[str, Any], unsure: dict[str, float]) -> str:
+        return self._perform(request)  # no way to look for a message: its client's retries are all there is
 
     def _result(self, request: dict[str, Any], done: str) -> dict[str, str]:
         return {"messageId": done}
@@ -833,7 +944,7 @@ def _glue_with_clients(config: dict[str, Any]) -> Glue:
 @functools.cache
 def _clients() -> dict[str, Any]:
     return {
-        "batch": boto3.client("batch"),
+        "batch": boto3.client("batch", config=BATCH_CLIENT_CONFIG),
         "dynamodb": boto3.resource("dynamodb"),
         "sqs": boto3.client("sqs"),
         "autoscaling": boto3.client("autoscaling"),

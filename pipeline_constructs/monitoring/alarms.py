@@ -17,6 +17,7 @@ from pipeline_constructs.building_blocks.nag import acknowledge
 from pipeline_constructs.building_blocks.topic import secure_topic
 from pipeline_constructs.chain.construct import BatchChain
 from pipeline_constructs.fleet.construct import SpotWorkerFleet
+from pipeline_constructs.glue.handler import RUNNABLE_TIMEOUT_CANCEL
 
 
 class PipelineAlarms(Construct):
@@ -91,19 +92,49 @@ class PipelineAlarms(Construct):
             self.watch_queue(f"{fleet.node.id}DeadLetters", fleet.dead_letter_queue, f"{fleet.node.path} DLQ")
 
     def watch_chain(self, chain: BatchChain) -> None:
-        """Failed jobs of the chain (notified per job), and its glue Lambda's errors and failure queue."""
+        """Failed jobs of the chain (notified per job), jobs its queue cancelled after waiting in RUNNABLE
+        (notified again, saying why), and its glue Lambda's errors and failure queue."""
         self.watch_function("GlueErrors", chain.glue.function, "The glue Lambda")
         self.watch_queue("GlueFailures", chain.glue.failure_queue, "The glue on-failure queue")
         detail = events.EventField.from_path
+        self._failed_jobs_rule(
+            chain,
+            "FailedJobs",
+            f"Failed Batch jobs of chain {chain.chain_name}",
+            f"Batch job {detail('$.detail.jobName')} ({detail('$.detail.jobId')}) of chain "
+            f"{chain.chain_name} FAILED: {detail('$.detail.statusReason')}",
+        )
+        # A job the chain's queue cancelled after it waited in RUNNABLE (no spot capacity for the chain's
+        # runnable_timeout, or no allowed instance type holds it): its run failed for the chain's compute, not
+        # its code. Also notified as a failed job above; this message says what to change.
+        self._failed_jobs_rule(
+            chain,
+            "StuckJobs",
+            f"Batch jobs of chain {chain.chain_name} cancelled after waiting in RUNNABLE",
+            f"Batch job {detail('$.detail.jobName')} of chain {chain.chain_name} waited in RUNNABLE "
+            f"until its job queue cancelled it ({detail('$.detail.statusReason')}), so its run "
+            "failed. CAPACITY: no spot capacity in any allowed instance type for the chain's "
+            "runnable_timeout (allow more instance classes, or wait longer). MISCONFIGURATION: no "
+            "allowed instance type, or not the compute environment's max vCPUs, holds the step "
+            f"(make it smaller or the instances larger). A new run: pipeline start {chain.chain_name}.",
+            statusReason=[{"prefix": RUNNABLE_TIMEOUT_CANCEL}],
+        )
+
+    def _failed_jobs_rule(
+        self, chain: BatchChain, kind: str, description: str, message: str, **detail: list[object]
+    ) -> None:
+        """An EventBridge rule straight to the topic (free while idle) on the chain's FAILED jobs whose
+        ``detail`` also matches the given fields."""
         events.Rule(
             self,
-            f"{chain.node.id}FailedJobs",
-            description=f"Failed Batch jobs of chain {chain.chain_name}",
+            f"{chain.node.id}{kind}",
+            description=description,
             event_pattern=events.EventPattern(
                 source=["aws.batch"],
                 detail_type=["Batch Job State Change"],
                 detail={
                     "status": ["FAILED"],
+                    **detail,
                     "jobQueue": [chain.job_queue.job_queue_arn],
                     "jobDefinition": [d.job_definition_arn for d in chain.job_definitions.values()],
                 },
@@ -111,10 +142,7 @@ class PipelineAlarms(Construct):
             targets=[
                 events_targets.SnsTopic(
                     self.topic,
-                    message=events.RuleTargetInput.from_text(
-                        f"Batch job {detail('$.detail.jobName')} ({detail('$.detail.jobId')}) of chain "
-                        f"{chain.chain_name} FAILED: {detail('$.detail.statusReason')}"
-                    ),
+                    message=events.RuleTargetInput.from_text(message),
                     dead_letter_queue=chain.glue.failure_queue,
                 )
             ],

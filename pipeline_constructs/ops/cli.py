@@ -112,8 +112,10 @@ def _status_view(snapshot: dict) -> Table:
             short, str(fleet["waiting"]), str(fleet["in_flight"]), str(fleet["dead_letters"]), fleet["size"], tasks
         )
     for name, runs in snapshot["chains"].items():
-        for run, steps in runs.items():
-            table.add_row(f"chain {name}", "", "", "", run, ", ".join(f"{s}: {st}" for s, st in steps.items()))
+        for run, state in runs.items():
+            outcome = f"{state['status']}: {state['reason']}" if state["reason"] else state["status"]
+            steps = ", ".join(f"{step}: {status}" for step, status in state["steps"].items())
+            table.add_row(f"chain {name}", "", "", "", run, f"{outcome} ({steps})")
     return table
 
 

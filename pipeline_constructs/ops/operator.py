@@ -26,7 +26,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from pipeline_constructs.glue.handler import SubmitGuard, job_name, try_wake
+from pipeline_constructs.glue.handler import BATCH_CLIENT_CONFIG, SubmitGuard, job_name, stuck_reason, try_wake
 from pipeline_constructs.local import LOCAL_STATE_FILE
 
 #: The output :class:`~pipeline_constructs.building_blocks.manifest.PipelineManifest` writes (named here too:
@@ -83,6 +83,8 @@ class Target:
         if service not in self._clients:
             endpoint = self.batch_endpoint if service == "batch" and self.batch_endpoint else self.endpoint
             config = Config(retries={"mode": "standard"}, max_pool_connections=32)
+            if service == "batch":  # SubmitGuard retries SubmitJob itself, looking first (a lost answer)
+                config = config.merge(BATCH_CLIENT_CONFIG)
             self._clients[service] = self.session.client(service, endpoint_url=endpoint, config=config)
         return self._clients[service]
 
@@ -337,11 +339,28 @@ def status(target: Target) -> dict[str, Any]:
     chains = {}
     for name, chain in target.manifest.get("chains", {}).items():
         rows = _query_all(target.table(chain["table"]), f"chain#{name}", "run#")
-        runs: dict[str, dict[str, str]] = {}
-        for row in sorted(rows, key=lambda r: r["sk"]):
-            runs.setdefault(row.get("chain_run", "?"), {})[row.get("step", "?")] = row.get("status", "?")
-        chains[name] = dict(list(runs.items())[-5:])
+        chains[name] = chain_runs(rows, chain.get("steps") or [])
     return {"stack": target.stack, "fleets": fleets, "chains": chains}
+
+
+def chain_runs(rows: list[dict[str, Any]], steps: list[str], latest: int = 5) -> dict[str, dict[str, Any]]:
+    """The latest runs of a chain from its job rows: ``{run: {"status", "reason", "steps": {step: state}}}``.
+
+    A run is FAILED as soon as one of its jobs failed, with that job's reason (for a job its queue cancelled
+    after it waited in RUNNABLE, why it waited: no spot capacity, or no instance type to hold it);
+    SUCCEEDED once its last step did; else RUNNING.
+    """
+    runs: dict[str, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r["sk"]):
+        run = runs.setdefault(row.get("chain_run", "?"), {"status": "RUNNING", "reason": "", "steps": {}})
+        run["steps"][row.get("step", "?")] = row.get("status", "?")
+        if row.get("status") == "FAILED" and run["status"] != "FAILED":
+            reason = "" if row.get("reason") in (None, "-") else str(row["reason"])  # the glue writes "-" for none
+            run["status"], run["reason"] = "FAILED", row.get("stuck") or stuck_reason(reason) or reason
+    for run in runs.values():
+        if run["status"] == "RUNNING" and steps and run["steps"].get(steps[-1]) == "SUCCEEDED":
+            run["status"] = "SUCCEEDED"
+    return dict(list(runs.items())[-latest:])
 
 
 def tail(target: Target, fleet_name: str | None = None, limit: int = 20) -> list[dict[str, Any]]:

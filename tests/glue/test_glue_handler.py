@@ -233,6 +233,25 @@ def test_job_states_are_tracked_and_never_regress(batch_world):
     assert batch_world.submitted == []  # a failed step starts nothing
 
 
+def test_a_job_its_queue_cancelled_in_runnable_fails_its_run_with_the_reason_on_the_row(batch_world):
+    definition = batch_world.definitions["consumer"]
+    batch_world.glue.handle(batch_event(definition, "RUNNABLE", job_id="j-stuck"))
+    cancelled = batch_event(definition, "FAILED", job_id="j-stuck")
+    reason = "Canceled by JobStateTimeLimit action due to reason: CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY"
+    cancelled["detail"]["statusReason"] = reason
+    result = batch_world.glue.handle(cancelled)
+    (row,) = batch_world.table.query(
+        KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": "chain#feeds"}
+    )["Items"]
+    assert row["sk"] == "run#feeds-run-1#01#j-stuck" and row["chain_run"] == "feeds-run-1"
+    assert row["status"] == "FAILED" and row["reason"] == reason
+    assert row["stuck"] == (
+        "cancelled after waiting in RUNNABLE past its queue's time limit: no spot capacity in any allowed "
+        "instance type (CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY)"
+    )
+    assert result["status"] == "FAILED" and batch_world.submitted == []  # the run stops here
+
+
 def test_message_link_step_success_does_not_also_submit(batch_world):
     batch_world.glue.handle(batch_event(batch_world.definitions["watcher"], "SUCCEEDED"))
     assert batch_world.submitted == []

@@ -10,10 +10,13 @@ import json
 import subprocess
 import sys
 import time
+from decimal import Decimal
 
 import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from pipeline_constructs.glue import handler as glue
+from pipeline_constructs.local.proxy import FaultProxy, Rule
 from tests.support import ROOT
 from tests.support.glue_world import KINDS, GlueWorld, deliver_at_once
 
@@ -130,3 +133,133 @@ def test_glue_without_a_guard_table_refuses_rather_than_submit_unguarded(world, 
     event, _ = world.events()["schedule with constant input"]
     with pytest.raises(RuntimeError, match="names no status table"):
         glue.Glue(config, batch=world.batch, dynamodb=aws.dynamodb).handle(event)
+
+
+# ---------------------------------------------------------------- a SubmitJob whose answer is lost
+# SubmitJob takes no idempotency token: the same call again is a second job. Each test below made two
+# before the guard retried SubmitJob itself and looked first (botocore resent the call whose answer it lost;
+# a takeover looked once, and on the first page of ListJobs only).
+
+SUBMIT_JOB = {"method": "POST", "path_contains": "/v1/submitjob"}
+LIST_JOBS = {"method": "POST", "path_contains": "/v1/listjobs"}
+
+
+def lose_the_answer() -> None:
+    """A proxy action after forwarding: the call landed, and the caller's connection is cut before the answer."""
+    raise ConnectionResetError("injected: the answer is lost")
+
+
+def listed(jobs: list[dict], next_token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A ListJobs answer in Batch's place (REST-JSON)."""
+    body = {"jobSummaryList": jobs} | ({"nextToken": next_token} if next_token else {})
+    return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+
+@pytest.fixture
+def proxy(moto_endpoint):
+    server = FaultProxy(moto_endpoint)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def production_glue(world, aws, proxy, monkeypatch):
+    """The glue with the clients a Lambda execution environment makes, its Batch calls through the proxy."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BATCH", proxy.endpoint)
+    glue._clients.cache_clear()
+    yield glue._glue_with_clients(world.config)
+    glue._clients.cache_clear()
+
+
+def guard_row(world, sk: str) -> dict:
+    return world.table.get_item(Key={"pk": "trigger#feeds", "sk": sk}, ConsistentRead=True)["Item"]
+
+
+def the_one_job(world, name: str, result: dict) -> dict:
+    """The only job of that name, which the glue reports."""
+    (job,) = world.jobs_named(name)
+    assert result["submitted"][0]["jobId"] == job["jobId"]
+    return job
+
+
+def takeover_of_a_made_job(world, aws, proxy, first_listing: Rule, **guard) -> tuple[dict, str]:
+    """A previous holder's job is in Batch, its guard expired as ``guard`` says, and ListJobs answers as
+    ``first_listing`` says first: what a redelivery takes over (its result), and the holder's job id."""
+    event, name = world.events()["sns message link"]
+    made = world.batch.submit_job(jobName=name, jobQueue=world.queue, jobDefinition=world.definitions["consumer"])
+    guard_item(world, "sns#m-dup-1", **guard)
+    proxy.add(first_listing)
+    batch = aws.session.client("batch", endpoint_url=proxy.endpoint, config=glue.BATCH_CLIENT_CONFIG)
+    result = glue.Glue(world.config, batch=batch, dynamodb=aws.dynamodb).handle(event)
+    the_one_job(world, name, result)
+    return result, made["jobId"]
+
+
+def test_a_submit_whose_answer_was_lost_makes_one_job(world, proxy, production_glue):
+    lost = proxy.add(Rule(**SUBMIT_JOB, when="after", action=lose_the_answer))
+    event, name = world.events()["sns message link"]
+    result = production_glue.handle(event)
+    assert lost.fired == 1, "the call landed and its answer was lost"
+    job = the_one_job(world, name, result)
+    assert guard_row(world, "sns#m-dup-1")["jobId"] == job["jobId"]
+
+
+def test_a_lost_answer_is_not_taken_for_no_job_while_list_jobs_lags(world, proxy, production_glue):
+    proxy.add(Rule(**SUBMIT_JOB, when="after", action=lose_the_answer))
+    lagging = proxy.add(Rule(**LIST_JOBS, answer=listed([]), times=2))  # not listed yet, twice
+    event, name = world.events()["sns message link"]
+    result = production_glue.handle(event)
+    assert lagging.fired == 2
+    the_one_job(world, name, result)
+
+
+def test_a_takeover_soon_after_a_lost_answer_keeps_looking_while_list_jobs_lags(world, aws, proxy):
+    # The holder's submit landed, its answer was lost, and it gave up: lease expired, the job maybe not listed yet.
+    lagging = Rule(**LIST_JOBS, answer=listed([]), times=2)
+    unsure = Decimal(str(time.time() + 8))
+    result, made = takeover_of_a_made_job(world, aws, proxy, lagging, lease_until=0, unsure_until=unsure)
+    assert lagging.fired == 2 and result["submitted"][0]["jobId"] == made
+
+
+def test_a_takeover_reads_every_page_of_list_jobs(world, aws, proxy):
+    """A JOB_NAME filter may answer a page without jobs and with a next token; the job is on a later page."""
+    empty_page = Rule(**LIST_JOBS, answer=listed([], next_token="page-2"))
+    result, made = takeover_of_a_made_job(world, aws, proxy, empty_page, lease_until=1)  # died after submitting
+    assert empty_page.fired == 1 and result["submitted"][0]["jobId"] == made
+
+
+def test_a_throttled_submit_is_retried_by_the_guard_and_makes_one_job(world, proxy, production_glue):
+    """The glue's Batch client retries nothing itself now: the guard retries what surely made no job."""
+    too_many = (429, {"Content-Type": "application/json", "x-amzn-ErrorType": "TooManyRequestsException"}, b"{}")
+    throttled = proxy.add(Rule(**SUBMIT_JOB, answer=too_many, times=2))
+    event, name = world.events()["sns message link"]
+    result = production_glue.handle(event)
+    assert throttled.fired == 2
+    the_one_job(world, name, result)
+
+
+def test_a_lost_answer_with_no_job_behind_it_is_submitted_again_once_list_jobs_had_time(world, aws, proxy):
+    """The call was cut before it reached Batch, though the caller cannot tell: after the settle time, one job."""
+    cut = proxy.add(Rule(**SUBMIT_JOB, when="before", action=lambda: None))
+    guard = glue.SubmitGuard(
+        world.table,
+        aws.session.client("batch", endpoint_url=proxy.endpoint, config=glue.BATCH_CLIENT_CONFIG),
+        settle_seconds=1.0,
+    )
+    _, name = world.events()["sns message link"]
+    request = {"jobName": name, "jobQueue": world.queue, "jobDefinition": world.definitions["consumer"]}
+    result = guard.submit_once("trigger#feeds", "sns#m-dup-1", request)
+    assert cut.fired == 1
+    (job,) = world.jobs_named(name)
+    assert result["jobId"] == job["jobId"]
+
+
+def test_failed_submits_are_told_apart_by_whether_a_job_may_exist():
+    for answer, expected in (
+        ({"Error": {"Code": "ClientException"}, "ResponseMetadata": {"HTTPStatusCode": 400}}, "refused"),
+        ({"Error": {"Code": "TooManyRequestsException"}, "ResponseMetadata": {"HTTPStatusCode": 429}}, "not sent"),
+        ({"Error": {"Code": "ServerException"}, "ResponseMetadata": {"HTTPStatusCode": 500}}, "unknown"),
+    ):
+        assert glue.submit_failure(ClientError(answer, "SubmitJob")) == expected
+    assert glue.submit_failure(EndpointConnectionError(endpoint_url="http://x")) == "not sent"
+    assert glue.submit_failure(ReadTimeoutError(endpoint_url="http://x")) == "unknown"

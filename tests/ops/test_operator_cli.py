@@ -277,3 +277,63 @@ def test_moto_prints_nothing_into_a_later_cli_output(moto_endpoint, capsys):
 
     settings.moto_server_host()
     assert capsys.readouterr().out == ""
+
+
+def test_status_shows_a_run_whose_job_was_cancelled_in_runnable_as_failed_with_why(deployed, aws, monkeypatch):
+    from pipeline_constructs.glue import handler as glue
+    from pipeline_constructs.ops import cli
+
+    definitions = {step: f"arn:aws:batch:us-east-1:123456789012:job-definition/{step}{deployed.env}:1" for step in "ab"}
+    manifest = deployed.manifest | {
+        "chains": {
+            "feeds": {"jobQueue": "q", "steps": ["a", "b"], "jobDefinitions": definitions, "table": deployed.table.name}
+        }
+    }
+    aws.session.client("cloudformation").create_stack(
+        StackName=f"pipeline-{deployed.env}c",
+        TemplateBody=json.dumps(
+            {
+                "Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+                "Outputs": {MANIFEST_OUTPUT: {"Value": json.dumps(manifest)}},
+            }
+        ),
+    )
+    steps = [{"name": step, "jobDefinition": arn} for step, arn in definitions.items()]
+    config = {"chains": {"feeds": {"jobQueue": "q", "table": deployed.table.name, "steps": steps}}}
+    recorder = glue.Glue(config, batch=None, dynamodb=aws.dynamodb)
+
+    def job(step: str, run: str, status: str, reason: str = "") -> None:
+        detail = {
+            "jobId": f"{run}-{step}",
+            "status": status,
+            "statusReason": reason,
+            "jobDefinition": definitions[step],
+        }
+        detail["container"] = {"environment": [{"name": "PIPELINE_CHAIN_RUN", "value": run}]}
+        recorder.handle({"source": "aws.batch", "detail-type": "Batch Job State Change", "detail": detail})
+
+    job("a", "run-1", "SUCCEEDED")
+    job("b", "run-1", "SUCCEEDED")
+    job("a", "run-2", "SUCCEEDED")
+    job("b", "run-2", "RUNNABLE")
+    job(
+        "b",
+        "run-2",
+        "FAILED",
+        "Canceled by JobStateTimeLimit action due to reason: CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY",
+    )
+    job("a", "run-3", "RUNNING")
+
+    code, output = invoke("status", "--stack", f"{deployed.env}c", "--json")
+    assert code == 0, output
+    runs = json.loads(output)["chains"]["feeds"]
+    assert runs["run-1"] == {"status": "SUCCEEDED", "reason": "", "steps": {"a": "SUCCEEDED", "b": "SUCCEEDED"}}
+    assert runs["run-2"]["status"] == "FAILED" and runs["run-2"]["steps"] == {"a": "SUCCEEDED", "b": "FAILED"}
+    assert runs["run-2"]["reason"].endswith(
+        "no spot capacity in any allowed instance type (CAPACITY:INSUFFICIENT_INSTANCE_CAPACITY)"
+    )
+    assert runs["run-3"]["status"] == "RUNNING"
+    monkeypatch.setattr(cli.console, "_width", 400)  # one line per run, however long its reason
+    code, output = invoke("status", "--stack", f"{deployed.env}c")
+    (line,) = [line for line in output.splitlines() if "run-2" in line]
+    assert "FAILED: cancelled after waiting in RUNNABLE" in line and "no spot capacity" in line
