@@ -66,7 +66,7 @@ docs: setup ## The API reference from the docstrings, as HTML in docs/api/ (pdoc
 bench: setup ## Measure requests per task, throughput, synth time, faults; writes bench/REPORT.md
 	$(PYTHON) -m bench
 
-chaos: setup ## The fault matrix alone: 300 tasks on 3 workers under kill -9, spot and lifecycle notices
+chaos: setup ## The fault matrix alone: kill -9, spot and lifecycle notices, API faults (5xx, throttles, stalls, refusals)
 	$(PYTHON) -m bench.chaos
 
 deploy: setup ## cdk deploy one environment: make deploy ENV=<name> (needs AWS credentials)
