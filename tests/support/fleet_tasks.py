@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 
 def work(task) -> dict:
@@ -37,3 +39,38 @@ def work(task) -> dict:
 def nap(task) -> None:
     """Sleeps for ``body["sleep"]`` seconds and touches nothing: for tests of the task processes alone."""
     time.sleep(float(task.body["sleep"]))
+
+
+def brief(task) -> dict:
+    """Counts its run (one ``run-<uuid>`` object, as :func:`work`) and sleeps ``body["sleep"]`` seconds: no
+    outputs, so no completion marker; its acknowledgement is the worker's only call after the run."""
+    task.write_intermediate(f"run-{uuid.uuid4().hex}", b"")
+    time.sleep(float(task.body.get("sleep", 0)))
+    return {"ok": True}
+
+
+def spawn(task) -> None:
+    """Starts a tool (``sleep``) as a child process, writes its pid to ``body["pid_file"]``, then hangs: for
+    tests that the tools a task started die with its process."""
+    tool = subprocess.Popen(["sleep", "600"])
+    Path(task.body["pid_file"]).write_text(str(tool.pid))
+    time.sleep(float(task.body.get("sleep", 3600)))
+
+
+def shaped(task) -> dict:
+    """Counts its run (one ``run-<uuid>`` object, as :func:`work`) and returns ``{"run": <that uuid>}``, so that a
+    forwarded or stored result tells which run made it; writes ``output/<id>/result.json`` unless the body says
+    ``message_only``, then ``outputs`` more outputs with names of about 1000 bytes, and adds ``result_bytes``
+    bytes to its result. Sleeps ``sleep`` seconds first."""
+    body = task.body if isinstance(task.body, dict) else {}
+    run = uuid.uuid4().hex
+    task.write_intermediate(f"run-{run}", b"")
+    time.sleep(float(body.get("sleep", 0)))
+    if not body.get("message_only"):
+        task.write_output("result.json", json.dumps({"task": task.id, "run": run}))
+    for part in range(int(body.get("outputs", 0))):
+        task.write_output(f"part-{part:04d}-" + "n" * 990, b"")
+    result: dict = {"run": run}
+    if body.get("result_bytes"):
+        result["blob"] = "x" * int(body["result_bytes"])
+    return result

@@ -61,9 +61,10 @@ class WorkerRow:
 
 
 class Heartbeat:
-    """Every half second: extend the leases running out, acknowledge the finished tasks whose batch is due,
-    refresh the worker's status row (every ``worker_heartbeat_seconds``), and lift the instance's scale-in
-    protection once it has been idle a while."""
+    """Every half second: acknowledge the finished tasks whose batch is due, refresh the worker's status row
+    (every ``worker_heartbeat_seconds``), and lift the instance's scale-in protection once it has been idle a
+    while. Not the leases: their extensions have a thread of their own (:meth:`.LeaseKeeper.keep_hidden`),
+    which none of these calls, their stalls or their retry sleeps can hold up."""
 
     def __init__(
         self,
@@ -90,7 +91,6 @@ class Heartbeat:
         next_worker_row = 0.0
         while True:
             try:
-                self.leases.extend_due()
                 self.acks.flush()
                 now = time.monotonic()
                 if now >= next_worker_row and not self.stopping.is_set():

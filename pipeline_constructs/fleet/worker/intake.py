@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -12,12 +13,18 @@ from .leases import LeaseKeeper
 from .messages import SQS_BATCH, Held, Tally
 from .task import parse_body, task_id_of
 
+log = logging.getLogger("pipeline.worker")
+
+#: Longest pause between receives that keep failing (after the SDK's own retries): 1 s, 2 s, 4 s... up to this.
+RECEIVE_BACKOFF_LIMIT = 20.0
+
 
 class Intake:
     """Receives messages, holds them and hands each to ``start`` (which runs it on a thread of its own).
 
     At most ``concurrency + prefetch`` unfinished messages are held; a finished one waiting for its batched
-    deletion takes no room.
+    deletion takes no room. A receive that fails (SQS throttling or failing past the SDK's retries) is tried
+    again after a pause: the worker goes on with the tasks it holds, rather than stop and hand them back.
     """
 
     def __init__(
@@ -36,6 +43,7 @@ class Intake:
         self.tally = tally
         self.stopping = stopping
         self.start = start
+        self._failures = 0  # receives failed in a row
 
     def wait_for_capacity(self) -> int:
         """How many messages to ask for: waits until a whole batch fits, so receives stay full (cheap)."""
@@ -50,13 +58,24 @@ class Intake:
         return 0
 
     def receive(self, count: int) -> None:
-        """Receive up to ``count`` messages (one long poll), hold them and start each."""
-        response = self.sqs.receive_message(
-            QueueUrl=self.config.queue_url,
-            MaxNumberOfMessages=count,
-            WaitTimeSeconds=self.config.wait_seconds,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
-        )
+        """Receive up to ``count`` messages (one long poll), hold them and start each. They are hidden for the
+        lease keeper's visibility timeout, the one it keeps them by (the worker's setting may differ from the
+        queue's)."""
+        try:
+            response = self.sqs.receive_message(
+                QueueUrl=self.config.queue_url,
+                MaxNumberOfMessages=count,
+                WaitTimeSeconds=self.config.wait_seconds,
+                VisibilityTimeout=self.leases.visibility_timeout,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+        except Exception as error:
+            self._failures += 1
+            pause = min(RECEIVE_BACKOFF_LIMIT, 2.0 ** (self._failures - 1))
+            log.warning("receive failed; trying again", extra={"in_s": pause, "error": str(error)[:300]})
+            self.stopping.wait(pause)
+            return
+        self._failures = 0
         now = time.monotonic()
         for message in response.get("Messages", []):
             body = parse_body(message.get("Body", ""))

@@ -6,10 +6,15 @@ keeps its own S3 client, and runs one task at a time for the worker, which waits
 ``timeout`` gets its process killed (SIGKILL) and a new one takes the slot; so does a task whose process
 died (a segfault, ``os._exit``, the out-of-memory killer). The children ignore SIGTERM and SIGINT (the
 worker decides when they stop) and exit by themselves when the worker dies, even by ``kill -9``.
+
+Each child leads a session (and process group) of its own, and is killed with its whole group: tools a task
+started (a ``subprocess``, a shell pipeline) die with it, on a timeout, a stop, a lost lease, or the death of
+the worker, rather than run on beside the next attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -82,17 +87,18 @@ class TaskProcess:
         self._kill_lock = threading.Lock()
         self._killed = False
         self._busy = False
+        self.message_id: str | None = None  # the message whose task runs now
 
     def run(self, call: TaskCall, timeout: float | None, on_progress: ProgressCallback) -> TaskOutcome:
         with self._kill_lock:
             if self._killed:
                 return TaskOutcome("crashed", error="task process stopped before the task")
-            self._busy = True
+            self._busy, self.message_id = True, call.message_id
         try:
             return self._run(call, timeout, on_progress)
         finally:
             with self._kill_lock:
-                self._busy = False
+                self._busy, self.message_id = False, None
 
     def _run(self, call: TaskCall, timeout: float | None, on_progress: ProgressCallback) -> TaskOutcome:
         try:
@@ -132,24 +138,34 @@ class TaskProcess:
     def alive(self) -> bool:
         return self.process.is_alive()
 
+    def _kill_group(self) -> None:
+        """SIGKILL the process's group: the process and whatever it started (under ``_kill_lock``)."""
+        if self.process.pid:  # never 0: that would be the worker's own group
+            # No group (not yet, or not any more): the process alone.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.is_alive():
+            self.process.kill()
+
     def kill(self) -> None:
-        """Kill the process and close its pipes (once). From the thread that runs its task, or when idle."""
+        """Kill the process (with its group) and close its pipes (once). From the thread that runs its task,
+        or when idle."""
         with self._kill_lock:
             if self._killed:
                 return
             self._killed = True
-            if self.process.is_alive():
-                self.process.kill()
+            self._kill_group()
             self.process.join(timeout=5)
             self._conn.close()
             self._lifeline.close()
 
     def stop(self) -> None:
-        """Kill the process from any thread: a busy one's own thread sees it end and closes the pipes."""
+        """Kill the process (with its group) from any thread: a busy one's own thread sees it end and closes
+        the pipes."""
         with self._kill_lock:
             busy = self._busy and not self._killed
-            if busy and self.process.is_alive():
-                self.process.kill()
+            if busy:
+                self._kill_group()
         if not busy:
             self.kill()
 
@@ -204,8 +220,17 @@ class TaskProcesses:
             self._all.append(process)
             return process
 
+    def stop_task(self, message_id: str) -> None:
+        """Kill the process running the task of message ``message_id``, if any (its lease was lost): its slot's
+        thread sees it end, and a new process takes the slot."""
+        with self._lock:
+            processes = list(self._all)
+        for process in processes:
+            if process.message_id == message_id:
+                process.stop()
+
     def close(self) -> None:
-        """Kill every child (running tasks were released to other workers before this)."""
+        """Kill every child (running tasks are released to other workers once this returns)."""
         with self._lock:
             self._closed = True
             processes, self._all = self._all, []
@@ -217,6 +242,7 @@ class TaskProcesses:
 
 
 def _child_main(conn: Any, lifeline: Any, spec: str, bucket: str, prefix: str, boto_settings: dict[str, Any]) -> None:
+    os.setsid()  # a process group of its own: killed with it, what it starts dies too
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_the_worker, args=(lifeline,), name="lifeline", daemon=True).start()
@@ -273,6 +299,10 @@ class _LazyClient:
 
 def _exit_with_the_worker(lifeline: Any) -> None:
     """The fork server outlives a killed worker (its children hold its pipe), so the parent process is no
-    sign of life; the worker's end of the lifeline is: it closes when the worker's process ends."""
+    sign of life; the worker's end of the lifeline is: it closes when the worker's process ends. The whole
+    group goes, with whatever the task started."""
     lifeline.poll(None)
-    os._exit(1)
+    try:
+        os.killpg(0, signal.SIGKILL)
+    finally:
+        os._exit(1)

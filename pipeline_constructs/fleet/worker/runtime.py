@@ -5,15 +5,28 @@ Guarantees (each has a test that attacks it, listed in the README):
   downstream queue) it was forwarded, so a ``kill -9`` at any point loses neither the task nor its row;
 - a redelivered task already done (its completion marker exists) is acknowledged without running again,
   and outputs are written with conditional puts, so a task never duplicates its output;
-- a message held longer than the visibility timeout is extended (heartbeat), so no other worker gets it;
-- a task past ``task_timeout`` is stopped (its process killed) and counted as a failed attempt; a failed
-  attempt is released after a back-off; after ``max_attempts`` the task is dead-lettered with a FAILED
-  row giving the reason: its own error, ``timed out after N s``, or ``worker lost during N attempts``
+- a message held longer than the visibility timeout is extended, so no other worker gets it: by a thread
+  of its own that makes no other call, with an SQS client of its own (short timeouts, few retries), so no
+  stalled or retried status write, delete or Auto Scaling call delays it; visibility is never asked beyond
+  SQS's 12 h from the receive, and no extension is sent after (or while) a message is released;
+- a lease that is lost (an extension refused for the message, or its visibility run out before an extension
+  landed: failed or stalled extensions, the 12 h cap) is noticed: the message is dropped, its task stopped,
+  and its result not published (no forward, no SUCCEEDED row, no delete); the new holder runs it;
+- a finished message still unacknowledged after three visibility timeouts (at least a minute) is released,
+  so a stuck acknowledgement holds nothing for ever; its redelivery finds the task done;
+- a receive that fails past the SDK's retries is tried again after a pause (1 s, doubling up to 20 s): the
+  worker keeps its running tasks and what it holds rather than stop;
+- a task past ``task_timeout`` is stopped (its process group killed: tools it started die with it) and
+  counted as a failed attempt; a failed attempt is released after a back-off; after ``max_attempts`` the
+  task is dead-lettered with a FAILED row giving the reason: its own error, ``timed out after N s``, or
+  ``worker lost during N attempts``
   (written on a spare delivery the queue's redrive policy allows beyond the attempts, handled at once on a
   thread of its own, never queued behind running tasks where a lost worker would take it along);
 - on SIGTERM running tasks may finish for a grace period; on a spot interruption notice or a termination
   lifecycle action every unfinished message is made visible again at once, the lifecycle action is
-  completed, and the worker exits 0.
+  completed, and the worker exits 0. Whenever unfinished messages are released that way, their task
+  processes (and the processes they started) are killed first, so an old run never writes beside the new
+  owner's.
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ from .heartbeat import Heartbeat, TaskProgress, WorkerRow
 from .instance import LIFECYCLE_TERMINATION, InstanceDuties
 from .intake import Intake
 from .isolation import TaskProcesses
-from .leases import LeaseKeeper
+from .leases import LeaseKeeper, lease_client
 from .limits import (
     DeliveryLimits,
     attempt_budget,
@@ -74,7 +87,9 @@ class Worker:
         self.instance = InstanceDuties(config, metadata=metadata, autoscaling=autoscaling)
         self.tally = Tally()
         self.progress = TaskProgress()
-        self.leases = LeaseKeeper(sqs, config.queue_url, self.tally)
+        self.leases = LeaseKeeper(
+            lease_client(sqs), config.queue_url, self.tally, on_lost=lambda held: tasks.stop_task(held.message_id)
+        )
         self.acks = Acknowledger(config, sqs=sqs, leases=self.leases, status=self.status, tally=self.tally)
         self.row = WorkerRow(
             config.worker_id, status=self.status, leases=self.leases, progress=self.progress, tally=self.tally
@@ -83,7 +98,7 @@ class Worker:
         self.heartbeat = Heartbeat(
             config, leases=self.leases, acks=self.acks, row=self.row, instance=self.instance, stopping=self._stopping
         )
-        self.drain = Drain(self.leases, self.acks, grace_seconds=config.stop_grace_seconds)
+        self.drain = Drain(self.leases, self.acks, grace_seconds=config.stop_grace_seconds, stop_tasks=self.tasks.close)
         self.stop_reason = ""
 
     @property
@@ -97,14 +112,15 @@ class Worker:
             self.stop_reason = reason
             log.info("stopping", extra={"reason": reason, "release_now": release_now})
         self._stopping.set()
-        if release_now:
-            self.leases.release_unfinished()
+        if release_now:  # their task processes killed first: no old run writes beside the new owner's
+            self.leases.release_unfinished(before_sending=self.tasks.close)
         self.leases.wake()
 
     def run(self) -> int:
         """Work until asked to stop (:meth:`request_stop`), then drain; the exit code, 0."""
         limits = DeliveryLimits.of_queue(self.sqs, self.config)
         self.leases.start(limits.visibility_timeout)
+        self.leases.keep_hidden()
         attempts = AttemptRunner(
             self.config,
             self.tasks,
@@ -153,4 +169,5 @@ class Worker:
         if self.stop_reason == LIFECYCLE_TERMINATION:
             self.instance.complete_lifecycle_action()
         attempts.shutdown()
+        self.leases.stop()
         log.info("worker stopped", extra={"reason": self.stop_reason, **self.counts})
