@@ -23,11 +23,31 @@ log = logging.getLogger("pipeline.worker")
 
 COMPLETION_MARKER = "_SUCCESS"
 JSON = "application/json"
+#: Outputs and result travel in the forward and the status row up to this size (JSON bytes), well under
+#: SQS's 256 KiB message and DynamoDB's 400 KB item; larger, both name the completion marker holding them.
+INLINE_OUTCOME_LIMIT = 200 * 1024
+
+
+def outcome_size(outputs: Any, result: Any) -> int:
+    return len(json.dumps({"outputs": outputs, "result": result}, default=str).encode())
+
+
+def stored_outcome(row: dict[str, Any]) -> dict[str, Any]:
+    """What a SUCCEEDED row says the task produced: ``outputs`` and ``result`` (a JSON text in the row), or the
+    completion marker holding them (``outcome``, with ``outputs_count``)."""
+    if row.get("outcome"):
+        return {"outputs_count": int(row.get("outputs_count") or 0), "outcome": row["outcome"]}
+    result = row.get("result")
+    return {"outputs": list(row.get("outputs") or []), "result": json.loads(result) if result else None}
 
 
 class CompletionMarkers:
     """``output/<task id>/_SUCCESS``, left by an attempt that wrote outputs (naming them, with its result): a
-    redelivery of a task whose worker died after finishing, before deleting, finds it done."""
+    redelivery of a task whose worker died after finishing, before deleting, finds it done.
+
+    The first marker stays: an attempt that finds one left by another (two deliveries of a task ran at once)
+    adopts its outputs and result, so that what is stored, rowed and forwarded agrees. A marker is also left
+    for an outcome too large to travel inline: the forward and the row then name it (``outcome``)."""
 
     def __init__(self, s3: Any, *, bucket: str, prefix: str) -> None:
         self.s3 = s3
@@ -36,6 +56,9 @@ class CompletionMarkers:
 
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}output/{task_id}/{COMPLETION_MARKER}"
+
+    def uri(self, task_id: str) -> str:
+        return f"s3://{self.bucket}/{self._key(task_id)}"
 
     def find(self, task_id: str) -> dict[str, Any] | None:
         """The marker a finished attempt left (its outputs and result), or None."""
@@ -48,10 +71,37 @@ class CompletionMarkers:
             raise
         return json.loads(body)
 
-    def leave(self, task_id: str, outcome: TaskOutcome, *, worker: str) -> None:
-        """Mark the task done, once: a marker left by an earlier attempt stays."""
+    def leave(self, task_id: str, outcome: TaskOutcome, *, worker: str) -> dict[str, Any]:
+        """Mark the task done, once: a marker left by an earlier attempt stays, and is returned instead."""
         body = {"task": task_id, "outputs": outcome.outputs, "result": outcome.result, "worker": worker}
-        put_once(self.s3, self.bucket, self._key(task_id), json.dumps(body, default=str), content_type=JSON)
+        if put_once(self.s3, self.bucket, self._key(task_id), json.dumps(body, default=str), content_type=JSON):
+            return body
+        return self.find(task_id) or body
+
+    def settle(self, task_id: str, outcome: TaskOutcome, *, worker: str) -> dict[str, Any]:
+        """What a successful attempt acknowledges: its outputs and result, or the marker's if another attempt
+        left one first; by reference to the marker when too large."""
+        outputs, result = outcome.outputs, outcome.result
+        large = outcome_size(outputs, result) > INLINE_OUTCOME_LIMIT
+        if outputs or large:  # a marker only where there is output to protect from a redo, or no room
+            stored = self.leave(task_id, outcome, worker=worker)
+            outputs, result = stored.get("outputs") or [], stored.get("result")
+        return self.travelling(task_id, {"outputs": outputs, "result": result})
+
+    def travelling(self, task_id: str, stored: dict[str, Any]) -> dict[str, Any]:
+        """``stored`` (outputs and result) as the forward and the row carry it: inline, or by reference to the
+        task's marker when too large (a marker holding them exists then)."""
+        if stored.get("outcome"):
+            return {"outputs_count": stored.get("outputs_count", 0), "outcome": stored["outcome"]}
+        outputs, result = list(stored.get("outputs") or []), stored.get("result")
+        if outcome_size(outputs, result) > INLINE_OUTCOME_LIMIT:
+            return {"outputs_count": len(outputs), "outcome": self.uri(task_id)}
+        return {"outputs": outputs, "result": result}
+
+
+class NotLookedUp(RuntimeError):
+    """The runtime could not tell whether a task is done (S3 or DynamoDB failing past the SDK's retries): the
+    delivery started no attempt."""
 
 
 class AttemptRunner:
@@ -102,39 +152,75 @@ class AttemptRunner:
         self._spare.shutdown(wait=False, cancel_futures=True)
 
     def _process(self, held: Held, body: Any, on_spare_thread: bool = False, checked: bool = False) -> None:
-        """Run one delivery; ``checked``: its marker was looked for and its attempt counted already."""
+        """Run one delivery; ``checked``: its task was looked up and its attempt counted already."""
         held.started = time.monotonic()
         self.instance.set_protection(True)
         try:
-            # Only a redelivery can find its work done (a worker died after finishing, before deleting):
-            # first deliveries skip the check, so message-only tasks cost no S3 request at all.
-            marker = self.markers.find(held.task_id) if held.delivery > 1 and not checked else None
-            if marker is not None:
-                self._done_before(held, marker)
-            else:
-                if held.delivery > 1 and not checked:
-                    held.attempt = self._redelivered_attempt(held)
-                if self.limits.past_attempts(held):
-                    self._past_last_attempt(held)
-                    return
-                if on_spare_thread:  # attempts left after all (deliveries were lost unstarted): a task slot
-                    held.future = self._slots.submit(self._process, held, body, checked=True)
-                    return
-                call = TaskCall(held.task_id, body, held.message_id, held.attempt)
-                outcome = self.tasks.run(call, self.progress.record)
-                if not outcome.ok:
-                    self._task_failed(held, outcome)
-                    return
-                held.outcome = {"result": outcome.result, "outputs": outcome.outputs}
-                if outcome.outputs:  # a marker only where there is output to protect from a redo
-                    self.markers.leave(held.task_id, outcome, worker=self.config.worker_id)
+            done = self._settle(held, body, on_spare_thread=on_spare_thread, checked=checked)
+        except NotLookedUp as error:
+            # Nothing ran: the message goes back for a later delivery, which does not count as an attempt (no
+            # start was recorded); only the spare deliveries are used up if the trouble lasts.
+            log.warning(
+                "task not looked up: released, not an attempt", extra={"task": held.task_id, "error": str(error)}
+            )
+            if self.leases.holds(held):
+                self.leases.release([held], delay=self.config.retry_delay)
+            return
         except Exception as error:  # the runtime's own trouble (S3 unreachable...): a failed attempt too
             log.exception("task attempt failed in the runtime", extra={"task": held.task_id})
             self._task_failed(held, TaskOutcome("error", error=f"{type(error).__name__}: {error}"[:1000]))
             return
         finally:
             self.progress.forget(held.task_id)
-        self._acknowledge(held)
+        if done:
+            self._acknowledge(held)
+
+    def _settle(self, held: Held, body: Any, *, on_spare_thread: bool, checked: bool) -> bool:
+        """Look the task up, then run its attempt, record why it runs none, or pass it to a task slot; True if
+        it is done (by this attempt or an earlier one) and is to be acknowledged."""
+        row: dict[str, Any] = {}
+        if not checked:
+            try:
+                row = self._look_up(held)
+            except Exception as error:
+                raise NotLookedUp(f"{type(error).__name__}: {error}"[:1000]) from error
+            if held.outcome:  # done before: not run again
+                return True
+            if held.delivery > 1:
+                held.attempt = self._redelivered_attempt(held)
+        if self.limits.past_attempts(held):
+            self._past_last_attempt(held, row)
+            return False
+        if on_spare_thread:  # attempts left after all (deliveries were lost unstarted): a task slot
+            held.future = self._slots.submit(self._process, held, body, checked=True)
+            return False
+        outcome = self.tasks.run(TaskCall(held.task_id, body, held.message_id, held.attempt), self.progress.record)
+        if not outcome.ok:
+            self._task_failed(held, outcome)
+            return False
+        held.outcome = self.markers.settle(held.task_id, outcome, worker=self.config.worker_id)
+        return True
+
+    def _look_up(self, held: Held) -> dict[str, Any]:
+        """Whether the task is done already, before it runs; its row as it stands (empty if none).
+
+        Done is a SUCCEEDED row (one read, on every delivery: a key sent again arrives as a new message) or,
+        on a redelivery, a completion marker (its worker died after finishing, before its row). Either way
+        the delivery is acknowledged and the stored outcome forwarded, never a new one."""
+        try:  # eventually consistent on a first delivery: a key sent again comes long after its row
+            row = self.status.read(held.task_id, consistent=held.delivery > 1) or {}
+        except Exception:  # not knowing costs at most a run: outputs are written once, markers adopted
+            log.exception("status read failed: the task runs unchecked", extra={"task": held.task_id})
+            row = {}
+        if row.get("state") == "SUCCEEDED":
+            self._done_before(held, stored_outcome(row), row_stored=True)
+            return row
+        # Only a redelivery can find its work done without a row: first deliveries skip the check, so
+        # message-only tasks cost no S3 request at all.
+        marker = self.markers.find(held.task_id) if held.delivery > 1 else None
+        if marker is not None:
+            self._done_before(held, marker)
+        return row
 
     def _acknowledge(self, held: Held) -> None:
         self.acks.queue(held, last_chance=self.limits.last_attempt(held))
@@ -146,21 +232,19 @@ class AttemptRunner:
         started = self.status.attempt_started(held.task_id)
         return held.delivery if started is None else min(held.delivery, started + 1)
 
-    def _done_before(self, held: Held, marker: dict[str, Any]) -> None:
-        """Done by an earlier attempt whose worker died before deleting: acknowledge, record and forward it
-        again (the first forward may never have happened; the next stage dedupes on the task id)."""
-        held.outcome = {"duplicate": True, "outputs": marker.get("outputs"), "result": marker.get("result")}
+    def _done_before(self, held: Held, stored: dict[str, Any], *, row_stored: bool = False) -> None:
+        """Done by an earlier attempt (or delivery): acknowledge it and forward its stored outcome again (the
+        first forward may never have happened; the next stage dedupes on the task id); its row is written
+        again unless it is the SUCCEEDED row it was found by (``row_stored``)."""
+        held.outcome = {"duplicate": True, **self.markers.travelling(held.task_id, stored)}
+        if row_stored:
+            held.outcome["row_stored"] = True
         self.tally.add("duplicates")
 
-    def _past_last_attempt(self, held: Held) -> None:
+    def _past_last_attempt(self, held: Held, row: dict[str, Any]) -> None:
         """A spare delivery: every attempt's worker was lost (or the last failure was recorded already).
-        Record why, then release it; SQS moves it to the DLQ once the spare deliveries are used up."""
-        marker = self.markers.find(held.task_id)
-        row = self.status.read(held.task_id) or {}
-        if marker is not None or row.get("state") == "SUCCEEDED":
-            self._done_before(held, marker or {"outputs": row.get("outputs")})
-            self._acknowledge(held)
-            return
+        Record why (``row``: the task's row as looked up), then release it; SQS moves it to the DLQ once the
+        spare deliveries are used up."""
         if row.get("state") != "FAILED":
             reason = self.limits.dead_letter_reason(held, row)
             log.warning("task dead-lettered", extra={"task": held.task_id, "reason": reason})

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from .config import WorkerConfig
 from .messages import Held
 
+log = logging.getLogger("pipeline.worker")
+
 
 def attempt_budget(max_receive_count: int | None) -> int | None:
     """Attempts a task gets under a redrive policy of ``max_receive_count``: one delivery is kept spare, on
-    which a worker records why the task is dead-lettered when the workers of every attempt were lost."""
+    which a worker records why the task is dead-lettered when the workers of every attempt were lost. A queue
+    that delivers once (``maxReceiveCount`` 1) has none to spare: its only delivery runs the task."""
     if max_receive_count is None:
         return None
     return max_receive_count - 1 if max_receive_count >= 2 else 1
@@ -41,14 +45,24 @@ class DeliveryLimits:
         max_attempts = config.max_attempts
         if max_attempts is None:
             max_attempts = attempt_budget(max_receive_count)
+        if max_receive_count == 1:
+            log.warning(
+                "the queue delivers a task once (maxReceiveCount 1): a failed attempt is not retried, and a task "
+                "whose worker is lost goes to the dead-letter queue without a FAILED row; allow 2 or more receives"
+            )
         return cls(visibility_timeout, max_receive_count, max_attempts)
+
+    @property
+    def spare_delivery(self) -> bool:
+        """Whether the queue's last delivery is kept to record a reason: only when there is one besides it."""
+        return self.max_receive_count is not None and self.max_receive_count >= 2
 
     def past_attempts(self, held: Held) -> bool:
         """No attempt on this delivery, only the reason recorded: the attempts are used up, or it is the last
-        delivery SQS makes before the dead-letter queue (kept for the record)."""
+        delivery SQS makes before the dead-letter queue (kept for the record, unless it is the only one)."""
         if self.max_attempts is not None and held.attempt > self.max_attempts:
             return True
-        return self.max_receive_count is not None and held.delivery >= self.max_receive_count
+        return self.spare_delivery and held.delivery >= (self.max_receive_count or 0)
 
     def last_attempt(self, held: Held) -> bool:
         """After this one, no attempt: its failure is final, and its success is acknowledged at once."""

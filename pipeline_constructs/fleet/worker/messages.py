@@ -10,6 +10,9 @@ from typing import Any, TypeVar
 
 #: The most entries SQS takes in one receive or batch request.
 SQS_BATCH = 10
+#: The most bytes of message bodies SQS takes in one message, and in one batch request (its limit before
+#: 2025, still a queue's ``MaximumMessageSize`` where it was set so): a batch is cut to fit before it is sent.
+SQS_PAYLOAD_LIMIT = 256 * 1024
 
 Item = TypeVar("Item")
 
@@ -18,6 +21,22 @@ def sqs_batches(items: Sequence[Item]) -> Iterator[Sequence[Item]]:
     """``items`` in slices of at most :data:`SQS_BATCH`, one slice a batch request."""
     for start in range(0, len(items), SQS_BATCH):
         yield items[start : start + SQS_BATCH]
+
+
+def sqs_payload_batches(entries: Sequence[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Send-batch ``entries`` (each with its ``MessageBody``) in batches of at most :data:`SQS_BATCH` entries
+    and :data:`SQS_PAYLOAD_LIMIT` bytes of bodies, in their order; an entry over the limit goes alone."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for entry in entries:
+        length = len(entry["MessageBody"].encode())
+        if batch and (len(batch) == SQS_BATCH or size + length > SQS_PAYLOAD_LIMIT):
+            yield batch
+            batch, size = [], 0
+        batch.append(entry)
+        size += length
+    if batch:
+        yield batch
 
 
 @dataclass(eq=False)  # identity, not field equality: membership tests compare the very message held

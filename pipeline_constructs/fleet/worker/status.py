@@ -2,13 +2,17 @@
 
 A DynamoDB write costs more than three SQS requests, so the rows of finished tasks are written with
 BatchWriteItem (25 items a request), together with the batched acknowledgement that deletes their
-messages (rows first); a failure is written at once, because that is what an operator looks for.
+messages (rows first); a failure is written at once, because that is what an operator looks for. Each
+finished row stands alone: rows of one task id are merged (DynamoDB refuses a batch that names a key
+twice), a row is kept under DynamoDB's 400 KB item limit, and a batch the service refuses for its content
+is written row by row, so that one bad row fails only itself.
 Layout (shared with the CLI): partition ``fleet#<name>``, sort key ``task#<id>`` for a task's last state
 and ``worker#<id>`` for a worker's heartbeat.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from decimal import Decimal
@@ -17,6 +21,11 @@ from typing import Any
 log = logging.getLogger("pipeline.worker")
 
 BATCH_WRITE_LIMIT = 25
+#: DynamoDB's item limit is 400 KB (names and values); rows are kept under it with room to spare.
+ROW_LIMIT = 350 * 1024
+#: What a finished row keeps when its fields are too large (or refused) for one: the task's outputs and
+#: result are in the completion marker its ``outcome`` names.
+ESSENTIAL_FIELDS = ("state", "attempts", "worker", "duration_s", "outputs_count", "outcome", "redelivered")
 
 #: The status store's keys, for tools that create a table outside CloudFormation (tests, benchmarks);
 #: the StatusStore construct declares the same ``pk``/``sk`` string keys.
@@ -39,11 +48,21 @@ def _dynamo_value(value: Any) -> Any:
     return value
 
 
+def _error_code(error: Exception) -> str:
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code", type(error).__name__))
+
+
+def item_size(item: dict[str, Any]) -> int:
+    """An item's size, over-estimated: its JSON's bytes (quotes and separators count more than DynamoDB's
+    own overhead of names, types and list entries)."""
+    return len(json.dumps(item, default=str).encode())
+
+
 class StatusRecorder:
     """Task rows and worker rows; finished tasks in batches of 25, failures and worker rows one by one."""
 
     def __init__(self, table: Any | None, fleet: str, *, ttl_days: int) -> None:
-        self._table = table
+        self._table: Any = table  # None: no status store
         self._partition = f"fleet#{fleet}"
         self._ttl_seconds = ttl_days * 86400
 
@@ -56,25 +75,82 @@ class StatusRecorder:
 
     def tasks_finished(self, rows: list[tuple[str, dict[str, Any]]]) -> bool:
         """Store final rows (task id, fields) now, 25 a request; False if any could not be stored."""
+        return not self.store_finished(rows)
+
+    def store_finished(self, rows: list[tuple[str, dict[str, Any]]]) -> set[str]:
+        """Store final rows (task id, fields) now, 25 a request; the ids of the tasks whose row could not be
+        stored. Rows of one task id are merged (the last one's fields stand)."""
         if self._table is None or not rows:
-            return True
-        items = [self._item(f"task#{task_id}", fields) for task_id, fields in rows]
+            return set()
+        items = {task_id: self._finished_item(task_id, fields) for task_id, fields in rows}
+        ids = list(items)
+        unstored: set[str] = set()
+        for start in range(0, len(ids), BATCH_WRITE_LIMIT):
+            chunk = {i: items[i] for i in ids[start : start + BATCH_WRITE_LIMIT]}
+            unstored |= self._write_batch(chunk)
+        return unstored
+
+    def _finished_item(self, task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        item = self._item(f"task#{task_id}", fields)
+        if item_size(item) > ROW_LIMIT:
+            log.warning("status row too large: stored without its outputs and result", extra={"task": task_id})
+            item = self._essential(item)
+        return item
+
+    def _essential(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The row without what made it too large or refused: its keys, times and :data:`ESSENTIAL_FIELDS`."""
+        kept = {k: v for k, v in item.items() if k in ("pk", "sk", "updated_at", "expires_at", *ESSENTIAL_FIELDS)}
+        kept.setdefault("outputs_count", len(item.get("outputs") or []))
+        kept["note"] = "outputs and result left out of the status row (too large or refused)" + (
+            f": see {item['outcome']}" if item.get("outcome") else ""
+        )
+        return kept
+
+    def _write_batch(self, items: dict[str, dict[str, Any]]) -> set[str]:
+        """One BatchWriteItem of ``items`` (by task id), its unprocessed items retried with back-off; a batch
+        refused for its content is written row by row. The ids not stored."""
         client = self._table.meta.client
-        for start in range(0, len(items), BATCH_WRITE_LIMIT):
-            requests = [{"PutRequest": {"Item": item}} for item in items[start : start + BATCH_WRITE_LIMIT]]
-            for attempt in range(8):
-                try:
-                    response = client.batch_write_item(RequestItems={self._table.name: requests})
-                except Exception:
-                    log.exception("status batch write failed", extra={"records": len(requests)})
-                    return False
-                requests = response.get("UnprocessedItems", {}).get(self._table.name, [])
-                if not requests:
-                    break
+        pending = items
+        for attempt in range(8):
+            if attempt:
                 time.sleep(min(0.05 * 2**attempt, 2))
-            if requests:
+            requests = [{"PutRequest": {"Item": item}} for item in pending.values()]
+            try:
+                response = client.batch_write_item(RequestItems={self._table.name: requests})
+            except Exception as error:
+                if _error_code(error) == "ValidationException":  # one bad row: find it, store the others
+                    log.warning("status batch refused: rows written one by one", extra={"rows": len(pending)})
+                    return self._put_each(pending)
+                log.exception("status batch write failed", extra={"records": len(pending)})
+                if attempt >= 2:
+                    return set(pending)
+                continue
+            unprocessed = response.get("UnprocessedItems", {}).get(self._table.name, [])
+            keys = {request["PutRequest"]["Item"]["sk"] for request in unprocessed}
+            pending = {i: item for i, item in pending.items() if item["sk"] in keys}
+            if not pending:
+                return set()
+        return set(pending)
+
+    def _put_each(self, items: dict[str, dict[str, Any]]) -> set[str]:
+        """Each row on its own; one refused for its content is stored with its essential fields only."""
+        return {task_id for task_id, item in items.items() if not self._put_finished(task_id, item)}
+
+    def _put_finished(self, task_id: str, item: dict[str, Any]) -> bool:
+        try:
+            self._table.put_item(Item=item)
+            return True
+        except Exception as error:
+            if _error_code(error) != "ValidationException":
+                log.exception("status write failed", extra={"task": task_id})
                 return False
-        return True
+            log.warning("status row refused: stored with its essential fields", extra={"task": task_id})
+        try:
+            self._table.put_item(Item=self._essential(item))
+            return True
+        except Exception:
+            log.exception("status write failed", extra={"task": task_id})
+            return False
 
     def task_failed(self, task_id: str, **fields: Any) -> None:
         """Write a failed attempt now: the error and attempt count are what an operator needs first."""
@@ -108,11 +184,11 @@ class StatusRecorder:
             log.exception("status write failed: attempt counted by deliveries", extra={"task": task_id})
             return None
 
-    def read(self, task_id: str) -> dict[str, Any] | None:
-        """A task's row as it stands (strongly consistent), or None."""
+    def read(self, task_id: str, *, consistent: bool = True) -> dict[str, Any] | None:
+        """A task's row as it stands (strongly consistent unless told otherwise: half the price), or None."""
         if self._table is None:
             return None
-        return self._table.get_item(Key=self._task_key(task_id), ConsistentRead=True).get("Item")
+        return self._table.get_item(Key=self._task_key(task_id), ConsistentRead=consistent).get("Item")
 
     def _task_key(self, task_id: str) -> dict[str, str]:
         return {"pk": self._partition, "sk": f"task#{task_id}"}

@@ -9,7 +9,9 @@ A task function is named ``module:function`` (``PIPELINE_TASK``) and takes one :
         return {"rows": 42}                        # optional: recorded and forwarded downstream
 
 Raising marks the attempt failed: SQS delivers the task again later, and after the queue's
-``max_receive_count`` it moves to the dead-letter queue; the error is in the status store.
+``max_receive_count`` it moves to the dead-letter queue; the error is in the status store. A task id runs
+to success once: a delivery of an id with a SUCCEEDED row (a key sent again) is acknowledged without
+running, and the stored outputs and result are forwarded again.
 """
 
 from __future__ import annotations
