@@ -3,8 +3,12 @@
 Guarantees (each has a test that attacks it, listed in the README):
 - a message is deleted only after its outputs are written, its SUCCEEDED row is stored and (with a
   downstream queue) it was forwarded, so a ``kill -9`` at any point loses neither the task nor its row;
-- a redelivered task already done (its completion marker exists) is acknowledged without running again,
-  and outputs are written with conditional puts, so a task never duplicates its output;
+- a task already done (its SUCCEEDED row, read before every run; on a redelivery also its completion marker)
+  is acknowledged without running again and its stored outcome forwarded, so a re-sent key and a redelivery
+  agree with what was stored; outputs are written with conditional puts, so a task never duplicates them;
+- acknowledgements are owned per record: a forward, row or delete that fails is retried for that record,
+  then the record is released (never left held); one bad record (a duplicate id, a row or forward too large)
+  fails no other;
 - a message held longer than the visibility timeout is extended, so no other worker gets it: by a thread
   of its own that makes no other call, with an SQS client of its own (short timeouts, few retries), so no
   stalled or retried status write, delete or Auto Scaling call delays it; visibility is never asked beyond
