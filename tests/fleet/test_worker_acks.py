@@ -341,3 +341,28 @@ def test_a_delivery_that_cannot_look_its_task_up_is_released_without_using_an_at
     assert _states(p) == {"looked-up": "SUCCEEDED"}
     assert p.runs("looked-up") == 2, "attempt 1 failed, attempt 2 ran on the delivery after the failed look"
     assert '"task not looked up: released, not an attempt"' in _log(p)
+
+
+def test_a_spare_delivery_that_cannot_read_the_row_keeps_the_failed_row_s_own_reason(pipeline, aws_env, proxy):
+    """The row read failing on the delivery that records why a task is dead-lettered: it knows no reason, so
+    it must not replace the last attempt's FAILED row ("worker lost" over "poison task"; make chaos saw it)."""
+    p = pipeline(visibility=30, max_receive_count=5)
+    p.submit([{"key": "poisoned", "poison": True}])
+    target = "DynamoDB_20120810.GetItem"
+    # One read a delivery: the third (the first spare delivery's) fails past the SDK's retries.
+    rule = proxy.add(Rule(target=target, answer=server_error(target), skip=2, times=2))
+    p.start_worker(
+        aws_env,
+        AWS_ENDPOINT_URL=proxy.endpoint,
+        AWS_RETRY_MODE="standard",
+        AWS_MAX_ATTEMPTS="2",
+        PIPELINE_RETRY_DELAY="1",
+        PIPELINE_MAX_ATTEMPTS="2",
+    )
+    wait_until(lambda: p.queue_counts() == (0, 0), timeout=60, message="the task dead-lettered")
+    assert p.stop_all() == [0]
+    assert rule.fired == 2
+    row = p.task_rows()["poisoned"]
+    assert (row["state"], row["error"]) == ("FAILED", "ValueError: poison task poisoned")
+    assert "worker lost" not in _log(p), "no reason it could not know was recorded"
+    assert p.runs("poisoned") == 2, "the overwritten row lost its attempt count: the poison ran a third time"

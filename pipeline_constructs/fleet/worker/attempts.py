@@ -209,7 +209,10 @@ class AttemptRunner:
         the delivery is acknowledged and the stored outcome forwarded, never a new one."""
         try:  # eventually consistent on a first delivery: a key sent again comes long after its row
             row = self.status.read(held.task_id, consistent=held.delivery > 1) or {}
-        except Exception:  # not knowing costs at most a run: outputs are written once, markers adopted
+        except Exception:
+            if self.limits.past_attempts(held):  # a spare delivery would record a reason it cannot know
+                raise
+            # Not knowing costs at most a run: outputs are written once, markers adopted.
             log.exception("status read failed: the task runs unchecked", extra={"task": held.task_id})
             row = {}
         if row.get("state") == "SUCCEEDED":
