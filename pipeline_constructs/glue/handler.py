@@ -446,8 +446,9 @@ def from_success(facts: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 
 def request_size(request: dict[str, Any]) -> int:
-    """The SubmitJob request body's size as the SDK sends it (JSON, UTF-8)."""
-    return len(json.dumps(request, separators=(",", ":")).encode())
+    """The SubmitJob request body's size as the SDK sends it: JSON with botocore's separators (``", "`` and
+    ``": "``, not the compact ones, which undercount by 4 bytes an environment entry), non-ASCII escaped."""
+    return len(json.dumps(request).encode())
 
 
 def claim_check(
