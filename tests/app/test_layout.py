@@ -158,5 +158,8 @@ def test_an_old_path_leaves_the_real_module_its_own_spec():
 
 def test_a_module_that_exists_at_neither_path_is_not_found():
     with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)  # and no warning for it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        importlib.import_module("pipeline_constructs.worker")  # the parent warns once, rightly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # and no warning for the module that is not there
         assert importlib.util.find_spec("pipeline_constructs.worker.nonexistent") is None
