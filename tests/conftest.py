@@ -231,6 +231,7 @@ JSII_TESTS = (
     "tests/ops/test_operator_cli.py::test_cost_reports_a_nat_gateway_with_its_price",
     # The flat paths of the constructs' modules import the CDK.
     "tests/app/test_layout.py::test_a_flat_module_path_still_imports_as_its_new_module",
+    "tests/glue/test_guard_mutants.py::test_the_guards_lease_outlives_the_glue_function",
 )
 #: Modules whose tests share a module-scoped fixture too costly to build on several processes.
 SHARED_FIXTURE_MODULES = ("tests/app/test_guide.py",)
