@@ -320,10 +320,11 @@ def test_a_queue_with_max_receive_count_1_runs_each_task_on_its_only_delivery(pi
     assert "maxReceiveCount 1" in _log(p)
 
 
-def test_a_delivery_that_cannot_look_its_task_up_is_released_without_using_an_attempt(pipeline, aws_env, proxy):
+def test_a_delivery_that_cannot_look_its_task_up_looks_again_while_held_spending_no_attempt(pipeline, aws_env, proxy):
     """S3 failing past the SDK's retries on a redelivery's completion-marker look: nothing ran, so it is no
-    attempt. Counted as one, the task's last attempt was spent and a task that never ran was dead-lettered
-    with the injected error (make chaos lost one so)."""
+    attempt (counted as one, a task that never ran was dead-lettered with the injected error), and the message
+    is held while the look is tried again (released, each failed look spent one of its deliveries: make chaos
+    lost a task so)."""
     p = pipeline(visibility=30, max_receive_count=5)  # with PIPELINE_MAX_ATTEMPTS=2: 3 spare deliveries, as a fleet has
     p.submit([{"key": "looked-up", "fail_attempts": 1}])  # attempt 1 fails: delivery 2 looks for a marker
     rule = proxy.add(Rule(method="GET", path_contains="/_SUCCESS", answer=server_error(), times=2))
@@ -340,7 +341,7 @@ def test_a_delivery_that_cannot_look_its_task_up_is_released_without_using_an_at
     assert rule.fired == 2
     assert _states(p) == {"looked-up": "SUCCEEDED"}
     assert p.runs("looked-up") == 2, "attempt 1 failed, attempt 2 ran on the delivery after the failed look"
-    assert '"task not looked up: released, not an attempt"' in _log(p)
+    assert '"look-up failed: trying again"' in _log(p), "looked up again while held: no delivery spent"
 
 
 def test_a_spare_delivery_that_cannot_read_the_row_keeps_the_failed_row_s_own_reason(pipeline, aws_env, proxy):

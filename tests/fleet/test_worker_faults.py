@@ -128,8 +128,8 @@ def test_deliveries_lost_before_their_task_started_are_not_attempts(pipeline, aw
     wait_until(lambda: p.task_rows().get("late", {}).get("state") == "SUCCEEDED", timeout=30, message="the task")
     assert p.stop_all() == [0]
     row = p.task_rows()["late"]
-    # Its 4th delivery: the first counts as an attempt (unknowable without a write per task), the next two not.
-    assert row["attempts"] == 2 and p.runs("late") == 1 and p.outputs() == {"late": 1}
+    # Its 4th delivery, its first attempt: an attempt is counted as it starts, in the task's row.
+    assert row["attempts"] == 1 and p.runs("late") == 1 and p.outputs() == {"late": 1}
     assert p.queue_counts(p.dlq_url) == (0, 0)
 
 
@@ -144,7 +144,7 @@ def test_a_task_out_of_deliveries_before_its_attempts_is_dead_lettered_saying_so
     row = p.task_rows()["unlucky"]
     assert row["state"] == "FAILED" and p.runs("unlucky") == 0
     assert row["error"] == (
-        "dead-lettered after 1 attempt of 3: 4 deliveries were lost before their task started "
+        "dead-lettered after 0 attempts of 3: 5 deliveries were lost before their task started "
         "(workers killed while holding them)"
     )
 
@@ -229,4 +229,6 @@ def test_a_lifecycle_termination_releases_tasks_and_completes_the_action_within_
     }
     protection = [c["ProtectedFromScaleIn"] for c in autoscaling.calls if c["action"] == "SetInstanceProtection"]
     assert protection[0] == "true", "protected from scale-in while busy"
-    assert p.task_rows() == {}, "a released task is no failed attempt"
+    rows = p.task_rows()
+    assert {row["state"] for row in rows.values()} == {"RUNNING"}, "a released task is no failed attempt"
+    assert [int(row["started"]) for row in rows.values()] == [0, 0, 0], "its start given back: no attempt spent"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from pipeline_constructs.fleet.worker import acknowledger, status
+from pipeline_constructs.fleet.worker import acknowledger, attempts, status
 from pipeline_constructs.fleet.worker.acknowledger import Acknowledger
 from pipeline_constructs.fleet.worker.attempts import AttemptRunner
 from pipeline_constructs.fleet.worker.config import WorkerConfig
@@ -28,6 +28,7 @@ CONFIG = WorkerConfig(
 @pytest.fixture(autouse=True)
 def no_back_off(monkeypatch):
     monkeypatch.setattr(acknowledger, "BACKOFF_SECONDS", 0)
+    monkeypatch.setattr(attempts, "HOLDING_RETRY_WAITS", (0.0, 0.0, 0.0, 0.0))
     monkeypatch.setattr(status.time, "sleep", lambda seconds: None)
 
 
@@ -95,17 +96,37 @@ class Table:
 
         self.meta = type("Meta", (), {"client": Client()})()
 
+    put_failures = 0  # the next puts that fail past the SDK's retries
+
     def put_item(self, Item):
+        if self.put_failures:
+            self.put_failures -= 1
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "x"}}, "PutItem")
         self.stored[Item["sk"]] = Item
 
-    def get_item(self, Key, ConsistentRead):
+    def get_item(self, Key, ConsistentRead=True):
         return {"Item": self.stored[Key["sk"]]} if Key["sk"] in self.stored else {}
 
-    started = 0  # redelivered attempts started, as the row counts them (a first delivery's is not)
+    def update_item(self, Key, UpdateExpression, ExpressionAttributeValues, **kwargs):
+        """Counts a start (``ADD started :one``, a finished row left alone) or gives one back, as DynamoDB."""
+        row = self.stored.get(Key["sk"])
+        if UpdateExpression.startswith("ADD started :less"):
+            if not row or not row.get("started"):
+                raise ClientError({"Error": {"Code": "ConditionalCheckFailedException", "Message": "x"}}, "U")
+            row["started"] -= 1
+            return {}
+        if row and row.get("state") == "SUCCEEDED":
+            raise ClientError({"Error": {"Code": "ConditionalCheckFailedException", "Message": "x"}}, "U")
+        before = dict(row or {})
+        self.stored[Key["sk"]] = {"state": "RUNNING", **before, "started": before.get("started", 0) + 1}
+        return {"Attributes": before} if before else {}
 
-    def update_item(self, **kwargs):
-        self.started += 1
-        return {"Attributes": {"started": self.started}}
+    def started(self, task: str = "t1") -> int:
+        return self.stored.get(f"task#{task}", {}).get("started", 0)
+
+    def starts_made(self, count: int, task: str = "t1") -> None:
+        """``count`` attempts of ``task`` started before (their workers lost)."""
+        self.stored[f"task#{task}"] = {"state": "RUNNING", "started": count}
 
 
 def held(number: int, task: str | None = None, **outcome: Any) -> Held:
@@ -234,9 +255,13 @@ class Markers:
         self.down = False
         self.gets = 0
 
+    fail_once = False  # with ``down``: only the first get fails
+
     def get_object(self, Bucket: str, Key: str):
         self.gets += 1
         code = "InternalError" if self.down else "NoSuchKey"
+        if self.fail_once:
+            self.down = self.fail_once = False
         raise ClientError({"Error": {"Code": code, "Message": "x"}}, "GetObject")
 
 
@@ -266,9 +291,35 @@ def test_a_delivery_that_cannot_look_its_task_up_is_released_after_the_retry_del
     redelivery = Held({"MessageId": "m1", "ReceiptHandle": "r1", "Body": "{}"}, "r1", 2, "t1", 1)
     worker.hold(redelivery)
     tasks._process(redelivery, {})
-    assert s3.gets == 1 and runs == []
+    assert s3.gets == 5 and runs == [], "looked up again while held, 4 times, before it is let go"
     assert worker.queue.of("release") == [("r1", CONFIG.retry_delay)] and not worker.leases.holds(redelivery)
     assert worker.table.stored == {} and worker.tally.counts["failed"] == 0, "no failed attempt recorded"
+
+
+def test_a_look_up_failing_once_is_tried_again_on_the_same_delivery():
+    worker, s3, runs = Worker(), Markers(), list[Any]()
+    s3.down = True
+    tasks = runner(worker, DeliveryLimits(30, 6, 3), s3, runs)
+    redelivery = Held({"MessageId": "m1", "ReceiptHandle": "r1", "Body": "{}"}, "r1", 2, "t1", 1)
+    worker.hold(redelivery)
+    s3.fail_once = True
+    tasks._process(redelivery, {})
+    assert s3.gets == 2 and runs == [("t1", 1)] and worker.acked == [redelivery], "run on this delivery"
+    assert worker.queue.of("release") == [], "not released: a release spends one of the task's deliveries"
+    tasks.shutdown()
+
+
+def test_a_dead_letter_row_that_fails_to_write_is_written_again_before_the_release():
+    worker, runs = Worker(), list[Any]()
+    worker.table.starts_made(2)
+    worker.table.put_failures = 2
+    tasks = runner(worker, DeliveryLimits(30, 3, 2), Markers(), runs)
+    spare = delivery(1, 3)
+    worker.hold(spare)
+    tasks._process(spare, {})
+    assert worker.table.stored["task#t1"]["state"] == "FAILED", "the only trace beside the DLQ is kept"
+    assert worker.queue.of("release") == [("r1", 0)]
+    tasks.shutdown()
 
 
 def test_a_redelivery_finds_a_marker_before_it_runs():
@@ -281,7 +332,7 @@ def test_a_redelivery_finds_a_marker_before_it_runs():
     assert s3.gets == 0, "a first delivery costs no S3 request"
     tasks._process(again, {})
     assert s3.gets == 1, "a redelivery looks for its marker"
-    assert runs == [("t1", 1), ("t2", 2)] and worker.acked == [first, again]
+    assert runs == [("t1", 1), ("t2", 1)] and worker.acked == [first, again]  # no start counted before
     tasks.shutdown()
 
 
@@ -372,7 +423,7 @@ def test_a_task_with_a_succeeded_row_is_acknowledged_not_run_again(receive_count
 
 def test_a_redelivery_runs_the_attempt_after_those_started_before():
     worker, runs = Worker(), list[Any]()
-    # The first attempt started (not counted in the row); the second delivery was lost before its task started.
+    worker.table.starts_made(1)  # the first attempt started; the second delivery was lost before its task started
     tasks = runner(worker, DeliveryLimits(30, 5, 4), Markers(), runs)
     third = delivery(1, 3)
     worker.hold(third)
@@ -383,7 +434,7 @@ def test_a_redelivery_runs_the_attempt_after_those_started_before():
 
 def test_a_spare_delivery_records_its_reason_with_the_attempts_made_and_is_released_at_once():
     worker, runs = Worker(), list[Any]()
-    worker.table.started = 1  # both attempts of 2 started (the second counted in the row); their workers lost
+    worker.table.starts_made(2)  # both attempts of 2 started; their workers lost
     tasks = runner(worker, DeliveryLimits(30, 3, 2), Markers(), runs)
     spare = delivery(1, 3)
     worker.hold(spare)

@@ -50,7 +50,11 @@ def test_kill_9_mid_task_redelivers_and_completes_without_duplicate_output(pipel
     victim.wait()
 
     rescuer = p.start_worker(aws_env)  # nothing resubmitted: the same message must come back by itself
-    wait_until(lambda: "task#crashy" in p.status_rows(), timeout=60, message="the redelivered task to finish")
+    wait_until(
+        lambda: p.status_rows().get("task#crashy", {}).get("state") == "SUCCEEDED",
+        timeout=60,
+        message="the redelivered task to finish",
+    )
     assert p.stop_all()[-1] == 0
     assert rescuer.returncode == 0
     assert p.outputs() == {"crashy": 1}

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from .acknowledger import Acknowledger
 from .config import WorkerConfig
@@ -20,9 +22,13 @@ from .status import StatusRecorder
 from .task import put_once
 
 log = logging.getLogger("pipeline.worker")
+Result = TypeVar("Result")
 
 COMPLETION_MARKER = "_SUCCESS"
 JSON = "application/json"
+#: Seconds between tries of a look-up or a dead-letter row that failed past the SDK's retries. The message
+#: stays held meanwhile (its lease kept): released, it would spend one of the task's few deliveries.
+HOLDING_RETRY_WAITS = (1.0, 2.0, 4.0, 8.0)
 #: Outputs and result travel in the forward and the status row up to this size (JSON bytes), well under
 #: SQS's 256 KiB message and DynamoDB's 400 KB item; larger, both name the completion marker holding them.
 INLINE_OUTCOME_LIMIT = 200 * 1024
@@ -179,15 +185,15 @@ class AttemptRunner:
         """Look the task up, then run its attempt, record why it runs none, or pass it to a task slot; True if
         it is done (by this attempt or an earlier one) and is to be acknowledged."""
         row: dict[str, Any] = {}
-        if not checked:
+        if checked:  # looked up on a spare thread: only the start is counted
+            held.attempt = self._attempt_starting(held)[1]
+        else:
             try:
-                row = self._look_up(held)
+                row = self._holding(held, partial(self._look_up, held, starting=not on_spare_thread), "look-up")
             except Exception as error:
                 raise NotLookedUp(f"{type(error).__name__}: {error}"[:1000]) from error
-            if held.outcome:  # done before: not run again
-                return True
-            if held.delivery > 1:
-                held.attempt = self._redelivered_attempt(held)
+        if held.outcome:  # done before: not run again
+            return True
         if self.limits.past_attempts(held):
             self._past_last_attempt(held, row)
             return False
@@ -198,42 +204,67 @@ class AttemptRunner:
         if not outcome.ok:
             self._task_failed(held, outcome)
             return False
-        held.outcome = self.markers.settle(held.task_id, outcome, worker=self.config.worker_id)
+        settle = partial(self.markers.settle, held.task_id, outcome, worker=self.config.worker_id)
+        held.outcome = self._holding(held, settle, "completion marker")
         return True
 
-    def _look_up(self, held: Held) -> dict[str, Any]:
-        """Whether the task is done already, before it runs; its row as it stands (empty if none).
+    def _holding(self, held: Held, action: Callable[[], Result], what: str) -> Result:
+        """``action()``, tried again while the message is held when it fails past the SDK's retries (see
+        :data:`HOLDING_RETRY_WAITS`); its last error once the tries are spent or the message was let go."""
+        waits = iter(HOLDING_RETRY_WAITS)
+        while True:
+            try:
+                return action()
+            except Exception as error:
+                wait = next(waits, None)
+                if wait is None or not self.leases.holds(held):
+                    raise
+                log.warning(
+                    f"{what} failed: trying again",
+                    extra={"task": held.task_id, "error": f"{type(error).__name__}: {error}"[:1000]},
+                )
+                time.sleep(wait)
 
-        Done is a SUCCEEDED row (one read, on every delivery: a key sent again arrives as a new message) or,
+    def _look_up(self, held: Held, *, starting: bool) -> dict[str, Any]:
+        """Whether the task is done already, before it runs, and the attempt this delivery is; its row as it
+        stood (empty if none). ``starting``: a task slot's delivery, whose start is counted in the same write;
+        a spare delivery only reads.
+
+        Done is a SUCCEEDED row (looked at on every delivery: a key sent again arrives as a new message) or,
         on a redelivery, a completion marker (its worker died after finishing, before its row). Either way
         the delivery is acknowledged and the stored outcome forwarded, never a new one."""
-        try:  # eventually consistent on a first delivery: a key sent again comes long after its row
-            row = self.status.read(held.task_id, consistent=held.delivery > 1) or {}
-        except Exception:
-            if self.limits.past_attempts(held):  # a spare delivery would record a reason it cannot know
-                raise
-            # Not knowing costs at most a run: outputs are written once, markers adopted.
-            log.exception("status read failed: the task runs unchecked", extra={"task": held.task_id})
-            row = {}
-        if row.get("state") == "SUCCEEDED":
-            self._done_before(held, stored_outcome(row), row_stored=True)
-            return row
-        # Only a redelivery can find its work done without a row: first deliveries skip the check, so
-        # message-only tasks cost no S3 request at all.
+        # Only a redelivery can find its work done without a row (its worker died after finishing, before
+        # the row): first deliveries skip the look, so message-only tasks cost no S3 request at all. Looked at
+        # before the start is counted: a look that fails counts nothing.
         marker = self.markers.find(held.task_id) if held.delivery > 1 else None
         if marker is not None:
             self._done_before(held, marker)
+            return {}
+        if starting:
+            row, held.attempt = self._attempt_starting(held)
+        else:
+            row = self.status.read(held.task_id) or {}
+            if self.status.stores:
+                held.attempt = min(held.delivery, int(row.get("started") or 0) + 1)
+        if row.get("state") == "SUCCEEDED":
+            self._done_before(held, stored_outcome(row), row_stored=True)
         return row
+
+    def _attempt_starting(self, held: Held) -> tuple[dict[str, Any], int]:
+        """Count the attempt this delivery starts: the task's row as it stood and the attempt's number. Only
+        started attempts count, so deliveries a killed worker held prefetched, never started, are not attempts
+        (nor are attempts given back, see :meth:`_task_failed`). Without a status store, or when its write
+        fails, every delivery counts: not knowing costs at most a run (outputs are written once)."""
+        try:
+            row, started = self.status.attempt_starting(held.task_id)
+        except Exception:
+            log.exception("status write failed: the task runs unchecked", extra={"task": held.task_id})
+            return {}, held.delivery
+        # A task sent again after it was dead-lettered starts afresh: no more attempts than deliveries.
+        return row, held.delivery if started is None else min(held.delivery, started)
 
     def _acknowledge(self, held: Held) -> None:
         self.acks.queue(held, last_chance=self.limits.last_attempt(held))
-
-    def _redelivered_attempt(self, held: Held) -> int:
-        """The attempt a redelivery starts. Deliveries a killed worker held prefetched, never started, are
-        not attempts: the started ones are counted in the task's row (one write, on redeliveries only), the
-        first delivery always. Without a status store (or if the write fails), every delivery counts."""
-        started = self.status.attempt_started(held.task_id)
-        return held.delivery if started is None else min(held.delivery, started + 1)
 
     def _done_before(self, held: Held, stored: dict[str, Any], *, row_stored: bool = False) -> None:
         """Done by an earlier attempt (or delivery): acknowledge it and forward its stored outcome again (the
@@ -251,13 +282,18 @@ class AttemptRunner:
         if row.get("state") != "FAILED":
             reason = self.limits.dead_letter_reason(held, row)
             log.warning("task dead-lettered", extra={"task": held.task_id, "reason": reason})
-            self.status.task_failed(
-                held.task_id, state="FAILED", attempts=held.attempt - 1, worker=self.config.worker_id, error=reason
-            )
+            fields = {"state": "FAILED", "attempts": held.attempt - 1, "worker": self.config.worker_id, "error": reason}
+            waits = iter(HOLDING_RETRY_WAITS)  # the row is the only trace the task leaves beside the DLQ
+            while not self.status.task_failed(held.task_id, **fields) and self.leases.holds(held):
+                wait = next(waits, None)
+                if wait is None:
+                    break
+                time.sleep(wait)
         self.leases.release([held])
 
     def _task_failed(self, held: Held, outcome: TaskOutcome) -> None:
-        if not self.leases.holds(held):  # released meanwhile (a stop): not ours to judge
+        if not self.leases.holds(held):  # released meanwhile (a stop, a lost lease): not ours to judge
+            self.status.attempt_given_back(held.task_id)
             return
         final = self.limits.last_attempt(held)
         log.warning(
@@ -268,7 +304,7 @@ class AttemptRunner:
             held.task_id,
             state="FAILED" if final else "RETRYING",
             attempts=held.attempt,
-            started=held.attempt - 1,  # the row is replaced: keep the count of started redeliveries
+            started=held.attempt,  # the row is replaced: keep the count of attempts started
             worker=self.config.worker_id,
             duration_s=time.monotonic() - (held.started or time.monotonic()),
             error=outcome.error,

@@ -66,6 +66,11 @@ class StatusRecorder:
         self._partition = f"fleet#{fleet}"
         self._ttl_seconds = ttl_days * 86400
 
+    @property
+    def stores(self) -> bool:
+        """Whether there is a status store to write to."""
+        return self._table is not None
+
     def _item(self, sort_key: str, fields: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
         item = {"pk": self._partition, "sk": sort_key, "updated_at": Decimal(str(round(now, 3)))}
@@ -152,37 +157,65 @@ class StatusRecorder:
             log.exception("status write failed", extra={"task": task_id})
             return False
 
-    def task_failed(self, task_id: str, **fields: Any) -> None:
-        """Write a failed attempt now: the error and attempt count are what an operator needs first."""
-        self._put(self._item(f"task#{task_id}", fields))
+    def task_failed(self, task_id: str, **fields: Any) -> bool:
+        """Write a failed attempt now: the error and attempt count are what an operator needs first. False if
+        the write failed (logged)."""
+        return self._put(self._item(f"task#{task_id}", fields))
 
-    def attempt_started(self, task_id: str) -> int | None:
-        """Count a redelivered attempt as it starts (``started`` in the task's row) and return the count so
-        far, or None without a store or when the write fails (the caller then counts deliveries instead)."""
+    def attempt_starting(self, task_id: str) -> tuple[dict[str, Any], int | None]:
+        """Count an attempt as it starts (``started`` in the task's row, one write) and look the task up in the
+        same request: the row as it stood before (empty if none) and the attempts started so far, this one
+        included; ``(row, None)`` without a store. A task with no row yet shows as RUNNING from now on.
+
+        A finished (SUCCEEDED) row is left as it is: the condition fails and the row is read instead (a key sent
+        again, the only case). A failing store raises: the caller runs the task unchecked, counting deliveries.
+        """
         if self._table is None:
-            return None
+            return {}, None
         now = time.time()
         try:
             response = self._table.update_item(
                 Key=self._task_key(task_id),
-                # A task with no row yet shows as running; a RETRYING one keeps its state and error.
+                # A RETRYING row keeps its state and error (the operator's view until this attempt ends).
                 UpdateExpression=(
                     "ADD started :one "
                     "SET updated_at = :now, expires_at = :expires, #state = if_not_exists(#state, :running)"
                 ),
+                ConditionExpression="attribute_not_exists(#state) OR #state <> :succeeded",
                 ExpressionAttributeNames={"#state": "state"},
                 ExpressionAttributeValues={
                     ":one": 1,
                     ":running": "RUNNING",
+                    ":succeeded": "SUCCEEDED",
                     ":now": Decimal(str(round(now, 3))),
                     ":expires": int(now + self._ttl_seconds),
                 },
-                ReturnValues="UPDATED_NEW",
+                ReturnValues="ALL_OLD",
             )
-            return int(response["Attributes"]["started"])
-        except Exception:
-            log.exception("status write failed: attempt counted by deliveries", extra={"task": task_id})
-            return None
+        except Exception as error:
+            if _error_code(error) != "ConditionalCheckFailedException":
+                raise
+            row = self.read(task_id) or {}
+            return row, int(row.get("started") or 0)
+        row = response.get("Attributes") or {}
+        return row, int(row.get("started") or 0) + 1
+
+    def attempt_given_back(self, task_id: str) -> None:
+        """Uncount an attempt this worker stopped before it ended (its lease lost, the worker stopping): the
+        task did not fail, so the attempt is not held against it. Best effort: a failed write only costs the
+        task one attempt of its budget."""
+        if self._table is None:
+            return
+        try:
+            self._table.update_item(
+                Key=self._task_key(task_id),
+                UpdateExpression="ADD started :less",
+                ConditionExpression="started > :none",
+                ExpressionAttributeValues={":less": -1, ":none": 0},
+            )
+        except Exception as error:
+            if _error_code(error) != "ConditionalCheckFailedException":
+                log.warning("status write failed: the stopped attempt stays counted", extra={"task": task_id})
 
     def read(self, task_id: str, *, consistent: bool = True) -> dict[str, Any] | None:
         """A task's row as it stands (strongly consistent unless told otherwise: half the price), or None."""
@@ -196,11 +229,13 @@ class StatusRecorder:
     def worker_heartbeat(self, worker_id: str, **fields: Any) -> None:
         self._put(self._item(f"worker#{worker_id}", fields))
 
-    def _put(self, item: dict[str, Any]) -> None:
-        """Write one row now; without a store, nothing."""
+    def _put(self, item: dict[str, Any]) -> bool:
+        """Write one row now (without a store, nothing); False if the write failed (logged)."""
         if self._table is None:
-            return
+            return True
         try:
             self._table.put_item(Item=item)
+            return True
         except Exception:
             log.exception("status write failed", extra={"sk": item["sk"]})
+            return False
