@@ -10,6 +10,9 @@ PYTHON := $(BIN)/python
 CDK := $(CURDIR)/node_modules/.bin/cdk
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+# The sample worker's wheels, downloaded from its hash-pinned lock (not kept in git: 16 MB of boto3).
+SAMPLE_WHEELS := worker_images/sqs_worker/wheels
+WHEELS_STAMP := $(SAMPLE_WHEELS)/.downloaded
 ENV ?=
 # e.g. make demo DEMO_FLAGS='--kill-worker-every 4 --poison 3 --spot-notice-after 6'
 DEMO_FLAGS ?=
@@ -38,7 +41,12 @@ $(NODE_STAMP): package.json package-lock.json $(PY_STAMP)
 	$(BIN)/npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-setup: $(PY_STAMP) $(NODE_STAMP) ## Create .venv and node_modules (every target does this itself)
+$(WHEELS_STAMP): worker_images/sqs_worker/requirements.lock $(PY_STAMP)
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --require-hashes --no-deps --only-binary=:all: \
+		-d $(SAMPLE_WHEELS) -r worker_images/sqs_worker/requirements.lock
+	@touch $@
+
+setup: $(PY_STAMP) $(NODE_STAMP) $(WHEELS_STAMP) ## Create .venv, node_modules and the sample worker's wheels (every target does this itself)
 
 synth: setup ## cdk synth every stack of every environment (or ENV=<name>) into cdk.out/
 	$(CDK) synth --quiet --no-notices $(if $(ENV),-c env=$(ENV))

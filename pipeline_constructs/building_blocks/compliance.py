@@ -8,15 +8,19 @@ Under it every construct that gets no key of its own encrypts with the stack's c
 (:meth:`PipelineKey.of`): buckets, the status table, queues, topics and log groups; log groups keep a year at
 least; launch templates turn on detailed monitoring; :class:`PipelineNetwork` puts compute in private
 subnets behind a NAT gateway, with no public IP assigned anywhere; the glue function runs in the VPC; the
-buckets get object lock (no default retention) and event notifications, the log bucket its own access log.
-The example then passes every Control Tower proactive control with nothing acknowledged. What it adds
+buckets get object lock (no default retention) and event notifications; log groups are retained when the
+stack is deleted. The example then passes every Control Tower proactive control with one acknowledgment:
+server access logging of the access-log bucket, which AWS advises against (see DataBucket). What it adds
 while idle (the NAT gateway and its address, the key) carries the metadata below, which ``pipeline cost``
 reads to show the default's idle cost next to it.
 """
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, CfnResource, RemovalPolicy, Stack
+from typing import Any, cast
+
+import jsii
+from aws_cdk import ArnFormat, CfnResource, IStableAnyProducer, Lazy, RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct, IConstruct
@@ -120,24 +124,76 @@ class PipelineKey(Construct):
                 },
             )
         )
-        for sid, principal in (
-            ("S3ServerAccessLogging", "logging.s3.amazonaws.com"),
-            ("CloudWatchAlarmsToTopics", "cloudwatch.amazonaws.com"),
-            ("EventBridgeToTopicsAndQueues", "events.amazonaws.com"),
-            # An SNS subscription's dead-letter queue (the glue function's failure queue) is written by SNS.
-            ("SnsToDeadLetterQueues", "sns.amazonaws.com"),
-        ):
-            self.key.add_to_resource_policy(
-                iam.PolicyStatement(
-                    sid=sid,
-                    principals=[iam.ServicePrincipal(principal)],
-                    actions=["kms:GenerateDataKey*", "kms:Decrypt"],
-                    resources=["*"],
-                    conditions={"StringEquals": {"aws:SourceAccount": stack.account}},
-                )
-            )
+        _allow_services_of_this_account(self.key)
+        _bind_service_statements_to_account(self.key)
 
     @classmethod
     def of(cls, scope: Construct) -> PipelineKey:
         """The stack's key, created on first use."""
         return stack_singleton(scope, KEY_ID, cls, cls)
+
+
+def _allow_services_of_this_account(key: kms.Key) -> None:
+    """The services that write into the stack's resources on their own, each for this account's resources only."""
+    account = Stack.of(key).account
+    for sid, principal in (
+        ("S3ServerAccessLogging", "logging.s3.amazonaws.com"),
+        ("CloudWatchAlarmsToTopics", "cloudwatch.amazonaws.com"),
+        ("EventBridgeToTopicsAndQueues", "events.amazonaws.com"),
+        # An SNS subscription's dead-letter queue (the glue function's failure queue) is written by SNS.
+        ("SnsToDeadLetterQueues", "sns.amazonaws.com"),
+    ):
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid=sid,
+                principals=[iam.ServicePrincipal(principal)],
+                actions=["kms:GenerateDataKey*", "kms:Decrypt"],
+                resources=["*"],
+                conditions={"StringEquals": {"aws:SourceAccount": account}},
+            )
+        )
+
+
+#: Condition keys that bind a service principal's statement to its source (confused-deputy prevention).
+SOURCE_CONDITION_KEYS = frozenset(
+    {
+        "aws:sourcearn",
+        "aws:sourceaccount",
+        "aws:sourceorgid",
+        "aws:sourceorgpaths",
+        "kms:encryptioncontext:aws:logs:arn",
+    }
+)
+
+
+def is_source_bound(statement: dict[str, Any]) -> bool:
+    """Whether a policy statement (as synthesized) carries a source condition."""
+    keys = {key.lower() for values in statement.get("Condition", {}).values() for key in values}
+    return not keys.isdisjoint(SOURCE_CONDITION_KEYS)
+
+
+def _bind_service_statements_to_account(key: kms.Key) -> None:
+    """The CDK adds statements for service principals to the key policy on its own, with no condition: S3
+    server access logging (``grant_encrypt_decrypt`` when a logged bucket's target is encrypted) and
+    EventBridge (``grant_publish`` when a rule targets an encrypted topic). No API of the CDK reaches a
+    statement it made, so the policy is rendered through this escape hatch, which binds each such statement
+    to this account, as the key's own service statements are."""
+    cfn_key = cast(kms.CfnKey, key.node.default_child)  # a kms.Key's default child is its CfnKey
+    cfn_key.key_policy = Lazy.any(_AccountBoundPolicy(key, cfn_key.key_policy))
+
+
+@jsii.implements(IStableAnyProducer)
+class _AccountBoundPolicy:
+    def __init__(self, key: kms.Key, policy: Any) -> None:
+        self.key, self.policy = key, policy  # the key's policy document, which the CDK keeps adding to
+
+    def produce(self) -> Any:
+        stack = Stack.of(self.key)
+        document = stack.resolve(self.policy)
+        for statement in document["Statement"]:
+            principal = statement.get("Principal")
+            serves = isinstance(principal, dict) and "Service" in principal
+            if serves and statement["Effect"] == "Allow" and not is_source_bound(statement):
+                condition = statement.setdefault("Condition", {}).setdefault("StringEquals", {})
+                condition["aws:SourceAccount"] = stack.resolve(stack.account)
+        return document

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
@@ -13,8 +14,8 @@ from pipeline_constructs.building_blocks.compliance import compliance_profile, d
 from pipeline_constructs.building_blocks.nag import acknowledge_control
 from pipeline_constructs.building_blocks.validation import check_duration
 
-#: Key prefixes shared by the runtimes: inputs are read from ``input/``, results written to ``output/``
-#: and scratch data to ``intermediate/`` (which expires).
+#: Key prefixes shared by the runtimes, under each fleet's prefix: inputs are read from ``input/``, results
+#: written to ``output/`` and scratch data to ``intermediate/`` (which expires).
 INPUT_PREFIX = "input/"
 OUTPUT_PREFIX = "output/"
 INTERMEDIATE_PREFIX = "intermediate/"
@@ -26,18 +27,21 @@ class DataBucket(Construct):
     """A private, encrypted, versioned bucket with lifecycle rules and server access logging.
 
     Defaults: SSE-S3 (no KMS key to pay for), all public access blocked, TLS 1.2+ only, versioning on,
-    noncurrent versions expire, objects under ``intermediate/`` expire, server access logs go to a
-    separate log bucket.
+    noncurrent versions expire, server access logs go to a separate log bucket (which logs nowhere: AWS
+    advises against a log bucket logging, an endless loop when into itself). Each fleet writing into the
+    bucket gets a lifecycle rule expiring its ``<prefix>intermediate/`` (added when the fleet claims its
+    prefix, :meth:`expire_scratch`); a bucket a fleet is given that is not a DataBucket's (imported, or the
+    user's own) gets no rule: its owner adds one.
 
     :param encryption_key: customer-managed KMS key for SSE-KMS. Default: None, SSE-S3. Under the compliance
-        profile: the stack's key for both buckets, object lock (no default retention) on both, and the log
-        bucket logging its own deliveries.
-    :param intermediate_expiration: how long objects under ``intermediate/`` live. Default: 7 days.
+        profile: the stack's key for both buckets, and object lock (no default retention) on both.
+    :param intermediate_expiration: how long objects under each fleet's ``intermediate/`` live. Default: 7 days.
     :param noncurrent_version_expiration: how long overwritten or deleted versions are kept. Default: 30 days.
     :param access_log_bucket: where server access logs go. Default: a new log bucket, ``self.access_log_bucket``.
     :param access_log_expiration: how long server access logs are kept in a created log bucket. Default: 365 days.
     :param removal_policy: what happens to the buckets when the stack is deleted. Default: RETAIN.
-        DESTROY deletes them only when empty: emptying needs a custom-resource Lambda we do not add.
+        DESTROY empties them first, every object version and delete marker (the CDK's ``auto_delete_objects``
+        custom resource, one Lambda function per stack), then deletes them.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class DataBucket(Construct):
             server_access_logs_prefix="data-bucket/",
             lifecycle_rules=self._lifecycle_rules(),
             removal_policy=removal_policy,
+            auto_delete_objects=removal_policy == RemovalPolicy.DESTROY,
         )
         _notify_eventbridge(self.bucket)
         if encryption_key is None:
@@ -92,8 +97,11 @@ class DataBucket(Construct):
         if not compliance:
             acknowledge_control(self.bucket, "s3_bucket_object_lock_enabled_check", NO_OBJECT_LOCK_REASON)
 
+        if removal_policy == RemovalPolicy.DESTROY:
+            acknowledge_object_emptying(self)
+
     def _lifecycle_rules(self) -> list[s3.LifecycleRule]:
-        """Overwritten and deleted versions expire, and so does everything under ``intermediate/``."""
+        """Overwritten and deleted versions expire (scratch data expires per fleet: :meth:`expire_scratch`)."""
         return [
             s3.LifecycleRule(
                 id="expire-noncurrent-versions",
@@ -101,12 +109,16 @@ class DataBucket(Construct):
                 expired_object_delete_marker=True,
                 abort_incomplete_multipart_upload_after=Duration.days(7),
             ),
-            s3.LifecycleRule(
-                id="expire-intermediate",
-                prefix=INTERMEDIATE_PREFIX,
-                expiration=self.intermediate_expiration,
-            ),
         ]
+
+    def expire_scratch(self, prefix: str, folders: Sequence[str]) -> None:
+        """Expire ``<prefix><folder>`` after ``intermediate_expiration``, for each folder (a writer's scratch)."""
+        for folder in folders:
+            self.bucket.add_lifecycle_rule(
+                id=f"expire-{prefix}{folder}".rstrip("/"),
+                prefix=f"{prefix}{folder}",
+                expiration=self.intermediate_expiration,
+            )
 
 
 SSE_S3_REASON = (
@@ -127,7 +139,7 @@ def _access_log_bucket(
     removal_policy: RemovalPolicy,
 ) -> s3.Bucket:
     """The bucket the data bucket's server access logs go to; under the compliance profile encrypted with
-    ``encryption_key``, locked, logging its own deliveries and notifying EventBridge like the data bucket."""
+    ``encryption_key``, locked and notifying EventBridge like the data bucket."""
     # cdk-nag's S1 (access logs) does not apply to a bucket that is itself a log target.
     bucket = s3.Bucket(
         data_bucket,
@@ -137,9 +149,6 @@ def _access_log_bucket(
         encryption=s3.BucketEncryption.KMS if compliance else s3.BucketEncryption.S3_MANAGED,
         encryption_key=encryption_key if compliance else None,
         bucket_key_enabled=compliance or None,
-        # Under the profile the log bucket logs too, into itself (every bucket must, CT.S3.PR.2): each
-        # delivery adds one record to a later one, a trickle, not a loop that grows.
-        server_access_logs_prefix="access-log-bucket/" if compliance else None,
         object_lock_enabled=compliance or None,
         block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
         # Object ownership left to the CDK: a bucket policy grants log delivery under the
@@ -156,12 +165,21 @@ def _access_log_bucket(
             )
         ],
         removal_policy=removal_policy,
+        auto_delete_objects=removal_policy == RemovalPolicy.DESTROY,
     )
+    acknowledge_control(bucket, "s3_bucket_logging_enabled_check", LOG_BUCKET_LOGS_NOWHERE_REASON)
     if compliance:
         _notify_eventbridge(bucket)
     else:
         _acknowledge_log_bucket(bucket)
     return bucket
+
+
+LOG_BUCKET_LOGS_NOWHERE_REASON = (
+    "This is the access-log bucket (CT.S3.PR.2 cannot be met here, under any profile): AWS advises against "
+    "logging a log bucket. Into itself, every delivery is logged by a later one, an endless loop of log objects "
+    "(each an EventBridge event too); into another bucket, that one would need a log bucket in turn."
+)
 
 
 def _notify_eventbridge(bucket: s3.Bucket) -> None:
@@ -182,11 +200,6 @@ def _acknowledge_log_bucket(bucket: s3.Bucket) -> None:
     )
     acknowledge_control(
         bucket,
-        "s3_bucket_logging_enabled_check",
-        "This is the access-log bucket: logging its own log deliveries would log every delivery again, forever.",
-    )
-    acknowledge_control(
-        bucket,
         "s3_bucket_object_lock_enabled_check",
         "Access logs expire under a lifecycle rule; versioning keeps deleted log objects for a day instead of a lock.",
     )
@@ -194,4 +207,22 @@ def _acknowledge_log_bucket(bucket: s3.Bucket) -> None:
         bucket,
         "s3_event_notifications_enabled_check",
         "Nothing reacts to log deliveries; events for them would be noise on the default event bus.",
+    )
+
+
+#: The id of the CDK's auto-delete custom resource provider, one per stack at its root.
+AUTO_DELETE_PROVIDER_ID = "Custom::S3AutoDeleteObjectsCustomResourceProvider"
+
+
+def acknowledge_object_emptying(data_bucket: DataBucket) -> None:
+    """Accept, on the CDK's auto-delete provider (the function emptying the buckets), what the rule packs
+    find in it. Its handler lists every object version and delete marker and deletes them, after a bucket
+    policy statement denying new objects (access logs keep arriving for hours)."""
+    provider = Stack.of(data_bucket).node.find_child(AUTO_DELETE_PROVIDER_ID)
+    acknowledge_control(
+        provider,
+        "lambda_inside_vpc_check",
+        "The CDK's function emptying DESTROY buckets runs only when the stack changes or is deleted and calls "
+        "only S3 on those buckets; in the VPC, which the same deletion removes, its network interfaces "
+        "(held by Lambda for minutes after use) would hold up the subnets' deletion.",
     )

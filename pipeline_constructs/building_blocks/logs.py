@@ -50,7 +50,7 @@ def pipeline_log_group(
     *,
     retention: logs.RetentionDays | None = None,
     encryption_key: kms.IKey | None = None,
-    removal_policy: RemovalPolicy = RemovalPolicy.DESTROY,
+    removal_policy: RemovalPolicy | None = None,
     log_group_name: str | None = None,
 ) -> logs.LogGroup:
     """A log group that expires its events.
@@ -58,10 +58,13 @@ def pipeline_log_group(
     :param retention: how long events are kept. Default: one month (a year under the compliance profile).
     :param encryption_key: customer-managed KMS key. Default: None, CloudWatch's own encryption (the stack's
         key under the compliance profile, which also asks for a retention of a year or more).
-    :param removal_policy: what happens to the log group when the stack is deleted. Default: DESTROY.
+    :param removal_policy: what happens to the log group when the stack is deleted. Default: DESTROY (RETAIN
+        under the compliance profile: its year of logs outlives a ``cdk destroy``, as the data does).
     :param log_group_name: physical name (e.g. ``/aws/lambda/<function>``). Default: generated.
     """
     encryption_key = default_key(scope, encryption_key)
+    if removal_policy is None:
+        removal_policy = RemovalPolicy.RETAIN if compliance_profile(scope) else RemovalPolicy.DESTROY
     if retention is None:
         retention = logs.RetentionDays.ONE_YEAR if compliance_profile(scope) else DEFAULT_RETENTION
     days = retention_days(retention)

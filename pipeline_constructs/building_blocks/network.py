@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from aws_cdk import Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
@@ -70,7 +72,7 @@ class PipelineNetwork(Construct):
         created.add_flow_log(
             "FlowLog",
             destination=ec2.FlowLogDestination.to_cloud_watch_logs(
-                pipeline_log_group(self, "FlowLogGroup", retention=flow_log_retention)
+                pipeline_log_group(self, "FlowLogGroup", retention=flow_log_retention), _flow_log_role(self)
             ),
             traffic_type=ec2.FlowLogTrafficType.REJECT,
         )
@@ -99,6 +101,19 @@ PUBLIC_IP_REASON = (
     "public IP, instead of a NAT gateway at about $33 a month per AZ; their security groups allow no inbound "
     "traffic."
 )
+
+
+def _flow_log_role(network: PipelineNetwork) -> iam.Role:
+    """The role VPC Flow Logs delivers with, which only this account's flow logs may assume: AWS's
+    confused-deputy advice for it (the CDK's own role trusts the service unconditioned). A flow log's id is
+    unknown until it exists, and it refers to the role: hence any flow log of the account and region."""
+    stack = Stack.of(network)
+    flow_logs = stack.format_arn(service="ec2", resource="vpc-flow-log", resource_name="*")
+    principal = iam.ServicePrincipal(
+        "vpc-flow-logs.amazonaws.com",
+        conditions={"StringEquals": {"aws:SourceAccount": stack.account}, "ArnLike": {"aws:SourceArn": flow_logs}},
+    )
+    return iam.Role(network, "FlowLogRole", assumed_by=principal)
 
 
 def _vpc(

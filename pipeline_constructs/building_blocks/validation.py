@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,9 +197,19 @@ def check_unique(scope: Construct | str, argument: str, names: Iterable[str]) ->
 _PREFIXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def claim_prefix(scope: Construct, bucket: s3.IBucket, prefix: str) -> None:
+#: The scratch folder under a fleet's prefix (DataBucket's INTERMEDIATE_PREFIX), expired by lifecycle rules.
+SCRATCH_FOLDERS = ("intermediate/",)
+
+
+def claim_prefix(
+    scope: Construct, bucket: s3.IBucket, prefix: str, *, scratch_folders: Sequence[str] = SCRATCH_FOLDERS
+) -> None:
     """Two fleets or chains writing under the same (or a nested) prefix of one bucket would overwrite each
-    other's outputs, silently: the second to claim it gets one line naming the first."""
+    other's outputs, silently: the second to claim it gets one line naming the first.
+
+    In a DataBucket's bucket, ``<prefix><folder>`` then expires for each of ``scratch_folders`` (a rule per
+    writer: one at the bucket's root would never match its keys). Any other bucket, imported or the user's
+    own, gets no rule from here: its owner expires the scratch folders."""
     stack = Stack.of(scope)
     key = json.dumps(stack.resolve(bucket.bucket_name), sort_keys=True)
     claims = _PREFIXES.setdefault(stack, {}).setdefault(key, {})
@@ -207,3 +217,9 @@ def claim_prefix(scope: Construct, bucket: s3.IBucket, prefix: str) -> None:
         if prefix.startswith(taken) or taken.startswith(prefix):
             raise argument_error(scope, "prefix", prefix, f"a prefix of its own in the bucket ({owner} uses {taken!r})")
     claims[prefix] = scope.node.path
+    # Here, not at the top: data_bucket imports this module.
+    from pipeline_constructs.building_blocks.data_bucket import DataBucket
+
+    owner = bucket.node.scope
+    if isinstance(owner, DataBucket) and owner.bucket is bucket:
+        owner.expire_scratch(prefix, scratch_folders)

@@ -18,6 +18,8 @@ from pipeline_constructs.building_blocks.validation import argument_error
 if TYPE_CHECKING:
     from pipeline_constructs.chain.steps import ChainStep
 
+#: BatchChain's ``architecture`` values, by CDK's instance architecture.
+ARCHITECTURE_NAMES = {ec2.InstanceArchitecture.X86_64: "x86_64", ec2.InstanceArchitecture.ARM_64: "arm64"}
 X86_INSTANCE_CLASSES = (ec2.InstanceClass.M6I, ec2.InstanceClass.C6I, ec2.InstanceClass.R6I, ec2.InstanceClass.M5)
 ARM_INSTANCE_CLASSES = (ec2.InstanceClass.M7G, ec2.InstanceClass.C7G, ec2.InstanceClass.R7G, ec2.InstanceClass.M6G)
 
@@ -29,6 +31,10 @@ MIN_RUNNABLE_TIMEOUT, MAX_RUNNABLE_TIMEOUT = Duration.minutes(10), Duration.hour
 #: A job no allowed instance type (or not the environment's max vCPUs) can hold never leaves RUNNABLE by
 #: waiting: cancelled after Batch's minimum instead (synth refuses such a step on the chain's own environment).
 MISCONFIGURATION_TIMEOUT = MIN_RUNNABLE_TIMEOUT
+#: How long jobs running when an edit of the compute environment (its launch template) reaches it may go on on
+#: their old instances before Batch terminates them: the chain's longest step attempt, within Batch's default
+#: of 30 minutes and 6 hours (so an update, which holds the old instances, ends in bounded time).
+MIN_UPDATE_TIMEOUT, MAX_UPDATE_TIMEOUT = Duration.minutes(30), Duration.hours(6)
 
 #: The largest size of each instance family, (size, vCPUs, GiB installed): a step fits a family if it fits this
 #: size, since every size of a family is a fraction of it. A family not listed here is not checked.
@@ -62,6 +68,28 @@ def instance_families(instance_classes: Sequence[ec2.InstanceClass] | None, arch
         return [ec2.InstanceType.of(c, ec2.InstanceSize.LARGE).to_string().split(".")[0] for c in classes]
     except Exception:  # whatever jsii raises for a class it does not know: then nothing is checked
         return []
+
+
+def instance_architectures(instance_classes: Sequence[ec2.InstanceClass] | None, architecture: str) -> set[str]:
+    """The architectures (``x86_64``, ``arm64``) of the instances the chain's own environment may launch:
+    ``architecture`` for its default classes, and for a class CDK does not know."""
+    found: set[str] = set()
+    for instance_class in instance_classes or []:
+        try:
+            kind = ec2.InstanceType.of(instance_class, ec2.InstanceSize.LARGE).architecture
+        except Exception:  # whatever jsii raises for a class it does not know
+            found.add(architecture)
+            continue
+        found.add(ARCHITECTURE_NAMES.get(kind, architecture))
+    return found or {architecture}
+
+
+def update_timeout(steps: Sequence[ChainStep]) -> Duration:
+    """How long a running job may finish on its old instance when an edit reaches the environment (see
+    :data:`MIN_UPDATE_TIMEOUT`): the longest step attempt, in whole minutes, within the bounds."""
+    minutes = -(-int(max(step.timeout.to_seconds() for step in steps)) // 60)
+    bounded = min(max(minutes, int(MIN_UPDATE_TIMEOUT.to_minutes())), int(MAX_UPDATE_TIMEOUT.to_minutes()))
+    return Duration.minutes(bounded)
 
 
 def check_steps_fit(scope: Construct, steps: Sequence[ChainStep], families: Sequence[str]) -> None:
@@ -98,9 +126,17 @@ def spot_compute_environment(
     architecture: str,
     instance_classes: Sequence[ec2.InstanceClass] | None,
     detailed_monitoring: bool,
+    steps: Sequence[ChainStep],
 ) -> batch.IManagedComputeEnvironment:
     """A spot compute environment in ``network``, from zero to ``max_vcpus``, on IMDSv2-only instances with
-    encrypted disks; ``instance_classes`` default to the architecture's general, compute and memory classes."""
+    encrypted disks; ``instance_classes`` default to the architecture's general, compute and memory classes.
+
+    An edit of its launch template reaches its instances: the environment names the template's latest version
+    number, so the edit changes the environment and Batch runs an infrastructure update (new instances from
+    the new version; jobs placed there from then on). Not by replacing the environment, which would take the
+    instances of running jobs with it: running jobs finish on their old instances, for up to the longest
+    step's attempt (:func:`update_timeout`), before Batch terminates those (a job cut then is retried or
+    fails as its retry strategy says). Under ``$Default`` (no version), Batch would keep version 1."""
     arm = architecture == "arm64"
     launch_template = _launch_template(scope, detailed_monitoring)
     environment = batch.ManagedEc2EcsComputeEnvironment(
@@ -117,7 +153,14 @@ def spot_compute_environment(
         use_optimal_instance_classes=False,
         launch_template=launch_template,
         update_to_latest_image_version=True,
+        replace_compute_environment=False,
+        terminate_on_update=False,
+        update_timeout=update_timeout(steps),
     )
+    # The L2 names the template by id alone (Batch then reads $Default, version 1 for ever).
+    resource = environment.node.default_child
+    assert isinstance(resource, batch.CfnComputeEnvironment)
+    resource.add_property_override("ComputeResources.LaunchTemplate.Version", launch_template.latest_version_number)
     acknowledge(
         environment,
         "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role]",

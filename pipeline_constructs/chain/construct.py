@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Duration
+from aws_cdk import ArnFormat, Duration, Stack
 from aws_cdk import aws_batch as batch
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
@@ -46,6 +46,7 @@ from pipeline_constructs.chain.compute import (
     MIN_RUNNABLE_TIMEOUT,
     X86_INSTANCE_CLASSES,
     check_steps_fit,
+    instance_architectures,
     instance_families,
     own_job_queue,
     spot_compute_environment,
@@ -61,7 +62,9 @@ from pipeline_constructs.chain.steps import (
     STEP_NAME,
     ChainStep,
     StepImage,
+    as_step_image,
     check_steps,
+    job_definition_name,
     step_job_definition,
 )
 from pipeline_constructs.glue.construct import GlueFunction
@@ -98,7 +101,9 @@ class BatchChain(Construct):
         cancelled after 10 minutes. Not for your own ``job_queue`` (give it ``job_state_time_limit_actions``).
         Default: 4 hours. Range: 10 minutes to 24 hours.
     :param max_vcpus: the created compute environment's ceiling. Default: 64. Range: 1 to 100000.
-    :param architecture: ``x86_64`` or ``arm64`` for the created compute environment. Default: ``x86_64``.
+    :param architecture: ``x86_64`` or ``arm64`` for the created compute environment, and the platform steps
+        built from a directory are built for on a ``compute_environment`` of your own (on the chain's own,
+        the architecture of its ``instance_classes``). Default: ``x86_64``.
     :param instance_classes: instance classes for the created environment. Default: m6i, c6i, r6i, m5
         (Graviton m7g, c7g, r7g, m6g for arm64).
     :param bucket: data bucket. Default: a new :class:`DataBucket`.
@@ -109,6 +114,14 @@ class BatchChain(Construct):
     :param detailed_monitoring: one-minute EC2 metrics for the created compute environment's instances,
         about $2.10 a month per running instance; basic five-minute metrics are free. Default: False (True
         under the compliance profile).
+    :param require_image_digests: every registry image must be pinned by digest (``repository@sha256:...``):
+        a tag can be moved to other content (a retried job, or the next run, would pull it); a tag is then
+        one error at synth naming the step and the image. Directory images are built and pushed by content
+        hash either way. Default: False.
+
+    Each step's job definition has a fixed name (:func:`job_definition_name`), kept by every revision a deploy
+    registers: the chain's rules and grants match it across revisions, so a run in flight across a deploy
+    keeps its status rows, its links and its failure alerts.
     """
 
     def __init__(
@@ -130,17 +143,19 @@ class BatchChain(Construct):
         prefix: str | None = None,
         log_retention: logs.RetentionDays | None = None,
         detailed_monitoring: bool | None = None,
+        require_image_digests: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         check_is_instance(self, "network", network, PipelineNetwork, NETWORK_HINT)
         self.steps = list(steps)
         self.chain_name = chain_name or construct_id
+        self.require_image_digests = require_image_digests
         self._validate(max_vcpus=max_vcpus, architecture=architecture, own_compute=compute_environment is None)
-        families = instance_families(instance_classes, architecture) if compute_environment is None else []
-        self._validate_compute(runnable_timeout, job_queue, families)
+        own_classes = (instance_classes or []) if compute_environment is None else None
+        self._validate_compute(runnable_timeout, job_queue, own_classes=own_classes, architecture=architecture)
         self.prefix = prefix if prefix is not None else f"{self.chain_name}/"
         self.bucket: s3.IBucket = bucket or DataBucket(self, "Data").bucket
-        claim_prefix(self, self.bucket, self.prefix)
+        claim_prefix(self, self.bucket, self.prefix, scratch_folders=())  # a chain keeps no scratch
         self.table: dynamodb.ITable = table or StatusStore.of(self).table
         self.log_group = pipeline_log_group(self, "JobLogs", retention=log_retention)
         #: The topic's customer-managed key (the stack's under the compliance profile), else None.
@@ -156,6 +171,7 @@ class BatchChain(Construct):
                 architecture=architecture,
                 instance_classes=instance_classes,
                 detailed_monitoring=compliance_profile(self) if detailed_monitoring is None else detailed_monitoring,
+                steps=self.steps,
             )
         self.compute_environment: batch.IManagedComputeEnvironment = compute_environment
         self.job_queue: batch.IJobQueue = job_queue or own_job_queue(
@@ -180,9 +196,31 @@ class BatchChain(Construct):
         # max_vcpus bounds the steps only on the environment the chain creates with it.
         check_steps(self, self.steps, max_vcpus=max_vcpus if own_compute else None)
 
+    def _image_architecture(self, instance_classes: Sequence[ec2.InstanceClass] | None, architecture: str) -> str:
+        """The one architecture of the instances a step's directory image runs on (see ``architecture``)."""
+        architectures = instance_architectures(instance_classes, architecture)
+        built = [step for step in self.steps if as_step_image(self, step)[0].directory is not None]
+        if len(architectures) > 1 and built:
+            allowed = (
+                f"a registry image (a multi-platform one), or instance_classes of one architecture: they mix "
+                f"{' and '.join(sorted(architectures))}, and a directory is built for one platform"
+            )
+            raise argument_error(self, f"steps[{built[0].name}].image", str(built[0].image), allowed)
+        return architectures.pop() if len(architectures) == 1 else architecture
+
     def _validate_compute(
-        self, runnable_timeout: Duration | None, job_queue: batch.IJobQueue | None, families: list[str]
+        self,
+        runnable_timeout: Duration | None,
+        job_queue: batch.IJobQueue | None,
+        *,
+        own_classes: Sequence[ec2.InstanceClass] | None,
+        architecture: str,
     ) -> None:
+        """``own_classes``: the instance classes of the chain's own environment ([]: the architecture's
+        default ones), None on an environment of the user's."""
+        #: The platform of the images built from a directory: the architecture of the instances that run them.
+        self.image_architecture = self._image_architecture(own_classes, architecture)
+        families = [] if own_classes is None else instance_families(own_classes, architecture)
         check_is_duration(self, "runnable_timeout", runnable_timeout)
         check_duration(
             self, "runnable_timeout", runnable_timeout, minimum=MIN_RUNNABLE_TIMEOUT, maximum=MAX_RUNNABLE_TIMEOUT
@@ -210,12 +248,36 @@ class BatchChain(Construct):
     # ------------------------------------------------------------------ grants
 
     def grant_start(self, grantee: iam.IGrantable) -> iam.Grant:
-        """Let ``grantee`` start a run by hand: SubmitJob of the first step on this chain's queue."""
+        """Let ``grantee`` start a run by hand: SubmitJob of the first step (any revision) on this chain's queue."""
         return iam.Grant.add_to_principal(
             grantee=grantee,
             actions=["batch:SubmitJob"],
-            resource_arns=[self.job_queue.job_queue_arn, self.first_job_definition.job_definition_arn],
+            resource_arns=[self.job_queue.job_queue_arn, self.job_definition_arns(self.steps[0].name)[0]],
         )
+
+    def job_definition_arns(self, *step_names: str) -> list[str]:
+        """IAM resources for every revision of the steps' job definitions (all steps if none is named):
+        ``job-definition/<name>:*``. A job definition ARN names one revision, and SubmitJob is authorized
+        against the revision it runs."""
+        return [f"{arn}*" for arn in self._revisionless_arns(step_names)]
+
+    def job_definition_event_filter(self, *step_names: str) -> list[dict[str, str]]:
+        """An EventBridge ``jobDefinition`` filter matching a job of any revision of the steps' job
+        definitions (all steps if none is named): a run in flight when a deploy revises them stays matched."""
+        return [{"prefix": arn} for arn in self._revisionless_arns(step_names)]
+
+    def _revisionless_arns(self, step_names: Sequence[str]) -> list[str]:
+        """``arn:...:job-definition/<name>:``, the revision left out (the colon keeps ``<name>2`` out)."""
+        stack = Stack.of(self)
+        return [
+            stack.format_arn(
+                service="batch",
+                resource="job-definition",
+                resource_name=f"{job_definition_name(self, name)}:",
+                arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+            )
+            for name in step_names or [step.name for step in self.steps]
+        ]
 
     def grant_publish(self, grantee: iam.IGrantable) -> iam.Grant:
         """Let ``grantee`` publish to the chain's topic (as a step with a message link does)."""

@@ -77,7 +77,7 @@ def wire_links(chain: BatchChain) -> events.Rule:
         },
         owner=chain,
     )
-    chain.glue.grant_submit(chain.job_queue, list(chain.job_definitions.values()))
+    _grant_submit(chain)
     chain.glue.grant_status(chain.table)
     chain.glue.use_guard_table(chain.table)
     if has_message_link:
@@ -103,6 +103,22 @@ def _steps_config(chain: BatchChain) -> list[dict[str, Any]]:
             entry["wakes"] = step.feeds.auto_scaling_group.auto_scaling_group_name
         steps_config.append(entry)
     return steps_config
+
+
+def _grant_submit(chain: BatchChain) -> None:
+    """SubmitJob on the chain's queue and every revision of its job definitions: while a deploy revises them,
+    the function may still run with the configuration naming the revision before."""
+    definitions = chain.job_definition_arns()
+    policy = chain.glue.add_to_chain_policy(
+        iam.PolicyStatement(actions=["batch:SubmitJob"], resources=[chain.job_queue.job_queue_arn, *definitions]),
+        owner=chain.first_job_definition,
+    )
+    acknowledge_wildcard_resources(
+        policy,
+        definitions,
+        f"Every revision of {chain.chain_name}'s own job definitions (job-definition/<name>:*), each named at "
+        "synth; a deploy registers a new revision, and SubmitJob is authorized against the revision.",
+    )
 
 
 def _grant_claim_checks(chain: BatchChain) -> dict[str, str]:
@@ -157,7 +173,8 @@ def _job_state_rule(chain: BatchChain) -> events.Rule:
             detail_type=["Batch Job State Change"],
             detail={
                 "jobQueue": [chain.job_queue.job_queue_arn],
-                "jobDefinition": [d.job_definition_arn for d in chain.job_definitions.values()],
+                # Any revision: a job submitted before a deploy revised its definition is still this chain's.
+                "jobDefinition": chain.job_definition_event_filter(),
             },
         ),
         targets=[

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aws_cdk import Duration, Size, Stack, Token
+from aws_cdk import Duration, Names, Size, Stack, Token
 from aws_cdk import aws_batch as batch
+from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
@@ -34,6 +35,12 @@ MIN_VCPUS, MAX_VCPUS = 1, 192
 MIN_MEMORY_MIB, MAX_MEMORY_MIB = 4, 24 * 1024 * 1024
 MIN_TIMEOUT = Duration.seconds(60)
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,40}$")
+#: A registry image pinned to its content: ``repository@sha256:`` and the manifest's 64 hex digits.
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+#: What a directory image is built for, by the architecture of the instances that run it.
+PLATFORMS = {"x86_64": ecr_assets.Platform.LINUX_AMD64, "arm64": ecr_assets.Platform.LINUX_ARM64}
+#: AWS Batch's longest job definition name.
+MAX_DEFINITION_NAME = 128
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,9 @@ class StepImage:
     """Where a step's container image comes from: a directory built at deploy, or a registry image.
 
     Checked at synth: the directory exists and holds a Dockerfile; the registry image names a tag or digest
-    (``:latest`` by omission would change under a running chain). Use the two factories.
+    (``:latest`` by omission would change under a running chain), and only a digest when the chain has
+    ``require_image_digests``. A directory is built for the architecture of the instances that run it
+    (``linux/amd64`` or ``linux/arm64``), whatever machine deploys. Use the two factories.
 
     :param directory: the directory to build. Default: None (a registry image).
     :param uri: the registry image. Default: None (a directory).
@@ -103,18 +112,38 @@ class StepImage:
         """A registry image, e.g. ``public.ecr.aws/docker/library/python:3.13-slim`` or ``repo@sha256:...``."""
         return cls(uri=uri)
 
-    def container_image(self, scope: Construct, argument: str, *, also_allowed: str = "") -> ecs.ContainerImage:
-        """The image, checked; ``also_allowed`` prefixes what the error says is allowed (for a plain string)."""
+    def container_image(
+        self,
+        scope: Construct,
+        argument: str,
+        *,
+        architecture: str = "x86_64",
+        require_digest: bool = False,
+        also_allowed: str = "",
+    ) -> ecs.ContainerImage:
+        """The image, checked; a directory built for ``architecture`` (``x86_64`` or ``arm64``);
+        ``require_digest``: a registry image must be pinned by digest; ``also_allowed`` prefixes what the error
+        says is allowed (for a plain string)."""
         if self.directory is not None:
             if not (self.directory / "Dockerfile").is_file():
                 raise argument_error(scope, argument, str(self.directory), "a directory with a Dockerfile")
+            # Built where `cdk deploy` runs: without a platform, an arm64 laptop builds arm64 images for x86
+            # instances, and every job fails with "exec format error".
             return ecs.ContainerImage.from_asset(
-                str(self.directory.resolve()), exclude=["__pycache__", "*.pyc", "tests"]
+                str(self.directory.resolve()),
+                exclude=["__pycache__", "*.pyc", "tests"],
+                platform=PLATFORMS[architecture],
             )
         # A registry image must name its version: an untagged string is most often a directory that does not
         # exist (a typo, a relative path from elsewhere), which would otherwise become "<name>:latest".
         uri = str(self.uri)
-        if "@sha256:" not in uri and ":" not in uri.rsplit("/", 1)[-1]:
+        digested = "@" in uri
+        if digested and not DIGEST.search(uri):
+            raise argument_error(scope, argument, uri, "a digest of the form repository@sha256:<64 hex digits>")
+        if require_digest and not digested:
+            allowed = "a registry image pinned by digest (repository@sha256:<64 hex digits>): a tag can be moved"
+            raise argument_error(scope, argument, uri, f"{allowed}, and the chain has require_image_digests=True")
+        if not digested and ":" not in uri.rsplit("/", 1)[-1]:
             allowed = f"{also_allowed}a registry image with a tag or digest (repository:tag)"
             raise argument_error(scope, argument, uri, allowed)
         return ecs.ContainerImage.from_registry(uri)
@@ -195,6 +224,7 @@ def step_job_definition(chain: BatchChain, index: int, step: ChainStep) -> batch
     return batch.EcsJobDefinition(
         chain,
         f"{step.name}Job",
+        job_definition_name=job_definition_name(chain, step.name),
         container=container,
         timeout=step.timeout,
         retry_attempts=step.attempts,
@@ -209,19 +239,40 @@ def step_job_definition(chain: BatchChain, index: int, step: ChainStep) -> batch
     )
 
 
+def job_definition_name(chain: BatchChain, step_name: str) -> str:
+    """The name of ``step_name``'s job definition in ``chain``: fixed at synth, and kept by every revision a
+    deploy registers (a generated name would change with each), so rules and grants can name the definition
+    across revisions. Unique per account and region: the chain's construct path (its stack's and stage's
+    names too) with a hash of it, then the step."""
+    chain_part = Names.unique_resource_name(
+        chain, max_length=MAX_DEFINITION_NAME - len(step_name) - 1, separator="-", allowed_special_characters="_-"
+    )
+    return f"{chain_part}-{step_name}"
+
+
 def _container_image(chain: BatchChain, step: ChainStep) -> ecs.ContainerImage:
-    """The step's image: a :class:`StepImage` as given; a ``Path`` or existing directory; else a registry URI."""
-    argument = f"steps[{step.name}].image"
+    """The step's image, checked, and built for the chain's instances if it is a directory."""
+    image, also_allowed = as_step_image(chain, step)
+    return image.container_image(
+        chain,
+        f"steps[{step.name}].image",
+        architecture=chain.image_architecture,
+        require_digest=chain.require_image_digests,
+        also_allowed=also_allowed,
+    )
+
+
+def as_step_image(chain: BatchChain, step: ChainStep) -> tuple[StepImage, str]:
+    """``step``'s image as a :class:`StepImage` (a ``Path`` or existing directory, else a registry URI), and
+    what an error on a plain string also allows."""
     if isinstance(step.image, StepImage):
-        return step.image.container_image(chain, argument)
+        return step.image, ""
     path = Path(step.image)
     if isinstance(step.image, Path) or path.is_dir():
         if not path.is_dir():
-            raise argument_error(chain, argument, str(step.image), "an existing directory")
-        return StepImage.from_directory(path).container_image(chain, argument)
-    return StepImage.from_registry(str(step.image)).container_image(
-        chain, argument, also_allowed="an existing directory (pass a Path), or "
-    )
+            raise argument_error(chain, f"steps[{step.name}].image", str(step.image), "an existing directory")
+        return StepImage.from_directory(path), ""
+    return StepImage.from_registry(str(step.image)), "an existing directory (pass a Path), or "
 
 
 def _environment(chain: BatchChain, step: ChainStep) -> dict[str, str]:

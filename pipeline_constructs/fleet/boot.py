@@ -6,18 +6,21 @@ asset object is granted to the instance role by its exact key; no credentials ar
 
 from __future__ import annotations
 
+import base64
 import enum
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aws_cdk import Aws
+from aws_cdk import Aws, Fn, Token
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
 
 from pipeline_constructs.building_blocks.validation import argument_error, seconds
+from pipeline_constructs.fleet.options import LOCK_FILE, WHEELS_DIR, check_worker_requirements
 from pipeline_constructs.fleet.scaling import DRAIN_HOOK_NAME
 from pipeline_constructs.fleet.worker.config import SPARE_DELIVERIES
 
@@ -26,6 +29,23 @@ if TYPE_CHECKING:
 
 #: Where the worker runtime lives; shipped to instances as the package ``pipeline_worker``.
 WORKER_RUNTIME_DIR = Path(__file__).resolve().parent / "worker"
+#: The environment file systemd (and docker --env-file) read: one ``NAME=value`` line per variable.
+ENVIRONMENT_FILE = "/etc/pipeline-worker.env"
+#: A name systemd's EnvironmentFile and docker's --env-file both take as it is.
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Appends one variable to the environment file. Its value arrives base64-encoded (resolved at deploy by
+#: Fn::Base64), so no value, a deploy-time token's included, can end the script's quoting; a value holding a
+#: control character (a newline would add a line, a variable of its own, to the file) stops the boot instead.
+WRITE_VARIABLE = f"""pipeline_env() {{
+  local decoded kept
+  decoded=$(printf '%s' "$2" | base64 --decode | LC_ALL=C wc -c)
+  kept=$(printf '%s' "$2" | base64 --decode | LC_ALL=C tr -d '\\000-\\010\\012-\\037\\177' | LC_ALL=C wc -c)
+  if [ "$decoded" -ne "$kept" ]; then
+    echo "{ENVIRONMENT_FILE}: the value of $1 holds a control character; not booting" >&2
+    return 1
+  fi
+  printf '%s=%s\\n' "$1" "$(printf '%s' "$2" | base64 --decode)" >> {ENVIRONMENT_FILE}
+}}"""
 
 
 class WorkerDelivery(enum.Enum):
@@ -44,6 +64,14 @@ def worker_environment(fleet: SpotWorkerFleet, environment: Mapping[str, str] | 
     reserved = sorted(name for name in extra if name.startswith("PIPELINE_"))
     if reserved:
         raise argument_error(fleet, "environment", reserved, "names not starting with PIPELINE_ (reserved)")
+    unwritable = sorted(str(name) for name in extra if not isinstance(name, str) or not VARIABLE_NAME.fullmatch(name))
+    if unwritable:
+        raise argument_error(
+            fleet, "environment", unwritable, "names of letters, digits and _, not starting with a digit"
+        )
+    one_line = [name for name, value in extra.items() if not Token.is_unresolved(value) and _control_characters(value)]
+    if one_line:
+        raise argument_error(fleet, "environment", sorted(one_line), "values without newlines or control characters")
     variables = {
         "AWS_REGION": Aws.REGION,
         "PIPELINE_QUEUE_URL": fleet.queue.queue_url,
@@ -80,18 +108,28 @@ def worker_user_data(fleet: SpotWorkerFleet, variables: dict[str, str]) -> ec2.U
     the fleet's instance refresh rolls out (draining each replaced worker through its lifecycle hook).
     """
     user_data = ec2.UserData.for_linux()
-    env_lines = "\n".join(f"{name}={value}" for name, value in variables.items())
     user_data.add_commands(
         "set -euo pipefail",
         "install -d -m 0755 /opt/pipeline /var/log/pipeline-worker",
-        f"cat > /etc/pipeline-worker.env <<'PIPELINE_ENV'\n{env_lines}\nPIPELINE_ENV",
-        "chmod 0644 /etc/pipeline-worker.env",
+        WRITE_VARIABLE,
+        f"install -m 0644 /dev/null {ENVIRONMENT_FILE}",
+        *(environment_line(name, value) for name, value in variables.items()),
     )
     if fleet.delivery is WorkerDelivery.CONTAINER:
         _container_boot(fleet, user_data)
     else:
         _bundle_boot(fleet, user_data)
     return user_data
+
+
+def environment_line(name: str, value: str) -> str:
+    """``pipeline_env NAME '<value in base64>'``: a literal value encoded here, a token by Fn::Base64 at deploy."""
+    encoded = Fn.base64(value) if Token.is_unresolved(value) else base64.b64encode(value.encode()).decode()
+    return f"pipeline_env {name} '{encoded}'"
+
+
+def _control_characters(value: str) -> bool:
+    return any((ord(character) < 32 and character != "\t") or ord(character) == 127 for character in value)
 
 
 def _download(fleet: SpotWorkerFleet, user_data: ec2.UserData, asset: s3_assets.Asset, local_file: str) -> None:
@@ -109,6 +147,7 @@ def _runtime_asset(fleet: SpotWorkerFleet) -> s3_assets.Asset:
 
 
 def _bundle_boot(fleet: SpotWorkerFleet, user_data: ec2.UserData) -> None:
+    check_worker_requirements(fleet)
     task_asset = s3_assets.Asset(
         fleet, "TaskBundle", path=str(fleet.worker_directory), exclude=["__pycache__", "*.pyc", "tests"]
     )
@@ -126,7 +165,10 @@ def _bundle_boot(fleet: SpotWorkerFleet, user_data: ec2.UserData) -> None:
         "unzip -q -o /tmp/task.zip -d /opt/pipeline/task",
         "unzip -q -o /tmp/runtime.zip -d /opt/pipeline/lib/pipeline_worker",
         "python3.11 -m venv /opt/pipeline/venv",
-        "/opt/pipeline/venv/bin/pip install -q 'boto3>=1.40,<2' -r /opt/pipeline/task/requirements.txt",
+        # Only the lock's packages, from the wheels shipped with the code, each checked against its hash: no
+        # package index at boot (no NAT needed), nothing unpinned (checked at synth: check_worker_requirements).
+        f"/opt/pipeline/venv/bin/pip install -q --no-index --find-links /opt/pipeline/task/{WHEELS_DIR} "
+        f"--only-binary=:all: --require-hashes -r /opt/pipeline/task/{LOCK_FILE}",
         "chown -R pipeline-worker:pipeline-worker /var/log/pipeline-worker",
         f"cat > /opt/aws/amazon-cloudwatch-agent/etc/pipeline-worker.json <<'AGENT'\n{agent_config}\nAGENT",
         "/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s "
@@ -152,7 +194,7 @@ def _container_boot(fleet: SpotWorkerFleet, user_data: ec2.UserData) -> None:
     user_data.add_commands(
         "dnf install -y docker unzip",
         "systemctl enable --now docker",
-        f"echo PIPELINE_IMAGE={image.image_uri} >> /etc/pipeline-worker.env",
+        environment_line("PIPELINE_IMAGE", image.image_uri),
         f"aws ecr get-login-password --region {Aws.REGION} | docker login --username AWS --password-stdin {registry}",
         f"docker pull {image.image_uri}",
         "unzip -q -o /tmp/runtime.zip -d /opt/pipeline/runtime",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aws_cdk import Duration
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -82,6 +83,12 @@ class SpotWorkerFleet(Construct):
         policy allows ``SPARE_DELIVERIES`` deliveries more, on which a worker records why, so a worker lost
         on one of them still leaves a reason). Default: 3. Range: 1 to 997.
     :param environment: extra environment variables for the task code. Default: none.
+    :param machine_image: the workers' image, for an image of your own or one pinned by id
+        (``ec2.MachineImage.generic_linux({"us-east-1": "ami-..."})``). Default: Amazon Linux 2023 of the
+        ``architecture``, looked up once at synth and kept in ``cdk.context.json`` (commit it), so that the
+        image, and with it every worker, changes only when you ask: ``cdk context --reset <its key>``, then deploy.
+        A stack without an account and region cannot look it up: its image is resolved at every deploy (a
+        warning says so).
     :param root_volume_size: root EBS volume in GiB (encrypted gp3). Default: 20. Range: 8 to 16384.
     :param log_retention: retention of the workers' log group. Default: one month (a year under the
         compliance profile).
@@ -124,6 +131,7 @@ class SpotWorkerFleet(Construct):
         max_receive_count: int = 3,
         environment: Mapping[str, str] | None = None,
         root_volume_size: int = 20,
+        machine_image: ec2.IMachineImage | None = None,
         log_retention: logs.RetentionDays | None = None,
         wake_check: bool = False,
         detailed_monitoring: bool | None = None,
@@ -146,6 +154,7 @@ class SpotWorkerFleet(Construct):
         self.tasks_per_worker = tasks_per_worker
         self.concurrency = concurrency
         self.root_volume_size = root_volume_size
+        self.machine_image = machine_image
         self.max_receive_count = max_receive_count
         check_options(self, queue, dead_letter_queue, visibility_given=visibility_timeout is not None)
         self.prefix = prefix_or_default(construct_id, prefix)

@@ -3,12 +3,16 @@ that draws them from several spot pools."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+import re
+from typing import TYPE_CHECKING, Any, cast
 
-from aws_cdk import Acknowledgment, Duration, Token, Validations
+import jsii
+from aws_cdk import Acknowledgment, Annotations, Duration, Stack, Token, Validations
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_ssm as ssm
+from constructs import IValidation
 
 from pipeline_constructs.building_blocks.nag import BASIC_MONITORING, acknowledge, acknowledge_control
 from pipeline_constructs.fleet.boot import WorkerDelivery
@@ -30,13 +34,10 @@ def instance_role(fleet: SpotWorkerFleet) -> iam.Role:
 
 def worker_launch_template(fleet: SpotWorkerFleet, user_data: ec2.UserData) -> ec2.LaunchTemplate:
     """Amazon Linux 2023 of the fleet's architecture, IMDSv2 only, an encrypted gp3 root volume, no key pair."""
-    arm = fleet.architecture == "arm64"
     template = ec2.LaunchTemplate(
         fleet,
         "LaunchTemplate",
-        machine_image=ec2.MachineImage.latest_amazon_linux2023(
-            cpu_type=ec2.AmazonLinuxCpuType.ARM_64 if arm else ec2.AmazonLinuxCpuType.X86_64
-        ),
+        machine_image=worker_machine_image(fleet),
         role=fleet.role,
         security_group=fleet.security_group,
         user_data=user_data,
@@ -59,6 +60,37 @@ def worker_launch_template(fleet: SpotWorkerFleet, user_data: ec2.UserData) -> e
     if not fleet.detailed_monitoring:
         acknowledge_control(template, "ec2_launch_template_monitoring_enabled_check", BASIC_MONITORING)
     return template
+
+
+#: What the image lookup answers when it cannot be made (no credentials, no cached value): then the image is
+#: resolved at deploy instead. Asking with a default also keeps `cdk synth` without credentials working.
+UNLOOKED_IMAGE = "unlooked-up"
+#: The public parameter CDK's own latest_amazon_linux2023 reads (kernel 6.1).
+AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-{arch}"
+
+
+def worker_machine_image(fleet: SpotWorkerFleet) -> ec2.IMachineImage:
+    """The given ``machine_image``, else the latest Amazon Linux 2023 of the architecture as it was when first
+    looked up: the id is kept in ``cdk.context.json``, so a deploy changes the workers' image (replacing every
+    worker) only after ``cdk context --reset`` of that entry. Resolved from SSM at each deploy instead, with a
+    note, where no lookup can be made (a stack without an account and region, or a synth without credentials
+    and without the cached value)."""
+    if fleet.machine_image is not None:
+        return fleet.machine_image
+    stack = Stack.of(fleet)
+    cpu = ec2.AmazonLinuxCpuType.ARM_64 if fleet.architecture == "arm64" else ec2.AmazonLinuxCpuType.X86_64
+    latest = ec2.MachineImage.latest_amazon_linux2023(cpu_type=cpu)
+    if not Token.is_unresolved(stack.account) and not Token.is_unresolved(stack.region):
+        name = AL2023_PARAMETER.format(arch="arm64" if fleet.architecture == "arm64" else "x86_64")
+        image_id = ssm.StringParameter.value_from_lookup(fleet, name, UNLOOKED_IMAGE)
+        if image_id != UNLOOKED_IMAGE and not image_id.startswith("dummy-value-for-"):
+            return ec2.MachineImage.generic_linux({stack.region: image_id})
+    Annotations.of(fleet).add_info(
+        "The workers' Amazon Linux 2023 image is resolved at every deploy (no lookup could be made at synth: give "
+        "the stack an account and region, and synth once with credentials to keep the image in cdk.context.json): "
+        "a deploy after an image release replaces every worker. Or pass machine_image."
+    )
+    return latest
 
 
 def worker_group(fleet: SpotWorkerFleet) -> autoscaling.AutoScalingGroup:
@@ -90,7 +122,53 @@ def worker_group(fleet: SpotWorkerFleet) -> autoscaling.AutoScalingGroup:
     )
     _name_zones(fleet, group)
     _acknowledge_findings(group)
+    group.node.add_validation(_InstanceTagCheck(fleet))
     return group
+
+
+#: A tag key instance metadata can serve: EC2 refuses to launch an instance with tags in its metadata that
+#: has any other key ("Work with instance tags in instance metadata", EC2 User Guide).
+METADATA_TAG_KEY = re.compile(r"[A-Za-z0-9+\-=.,_:@]+")
+UNSERVABLE_TAG_KEYS = {".", "..", "_index"}
+
+
+@jsii.implements(IValidation)
+class _InstanceTagCheck:
+    """Instance tags are in instance metadata (the worker reads its group's name there), and EC2 then refuses
+    to launch any instance with a tag key holding a space or ``/``: every launch of the group would fail. Checked
+    after the tag aspects ran, over the tags instances get (the launch template's, the group's propagated ones and
+    the stack's, which CloudFormation propagates too); tags given only at deploy time are not seen."""
+
+    def __init__(self, fleet: SpotWorkerFleet) -> None:
+        self._fleet = fleet
+
+    def validate(self) -> list[str]:
+        keys = sorted({key for key in self._instance_tag_keys() if not _servable_in_metadata(key)})
+        if not keys:
+            return []
+        return [
+            f"{self._fleet.node.path}: instance tag keys {keys} are invalid; allowed: letters, digits and "
+            "+ - = . , _ : @ (instance tags are in instance metadata, where EC2 refuses to launch any other): "
+            "rename them, or tag the group with apply_to_launched_instances=False and exclude "
+            "AWS::EC2::LaunchTemplate from the tag"
+        ]
+
+    def _instance_tag_keys(self) -> set[str]:
+        fleet = self._fleet
+        stack = Stack.of(fleet)
+        group = cast(autoscaling.CfnAutoScalingGroup, fleet.auto_scaling_group.node.default_child)
+        template = cast(ec2.CfnLaunchTemplate, fleet.launch_template.node.default_child)
+        keys = set(stack.tags.tag_values())
+        keys |= {tag["key"] for tag in stack.resolve(group.tags.render_tags()) or [] if tag.get("propagateAtLaunch")}
+        data: Any = stack.resolve(template.launch_template_data) or {}
+        for specification in data.get("tagSpecifications") or []:
+            if specification.get("resourceType") == "instance":
+                keys |= {tag["key"] for tag in specification.get("tags") or []}
+        return {key for key in keys if isinstance(key, str) and not Token.is_unresolved(key)}
+
+
+def _servable_in_metadata(key: str) -> bool:
+    return key not in UNSERVABLE_TAG_KEYS and METADATA_TAG_KEY.fullmatch(key) is not None
 
 
 def _name_zones(fleet: SpotWorkerFleet, group: autoscaling.AutoScalingGroup) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aws_cdk import Duration, Token
@@ -110,3 +112,82 @@ def _check_capacity(fleet: SpotWorkerFleet) -> None:
     check_range(fleet, "on_demand_base_capacity", fleet.on_demand_base_capacity, minimum=0, maximum=max_size)
     check_range(fleet, "on_demand_percentage_above_base", fleet.on_demand_percentage_above_base, minimum=0, maximum=100)
     check_range(fleet, "tasks_per_worker", fleet.tasks_per_worker, minimum=1, maximum=100000)
+
+
+#: The Python the bundle delivery's instances run (Amazon Linux 2023's python3.11), which wheels must fit.
+BOOT_PYTHON = (3, 11)
+#: What the worker runtime itself needs on the instance, so the lock must hold it.
+RUNTIME_REQUIREMENT = "boto3"
+LOCK_FILE = "requirements.lock"
+WHEELS_DIR = "wheels"
+#: How to make the lock and the wheelhouse (the error for a directory without them says it).
+LOCK_RECIPE = (
+    "{lock} pinning every package the workers install, boto3 for the runtime included, each with --hash "
+    "(e.g. `uv pip compile --generate-hashes --python-version 3.11 --python-platform {platform}-manylinux_2_28 "
+    "-o {lock} requirements.txt` with boto3>=1.40,<2 in requirements.txt), and {wheels}/ holding their wheels "
+    "(`pip download --require-hashes --no-deps --only-binary=:all: --python-version 3.11 --implementation cp "
+    "--platform manylinux_2_28_{platform} -d {wheels} -r {lock}`)"
+)
+_LOCKED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
+_HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
+
+
+def check_worker_requirements(fleet: SpotWorkerFleet) -> dict[str, set[str]]:
+    """The bundle delivery installs only ``requirements.lock``'s packages, from ``wheels/``, hash-checked, with
+    no package index at boot: both must be in the worker directory, every locked package pinned with hashes and
+    a wheel of one of its hashes fitting the instances (Python 3.11, the fleet's architecture). Returns the
+    locked packages (normalized name -> hashes)."""
+    directory = fleet.worker_directory
+    platform = "aarch64" if fleet.architecture == "arm64" else "x86_64"
+    recipe = LOCK_RECIPE.format(lock=LOCK_FILE, wheels=WHEELS_DIR, platform=platform)
+    lock, wheels = directory / LOCK_FILE, directory / WHEELS_DIR
+    if not lock.is_file() or not wheels.is_dir():
+        raise argument_error(fleet, "worker_directory", str(directory), f"a directory with {recipe}")
+    locked = _locked_packages(fleet, lock)
+    if RUNTIME_REQUIREMENT not in locked:
+        raise argument_error(fleet, "worker_directory", str(lock), f"a lock holding {RUNTIME_REQUIREMENT}: {recipe}")
+    hashes_of_wheels = {_sha256(path): path.name for path in sorted(wheels.glob("*.whl"))}
+    for name, hashes in sorted(locked.items()):
+        matching = [hashes_of_wheels[h] for h in sorted(hashes) if h in hashes_of_wheels]
+        if not matching:
+            raise argument_error(fleet, "worker_directory", str(wheels), f"a wheel of {name} matching {LOCK_FILE}")
+        if not any(_fits(wheel, platform) for wheel in matching):
+            allowed = f"a wheel of {name} for CPython 3.11 on {platform} Linux"
+            raise argument_error(fleet, "worker_directory", str(wheels / matching[0]), allowed)
+    return locked
+
+
+def _locked_packages(fleet: SpotWorkerFleet, lock: Path) -> dict[str, set[str]]:
+    """``name==version --hash=sha256:...`` entries (continued lines joined); anything else is refused."""
+    text = re.sub(r"\\\n", " ", lock.read_text())
+    locked: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        match, hashes = _LOCKED.match(line), set(_HASH.findall(line))
+        if match is None or not hashes:
+            allowed = "pinned requirements (name==version), each with --hash=sha256:..., nothing else"
+            raise argument_error(fleet, "worker_directory", f"{lock}: {line[:80]}", allowed)
+        locked[_normalized(match.group(1))] = hashes
+    return locked
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as wheel:
+        return hashlib.file_digest(wheel, "sha256").hexdigest()
+
+
+def _fits(wheel: str, platform: str) -> bool:
+    """A wheel file name's tags fit CPython 3.11 on Linux of ``platform``: pure Python, or built for it."""
+    python_tags, abi_tags, platform_tags = (tags.split(".") for tags in wheel.removesuffix(".whl").split("-")[-3:])
+    major, minor = BOOT_PYTHON
+    exact = {f"py{major}", f"py{major}{minor}", f"cp{major}{minor}"}
+    stable = [t for t in python_tags if t.startswith(f"cp{major}") and t[3:].isdigit() and int(t[3:]) <= minor]
+    python_fits = bool(exact & set(python_tags)) or ("abi3" in abi_tags and bool(stable))
+    platform_fits = any(t == "any" or (t.endswith(f"_{platform}") and "linux" in t) for t in platform_tags)
+    return python_fits and platform_fits

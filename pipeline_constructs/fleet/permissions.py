@@ -99,6 +99,18 @@ def _grant_objects(
     return grant
 
 
+def _list_own_prefix(bucket_arn: str, prefix: str) -> iam.PolicyStatement:
+    """ListBucket only under the fleet's prefix: without ListBucket a missing completion marker answers 403
+    instead of 404, and S3 answers that GetObject as a listing of the object's key, so the condition holds for
+    the fleet's own keys. A listing without a prefix (the whole bucket: other fleets' and chains' keys, the
+    claim checks) is denied; any delimiter is allowed, as it only groups keys under that prefix."""
+    if not prefix:  # the fleet owns the whole bucket (claim_prefix lets no one else in)
+        return iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket_arn])
+    return iam.PolicyStatement(
+        actions=["s3:ListBucket"], resources=[bucket_arn], conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}}
+    )
+
+
 def grant_worker_permissions(fleet: SpotWorkerFleet) -> iam.Policy:
     """What the worker runtime calls: its queue (and the downstream one), its prefixes, the status table, the
     data keys and its log group; and, in the policy returned, scale-in protection and the drain hook's
@@ -116,8 +128,7 @@ def grant_worker_permissions(fleet: SpotWorkerFleet) -> iam.Policy:
         iam.PolicyStatement(actions=["s3:GetObject"], resources=[input_objects]),
         # Get as well as Put: the worker checks a task's completion marker before redoing it.
         iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=written_objects),
-        # Without ListBucket a missing completion marker answers 403 instead of 404.
-        iam.PolicyStatement(actions=["s3:ListBucket"], resources=[bucket.bucket_arn]),
+        _list_own_prefix(bucket.bucket_arn, prefix),
         iam.PolicyStatement(actions=STATUS_ACTIONS, resources=[fleet.table.table_arn]),
     ]
     for statement in statements:

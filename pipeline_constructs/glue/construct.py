@@ -148,8 +148,8 @@ class GlueFunction(Construct):
         dead_letter_queue: sqs.IQueue | None = None,
     ) -> tuple[scheduler_targets.LambdaInvoke, iam.Role]:
         """EventBridge Scheduler's invoke of this function with ``payload``, through a role of its own made
-        under ``scope`` (as ``role_id``)."""
-        role = iam.Role(scope, role_id, assumed_by=iam.ServicePrincipal("scheduler.amazonaws.com"))
+        under ``scope`` (as ``role_id``), which only this account's schedules may assume."""
+        role = iam.Role(scope, role_id, assumed_by=scheduler_principal(scope))
         target = scheduler_targets.LambdaInvoke(
             self.function,
             input=scheduler.ScheduleTargetInput.from_object(payload),
@@ -260,6 +260,19 @@ class GlueFunction(Construct):
         characters a managed policy); the stack's first policy holds most stacks' chains. ``owner``: the
         resource the statement names (its stack decides how long a reference to it is deployed)."""
         return self._chain_grants.add(statement, owner=owner)
+
+
+def scheduler_principal(scope: Construct) -> iam.IPrincipal:
+    """EventBridge Scheduler, bound to this account's schedules (confused-deputy prevention), with the CDK's
+    own schedule target role's conditions: Scheduler sets the schedule group's ARN as ``aws:SourceArn`` (a
+    schedule's own ARN cannot be named: the schedule refers to the role). Our schedules are in the default
+    group (no ``schedule_group`` is given to them)."""
+    stack = Stack.of(scope)
+    group_arn = stack.format_arn(service="scheduler", resource="schedule-group", resource_name="default")
+    return iam.ServicePrincipal(
+        "scheduler.amazonaws.com",
+        conditions={"StringEquals": {"aws:SourceAccount": stack.account, "aws:SourceArn": group_arn}},
+    )
 
 
 def _network_under_profile(scope: Construct, network: PipelineNetwork | None) -> PipelineNetwork | None:

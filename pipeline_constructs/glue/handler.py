@@ -190,9 +190,11 @@ def stuck_reason(status_reason: str) -> str:
     return f"cancelled after waiting in RUNNABLE past its queue's time limit: {words} ({cause or status_reason})"
 
 
-def definition_family(arn: str) -> str:
-    """``arn:...:job-definition/name:3`` -> ``arn:...:job-definition/name``, to match any revision."""
-    return re.sub(r":\d+$", "", arn)
+def definition_name(reference: str) -> str:
+    """The job definition's name in any spelling SubmitJob accepts (``arn:...:job-definition/name:3``,
+    ``name:3``, ``name``): a job on any revision of the step's definition, a run in flight across a deploy
+    included, is that step's. Names are unique per account and region, and events come from that one."""
+    return re.sub(r":\d+$", "", reference.rsplit("job-definition/", 1)[-1])
 
 
 # ---------------------------------------------------------------- event -> submission
@@ -408,7 +410,7 @@ def job_facts(event: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] |
     }
     for chain_name, chain in config["chains"].items():
         for index, step in enumerate(chain["steps"]):
-            if definition_family(step["jobDefinition"]) == definition_family(definition):
+            if definition_name(step["jobDefinition"]) == definition_name(definition):
                 return {
                     "chain": chain_name,
                     "chain_config": chain,

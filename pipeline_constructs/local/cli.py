@@ -331,6 +331,8 @@ def _run(pipeline: LocalPipeline, args: argparse.Namespace, console: Console, st
             console.print(f"[red]error:[/] {str(error).strip(chr(39))}")
             return None
     idle = wait(max(10.0, args.timeout - (time.monotonic() - started))) and idle
+    if args.demo:
+        _fire_alarms(pipeline, console)
     if args.serve:
         _serve(pipeline, console, args.state_file)
     result = pipeline.result()
@@ -338,6 +340,18 @@ def _run(pipeline: LocalPipeline, args: argparse.Namespace, console: Console, st
     result["ok"] = result["ok"] and idle
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
+
+
+def _fire_alarms(pipeline: LocalPipeline, console: Console) -> None:
+    """Every alarm set to ALARM once: its notification delivered to its topic (and the topic's subscribers)
+    or denied by the topic's policy, as on AWS."""
+    denied_before = {str(d) for d in pipeline.policies.denials} if pipeline.policies is not None else set()
+    for alarm, topics in pipeline.fire_alarms():
+        names = ", ".join(topic.rsplit(":", 1)[-1] for topic in topics) or "no topic action"
+        console.print(f"alarm {escape(alarm)} set to ALARM: notifies {escape(names)}")
+    if pipeline.policies is not None:
+        for denial in {str(d) for d in pipeline.policies.denials} - denied_before:
+            console.print(f"[red]alarm notification denied[/] {escape(denial)}")
 
 
 def _serve(pipeline: LocalPipeline, console: Console, state_file: str) -> None:

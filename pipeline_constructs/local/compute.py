@@ -16,11 +16,13 @@ from typing import Any
 from pipeline_constructs.local.autoscaling import LocalAutoScaling, LocalGroup
 from pipeline_constructs.local.batch import JobDefinitionSpec, LocalBatch
 from pipeline_constructs.local.environments import ProcessEnvironments
+from pipeline_constructs.local.events import Target
 from pipeline_constructs.local.fleets import LocalFleet, parse_user_data
 from pipeline_constructs.local.iam import IamGate
 from pipeline_constructs.local.lambdas import LocalFunction
 from pipeline_constructs.local.provisioning import cdk_path
 from pipeline_constructs.local.resolver import Resolver
+from pipeline_constructs.local.resource_policies import destination_sender
 from pipeline_constructs.ops.assembly import SynthesizedStack
 
 #: Time compression for a laptop: short polls and flushes (the visibility timeout is capped too).
@@ -116,9 +118,9 @@ class LocalCompute:
 
     # ------------------------------------------------------------------ Lambda
 
-    def create_functions(self, *, deliver: Callable[[str, Any], None]) -> None:
+    def create_functions(self, *, deliver: Callable[[Target, Any], None]) -> None:
         """The template's functions, with their EventInvokeConfig: an invocation that fails its retries goes
-        to ``deliver(on-failure destination ARN, Lambda's failure record)``."""
+        to ``deliver(on-failure destination, Lambda's failure record)``, sent by Lambda with the function's role."""
         configs = {}
         for resource in self.stack.resources_of_type("AWS::Lambda::EventInvokeConfig").values():
             props = self.resolver.resolve(resource["Properties"])
@@ -143,7 +145,11 @@ class LocalCompute:
                 | self.environments.base(self.environments.key_for_role(props.get("Role"))),
                 timeout=int(props.get("Timeout", 3)),
                 retry_attempts=int(config.get("MaximumRetryAttempts", 2)),
-                on_failure=_sender(deliver, failure_arn) if failure_arn else None,
+                on_failure=_sender(
+                    deliver, Target(failure_arn, sender=destination_sender(self.stack, self.resolver, logical_id))
+                )
+                if failure_arn
+                else None,
                 log_dir=self.log_dir,
             )
 
@@ -252,10 +258,10 @@ class LocalCompute:
         self.autoscaling.close()
 
 
-def _sender(deliver: Callable[[str, Any], None], arn: str) -> Callable[[dict[str, Any]], None]:
+def _sender(deliver: Callable[[Target, Any], None], target: Target) -> Callable[[dict[str, Any]], None]:
     """``deliver`` bound to one target: a function's on-failure destination."""
 
     def send(record: dict[str, Any]) -> None:
-        deliver(arn, record)
+        deliver(target, record)
 
     return send

@@ -47,6 +47,13 @@ def print_summary(console: Console, result: dict[str, Any]) -> None:
         console.print(f"IAM: {iam['checked']} call(s) of functions, jobs and workers allowed by their roles' policies")
     for denial in iam["denied"]:
         console.print(f"[red]IAM denied[/] {escape(denial)}")
+    deliveries = result.get("deliveries", {})
+    if deliveries.get("delivered"):
+        console.print(
+            f"Deliveries by AWS services allowed by the targets' policies: {sum(deliveries['delivered'].values())}"
+        )
+    for denial in deliveries.get("denied", []):
+        console.print(f"[red]delivery denied[/] {escape(denial)}")
     verdict = "[green]everything completed[/]" if result["ok"] else "[red]NOT everything completed[/]"
     console.print(f"Result: {verdict}")
 

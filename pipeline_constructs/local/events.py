@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline_constructs.local.resource_policies import Sender
+
 
 def matches(pattern: Any, event: Any) -> bool:
     """EventBridge pattern matching: every pattern key must match; a list holds the allowed values."""
@@ -72,6 +74,10 @@ class Target:
     arn: str
     input: str | None = None
     input_transformer: dict[str, Any] | None = None
+    #: The AWS service that delivers to this target (its policies decide); None: the local run itself.
+    sender: Sender | None = None
+    #: Where the sender puts what it could not deliver (a rule's, a schedule's, a subscription's DLQ).
+    dead_letter: str | None = None
 
     def payload(self, event: Any) -> Any:
         if self.input is not None:
@@ -95,9 +101,9 @@ class LocalRule:
 
 
 class LocalEventBus:
-    """Routes events to the targets of every matching rule through ``deliver(arn, payload)``."""
+    """Routes events to the targets of every matching rule through ``deliver(target, payload)``."""
 
-    def __init__(self, rules: list[LocalRule], deliver: Callable[[str, Any], None]) -> None:
+    def __init__(self, rules: list[LocalRule], deliver: Callable[[Target, Any], None]) -> None:
         self.rules = rules
         self.deliver = deliver
         self.events_put = 0
@@ -108,7 +114,7 @@ class LocalEventBus:
         for rule in self.rules:
             if rule.pattern is not None and matches(rule.pattern, event):
                 for target in rule.targets:
-                    self.deliver(target.arn, target.payload(event))
+                    self.deliver(target, target.payload(event))
                     delivered += 1
                 rule.deliveries += 1
         return delivered

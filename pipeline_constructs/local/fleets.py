@@ -9,6 +9,7 @@ action is replaced. Workers reach a local Auto Scaling endpoint (:mod:`.autoscal
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import re
@@ -23,16 +24,17 @@ from pathlib import Path
 
 from pipeline_constructs.local.imds import FakeInstanceMetadata
 
-ENV_BLOCK = re.compile(r"cat > /etc/pipeline-worker\.env <<'PIPELINE_ENV'\n(.*?)\nPIPELINE_ENV", re.S)
+#: One worker variable a line of the user data: its value base64-encoded, so that no value can break out.
+ENV_LINE = re.compile(r"^pipeline_env ([A-Za-z_][A-Za-z0-9_]*) '([A-Za-z0-9+/=]*)'$", re.M)
 DOWNLOAD = re.compile(r"aws s3 cp 's3://[^/]+/([0-9a-f]{64})\.zip' '(/tmp/[a-z]+\.zip)'")
 
 
 def parse_user_data(script: str) -> tuple[dict[str, str], dict[str, str]]:
     """(worker environment, local zip name -> asset hash) from a fleet's user data script."""
-    block = ENV_BLOCK.search(script)
-    if block is None:
-        raise ValueError("user data has no /etc/pipeline-worker.env block: not a SpotWorkerFleet launch template")
-    environment = dict(line.split("=", 1) for line in block.group(1).splitlines() if "=" in line)
+    found = ENV_LINE.findall(script)
+    if not found:
+        raise ValueError("user data writes no /etc/pipeline-worker.env: not a SpotWorkerFleet launch template")
+    environment = {name: base64.b64decode(value).decode() for name, value in found}
     downloads = {Path(local).stem: asset for asset, local in DOWNLOAD.findall(script)}
     return environment, downloads
 

@@ -93,6 +93,8 @@ class Statement:
     resources: list[str]
     not_resources: list[str]
     condition: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: A resource policy's ``Principal`` (None in an identity policy, which names no principal).
+    principal: Any = None
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Statement:
@@ -107,7 +109,23 @@ class Statement:
             resources=strings("Resource"),
             not_resources=strings("NotResource"),
             condition=raw.get("Condition", {}),
+            principal=raw.get("Principal"),
         )
+
+    def names_service(self, service: str) -> bool:
+        """Whether this resource-policy statement's ``Principal`` covers the service principal ``service``:
+        ``*`` (or ``{"AWS": "*"}``) covers every principal, AWS services included; ``{"Service": ...}`` the
+        services it lists; an account or a role never a service."""
+        if self.principal == "*":
+            return True
+        if not isinstance(self.principal, dict):
+            return False
+
+        def listed(kind: str) -> list[str]:
+            value = self.principal.get(kind, [])
+            return [str(v) for v in (value if isinstance(value, list) else [value])]
+
+        return "*" in listed("AWS") or service in listed("Service")
 
     def applies(self, request: Authorization) -> tuple[bool, str]:
         """(applies, why not) for this statement and one authorization."""
@@ -137,12 +155,26 @@ def _compiled(pattern: str, ignore_case: bool) -> re.Pattern[str]:
     return re.compile(regex, re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL)
 
 
+#: IAM's numeric operators, on the request's value and the statement's.
+_NUMERIC = {
+    "NumericEquals": lambda a, b: a == b,
+    "NumericNotEquals": lambda a, b: a != b,
+    "NumericLessThan": lambda a, b: a < b,
+    "NumericLessThanEquals": lambda a, b: a <= b,
+    "NumericGreaterThan": lambda a, b: a > b,
+    "NumericGreaterThanEquals": lambda a, b: a >= b,
+}
+
+
 def _condition_holds(operator: str, key: str, expected: Any, context: dict[str, str]) -> bool:
-    """IAM's condition operators used by the templates; a key the request lacks fails (unless IfExists)."""
+    """IAM's condition operators used by the templates; a key the request lacks fails (unless IfExists).
+    Condition keys are case-insensitive, as in IAM."""
     values = [str(v) for v in (expected if isinstance(expected, list) else [expected])]
     if_exists = operator.endswith("IfExists")
     base = operator.removesuffix("IfExists")
-    actual = context.get(key)
+    actual = next((value for name, value in context.items() if name.lower() == key.lower()), None)
+    if base == "Null":  # "true": the key must be absent; "false": present
+        return (actual is None) == (values[0].lower() == "true")
     if actual is None:  # as IAM: a missing key fails a condition, except a negated one or ...IfExists
         return if_exists or base in ("StringNotEquals", "StringNotLike", "ArnNotEquals", "ArnNotLike")
     if base in ("StringEquals", "ArnEquals"):
@@ -151,13 +183,31 @@ def _condition_holds(operator: str, key: str, expected: Any, context: dict[str, 
         return actual.lower() in (v.lower() for v in values)
     if base in ("StringLike", "ArnLike"):
         return any(_glob(v, actual) for v in values)
-    if base == "StringNotEquals":
+    if base in ("StringNotEquals", "ArnNotEquals"):
         return actual not in values
-    if base == "StringNotLike":
+    if base in ("StringNotLike", "ArnNotLike"):
         return not any(_glob(v, actual) for v in values)
     if base == "Bool":
         return actual.lower() in (v.lower() for v in values)
+    if base in _NUMERIC:
+        return any(_NUMERIC[base](float(actual), float(v)) for v in values)
     raise ValueError(f"condition operator {operator} is not evaluated locally")
+
+
+def decide(statements: list[Statement], request: Authorization) -> str | None:
+    """IAM's evaluation of one policy's ``statements`` (already limited to the principal's): an explicit
+    Deny wins, else an Allow whose action, resource and conditions all hold, else an implicit deny. None
+    when allowed; else why not, in a few words."""
+    try:
+        outcomes = [(s, *s.applies(request)) for s in statements]
+    except ValueError as error:
+        return str(error)
+    if any(s.effect == "Deny" for s, applies, _ in outcomes if applies):
+        return "an explicit Deny"
+    if any(s.effect == "Allow" for s, applies, _ in outcomes if applies):
+        return None
+    near = [why for s, applies, why in outcomes if s.effect == "Allow" and not applies and why != "action"]
+    return f"statements for the action fail on their {near[0]}" if near else "no statement allows the action"
 
 
 class RolePolicies:
@@ -196,16 +246,9 @@ class RolePolicies:
         statements = self.statements.get(role_id)
         if statements is None:
             return "the process runs with no role"
-        try:
-            outcomes = [(s, *s.applies(request)) for s in statements]
-        except ValueError as error:
-            return str(error)
-        if any(s.effect == "Deny" for s, applies, _ in outcomes if applies):
-            return "an explicit Deny"
-        if any(s.effect == "Allow" for s, applies, _ in outcomes if applies):
-            return None
-        near = [why for _, applies, why in outcomes if not applies and why != "action"]
-        detail = f"statements for the action fail on their {near[0]}" if near else "no statement allows the action"
+        detail = decide(statements, request)
+        if detail is None or detail == "an explicit Deny":
+            return detail
         if self.managed.get(role_id):
             detail += f"; AWS managed policies not modelled: {', '.join(self.managed[role_id])}"
         return detail

@@ -12,6 +12,7 @@ from pipeline_constructs.local.clients import EmulatorClients
 from pipeline_constructs.local.fleets import LocalFleet
 from pipeline_constructs.local.iam import IamGate
 from pipeline_constructs.local.resolver import Resolver
+from pipeline_constructs.local.resource_policies import ResourcePolicies
 from pipeline_constructs.ops.assembly import SynthesizedStack
 
 if TYPE_CHECKING:
@@ -30,8 +31,9 @@ def run_result(pipeline: LocalPipeline) -> dict[str, Any]:
     failures = failure_queue_depths(pipeline.stack, pipeline.resolver, pipeline.clients)
     drained = downstream_queue_depths(pipeline.clients, pipeline.compute.fleets.values())
     iam = iam_result(pipeline.iam)
+    deliveries = delivery_result(pipeline.policies)
     return {
-        "ok": all_completed(jobs, fleets, failures, drained, denied=iam["denied"]),
+        "ok": all_completed(jobs, fleets, failures, drained, denied=iam["denied"] + deliveries["denied"]),
         "jobs": jobs,
         "fleets": fleets,
         "functions": functions,
@@ -43,6 +45,7 @@ def run_result(pipeline: LocalPipeline) -> dict[str, Any]:
         "not_emulated": dict(pipeline.not_emulated),
         "schedules": {s.path: s.fired for s in pipeline.schedules},
         "iam": iam,
+        "deliveries": deliveries,
     }
 
 
@@ -66,7 +69,8 @@ def all_completed(
         and all(p["rows_succeeded"] == p["done"] and p["rows_failed"] == p["dead"] for p in fleets.values())
         and all(depth == 0 for depth in failures.values())
         and all(depth == 0 for depth in drained.values())
-        # A call a role would not allow fails the run as AccessDenied would fail it on AWS.
+        # A call a role would not allow, or a delivery a resource policy would refuse, fails the run as it
+        # would fail on AWS.
         and not denied
     )
 
@@ -153,3 +157,10 @@ def iam_result(iam: IamGate | None) -> dict[str, Any]:
         "allowed_by_role": dict(iam.checker.allowed) if iam is not None else {},
         "denied": sorted({str(d) for d in iam.checker.denials}) if iam is not None else [],
     }
+
+
+def delivery_result(policies: ResourcePolicies | None) -> dict[str, Any]:
+    """Deliveries by AWS services the target's policies allowed (a count each) and those they denied."""
+    if policies is None:
+        return {"delivered": {}, "denied": []}
+    return {"delivered": dict(policies.delivered), "denied": sorted({str(d) for d in policies.denials})}

@@ -70,6 +70,7 @@ class Resolver:
             "AWS::AutoScaling::AutoScalingGroup": "AutoScalingGroupName",
             "AWS::Scheduler::Schedule": "Name",
             "AWS::Events::Rule": "Name",
+            "AWS::CloudWatch::Alarm": "AlarmName",
         }.get(kind)
         name = props.get(explicit) if explicit else None
         if isinstance(name, str):
@@ -139,6 +140,7 @@ class Resolver:
             "AWS::Events::Rule": self.arn("events", f"rule/{name}"),
             "AWS::Scheduler::Schedule": self.arn("scheduler", f"schedule/default/{name}"),
             "AWS::KMS::Key": self.arn("kms", f"key/{name}"),
+            "AWS::CloudWatch::Alarm": self.arn("cloudwatch", f"alarm:{name}"),
         }
         if attribute in ("Arn", "TopicArn", "JobQueueArn", "ComputeEnvironmentArn", "QueueArn") and kind in arns:
             return arns[kind]

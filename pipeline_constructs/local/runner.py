@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_constructs.glue.handler import wake_group
+from pipeline_constructs.local.alarms import fire_alarms
 from pipeline_constructs.local.batch import LocalBatch
 from pipeline_constructs.local.clients import EmulatorClients
 from pipeline_constructs.local.compute import LocalCompute
@@ -37,11 +38,20 @@ from pipeline_constructs.local.provisioning import (
     stack_resolvers,
 )
 from pipeline_constructs.local.report import run_result
+from pipeline_constructs.local.resolver import Resolver
+from pipeline_constructs.local.resource_policies import ResourcePolicies, configured_deliveries
 from pipeline_constructs.local.triggers import Schedule, Triggers
 from pipeline_constructs.ops.assembly import SynthesizedStack
 
 # LocalPipeline, and what this module held before the local run was split (code that imported them from here).
 __all__ = ["EMULATED", "IAM_CHECKED", "Faults", "LocalPipeline", "sample_feed"]
+
+
+def _policy_gates(stack: SynthesizedStack, resolver: Resolver, region: str) -> tuple[IamGate, ResourcePolicies]:
+    """What holds every call of a function, job or worker against its role's policies in the template, and
+    every delivery by an AWS service against the target's resource and key policies."""
+    iam = IamGate(stack.template, resolver, region)
+    return iam, ResourcePolicies(stack.template, resolver, iam.checker.policies)
 
 
 class LocalPipeline:
@@ -72,17 +82,17 @@ class LocalPipeline:
         # from_zero: every fleet's group starts at zero workers, as a deployed one does after a quiet night;
         # wake: the sample tasks' submission wakes it, as `pipeline submit` does.
         self.from_zero, self.wake = from_zero, wake
-        self.workers_per_fleet = workers_per_fleet
-        self.visibility_timeout = visibility_timeout
-        self.faults = faults or Faults()
-        self.rng = random.Random(seed)
+        self.workers_per_fleet, self.visibility_timeout = workers_per_fleet, visibility_timeout
+        self.faults, self.rng = faults or Faults(), random.Random(seed)
         self.run_id = uuid.uuid4().hex[:6]
         #: (stack, its resolver) of every stack this one imports from, then of this one.
         self.stacks = stack_resolvers(stack, producers, region=region, endpoint=endpoint, run_id=self.run_id)
         self.resolver = self.stacks[-1][1]
         self.clients = EmulatorClients(endpoint, region)
-        # Every call of a function, job or worker is held against its role's policies in the template.
-        self.iam = IamGate(stack.template, self.resolver, region) if iam_check else None
+        self.iam: IamGate | None = None
+        self.policies: ResourcePolicies | None = None
+        if iam_check:
+            self.iam, self.policies = _policy_gates(stack, self.resolver, region)
         self.not_emulated = count_not_emulated(stack, iam_check=iam_check)
         self.compute = LocalCompute(
             stack,
@@ -104,6 +114,7 @@ class LocalPipeline:
             not_emulated=self.not_emulated,
             stopping=self._stopping,
             record_event=self.faults.events.append,
+            policies=self.policies,
         )
         self.progress = Progress(self.clients, self.compute, self.triggers, iam=self.iam)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -148,8 +159,24 @@ class LocalPipeline:
             visibility_timeout=self.visibility_timeout,
             watch_spot=self.faults.watch_spot,
         )
+        self._check_standing_deliveries()
         threading.Thread(target=self.triggers.poll_sns_taps, name="sns-taps", daemon=True).start()
         FaultInjector(self.faults, self.compute.fleets, rng=self.rng, stopping=self._stopping).start()
+
+    def _check_standing_deliveries(self) -> None:
+        """The deliveries the emulator or no one performs locally (CloudWatch Logs' and S3 access logging's use
+        of a key or bucket, SNS to an SQS subscription): each checked once, at bring-up, as on a deploy."""
+        if self.policies is None:
+            return
+        for delivery in configured_deliveries(self.stack, self.resolver):
+            service = delivery.sender.service
+            to_queue = service == "sns.amazonaws.com" and delivery.target.split(":")[2] == "sqs"
+            if service.startswith(("logs.", "logging.s3.")) or to_queue:
+                self.policies.check(delivery.sender, delivery.target)
+
+    def fire_alarms(self) -> list[tuple[str, list[str]]]:
+        """Set every alarm to ALARM once: (alarm, the topics CloudWatch notified) each; see :func:`.fire_alarms`."""
+        return fire_alarms(self.stack, self.resolver, self.triggers.deliver)
 
     def stop(self) -> None:
         self._stopping.set()

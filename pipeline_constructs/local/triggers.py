@@ -21,6 +21,12 @@ from pipeline_constructs.local.events import LocalEventBus, LocalRule, Target
 from pipeline_constructs.local.lambdas import LocalFunction
 from pipeline_constructs.local.provisioning import cdk_path
 from pipeline_constructs.local.resolver import ACCOUNT, Resolver
+from pipeline_constructs.local.resource_policies import (
+    ResourcePolicies,
+    rule_sender,
+    schedule_sender,
+    topic_sender,
+)
 from pipeline_constructs.ops.assembly import SynthesizedStack
 
 log = logging.getLogger("pipeline.local")
@@ -47,6 +53,8 @@ class SnsTap:
     queue_url: str
     function: LocalFunction
     subscription_arn: str
+    topic_arn: str
+    dead_letter: str | None = None
 
 
 class Triggers:
@@ -63,9 +71,12 @@ class Triggers:
         not_emulated: Counter[str],
         stopping: threading.Event,
         record_event: Callable[[str], None],
+        policies: ResourcePolicies | None = None,
     ) -> None:
         """``record_event`` notes what happened on its own (a schedule fired on its cron) for the result;
-        ``stopping`` is set when the run ends."""
+        ``stopping`` is set when the run ends; ``policies`` decide each delivery by a service (None: all are
+        performed)."""
+        self.policies = policies
         self.stack = stack
         self.resolver = resolver
         self.clients = clients
@@ -96,7 +107,8 @@ class Triggers:
                     "QueueArn"
                 ]
                 subscription = sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=tap_arn)["SubscriptionArn"]
-                self.sns_taps.append(SnsTap(tap_url, self.functions[endpoint], subscription))
+                dead_letter = props.get("RedrivePolicy", {}).get("deadLetterTargetArn")
+                self.sns_taps.append(SnsTap(tap_url, self.functions[endpoint], subscription, topic, dead_letter))
             else:
                 self.not_emulated[f"AWS::SNS::Subscription ({protocol})"] += 1
 
@@ -104,7 +116,7 @@ class Triggers:
         """Event rules on the local bus; a schedule per target of a scheduled rule, and per Scheduler schedule."""
         for logical_id, resource in self.stack.resources_of_type("AWS::Events::Rule").items():
             props = resource["Properties"]
-            targets = [self._target(raw) for raw in props.get("Targets", [])]
+            targets = [self._target(logical_id, raw) for raw in props.get("Targets", [])]
             path = cdk_path(self.stack, logical_id)
             if props.get("ScheduleExpression"):
                 for target in targets:
@@ -122,22 +134,43 @@ class Triggers:
                     cdk_path(self.stack, logical_id),
                     props["ScheduleExpression"],
                     props.get("ScheduleExpressionTimezone", "UTC"),
-                    Target(arn=props["Target"]["Arn"]),
+                    Target(
+                        arn=props["Target"]["Arn"],
+                        sender=schedule_sender(self.stack, self.resolver, logical_id),
+                        dead_letter=props["Target"].get("DeadLetterConfig", {}).get("Arn"),
+                    ),
                     "scheduler",
                     input_text=props["Target"].get("Input"),
                 )
             )
 
-    def _target(self, raw: dict[str, Any]) -> Target:
+    def _target(self, rule_id: str, raw: dict[str, Any]) -> Target:
+        sender = rule_sender(self.stack, self.resolver, rule_id, raw)
         raw = self.resolver.resolve(raw)
-        return Target(arn=raw["Arn"], input=raw.get("Input"), input_transformer=raw.get("InputTransformer"))
+        return Target(
+            arn=raw["Arn"],
+            input=raw.get("Input"),
+            input_transformer=raw.get("InputTransformer"),
+            sender=sender,
+            dead_letter=raw.get("DeadLetterConfig", {}).get("Arn"),
+        )
 
     # ------------------------------------------------------------------ delivery
 
-    def deliver(self, arn: str, payload: Any) -> None:
-        """Send a payload to a target ARN, as EventBridge, Scheduler or a Lambda destination would."""
+    def deliver(self, target: Target, payload: Any) -> None:
+        """Send a payload to a target, as EventBridge, Scheduler, SNS, CloudWatch or a Lambda destination
+        would: only if the target's policies allow its sender. A refused delivery goes to the sender's
+        dead-letter queue (itself a delivery the queue's policy decides), as AWS sends it there."""
         if self.stopping.is_set():  # the run is over: job threads still winding down have no one to tell
             return
+        refused = target.sender is not None and self.policies is not None
+        if refused and self.policies.check(target.sender, target.arn) is not None:  # type: ignore[union-attr,arg-type]
+            if target.dead_letter:
+                self.deliver(Target(target.dead_letter, sender=target.sender), payload)
+            return
+        self._perform(target.arn, payload)
+
+    def _perform(self, arn: str, payload: Any) -> None:
         if arn.startswith("arn:aws:lambda:"):
             function = self.functions.get(":".join(arn.split(":")[:7]))  # without a version or alias qualifier
             if function is None:
@@ -159,7 +192,8 @@ class Triggers:
                 messages = sqs.receive_message(QueueUrl=tap.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
                 for message in messages.get("Messages", []):
                     record = _sns_record(json.loads(message["Body"]), tap.subscription_arn)
-                    tap.function.invoke_async({"Records": [record]})
+                    target = Target(tap.function.arn, sender=topic_sender(tap.topic_arn), dead_letter=tap.dead_letter)
+                    self.deliver(target, {"Records": [record]})
                     sqs.delete_message(QueueUrl=tap.queue_url, ReceiptHandle=message["ReceiptHandle"])
             self.stopping.wait(0.5)
 
@@ -222,7 +256,7 @@ class Triggers:
         else:
             payload = schedule.target.payload(_scheduled_event(stamp, self.clients.region))
         schedule.fired += 1
-        self.deliver(schedule.target.arn, payload)
+        self.deliver(schedule.target, payload)
 
 
 def _scheduled_event(stamp: str, region: str) -> dict[str, Any]:

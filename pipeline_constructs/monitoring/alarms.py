@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+import jsii
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
+from aws_cdk.interfaces import aws_events as events_refs
 from constructs import Construct
 
 from pipeline_constructs.building_blocks.nag import acknowledge
@@ -25,6 +29,10 @@ class PipelineAlarms(Construct):
 
     Cheap by design: one single-metric alarm per queue or function (alarms are billed per metric), and
     failed Batch jobs are an EventBridge rule straight to the topic, which costs nothing while idle.
+
+    The topic's policy replaces SNS's default one: it allows CloudWatch to publish for this construct's alarms
+    and EventBridge for its rules (each by ``aws:SourceArn``, and ``aws:SourceAccount``), nothing else. An
+    alarm made elsewhere cannot notify this topic.
 
     :param email: address subscribed to the alarm topic (it must confirm the subscription). Default: None.
     :param encryption_key: customer-managed KMS key for the topic. Default: None (CloudWatch cannot publish
@@ -48,6 +56,33 @@ class PipelineAlarms(Construct):
             )
         self.alarms: dict[str, cloudwatch.Alarm] = {}
         self._watched: set[str] = set()
+        # The topic policy replaces SNS's default one: each service that publishes is allowed here, bound to
+        # this stack's own alarms and rules (a statement per service, its sources filled in as they are made).
+        self._alarm_arns: list[str] = []
+        self._rule_arns: list[str] = []
+        self._cloudwatch_publishes = self._service_publish_statement("CloudWatchAlarmsOfThisStack", "cloudwatch")
+        self._events_publishes = self._service_publish_statement("EventBridgeRulesOfThisStack", "events")
+        # The rule targets publish through an imported reference: the CDK's own grant on it (events.amazonaws.com
+        # from any rule of any account's region) is not added to this topic's policy; the statement above is.
+        self._topic_for_rules = sns.Topic.from_topic_arn(self, "TopicForRules", self.topic.topic_arn)
+
+    def _service_publish_statement(self, sid: str, service: str) -> iam.PolicyStatement:
+        statement = iam.PolicyStatement(
+            sid=sid,
+            principals=[iam.ServicePrincipal(f"{service}.amazonaws.com")],
+            actions=["sns:Publish"],
+            resources=[self.topic.topic_arn],
+            conditions={"StringEquals": {"aws:SourceAccount": Stack.of(self).account}},
+        )
+        return statement
+
+    def _allow_source(self, statement: iam.PolicyStatement, arns: list[str], arn: str) -> None:
+        """Allow ``arn`` (an alarm's, a rule's) in ``statement``, added to the topic's policy with its first."""
+        if not arns:
+            self.topic.add_to_resource_policy(statement)
+        arns.append(arn)
+        # The same operator and key again replaces the value: the statement names every source so far.
+        statement.add_condition("ArnEquals", {"aws:SourceArn": list(arns)})
 
     def _once(self, key: str) -> bool:
         if key in self._watched:
@@ -67,6 +102,7 @@ class PipelineAlarms(Construct):
             alarm_description=description,
         )
         alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.topic))
+        self._allow_source(self._cloudwatch_publishes, self._alarm_arns, alarm.alarm_arn)
         self.alarms[alarm_id] = alarm
         return alarm
 
@@ -125,7 +161,7 @@ class PipelineAlarms(Construct):
     ) -> None:
         """An EventBridge rule straight to the topic (free while idle) on the chain's FAILED jobs whose
         ``detail`` also matches the given fields."""
-        events.Rule(
+        rule = events.Rule(
             self,
             f"{chain.node.id}{kind}",
             description=description,
@@ -136,14 +172,35 @@ class PipelineAlarms(Construct):
                     "status": ["FAILED"],
                     **detail,
                     "jobQueue": [chain.job_queue.job_queue_arn],
-                    "jobDefinition": [d.job_definition_arn for d in chain.job_definitions.values()],
+                    "jobDefinition": chain.job_definition_event_filter(),  # every revision: jobs outlive deploys
                 },
             ),
             targets=[
-                events_targets.SnsTopic(
-                    self.topic,
-                    message=events.RuleTargetInput.from_text(message),
-                    dead_letter_queue=chain.glue.failure_queue,
+                _TopicTarget(
+                    events_targets.SnsTopic(
+                        self._topic_for_rules,
+                        message=events.RuleTargetInput.from_text(message),
+                        dead_letter_queue=chain.glue.failure_queue,
+                    )
                 )
             ],
+        )
+        self._allow_source(self._events_publishes, self._rule_arns, rule.rule_arn)
+
+
+@jsii.implements(events.IRuleTarget)
+class _TopicTarget:
+    """An SNS target's configuration without its imported topic as the target resource: the topic is this
+    stack's own (the rule needs no cross-environment set-up), only its policy is kept out of the CDK's hands."""
+
+    def __init__(self, target: events_targets.SnsTopic) -> None:
+        self._target = target
+
+    def bind(self, rule: events_refs.IRuleRef, id: str | None = None) -> events.RuleTargetConfig:
+        config = self._target.bind(rule, id)
+        return events.RuleTargetConfig(
+            arn=config.arn,
+            input=config.input,
+            dead_letter_config=config.dead_letter_config,
+            retry_policy=config.retry_policy,
         )

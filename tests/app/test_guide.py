@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipeline_constructs.local import cli
+from pipeline_constructs.ops.assembly import load_assembly
+from tests.app.test_source_conditions import unbound_service_statements
 from tests.support import ROOT
 
 GUIDE = ROOT / "docs" / "guide.md"
@@ -24,7 +27,20 @@ def guide_files() -> dict[str, str]:
 
 
 def test_the_guide_names_its_files():
-    assert set(guide_files()) == {"app.py", "my_worker/task.py", "my_worker/requirements.txt"}
+    assert set(guide_files()) == {
+        "app.py",
+        "my_worker/task.py",
+        "my_worker/requirements.txt",
+        "my_worker/requirements.lock",
+    }
+
+
+def test_the_guides_lock_is_the_sample_workers_whose_wheels_make_setup_fetches():
+    """The guide's test copies those wheels instead of fetching them again (.ci/install-check fetches them as
+    the guide says)."""
+    sample = ROOT / "worker_images" / "sqs_worker" / "requirements.lock"
+    locked = [line for line in sample.read_text().splitlines() if not line.startswith("#")]
+    assert guide_files()["my_worker/requirements.lock"].splitlines() == locked
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +50,7 @@ def guide_app(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     for relative, body in guide_files().items():
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / relative).write_text(body)
+    shutil.copytree(ROOT / "worker_images" / "sqs_worker" / "wheels", tmp_path / "my_worker" / "wheels")
     outdir = tmp_path / "cdk.out"
     result = subprocess.run(
         [sys.executable, "app.py"],
@@ -83,3 +100,12 @@ def test_the_guides_app_runs_locally_across_its_two_stacks(guide_app, tmp_path):
     written = {prefix: count for prefix, count in result["objects"].items() if prefix.startswith("shared-")}
     assert sorted(p.split("/", 1)[1] for p in written) == ["resize/input/", "resize/output/"], result["objects"]
     assert result["iam"]["denied"] == [] and result["iam"]["checked"] > 0
+
+
+def test_the_guides_app_allows_no_service_without_its_source(guide_app):
+    """The source-condition scan of tests/app/test_source_conditions.py, on the guide's app (synthesized once, here)."""
+    outdir, synthesized = guide_app
+    assert synthesized.returncode == 0, synthesized.stderr[-3000:]
+    stacks = load_assembly(Path(outdir))
+    assert {stack.name for stack in stacks} == {"Shared", "Work"}
+    assert {stack.name: unbound_service_statements(stack.template) for stack in stacks} == {"Shared": [], "Work": []}

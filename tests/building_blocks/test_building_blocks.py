@@ -8,6 +8,7 @@ import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
 from aws_cdk.assertions import Match, Template
 from constructs import Construct
 
@@ -23,6 +24,7 @@ from pipeline_constructs import (
     secure_topic,
 )
 from pipeline_constructs.building_blocks.logs import retention_from_days
+from pipeline_constructs.building_blocks.validation import claim_prefix
 from tests.support import ROOT
 
 SQS_WORKER = ROOT / "worker_images" / "sqs_worker"
@@ -54,14 +56,76 @@ def test_data_bucket_is_private_encrypted_versioned_and_logged(dev_template: Tem
                         Match.object_like(
                             {"Id": "expire-noncurrent-versions", "NoncurrentVersionExpiration": {"NoncurrentDays": 30}}
                         ),
-                        Match.object_like(
-                            {"Id": "expire-intermediate", "Prefix": "intermediate/", "ExpirationInDays": 7}
-                        ),
                     ]
                 )
             },
         },
     )
+
+
+def test_scratch_data_expires_under_each_fleets_own_prefix(dev_template: Template):
+    """The fleet writes ``<prefix>intermediate/``: a rule at the bucket's root would never match its keys."""
+    (bucket,) = [
+        b for b in dev_template.find_resources("AWS::S3::Bucket").values() if "LoggingConfiguration" in b["Properties"]
+    ]
+    rules = {rule["Id"]: rule for rule in bucket["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-statistics/intermediate"] == {
+        "Id": "expire-statistics/intermediate",
+        "Prefix": "statistics/intermediate/",
+        "ExpirationInDays": 7,
+        "Status": "Enabled",
+    }
+    assert [rule for rule in rules.values() if rule.get("Prefix") == "intermediate/"] == []
+
+
+def test_a_claimed_prefix_expires_in_a_data_bucket_and_nothing_is_added_to_an_imported_one(stack):
+    data = DataBucket(stack, "Data", intermediate_expiration=cdk.Duration.days(3))
+    claim_prefix(Construct(stack, "Fleet"), data.bucket, "fleet/")
+    claim_prefix(Construct(stack, "Chain"), data.bucket, "chain/", scratch_folders=())
+    imported = s3.Bucket.from_bucket_name(stack, "Imported", "someone-elses-bucket")
+    claim_prefix(Construct(stack, "Other"), imported, "fleet/")  # nothing it could add to: no error
+    (bucket,) = [
+        b
+        for b in Template.from_stack(stack).find_resources("AWS::S3::Bucket").values()
+        if "LoggingConfiguration" in b["Properties"]
+    ]
+    prefixes = {
+        rule.get("Prefix"): rule.get("ExpirationInDays")
+        for rule in bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+    }
+    assert prefixes == {None: None, "fleet/intermediate/": 3}
+
+
+def test_dev_buckets_are_emptied_of_every_version_before_deletion(dev_template: Template, prod_template: Template):
+    """A versioned bucket deleted with the stack must be empty (delete markers too), or the stack is left
+    DELETE_FAILED: dev's buckets (DESTROY) are emptied by the CDK's auto-delete custom resource; prod's are
+    retained and never emptied."""
+    buckets = dev_template.find_resources("AWS::S3::Bucket")
+    assert {b["DeletionPolicy"] for b in buckets.values()} == {"Delete"}
+    emptied = dev_template.find_resources("Custom::S3AutoDeleteObjects")
+    assert sorted(e["Properties"]["BucketName"]["Ref"] for e in emptied.values()) == sorted(buckets)
+    prod_template.resource_count_is("Custom::S3AutoDeleteObjects", 0)
+
+
+def test_the_access_log_bucket_does_not_log_into_itself(dev_template: Template, prod_template: Template):
+    """Into itself, every log delivery is logged again by a later one (AWS advises against it)."""
+    for template in (dev_template, prod_template):
+        destinations = {
+            logical_id: bucket["Properties"]["LoggingConfiguration"].get("DestinationBucketName", "itself")
+            for logical_id, bucket in template.find_resources("AWS::S3::Bucket").items()
+            if "LoggingConfiguration" in bucket["Properties"]
+        }
+        ((data_bucket, log_bucket),) = destinations.items()  # the data bucket logs; the log bucket, nowhere
+        assert log_bucket != "itself" and log_bucket["Ref"] != data_bucket
+
+
+def test_log_groups_are_retained_with_the_data_under_the_compliance_profile(
+    dev_template: Template, prod_template: Template
+):
+    """prod keeps its buckets and table (removalPolicy retain) and a year of logs: a destroy must not take
+    the logs; dev deletes both."""
+    assert {g["DeletionPolicy"] for g in prod_template.find_resources("AWS::Logs::LogGroup").values()} == {"Retain"}
+    assert {g["DeletionPolicy"] for g in dev_template.find_resources("AWS::Logs::LogGroup").values()} == {"Delete"}
 
 
 def test_buckets_deny_plain_http_and_old_tls(dev_template: Template):

@@ -1,5 +1,6 @@
-"""The compliance profile (prod in cdk.json): every Control Tower proactive control passes with nothing
-acknowledged, cdk-nag leaves nothing unacknowledged, and what it takes is in the template."""
+"""The compliance profile (prod in cdk.json): every Control Tower proactive control passes with one
+acknowledgment (the access-log bucket's own logging), cdk-nag leaves nothing unacknowledged, and what it
+takes is in the template."""
 
 from __future__ import annotations
 
@@ -35,13 +36,19 @@ def _report(outdir) -> dict:
     return json.loads((outdir / "validation-report.json").read_text())
 
 
-def test_prod_passes_every_control_tower_control_with_nothing_acknowledged(example_outdir):
+def test_prod_passes_every_control_tower_control_with_only_the_log_buckets_logging_acknowledged(example_outdir):
+    """Server access logging of the access-log bucket is the one control not met (AWS advises against a log
+    bucket logging: into itself an endless loop, into another bucket one more bucket needing a log bucket)."""
     (plugin,) = [p for p in _report(example_outdir)["pluginReports"] if p["pluginName"] == CONTROL_TOWER]
     assert plugin["violations"] == []
     acknowledged_in_prod = [
-        v["acknowledgedId"] for v in plugin.get("suppressedViolations", []) if "pipeline-prod" in v["acknowledgedAt"]
+        (v["acknowledgedAt"], v["acknowledgedId"])
+        for v in plugin.get("suppressedViolations", [])
+        if "pipeline-prod" in v["acknowledgedAt"]
     ]
-    assert acknowledged_in_prod == []
+    assert acknowledged_in_prod == [
+        ("pipeline-prod/Data/AccessLogs", f"{CONTROL_TOWER}::s3_bucket_logging_enabled_check")
+    ]
     acknowledged_in_dev = [v for v in plugin["suppressedViolations"] if "pipeline-dev" in v["acknowledgedAt"]]
     assert len(acknowledged_in_dev) >= 15  # the default's trade-offs, each acknowledged with its reason
 
@@ -53,7 +60,6 @@ def test_every_data_store_uses_the_stacks_customer_managed_key(prod_template):
         (rule,) = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
         assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}
         assert bucket["Properties"]["ObjectLockEnabled"] is True
-        assert "LoggingConfiguration" in bucket["Properties"]
     for table in prod_template.find_resources("AWS::DynamoDB::Table").values():
         assert table["Properties"]["SSESpecification"]["KMSMasterKeyId"] == key
     for queue in prod_template.find_resources("AWS::SQS::Queue").values():

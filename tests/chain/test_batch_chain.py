@@ -190,9 +190,17 @@ def test_glue_submits_only_to_exact_queues_and_job_definitions(three_chains):
     statements = glue_statements(three_chains.template)
     submit = [s for policy in statements.values() for s in policy if s["Action"] == "batch:SubmitJob"]
     assert submit
+    names = [
+        r["Properties"]["JobDefinitionName"]
+        for r in three_chains.template.find_resources("AWS::Batch::JobDefinition").values()
+    ]
     for statement in submit:
-        # Exact ARNs only: the queue's and each job definition's, never a pattern.
-        assert all(isinstance(r, dict) and ({"Ref", "Fn::GetAtt"} & set(r)) for r in statement["Resource"])
+        for resource in statement["Resource"]:
+            # Exact ARNs: the queue's, and each job definition's (a trigger's) or every revision of a chain's
+            # own (job-definition/<its name>:*), never a wider pattern.
+            exact = isinstance(resource, dict) and ({"Ref", "Fn::GetAtt"} & set(resource))
+            tail = "" if exact else resource["Fn::Join"][1][-1]
+            assert exact or any(tail.endswith(f":job-definition/{name}:*") for name in names), resource
 
 
 def test_eventbridge_rule_path_passes_the_users_constant_input(three_chains):

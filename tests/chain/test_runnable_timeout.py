@@ -150,7 +150,8 @@ def on_the_chains_jobs(pattern: dict, chain: BatchChain, stack: cdk.Stack) -> di
     """The pattern without its job queue and definitions (tokens here), once they are checked to be the chain's."""
     detail = dict(pattern["detail"])
     assert detail.pop("jobQueue") == [stack.resolve(chain.job_queue.job_queue_arn)]
-    assert stack.resolve(chain.first_job_definition.job_definition_arn) in detail.pop("jobDefinition")
+    # Every revision of the chain's definitions, by name: jobs of an older one still alert after a deploy.
+    assert detail.pop("jobDefinition") == stack.resolve(chain.job_definition_event_filter())
     return pattern | {"detail": detail}
 
 

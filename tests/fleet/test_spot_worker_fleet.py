@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import json
 import re
@@ -29,6 +30,16 @@ def _of_construct(template: Template, resource_type: str, path_part: str) -> dic
     }
     assert found, f"no {resource_type} under {path_part}"
     return found
+
+
+def _environment_lines(launch_templates: object) -> set[str]:
+    """The ``NAME=value`` lines the boot script writes to the worker's environment file, for values known at
+    synth (``pipeline_env NAME '<base64>'``; a deploy-time value is an Fn::Base64, left out)."""
+    text = json.dumps(launch_templates)
+    return {
+        f"{name}={base64.b64decode(value).decode()}"
+        for name, value in re.findall(r"pipeline_env ([A-Za-z_][A-Za-z0-9_]*) '([A-Za-z0-9+/=]+)'", text)
+    }
 
 
 def test_launch_template_requires_imdsv2_encrypts_volumes_and_has_no_key_pair(dev_template: Template):
@@ -233,8 +244,8 @@ def test_user_data_carries_boot_steps_and_no_credentials(dev_template: Template)
     for secret_name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "aws configure"):
         assert secret_name not in user_data
     assert "systemctl enable --now pipeline-worker.service" in user_data
-    assert "PIPELINE_TASK=task:csv_stats" in user_data
-    assert "PIPELINE_DOWNSTREAM_QUEUE_URL=" in user_data
+    assert "PIPELINE_TASK=task:csv_stats" in _environment_lines(user_data)
+    assert "pipeline_env PIPELINE_DOWNSTREAM_QUEUE_URL '" in user_data
 
 
 @pytest.fixture
@@ -257,7 +268,7 @@ def test_container_delivery_builds_the_image_with_the_runtime_context(stack):
     assert launch_template["Properties"]["LaunchTemplateData"]["MetadataOptions"]["HttpPutResponseHopLimit"] == 2
     from tests.support.static_checks import shellcheck, user_data_scripts
 
-    (script,) = user_data_scripts(template.to_json()).values()
+    (script,) = user_data_scripts(dict(template.to_json())).values()
     assert shellcheck(script) == "", "the container delivery's boot script passes shellcheck too"
 
 
@@ -342,6 +353,8 @@ def test_a_task_that_would_crash_every_worker_fails_synth_in_one_line(stack, kwa
 
 def test_the_task_check_reads_the_source_and_never_runs_it(stack, tmp_path):
     (tmp_path / "requirements.txt").write_text("")
+    shutil.copy(SQS_WORKER / "requirements.lock", tmp_path)
+    shutil.copytree(SQS_WORKER / "wheels", tmp_path / "wheels")
     (tmp_path / "jobs.py").write_text("raise SystemExit('imported at synth')\nfrom helpers import handle as run\n")
     SpotWorkerFleet(stack, "Fleet", worker_directory=tmp_path, task="jobs:run")  # an imported name counts
 
@@ -375,7 +388,7 @@ def test_grant_submit_lets_a_producer_enqueue_and_upload_inputs(stack):
 def _fleet_template(worker_directory: Path) -> dict:
     stack = cdk.Stack(cdk.App(), "Rolling", env=cdk.Environment(region="us-east-1"))
     SpotWorkerFleet(stack, "Fleet", worker_directory=worker_directory, task="task:csv_stats")
-    return Template.from_stack(stack).to_json()
+    return dict(Template.from_stack(stack).to_json())
 
 
 def test_changed_worker_code_rolls_out_as_an_instance_refresh_that_drains_each_worker(tmp_path):
@@ -417,7 +430,7 @@ def test_changed_worker_code_rolls_out_as_an_instance_refresh_that_drains_each_w
         "DefaultResult": "CONTINUE",
     }
     assert hook["Properties"]["AutoScalingGroupName"] == {"Ref": group_id}
-    assert "PIPELINE_LIFECYCLE_HOOK=pipeline-drain" in json.dumps(lt_after["Properties"]["LaunchTemplateData"])
+    assert "PIPELINE_LIFECYCLE_HOOK=pipeline-drain" in _environment_lines(lt_after["Properties"]["LaunchTemplateData"])
     policies = {lid: r for lid, r in after["Resources"].items() if r["Type"] == "AWS::IAM::Policy"}
     assert "autoscaling:CompleteLifecycleAction" in json.dumps(policies)
 
@@ -432,9 +445,9 @@ def test_the_worker_gets_its_task_timeout_and_attempt_budget_and_the_queue_three
         max_receive_count=4,
     )
     template = Template.from_stack(stack)
-    user_data = json.dumps(template.find_resources("AWS::EC2::LaunchTemplate"))
+    environment = _environment_lines(template.find_resources("AWS::EC2::LaunchTemplate"))
     for line in ("PIPELINE_TASK_TIMEOUT=300", "PIPELINE_MAX_ATTEMPTS=4", "PIPELINE_MAX_RECEIVE_COUNT=7"):
-        assert line in user_data
+        assert line in environment
     template.has_resource_properties(
         "AWS::SQS::Queue", {"RedrivePolicy": Match.object_like({"maxReceiveCount": 7}), "VisibilityTimeout": 360}
     )
@@ -462,7 +475,7 @@ def test_the_wake_check_looks_every_minute_and_may_only_raise_its_own_group(stac
     assert stack.resolve(fleet.auto_scaling_group.auto_scaling_group_name) in set_desired["Fn::Join"][1]
     assert by_action['"autoscaling:DescribeAutoScalingGroups"'] == "*", "no resource-level permissions exist"
     assert by_action['"sqs:GetQueueAttributes"'] == stack.resolve(fleet.queue.queue_arn)
-    (line,) = [c for c in cost_report(template.to_json())["lines"] if c.kind == "fleet wake check"]
+    (line,) = [c for c in cost_report(dict(template.to_json()))["lines"] if c.kind == "fleet wake check"]
     assert line.monthly == pytest.approx(0.085, abs=0.005) and "43,800 checks a month" in line.detail
 
 

@@ -548,3 +548,21 @@ def test_job_names_are_valid_and_differ_where_their_parts_differ(length):
     for name in (first, second):
         assert len(name) <= glue.JOB_NAME_LIMIT and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)
     assert glue.job_name("a" * length, "run-1") == first, "deterministic"
+
+
+def test_a_job_of_an_older_revision_still_links_and_tracks_its_run(batch_world):
+    """A deploy revised the definitions while the job ran: its event names the old revision, the configuration
+    the new one (here in SubmitJob's other spellings, name:revision and name): it is still its step's job."""
+    old_revision = batch_world.definitions["consumer"]  # arn:...:job-definition/<name>:1
+    consumer = glue.definition_name(old_revision)
+    config = copy.deepcopy(batch_world.config)
+    steps = config["chains"]["feeds"]["steps"]
+    steps[1]["jobDefinition"] = f"{consumer}:2"
+    steps[2]["jobDefinition"] = glue.definition_name(batch_world.definitions["report"])
+    gluer = glue.Glue(config, batch=batch_world.glue.batch, dynamodb=batch_world.glue.dynamodb)
+    result = gluer.handle(batch_event(old_revision, "SUCCEEDED", job_id="before-deploy"))
+    assert result["status"] == "SUCCEEDED"
+    (request,) = batch_world.submitted
+    assert request["jobName"] == "feeds-report-before-deploy"
+    assert env_of(request)["PIPELINE_CHAIN_RUN"] == "feeds-run-1"
+    assert consumer == old_revision.rsplit("/", 1)[-1].removesuffix(":1") and ":" not in consumer
