@@ -74,8 +74,9 @@ docs: setup ## The API reference from the docstrings, as HTML in docs/api/ (pdoc
 bench: setup ## Measure requests per task, throughput, synth time, faults; writes bench/REPORT.md
 	$(PYTHON) -m bench
 
-chaos: setup ## The fault matrix alone: kill -9, spot and lifecycle notices, API faults (5xx, throttles, stalls, refusals)
+chaos: setup ## The fault matrices alone: the workers' (kill -9, spot and lifecycle notices, API faults) and the glue's
 	$(PYTHON) -m bench.chaos
+	$(PYTHON) -m bench.glue_faults
 
 deploy: setup ## cdk deploy one environment: make deploy ENV=<name> (needs AWS credentials)
 	@test -n "$(ENV)" || { echo "usage: make deploy ENV=<name>" >&2; exit 2; }

@@ -20,7 +20,7 @@ from typing import Any
 
 import boto3
 
-from bench import chaos, duplicates, fleet_requests, resource_counts, synth_cost, wake
+from bench import chaos, duplicates, fleet_requests, glue_faults, resource_counts, synth_cost, wake
 from bench.emulator import RequestCounter, moto_endpoint, moto_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,8 @@ TARGETS = {
     "extra_fleets_within_500_resources": None,
     "extra_chain_steps_within_500_resources": None,
     "jobs_per_20_identical_deliveries": ("<=", 1),
+    "glue_triggers_lost": ("<=", 0),
+    "glue_jobs_submitted_twice": ("<=", 0),
     # bench/chaos.py: the kill -9 matrix with API faults mixed in, and a round per fault kind, summed.
     **dict.fromkeys(chaos.FIGURES, ("<=", 0)),
 }
@@ -314,8 +316,9 @@ def main() -> int:
     synth = synth_cost.measure()
     from_zero = wake.measure()
     resources = resource_counts.measure()
-    with moto_endpoint():
+    with moto_endpoint() as endpoint:
         delivered = duplicates.measure(deliveries=20)
+        glue_rounds = glue_faults.measure(endpoint)
     faults = chaos.measure(tasks=300, workers=3)
     figures = {
         "sqs_requests_per_task": fleet["sqs_requests_per_task"],
@@ -329,6 +332,7 @@ def main() -> int:
         "extra_fleets_within_500_resources": synth["extra_fleets_that_fit_in_500"],
         "extra_chain_steps_within_500_resources": synth["extra_steps_that_fit_in_500"],
         "jobs_per_20_identical_deliveries": max(kind["jobs"] for kind in delivered.values()),
+        **glue_faults.figures(glue_rounds),
         **chaos.figures(faults),
     }
     lines = [
@@ -438,6 +442,8 @@ def main() -> int:
             f"  - {kind}: {figures_of['jobs']} job(s) submitted, {figures_of['errors']} failed deliveries"
             for kind, figures_of in delivered.items()
         ],
+        "",
+        *glue_faults.report_lines(glue_rounds),
         "",
         *chaos.report_section(faults),
         "",

@@ -646,6 +646,8 @@ SUBMIT_SECONDS = 20.0
 THROTTLES = frozenset({"TooManyRequestsException", "ThrottlingException", "Throttling"})
 #: The Batch client a :class:`SubmitGuard` needs: one that never retries by itself (botocore would send a
 #: SubmitJob whose answer it lost again, and Batch would make a second job); the guard retries, looking first.
+#: Waits between tries of recording a submitted job on its guard (DynamoDB failing past the SDK's retries).
+RECORD_RETRY_SECONDS = (0.5, 1.0, 2.0)
 BATCH_CLIENT_CONFIG = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=15)
 
 
@@ -781,8 +783,25 @@ class SubmitGuard:
             expression = "SET lease_until = :zero, unsure_until = :unsure"
             self._update(key, owner, expression, {":zero": 0, ":unsure": _decimal(unsure["until"])})
             raise
-        self._update(key, owner, "SET #state = :submitted, jobId = :job", {":submitted": "SUBMITTED", ":job": job_id})
+        self._record_done(key, owner, job_id)
         return self._result(request, job_id)
+
+    def _record_done(self, key: dict[str, str], owner: str, job_id: str) -> None:
+        """Record the job on the guard, tried again while DynamoDB fails. Never raised: the job exists, and a
+        failed delivery would be retried and dead-lettered for it; the unrecorded guard's lease expires, and a
+        later delivery takes over, finds the job by its name and records it."""
+        values = {":submitted": "SUBMITTED", ":job": job_id}
+        for delay in (*RECORD_RETRY_SECONDS, None):
+            try:
+                self._update(key, owner, "SET #state = :submitted, jobId = :job", values)
+                return
+            except (ClientError, BotoCoreError) as error:
+                if delay is None:
+                    log.error(
+                        "job submitted, not recorded", extra={"guard": key["sk"], "jobId": job_id, "error": str(error)}
+                    )
+                    return
+                self.sleep(delay)
 
     def _submit_with_retries(self, request: dict[str, Any], unsure: dict[str, float]) -> str:
         """SubmitJob, tried again for up to ``submit_seconds``: after a throttle or no connection at once

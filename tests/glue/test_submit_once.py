@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from pipeline_constructs.glue import handler as glue
-from pipeline_constructs.local.proxy import FaultProxy, Rule
+from pipeline_constructs.local.proxy import FaultProxy, Rule, server_error
 from tests.support import ROOT
 from tests.support.glue_world import KINDS, GlueWorld, deliver_at_once
 
@@ -236,6 +236,34 @@ def test_a_throttled_submit_is_retried_by_the_guard_and_makes_one_job(world, pro
     result = production_glue.handle(event)
     assert throttled.fired == 2
     the_one_job(world, name, result)
+
+
+UPDATE_ITEM = "DynamoDB_20120810.UpdateItem"
+
+
+def glue_with_table_through(world, aws, proxy) -> glue.Glue:
+    """The glue whose guard's DynamoDB calls go through the proxy (its Batch calls straight to the emulator)."""
+    dynamodb = aws.session.resource("dynamodb", endpoint_url=proxy.endpoint)
+    return glue.Glue(world.config, batch=world.batch, dynamodb=dynamodb)
+
+
+def test_a_job_never_recorded_is_still_reported_and_found_by_the_next_delivery(world, aws, proxy, caplog, monkeypatch):
+    """The guard's record after SubmitJob failing past the SDK's retries: raised, the delivery failed (Lambda
+    retries it and dead-letters it, for a job that exists) and its duplicates waited out the lease and failed
+    too (make bench's glue faults saw 8 of 10 deliveries fail so)."""
+    monkeypatch.setattr(glue, "RECORD_RETRY_SECONDS", (0.0, 0.0))
+    proxy.add(Rule(target=UPDATE_ITEM, answer=server_error(UPDATE_ITEM), times=1000))
+    event, name = world.events()["sns message link"]
+    result = glue_with_table_through(world, aws, proxy).handle(event)
+    job = the_one_job(world, name, result)
+    assert "job submitted, not recorded" in caplog.text
+    world.table.update_item(  # its lease runs out
+        Key={"pk": "trigger#feeds", "sk": "sns#m-dup-1"},
+        UpdateExpression="SET lease_until = :zero",
+        ExpressionAttributeValues={":zero": 0},
+    )
+    again = glue_for(world, aws).handle(event)
+    assert again["submitted"][0]["jobId"] == job["jobId"] and len(world.jobs_named(name)) == 1
 
 
 def test_a_lost_answer_with_no_job_behind_it_is_submitted_again_once_list_jobs_had_time(world, aws, proxy):

@@ -23,6 +23,8 @@ from pipeline_constructs.ops import operator
 from tests.support.botocore_models import MODELS
 from tests.support.resources import create_batch_queue
 
+#: The job a start by hand submits.
+START_JOB_NAME = "feeds-rerun-42-watcher"
 KINDS = ("sns message link", "success link", "schedule starting a chain", "schedule with constant input", "start")
 
 
@@ -64,22 +66,7 @@ class GlueWorld:
     def trigger(self, kind: str) -> tuple[Callable[[Any], dict[str, Any]], str]:
         """(deliver(session) -> what it submitted, the job name it submits) for one trigger kind."""
         if kind == "start":
-            manifest = {
-                "chains": {
-                    "feeds": {
-                        "jobQueue": self.queue,
-                        "steps": ["watcher"],
-                        "jobDefinitions": {"watcher": self.definitions["watcher"]},
-                        "table": self.table.name,
-                    }
-                }
-            }
-
-            def start(session: Any) -> dict[str, Any]:
-                target = operator.Target(stack="bench", region="us-east-1", manifest=manifest, session=session)
-                return operator.start(target, "feeds", {"LIMIT": "3"}, run="feeds-rerun-42")
-
-            return start, "feeds-rerun-42-watcher"
+            return self.start_by_hand(), START_JOB_NAME
         event, name = self.events()[kind]
 
         def deliver(session: Any) -> dict[str, Any]:
@@ -87,6 +74,24 @@ class GlueWorld:
             return handled.handle(json.loads(json.dumps(event)))["submitted"][0]
 
         return deliver, name
+
+    def start_by_hand(self, endpoint: str | None = None) -> Callable[[Any], dict[str, Any]]:
+        """start(session): the operator's `pipeline start` of the chain (its calls to ``endpoint`` if given)."""
+        chain = {
+            "jobQueue": self.queue,
+            "steps": ["watcher"],
+            "jobDefinitions": {"watcher": self.definitions["watcher"]},
+            "table": self.table.name,
+        }
+
+        def start(session: Any) -> dict[str, Any]:
+            manifest = {"chains": {"feeds": chain}}
+            target = operator.Target(
+                stack="bench", region="us-east-1", manifest=manifest, session=session, endpoint=endpoint
+            )
+            return operator.start(target, "feeds", {"LIMIT": "3"}, run="feeds-rerun-42")
+
+        return start
 
     def events(self) -> dict[str, tuple[dict[str, Any], str]]:
         sns = {
@@ -152,3 +157,13 @@ def deliver_at_once(count: int, deliver: Callable[[Any], Any]) -> list[Any]:
     for thread in threads:
         thread.join(timeout=120)
     return results
+
+
+def sdk_attempts(client: Any) -> int:
+    """How many times ``client`` sends one call (its retry mode's attempts; the glue's Batch client: once)."""
+    retries = client.meta.config.retries or {}
+    if retries.get("total_max_attempts"):
+        return int(retries["total_max_attempts"])
+    if retries.get("mode", "legacy") == "legacy":  # botocore's legacy table: DynamoDB retries 10 times
+        return 11 if client.meta.service_model.service_name == "dynamodb" else 5
+    return 3
