@@ -52,7 +52,8 @@ class SpotWorkerFleet(Construct):
     """An Auto Scaling group of EC2 spot workers consuming a task queue, scaled on the backlog, down to zero.
 
     :param worker_directory: directory with the task code (e.g. ``worker_images/sqs_worker``), its
-        ``requirements.txt`` and, for container delivery, its ``Dockerfile``.
+        ``requirements.lock`` (every package, pinned with hashes) and ``wheels/`` (checked at synth), and, for
+        container delivery, its ``Dockerfile``.
     :param task: the task function, ``module:function`` inside ``worker_directory``.
     :param network: where instances run. Default: a new :class:`PipelineNetwork` (public subnets, no NAT).
     :param queue: task queue to consume. Default: a new :class:`TaskQueue` with a DLQ. A queue of your own
