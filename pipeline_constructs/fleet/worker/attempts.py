@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any, TypeVar
 
@@ -29,6 +30,8 @@ JSON = "application/json"
 #: Seconds between tries of a look-up or a dead-letter row that failed past the SDK's retries. The message
 #: stays held meanwhile (its lease kept): released, it would spend one of the task's few deliveries.
 HOLDING_RETRY_WAITS = (1.0, 2.0, 4.0, 8.0)
+#: How long a stopping worker waits for the threads of its stopped tasks to settle (give their attempts back).
+SETTLE_SECONDS = 5.0
 #: Outputs and result travel in the forward and the status row up to this size (JSON bytes), well under
 #: SQS's 256 KiB message and DynamoDB's 400 KB item; larger, both name the completion marker holding them.
 INLINE_OUTCOME_LIMIT = 200 * 1024
@@ -146,16 +149,32 @@ class AttemptRunner:
         self._slots = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="task")
         # Spare deliveries only record a reason and release: a few requests, never behind a task slot.
         self._spare = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spare")
+        self._pending: set[Future[None]] = set()  # deliveries on a thread or waiting for one
+        self._lock = threading.Lock()
 
     def start(self, held: Held, body: Any) -> None:
         """Run a delivery just received on the thread it needs."""
         spare = self.limits.past_attempts(held)  # by deliveries: most likely only a reason to record
-        held.future = (self._spare if spare else self._slots).submit(self._process, held, body, spare)
+        self._run_on(self._spare if spare else self._slots, held, body, spare)
 
-    def shutdown(self) -> None:
-        """Drop deliveries still waiting for a thread (the worker released them)."""
+    def _run_on(self, pool: ThreadPoolExecutor, held: Held, body: Any, spare: bool, checked: bool = False) -> None:
+        held.future = future = pool.submit(self._process, held, body, spare, checked)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def shutdown(self, *, settle_seconds: float = SETTLE_SECONDS) -> None:
+        """Drop deliveries still waiting for a thread (the worker released them), and give those whose task
+        was stopped ``settle_seconds`` to settle (their attempts given back) before the worker exits."""
         self._slots.shutdown(wait=False, cancel_futures=True)
         self._spare.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            pending = list(self._pending)
+        wait(pending, timeout=settle_seconds)
 
     def _process(self, held: Held, body: Any, on_spare_thread: bool = False, checked: bool = False) -> None:
         """Run one delivery; ``checked``: its task was looked up and its attempt counted already."""
@@ -198,7 +217,7 @@ class AttemptRunner:
             self._past_last_attempt(held, row)
             return False
         if on_spare_thread:  # attempts left after all (deliveries were lost unstarted): a task slot
-            held.future = self._slots.submit(self._process, held, body, checked=True)
+            self._run_on(self._slots, held, body, False, checked=True)
             return False
         outcome = self.tasks.run(TaskCall(held.task_id, body, held.message_id, held.attempt), self.progress.record)
         if not outcome.ok:

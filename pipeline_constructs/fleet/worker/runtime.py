@@ -168,10 +168,10 @@ class Worker:
     def _shutdown(self, attempts: AttemptRunner) -> None:
         self.drain.run()
         self.tasks.close()
+        attempts.shutdown()  # before the instance may go: stopped attempts are given back
         self.instance.set_protection(False)
         self.row.stopped(self.stop_reason)
         if self.stop_reason == LIFECYCLE_TERMINATION:
             self.instance.complete_lifecycle_action()
-        attempts.shutdown()
         self.leases.stop()
         log.info("worker stopped", extra={"reason": self.stop_reason, **self.counts})
