@@ -31,10 +31,13 @@ export CDK_DISABLE_VERSION_CHECK := true
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(PY_STAMP): requirements.txt requirements-dev.txt requirements-rule-packs.txt pyproject.toml
 	@test -x $(PYTHON) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@# checkov and parliament in a venv of their own: checkov pins boto3 and more below ours.
+	@test -x $(VENV)/rule-packs/bin/python || $(BASE_PYTHON) -m venv $(VENV)/rule-packs
+	$(VENV)/rule-packs/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-rule-packs.txt
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json $(PY_STAMP)

@@ -33,6 +33,7 @@ from pipeline_constructs import (
     SpotWorkerFleet,
     StatusStore,
     TaskQueue,
+    synth_or_exit,
 )
 from pipeline_constructs.building_blocks.compliance import COMPLIANCE_CONTEXT
 from pipeline_constructs.building_blocks.logs import retention_from_days
@@ -278,7 +279,7 @@ def main() -> None:
         app = build_app()
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    app.synth()
+    synth_or_exit(app)  # `python app.py` fails on findings as `cdk synth` does
 
 
 if __name__ == "__main__":

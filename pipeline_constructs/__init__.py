@@ -3,7 +3,8 @@
 Building blocks (secure, cheap defaults, used by every pattern):
 :class:`DataBucket`, :class:`TaskQueue`, :func:`secure_topic`, :class:`StatusStore`, :class:`PipelineNetwork`,
 :func:`pipeline_log_group`. Patterns: :class:`SpotWorkerFleet`, :class:`BatchChain` (with :class:`ChainStep`,
-:class:`ChainLink`), :class:`ScheduledTrigger`; :class:`PipelineAlarms`.
+:class:`ChainLink`), :class:`ScheduledTrigger`; :class:`PipelineAlarms`. An app's last line:
+:func:`synth_or_exit` (``app.synth()`` that fails on findings, as ``cdk synth`` does).
 
 One folder per component, each a construct with its own runtime: ``fleet/`` (with the worker runtime,
 ``fleet/worker``), ``chain/``, ``glue/`` (with the glue handler), ``trigger/``, ``building_blocks/``,
@@ -39,6 +40,7 @@ _EXPORTS = {
     "failure_queue": "pipeline_constructs.building_blocks.task_queue",
     "pipeline_log_group": "pipeline_constructs.building_blocks.logs",
     "secure_topic": "pipeline_constructs.building_blocks.topic",
+    "synth_or_exit": "pipeline_constructs.building_blocks.validation",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -234,7 +234,7 @@ JSII_TESTS = (
     "tests/glue/test_guard_mutants.py::test_the_guards_lease_outlives_the_glue_function",
 )
 #: Modules whose tests share a module-scoped fixture too costly to build on several processes.
-SHARED_FIXTURE_MODULES = ("tests/app/test_guide.py",)
+SHARED_FIXTURE_MODULES = ("tests/app/test_guide.py", "tests/app/test_rule_packs.py")
 #: The longest tests start first, so none is left to run alone at the end: the worker process tests before
 #: the local runs, which wait for the example's synth (done meanwhile by the jsii tests' process).
 SLOW_FIRST = (

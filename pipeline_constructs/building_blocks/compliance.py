@@ -25,6 +25,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct, IConstruct
 
+from pipeline_constructs.building_blocks.nag import acknowledge_parliament
 from pipeline_constructs.building_blocks.template_metadata import PROFILE_METADATA
 from pipeline_constructs.building_blocks.validation import argument_error, stack_singleton
 
@@ -126,6 +127,21 @@ class PipelineKey(Construct):
         )
         _allow_services_of_this_account(self.key)
         _bind_service_statements_to_account(self.key)
+        acknowledge_parliament(
+            self.key, "RESOURCE_STAR[kms]", "In a key policy, Resource '*' is this key: it can name no other."
+        )
+        acknowledge_parliament(
+            self.key,
+            "UNKNOWN_CONDITION_FOR_ACTION[kms:EncryptionContext:aws:logs:arn]",
+            "AWS's documented statement for CloudWatch Logs (kms:Describe* with the log-group encryption "
+            "context); parliament's data gives the describe actions no condition keys.",
+        )
+        acknowledge_parliament(
+            self.key,
+            "MISMATCHED_TYPE[ArnLike]",
+            "AWS documents ArnLike on kms:EncryptionContext:aws:logs:arn for CloudWatch Logs; parliament types "
+            "every encryption-context key as a string.",
+        )
 
     @classmethod
     def of(cls, scope: Construct) -> PipelineKey:

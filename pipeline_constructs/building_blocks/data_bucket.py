@@ -11,7 +11,13 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from pipeline_constructs.building_blocks.compliance import compliance_profile, default_key
-from pipeline_constructs.building_blocks.nag import acknowledge_control
+from pipeline_constructs.building_blocks.nag import (
+    EMPTYING_FINDINGS,
+    TLS_VERSION_FINDINGS,
+    acknowledge_checkov,
+    acknowledge_control,
+    acknowledge_parliament,
+)
 from pipeline_constructs.building_blocks.validation import check_duration
 
 #: Key prefixes shared by the runtimes, under each fleet's prefix: inputs are read from ``input/``, results
@@ -92,6 +98,8 @@ class DataBucket(Construct):
             auto_delete_objects=removal_policy == RemovalPolicy.DESTROY,
         )
         _notify_eventbridge(self.bucket)
+        for finding, reason in TLS_VERSION_FINDINGS.items():
+            acknowledge_parliament(cast(s3.BucketPolicy, self.bucket.policy), finding, reason)
         if encryption_key is None:
             acknowledge_control(self.bucket, "s3_bucket_default_encryption_kms_check", SSE_S3_REASON)
         if not compliance:
@@ -167,7 +175,11 @@ def _access_log_bucket(
         removal_policy=removal_policy,
         auto_delete_objects=removal_policy == RemovalPolicy.DESTROY,
     )
-    acknowledge_control(bucket, "s3_bucket_logging_enabled_check", LOG_BUCKET_LOGS_NOWHERE_REASON)
+    acknowledge_control(bucket, "s3_bucket_logging_enabled_check", LOG_BUCKET_LOGS_NOWHERE_REASON, checkov="CKV_AWS_18")
+    for finding, reason in TLS_VERSION_FINDINGS.items():
+        acknowledge_parliament(cast(s3.BucketPolicy, bucket.policy), finding, reason)
+    for finding, reason in EMPTYING_FINDINGS.items() if removal_policy == RemovalPolicy.DESTROY else ():
+        acknowledge_parliament(cast(s3.BucketPolicy, bucket.policy), finding, reason)
     if compliance:
         _notify_eventbridge(bucket)
     else:
@@ -218,11 +230,26 @@ def acknowledge_object_emptying(data_bucket: DataBucket) -> None:
     """Accept, on the CDK's auto-delete provider (the function emptying the buckets), what the rule packs
     find in it. Its handler lists every object version and delete marker and deletes them, after a bucket
     policy statement denying new objects (access logs keep arriving for hours)."""
-    provider = Stack.of(data_bucket).node.find_child(AUTO_DELETE_PROVIDER_ID)
+    handler = Stack.of(data_bucket).node.find_child(AUTO_DELETE_PROVIDER_ID).node.find_child("Handler")
     acknowledge_control(
-        provider,
+        handler,
         "lambda_inside_vpc_check",
         "The CDK's function emptying DESTROY buckets runs only when the stack changes or is deleted and calls "
         "only S3 on those buckets; in the VPC, which the same deletion removes, its network interfaces "
         "(held by Lambda for minutes after use) would hold up the subnets' deletion.",
+        checkov="CKV_AWS_117",
     )
+    acknowledge_checkov(
+        handler,
+        "CKV_AWS_116",
+        "CloudFormation invokes the CDK's emptying function synchronously and shows its failure as the stack "
+        "event; a dead-letter queue receives only asynchronous invocations.",
+    )
+    acknowledge_checkov(
+        handler,
+        "CKV_AWS_115",
+        "Invoked by CloudFormation once per bucket deleted or replaced; reserved concurrency would only take "
+        "capacity from the account's unreserved pool.",
+    )
+    for finding, reason in EMPTYING_FINDINGS.items():
+        acknowledge_parliament(cast(s3.BucketPolicy, data_bucket.bucket.policy), finding, reason)

@@ -86,6 +86,7 @@ def pipeline_log_group(
             "cloudwatch_log_group_encrypted_check",
             "CloudWatch Logs encrypts every log group with its own key; a customer-managed key costs $1 a month "
             "and needs the logs service in its key policy. Pass encryption_key where one is required.",
+            checkov="CKV_AWS_158",
         )
     if days is not None and days < YEAR_IN_DAYS:
         acknowledge_control(

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from aws_cdk import Stack
+import ipaddress
+import json
+import math
+
+from aws_cdk import Annotations, ContextProvider, Stack, Token
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -11,7 +15,7 @@ from constructs import Construct
 from pipeline_constructs.building_blocks.compliance import compliance_profile, mark_compliance_cost
 from pipeline_constructs.building_blocks.logs import pipeline_log_group
 from pipeline_constructs.building_blocks.nag import acknowledge_control
-from pipeline_constructs.building_blocks.validation import argument_error, check_not_empty, check_range
+from pipeline_constructs.building_blocks.validation import argument_error, check_not_empty, check_range, check_unique
 
 #: How a user with a VPC of their own gets a PipelineNetwork (said by the error for ``network=vpc``).
 NETWORK_HINT = " (a VPC of your own: PipelineNetwork(scope, 'Network', vpc=vpc))"
@@ -27,10 +31,15 @@ class PipelineNetwork(Construct):
     the instances; S3 and DynamoDB traffic stays on the AWS network through gateway endpoints.
 
     :param vpc: an existing VPC to use instead; nothing is created then. Default: None, a new VPC.
-    :param availability_zones: AZ names to spread subnets over; naming them avoids a context lookup
-        (and so AWS credentials) at synth. Default: the first ``max_azs`` of the region, resolved at deploy.
+    :param availability_zones: AZ names of the stack's region to spread subnets over. In a stack with an
+        account and region the CDK checks them against the region's zones, which it looks up with AWS
+        credentials at the first synth and keeps in ``cdk.context.json``; to synth without credentials, give
+        the zones in ``cdk.json``'s context (``"availability-zones:account=<account>:region=<region>":
+        [...]``; synth says so). Default: the first ``max_azs`` of the region (looked up the same way in
+        such a stack; resolved at deploy in one without an account).
     :param max_azs: how many AZs when ``availability_zones`` is not given. Default: 2. Range: 1 to 6.
-    :param cidr: the VPC's IPv4 range. Default: 10.0.0.0/16.
+    :param cidr: the VPC's IPv4 range, with room for a /20 subnet per zone (two with NAT gateways).
+        Default: 10.0.0.0/16. Range: /16 to /20.
     :param flow_log_retention: retention of the VPC flow log group. Default: one month (a year under the
         compliance profile).
     :param subnet_selection: where compute goes. Default: the created VPC's public subnets (its private ones
@@ -64,10 +73,13 @@ class PipelineNetwork(Construct):
         private = nat_gateways > 0
         check_range(self, "max_azs", max_azs, minimum=1, maximum=6)
         check_not_empty(self, "availability_zones", availability_zones)
+        _check_zones(self, availability_zones)
         if vpc is not None:
             self.vpc: ec2.IVpc = vpc
             self.subnet_selection = subnet_selection or _subnets_with_a_route_out(self, vpc)
             return
+        _check_cidr(self, cidr, subnets=zone_count * (2 if private else 1))
+        _explain_zone_lookup(self, availability_zones)
         created = _vpc(self, availability_zones, max_azs, cidr, nat_gateways)
         created.add_flow_log(
             "FlowLog",
@@ -101,6 +113,64 @@ PUBLIC_IP_REASON = (
     "public IP, instead of a NAT gateway at about $33 a month per AZ; their security groups allow no inbound "
     "traffic."
 )
+
+
+#: Where the CDK CLI puts a failed lookup's reason in the context it gives the app (cx-api's PROVIDER_ERROR_KEY).
+PROVIDER_ERROR = "$providerError"
+#: Each subnet's prefix length (see _vpc).
+SUBNET_PREFIX = 20
+
+
+def _check_zones(network: PipelineNetwork, zones: list[str] | None) -> None:
+    """Zones of the stack's region, each once: ``us-east-1a`` in an eu-west-1 stack, or the region's name
+    itself, would otherwise fail only at deploy."""
+    if not zones:
+        return
+    check_unique(network, "availability_zones", zones)
+    region = Stack.of(network).region
+    for zone in zones:
+        if Token.is_unresolved(zone):
+            continue
+        if Token.is_unresolved(region):
+            fits = zone[-1:].isalpha() and zone[-2:-1].isdigit()
+        else:
+            fits = zone.startswith(region) and len(zone) > len(region)
+        if not fits:
+            example = "eu-west-1a" if Token.is_unresolved(region) else f"{region}a"
+            raise argument_error(
+                network, "availability_zones", zone, f"zone names of the stack's region, such as {example}"
+            )
+
+
+def _check_cidr(network: PipelineNetwork, cidr: str, *, subnets: int) -> None:
+    """An IPv4 range a VPC may have, with room for the subnets (else the CDK fails deep inside, or AWS at
+    deploy)."""
+    if Token.is_unresolved(cidr):
+        return
+    widest = SUBNET_PREFIX - math.ceil(math.log2(subnets))
+    allowed = f"an IPv4 range from /16 to /{widest} (room for {subnets} /{SUBNET_PREFIX} subnets), such as 10.0.0.0/16"
+    try:
+        prefix = ipaddress.IPv4Network(cidr).prefixlen
+    except ValueError:
+        raise argument_error(network, "cidr", cidr, allowed) from None
+    if not 16 <= prefix <= widest:
+        raise argument_error(network, "cidr", cidr, allowed)
+
+
+def _explain_zone_lookup(network: PipelineNetwork, zones: list[str] | None) -> None:
+    """The CDK's VPC checks named zones against the region's, a lookup; where the CDK CLI could not make it
+    (no credentials), say how to synth without one, beside the CLI's own error."""
+    stack = Stack.of(network)
+    if not zones or Token.is_unresolved(stack.account) or Token.is_unresolved(stack.region):
+        return
+    key = ContextProvider.get_key(stack, provider="availability-zones").key
+    looked_up = network.node.try_get_context(key)
+    if isinstance(looked_up, dict) and PROVIDER_ERROR in looked_up:
+        Annotations.of(network).add_error(
+            f"availability_zones are checked against the zones of {stack.region}, which the CDK looks up with AWS "
+            f"credentials ({looked_up[PROVIDER_ERROR]}): to synth without them, put the zones in cdk.json's "
+            f"context: {json.dumps({key: zones})}"
+        )
 
 
 def _flow_log_role(network: PipelineNetwork) -> iam.Role:

@@ -71,6 +71,7 @@ class StatusStore(Construct):
                 "dynamodb_table_encrypted_kms_check",
                 "Encrypted with the AWS owned key, free; a customer-managed key costs $1 a month plus requests. "
                 "Pass encryption_key where one is required.",
+                checkov="CKV_AWS_119",
             )
 
     @classmethod

@@ -11,7 +11,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from pipeline_constructs.building_blocks.compliance import default_key, grant_data_key_use
-from pipeline_constructs.building_blocks.nag import acknowledge
+from pipeline_constructs.building_blocks.nag import SSE_SQS, acknowledge, acknowledge_checkov
 from pipeline_constructs.building_blocks.validation import check_duration, check_range, check_visibility_covers, seconds
 
 #: SQS' own limits.
@@ -100,6 +100,8 @@ class TaskQueue(Construct):
             enforce_ssl=True,
             dead_letter_queue=sqs.DeadLetterQueue(queue=self.dead_letter_queue, max_receive_count=max_receive_count),
         )
+        for queue in (self.queue, self.dead_letter_queue) if encryption_key is None else ():
+            acknowledge_checkov(queue, "CKV_AWS_27", SSE_SQS)
 
 
 def grant_send(queue: sqs.IQueue, grantee: iam.IGrantable) -> iam.Grant:
@@ -156,6 +158,8 @@ def failure_queue(scope: Construct, construct_id: str, *, encryption_key: kms.IK
         redrive_allow_policy=LAST_STOP,
     )
     _acknowledge_last_stop(queue, referenced_by_redrive=False)
+    if encryption_key is None:
+        acknowledge_checkov(queue, "CKV_AWS_27", SSE_SQS)
     return queue
 
 

@@ -7,6 +7,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from pipeline_constructs.building_blocks.compliance import default_key
+from pipeline_constructs.building_blocks.nag import acknowledge_checkov
 
 AWS_MANAGED_SNS_KEY_ALIAS = "alias/aws/sns"
 
@@ -39,4 +40,11 @@ def secure_topic(
         enforce_ssl=True,
         display_name=display_name,
     )
+    if master_key is None:
+        acknowledge_checkov(
+            topic,
+            "CKV_AWS_26",
+            "AWS services (CloudWatch alarms, EventBridge) publish here, and they cannot use the AWS managed SNS "
+            "key: the topic carries notifications only. Pass encryption_key (the compliance profile does).",
+        )
     return topic

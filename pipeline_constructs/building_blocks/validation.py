@@ -7,13 +7,19 @@ range, and skips values that are unresolved CDK tokens (they are only known at d
 from __future__ import annotations
 
 import ast
+import difflib
+import functools
 import json
+import os
+import sys
+import traceback
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from aws_cdk import Duration, Stack, Token
+from aws_cdk import App, Duration, Stack, Token, cx_api
 from aws_cdk import aws_s3 as s3
 from constructs import Construct, IConstruct
 
@@ -22,10 +28,46 @@ def _unresolved(value: object) -> bool:
     return Token.is_unresolved(value)
 
 
-def argument_error(scope: IConstruct | str, argument: str, value: object, allowed: str) -> ValueError:
+class ArgumentError(ValueError):
+    """A construct's argument outside what it allows (a ``ValueError``, made by :func:`argument_error`)."""
+
+
+def argument_error(scope: IConstruct | str, argument: str, value: object, allowed: str) -> ArgumentError:
     """The one error shape of this library: ``<id>: <argument>=<value> is invalid; allowed: <allowed>``."""
     construct_id = scope if isinstance(scope, str) else scope.node.path or scope.node.id
-    return ValueError(f"{construct_id}: {argument}={value!r} is invalid; allowed: {allowed}")
+    return ArgumentError(f"{construct_id}: {argument}={value!r} is invalid; allowed: {allowed}")
+
+
+#: Set by the CDK CLI for the app process it runs (``cdk synth``, ``cdk deploy``), and by nothing else.
+CDK_CLI_VARIABLE = "CDK_CLI_VERSION"
+#: Where this package's frames come from (not the user's code, nor are site-packages' or the interpreter's).
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def one_line_argument_errors(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """An ``excepthook`` that prints an :class:`ArgumentError` as one line, with the line of the user's code
+    that made the construct, instead of a traceback through jsii; any other error goes to ``previous``."""
+
+    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> Any:
+        if not isinstance(error, ArgumentError):
+            return previous(kind, error, trace)
+        frames = [frame for frame in traceback.extract_tb(trace) if _users(frame.filename)]
+        where = f" ({os.path.relpath(frames[-1].filename)}:{frames[-1].lineno})" if frames else ""
+        print(f"error: {error}{where}", file=sys.stderr)
+        return None
+
+    return hook
+
+
+def _users(filename: str) -> bool:
+    path = str(Path(filename).resolve())
+    return not path.startswith(_PACKAGE) and "site-packages" not in path and not filename.startswith("<")
+
+
+# Under the CDK CLI, a wrong argument reaches the user as one line (the CLI adds one of its own), not at the
+# end of a traceback through jsii; `python app.py` and tests keep the whole traceback.
+if os.environ.get(CDK_CLI_VARIABLE):
+    sys.excepthook = one_line_argument_errors(sys.excepthook)
 
 
 def check_range(
@@ -178,6 +220,81 @@ def check_visibility_covers(
             f"{_number(visibility_s)} seconds",
             f"at least {other} ({_number(timeout_s)} seconds) up to 43200 seconds",
         )
+
+
+def synth_or_exit(app: App) -> cx_api.CloudAssembly:
+    """``app.synth()`` that fails where ``cdk synth`` fails, for ``python app.py`` in CI: on an error annotation
+    (``Annotations.add_error``, cdk-nag added as an Aspect, a lookup the CDK could not make) or a violation of
+    a validation plugin (``Validations.of(app).add_plugins``), it prints one line per finding and exits 1.
+    ``app.synth()`` alone exits 0 on annotations. Use it as the app's last line: ``synth_or_exit(app)``."""
+    try:
+        assembly = app.synth()
+    except RuntimeError as error:  # a plugin's violations: the CDK has written its report
+        report = Path(app.outdir) / "validation-report.json"
+        if "ValidationFailed" not in str(error) or not report.is_file():
+            raise
+        findings = _plugin_violations(json.loads(report.read_text()))
+    else:
+        findings = [
+            f"{message.id}: {message.entry.data}"
+            for stack in assembly.stacks_recursively
+            for message in stack.messages
+            if message.level == cx_api.SynthesisMessageLevel.ERROR
+        ]
+        if not findings:
+            return assembly
+    for finding in findings:
+        print(f"error: {finding}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def _plugin_violations(report: dict[str, Any]) -> list[str]:
+    return [
+        f"{construct['constructPath']}: {violation['ruleName']}: {violation['description']} ({plugin['pluginName']})"
+        for plugin in report.get("pluginReports", [])
+        for violation in plugin.get("violations", [])
+        for construct in violation.get("violatingConstructs", [])
+    ]
+
+
+@functools.cache
+def ec2_instance_types() -> frozenset[str]:
+    """Every instance type EC2's API knows: the ``InstanceType`` enum of botocore's model of it (boto3 is a
+    dependency), read once and only when a type is checked."""
+    from botocore.loaders import Loader
+
+    model = Loader().load_service_model("ec2", "service-2")
+    return frozenset(model["shapes"]["InstanceType"]["enum"])
+
+
+def check_instance_types(scope: Construct | str, argument: str, names: Iterable[str]) -> None:
+    """Each name a real instance type: ``m7i.larg`` or ``M7i.large`` would otherwise fail only when the Auto
+    Scaling group or compute environment is created, at deploy."""
+    known = ec2_instance_types()
+    for name in names:
+        if _unresolved(name) or name in known:
+            continue
+        close = difflib.get_close_matches(name.strip().lower(), known, n=3, cutoff=0.75)
+        hint = f"did you mean {', '.join(close)}?" if close else "see the EC2 instance types"
+        raise argument_error(
+            scope, argument, name, f"an EC2 instance type ({hint} A type newer than botocore: upgrade boto3)"
+        )
+
+
+#: Less memory than this is no container's (Batch's own floor is 4 MiB): a number of GiB given as MiB.
+MIN_PLAUSIBLE_MEMORY_MIB = 128
+
+
+def check_memory_mib(scope: Construct | str, argument: str, value: int | None) -> None:
+    """``memory_mib=8`` means 8 GiB: say so, rather than start a job that the kernel kills at once."""
+    if value is None or _unresolved(value) or value >= MIN_PLAUSIBLE_MEMORY_MIB or value <= 0:
+        return
+    raise argument_error(
+        scope,
+        argument,
+        value,
+        f"at least {MIN_PLAUSIBLE_MEMORY_MIB} MiB; the value is in MiB: did you mean {value} GiB = {value * 1024}?",
+    )
 
 
 def check_not_empty(scope: Construct | str, argument: str, values: Iterable[object] | None) -> None:

@@ -18,7 +18,11 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 
 from pipeline_constructs.building_blocks.compliance import grant_data_key_use
-from pipeline_constructs.building_blocks.nag import acknowledge_wildcard_resources
+from pipeline_constructs.building_blocks.nag import (
+    SUBMIT_JOB_RESOURCES,
+    acknowledge_parliament,
+    acknowledge_wildcard_resources,
+)
 
 if TYPE_CHECKING:
     from pipeline_constructs.chain.construct import BatchChain
@@ -119,6 +123,7 @@ def _grant_submit(chain: BatchChain) -> None:
         f"Every revision of {chain.chain_name}'s own job definitions (job-definition/<name>:*), each named at "
         "synth; a deploy registers a new revision, and SubmitJob is authorized against the revision.",
     )
+    acknowledge_parliament(policy, "RESOURCE_MISMATCH[batch]", SUBMIT_JOB_RESOURCES)
 
 
 def _grant_claim_checks(chain: BatchChain) -> dict[str, str]:

@@ -21,6 +21,7 @@ from pipeline_constructs.building_blocks.validation import (
     argument_error,
     check_duration,
     check_is_duration,
+    check_memory_mib,
     check_range,
 )
 from pipeline_constructs.chain.links import LINK_VARIABLES, ChainLink, is_message_link
@@ -164,6 +165,7 @@ def check_steps(scope: Construct, steps: Sequence[ChainStep], *, max_vcpus: int 
             raise argument_error(scope, f"{at}.vcpus", step.vcpus, f"at most the chain's max_vcpus ({max_vcpus})")
         _check_reserved_names(scope, at, step)
         check_range(scope, f"{at}.memory_mib", step.memory_mib, minimum=MIN_MEMORY_MIB, maximum=MAX_MEMORY_MIB)
+        _check_plausible(scope, at, step)
         check_is_duration(scope, f"{at}.timeout", step.timeout)
         check_duration(scope, f"{at}.timeout", step.timeout, minimum=MIN_TIMEOUT)
         check_range(scope, f"{at}.attempts", step.attempts, minimum=1, maximum=10)
@@ -180,6 +182,18 @@ def check_steps(scope: Construct, steps: Sequence[ChainStep], *, max_vcpus: int 
         for source in step.reads_from or []:
             if source not in names:
                 raise argument_error(scope, f"{at}.reads_from", source, f"step names: {', '.join(names)}")
+
+
+def _check_plausible(scope: Construct, at: str, step: ChainStep) -> None:
+    """What AWS accepts but is a mistake: memory given in GiB, a command as one string (each character would
+    be an argument), environment values that are not strings (a link's are made strings; a step's are not)."""
+    check_memory_mib(scope, f"{at}.memory_mib", step.memory_mib)
+    if isinstance(step.command, str):
+        shown = step.command.split()
+        raise argument_error(scope, f"{at}.command", step.command, f"a list of strings, such as {shown!r}")
+    for name, value in step.environment.items():
+        if not isinstance(value, str) and not Token.is_unresolved(value):
+            raise argument_error(scope, f"{at}.environment[{name!r}]", value, f"a string, such as {str(value)!r}")
 
 
 def _check_reserved_names(scope: Construct, at: str, step: ChainStep) -> None:

@@ -7,7 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any, cast
 
 import jsii
-from aws_cdk import Acknowledgment, Annotations, Duration, Stack, Token, Validations
+from aws_cdk import Acknowledgment, Annotations, ContextProvider, Duration, Stack, Token, Validations
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -82,7 +82,12 @@ def worker_machine_image(fleet: SpotWorkerFleet) -> ec2.IMachineImage:
     latest = ec2.MachineImage.latest_amazon_linux2023(cpu_type=cpu)
     if not Token.is_unresolved(stack.account) and not Token.is_unresolved(stack.region):
         name = AL2023_PARAMETER.format(arch="arm64" if fleet.architecture == "arm64" else "x86_64")
-        image_id = ssm.StringParameter.value_from_lookup(fleet, name, UNLOOKED_IMAGE)
+        # Under the CDK CLI without credentials the lookup fails and its error is put in context: asking again
+        # would make it a synth error, so the image is resolved at deploy instead (the note below).
+        key = ContextProvider.get_key(fleet, provider="ssm", props={"parameterName": name}).key
+        cached = fleet.node.try_get_context(key)
+        unreachable = isinstance(cached, dict) and "$providerError" in cached
+        image_id = UNLOOKED_IMAGE if unreachable else ssm.StringParameter.value_from_lookup(fleet, name, UNLOOKED_IMAGE)
         if image_id != UNLOOKED_IMAGE and not image_id.startswith("dummy-value-for-"):
             return ec2.MachineImage.generic_linux({stack.region: image_id})
     Annotations.of(fleet).add_info(

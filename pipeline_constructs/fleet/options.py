@@ -14,9 +14,11 @@ from aws_cdk import aws_sqs as sqs
 from pipeline_constructs.building_blocks.validation import (
     argument_error,
     check_duration,
+    check_instance_types,
     check_is_duration,
     check_not_empty,
     check_range,
+    check_unique,
     check_visibility_covers,
     seconds,
 )
@@ -96,6 +98,8 @@ def _check_instance_types(fleet: SpotWorkerFleet) -> None:
     if architecture not in ("x86_64", "arm64"):
         raise argument_error(fleet, "architecture", architecture, "x86_64, arm64")
     check_not_empty(fleet, "instance_types", fleet.instance_types)
+    check_unique(fleet, "instance_types", fleet.instance_types)
+    check_instance_types(fleet, "instance_types", fleet.instance_types)
     # An AMI of one architecture does not boot on the other's instances: the group would never launch.
     wrong = [name for name in fleet.instance_types if is_graviton(name) != (architecture == "arm64")]
     if wrong:

@@ -22,7 +22,14 @@ from constructs import Construct, IConstruct, IValidation
 
 from pipeline_constructs.building_blocks.compliance import compliance_profile, grant_data_key_use
 from pipeline_constructs.building_blocks.logs import pipeline_log_group
-from pipeline_constructs.building_blocks.nag import acknowledge, acknowledge_control, acknowledge_wildcard_resources
+from pipeline_constructs.building_blocks.nag import (
+    SUBMIT_JOB_RESOURCES,
+    acknowledge,
+    acknowledge_checkov,
+    acknowledge_control,
+    acknowledge_parliament,
+    acknowledge_wildcard_resources,
+)
 from pipeline_constructs.building_blocks.network import PipelineNetwork
 from pipeline_constructs.building_blocks.task_queue import QueueDestination, failure_queue
 from pipeline_constructs.building_blocks.validation import argument_error, stack_singleton
@@ -236,13 +243,14 @@ class GlueFunction(Construct):
 
     def grant_submit(self, job_queue: batch.IJobQueue, job_definitions: list[batch.IJobDefinition]) -> None:
         """SubmitJob on exactly this queue and these definitions (every revision of each)."""
-        self.add_to_chain_policy(
+        policy = self.add_to_chain_policy(
             iam.PolicyStatement(
                 actions=["batch:SubmitJob"],
                 resources=[job_queue.job_queue_arn, *(d.job_definition_arn for d in job_definitions)],
             ),
             owner=job_definitions[0] if job_definitions else job_queue,
         )
+        acknowledge_parliament(policy, "RESOURCE_MISMATCH[batch]", SUBMIT_JOB_RESOURCES)
 
     def grant_status(self, table: dynamodb.ITable) -> None:
         """Trigger guards and run tracking: write and read back single items, nothing else."""
@@ -340,6 +348,9 @@ def _grant_own_calls(role: iam.Role, *, in_vpc: bool) -> None:
             "AWS documents them on '*' (AWSLambdaVPCAccessExecutionRole)."
         )
     acknowledge(role, "AwsSolutions-IAM5[Resource::*]", reason)
+    if in_vpc:  # the write actions on '*' (checkov), each a service's on '*' (parliament)
+        acknowledge_checkov(role.node.find_child("DefaultPolicy"), "CKV_AWS_111", reason)
+        acknowledge_parliament(role.node.find_child("DefaultPolicy"), "RESOURCE_STAR[ec2]", reason)
 
 
 def _acknowledge_function_design(function: lambda_.Function, *, in_vpc: bool) -> None:
@@ -349,6 +360,7 @@ def _acknowledge_function_design(function: lambda_.Function, *, in_vpc: bool) ->
         "Serverless-LambdaDLQ",
         "Failed async invocations go to an on-failure destination (this construct's failure_queue), which "
         "keeps the request and the error; a DLQ as well would deliver each failure twice.",
+        checkov="CKV_AWS_116",
     )
     if not in_vpc:
         acknowledge_control(
@@ -356,12 +368,25 @@ def _acknowledge_function_design(function: lambda_.Function, *, in_vpc: bool) ->
             "lambda_inside_vpc_check",
             "The glue function calls only AWS APIs (Batch, SNS, SQS, DynamoDB, Auto Scaling) and holds no data; "
             "inside a VPC it would need a NAT gateway or five interface endpoints, $33 to $70 a month per AZ.",
+            checkov="CKV_AWS_117",
         )
     acknowledge(
         function,
         "Serverless-LambdaTracing",
         "One Batch call per event, and the JSON log lines carry the trigger and job ids; X-Ray would add a "
         "wildcard xray:PutTraceSegments grant for no further insight.",
+    )
+    acknowledge_checkov(
+        function,
+        "CKV_AWS_115",
+        "A few invocations a minute (job state changes, schedules); reserved concurrency would take capacity "
+        "from the account's unreserved pool and throttle a burst of state changes instead of running it.",
+    )
+    acknowledge_checkov(
+        function,
+        "CKV_AWS_173",
+        "The environment holds names and ARNs of the stack's resources, no secret; Lambda encrypts it at rest "
+        "with its AWS managed key.",
     )
 
 

@@ -12,6 +12,7 @@ import fnmatch
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pipeline_constructs.local import serve_in_background
+from pipeline_constructs.local.resolver import ACCOUNT
 
 TERMINAL = ("SUCCEEDED", "FAILED")
 
@@ -40,6 +42,12 @@ class JobDefinitionSpec:
     attempts: int = 1
     evaluate_on_exit: list[dict[str, str]] = field(default_factory=list)
     timeout_seconds: int | None = None
+    #: The image as the job definition names it (a registry image's ``repo:tag``).
+    image: str = ""
+
+
+class JobCannotStart(Exception):
+    """The job's container cannot start here (as ``CannotStartContainerError`` on AWS): the message says why."""
 
 
 def dockerfile_command(image_dir: Path) -> tuple[list[str], list[str], dict[str, Path]]:
@@ -111,11 +119,13 @@ class LocalJob:
     children: list[LocalJob] = field(default_factory=list)
     process: subprocess.Popen | None = None
     terminate_requested: str = ""
+    #: The log of the job's latest attempt, once one ran.
+    log_path: Path | None = None
 
     @property
     def arn(self) -> str:
         region = self.queue.split(":")[3] if self.queue.startswith("arn:") else "us-east-1"
-        return f"arn:aws:batch:{region}:123456789012:job/{self.job_id}"
+        return f"arn:aws:batch:{region}:{ACCOUNT}:job/{self.job_id}"
 
     def detail(self) -> dict[str, Any]:
         environment = [{"name": k, "value": v} for k, v in (self.definition.environment | self.environment).items()]
@@ -158,17 +168,29 @@ class JobLauncher:
         self.fail_steps = fail_steps
 
     def argv(self, job: LocalJob) -> tuple[list[str], Path]:
-        """(the command line, its working directory) of the job's container, run locally."""
+        """(the command line, its working directory) of the job's container, run locally; raises
+        :class:`JobCannotStart` when a registry image's command does not exist on this machine."""
         spec = job.definition
-        if spec.image_dir is None:
-            raise RuntimeError(f"{spec.name}: image is not built from a local directory; cannot run it locally")
-        entrypoint, cmd, copies = dockerfile_command(spec.image_dir)
-        argv = entrypoint + (spec.command or cmd)  # a definition's Command replaces CMD, as in Docker
         step = (spec.environment | job.environment).get("PIPELINE_STEP", spec.name)
         if step in self.fail_steps:
             # Injected fault: the step's code "crashes" with an application error (exit 3).
-            return [sys.executable, "-c", "import sys; print('injected failure'); sys.exit(3)"], spec.image_dir
+            return [sys.executable, "-c", "import sys; print('injected failure'); sys.exit(3)"], self.log_dir
+        if spec.image_dir is None:
+            return self._registry_argv(spec), self.log_dir
+        entrypoint, cmd, copies = dockerfile_command(spec.image_dir)
+        argv = entrypoint + (spec.command or cmd)  # a definition's Command replaces CMD, as in Docker
         return local_argv(argv, copies), spec.image_dir
+
+    @staticmethod
+    def _registry_argv(spec: JobDefinitionSpec) -> list[str]:
+        """A registry image's command, run as it is when this machine has it (``python`` is this interpreter)."""
+        not_local = f"image {spec.image or spec.name} is not built from a local directory and"
+        if not spec.command:
+            raise JobCannotStart(f"{not_local} its job definition names no command to run here")
+        argv = local_argv(spec.command, {})
+        if shutil.which(argv[0]) is None:
+            raise JobCannotStart(f"{not_local} its command {argv[0]} does not exist here")
+        return argv
 
     def run(self, job: LocalJob, attempt: int) -> tuple[int, str]:
         """(exit code, reason) of the job's attempt number ``attempt``; the reason is empty on success."""
@@ -185,6 +207,7 @@ class JobLauncher:
             }
         )
         log_path = self.log_dir / f"job-{job.name}-{job.job_id[:8]}-{attempt}.log"
+        job.log_path = log_path
         with log_path.open("w") as log:
             job.process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=log, stderr=subprocess.STDOUT)
             try:
@@ -195,7 +218,12 @@ class JobLauncher:
                 return 137, "Job attempt duration exceeded timeout"
         if job.terminate_requested:
             return code or 143, job.terminate_requested
-        return code, "" if code == 0 else f"Essential container in task exited (exit code {code})"
+        return code, "" if code == 0 else exited_reason(code)
+
+
+def exited_reason(exit_code: int) -> str:
+    """The status reason AWS gives a job whose container exited non-zero, with the exit code."""
+    return f"Essential container in task exited (exit code {exit_code})"
 
 
 def retry_action(spec: JobDefinitionSpec, exit_code: int, reason: str) -> str:
@@ -336,7 +364,7 @@ class LocalBatch:
                 "id": str(uuid.uuid4()),
                 "detail-type": "Batch Job State Change",
                 "source": "aws.batch",
-                "account": "123456789012",
+                "account": ACCOUNT,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "region": self.region,
                 "resources": [job.arn],
@@ -345,6 +373,20 @@ class LocalBatch:
         )
 
     def _run(self, job: LocalJob) -> None:
+        self._failing_on_error(job, self._run_job)
+
+    def _failing_on_error(self, job: LocalJob, run: Callable[[LocalJob], None]) -> None:
+        """``run(job)`` in a job's thread: whatever it raises fails the job with the error as its reason,
+        instead of dying with the thread and leaving the job RUNNING."""
+        try:
+            run(job)
+        except Exception as error:
+            if job.process is not None and job.process.poll() is None:
+                job.process.kill()
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            self._transition(job, "FAILED", f"local run error: {type(error).__name__}: {first_line}")
+
+    def _run_job(self, job: LocalJob) -> None:
         for status in ("PENDING", "RUNNABLE"):
             if job.terminate_requested:
                 break
@@ -387,6 +429,9 @@ class LocalBatch:
         self._transition(parent, "FAILED" if failed else "SUCCEEDED", reason)
 
     def _run_child(self, child: LocalJob) -> None:
+        self._failing_on_error(child, self._run_child_job)
+
+    def _run_child_job(self, child: LocalJob) -> None:
         with self._slots:
             self._transition(child, "RUNNING")
             succeeded, reason = self._attempts(child)
@@ -397,13 +442,18 @@ class LocalBatch:
         for attempt in range(1, spec.attempts + 1):
             if job.terminate_requested:
                 return False, job.terminate_requested
-            code, reason = self.launcher.run(job, attempt)
+            try:
+                code, reason = self.launcher.run(job, attempt)
+            except JobCannotStart as error:
+                # Trying again cannot make the command exist: the job fails at once, saying why.
+                job.attempts.append({"container": {"reason": str(error)}, "statusReason": str(error)})
+                return False, str(error)
             job.attempts.append({"container": {"exitCode": code, "reason": reason}, "statusReason": reason})
             if code == 0:
-                return True, "Essential container in task exited"
+                return True, ""  # AWS gives a succeeded job no reason
             action = retry_action(spec, code, reason)
             if action == "EXIT" or attempt == spec.attempts:
-                return False, reason or f"Essential container in task exited (exit code {code})"
+                return False, reason or exited_reason(code)
         return False, "attempts exhausted"
 
     def busy(self) -> bool:

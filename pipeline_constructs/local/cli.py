@@ -3,6 +3,7 @@
 python -m pipeline_constructs.local --env dev --demo                 # what `make demo` runs
 python -m pipeline_constructs.local --env dev --fire DailyFeed       # fire one schedule, wait, report
 python -m pipeline_constructs.local --env dev --demo --kill-worker-every 4 --poison 3 --spot-notice-after 6
+python -m pipeline_constructs.local --stack Work --inputs photos/ --fleet Resize   # your own files, a task each
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,14 +30,17 @@ from rich.markup import escape
 from pipeline_constructs.local import LOCAL_STATE_FILE, atomic_item_operations, serve_in_background
 from pipeline_constructs.local.display import print_summary, progress_view
 from pipeline_constructs.local.faults import Faults
+from pipeline_constructs.local.fleets import WorkerRequirementsError
 from pipeline_constructs.local.runner import LocalPipeline, sample_feed
 from pipeline_constructs.ops.assembly import (
+    SYNTH_HINT,
     SynthesizedStack,
     find_stack,
     load_assembly,
     producers_of,
     refuse_nested_stacks,
 )
+from pipeline_constructs.ops.operator import OperatorError
 
 
 class EmulatorMissing(RuntimeError):
@@ -113,7 +118,12 @@ class FeedServer(ThreadingHTTPServer):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipeline local", description="Run a synthesized pipeline locally.")
+    parser = argparse.ArgumentParser(
+        prog="pipeline local",
+        description="Run a synthesized pipeline locally.",
+        epilog="A worker directory's requirements.lock is installed from its wheels/ once, into an environment "
+        "cached under $PIPELINE_LOCAL_CACHE (default: ~/.cache/pipeline-constructs) and reused by later runs.",
+    )
     _add_target_arguments(parser)
     _add_work_arguments(parser)
     _add_fault_arguments(parser)
@@ -125,7 +135,9 @@ def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """Which stack runs, on which emulator."""
     parser.add_argument("--assembly", default="cdk.out", help="cloud assembly directory (default: cdk.out)")
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--env", default=None, help="environment name: runs stack pipeline-<env>")
+    target.add_argument(
+        "--env", default=None, help="the example app's environment (runs stack pipeline-<env>); your own app: --stack"
+    )
     target.add_argument("--stack", default=None, help="stack name (default: the only or first stack)")
     parser.add_argument("--endpoint-url", default=None, help="use this AWS emulator instead of an embedded moto")
 
@@ -138,6 +150,18 @@ def _add_work_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-schedules", action="store_true", help="with --demo: the sample tasks only, no schedule fired"
     )
     parser.add_argument("--tasks", type=int, default=20, help="sample tasks per first-stage fleet (with --demo)")
+    parser.add_argument(
+        "--inputs",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="your own files or folders: each file is uploaded under the fleet's input/ prefix and sent as one "
+        "task (its key: the path under the folder, or the file name, as `pipeline submit` names it); with or "
+        "without --demo",
+    )
+    parser.add_argument(
+        "--fleet", default=None, help="with --inputs: the fleet to send them to (default: every first-stage fleet)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes per fleet (default: 2)")
     parser.add_argument(
         "--set-env",
@@ -200,7 +224,8 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    # Piped or captured output gets room for whole table headers, not the 80 columns of no terminal.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     if not args.endpoint_url and importlib.util.find_spec("moto") is None:
         console.print(
             "[red]error:[/] the local run needs its emulator: "
@@ -224,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = _pipeline(args, stack, producers, endpoint=endpoint, overrides=overrides, log_dir=log_dir)
         try:
             result = _run(pipeline, args, console, started)
+        except (WorkerRequirementsError, OperatorError, KeyError) as error:
+            console.print(f"[red]error:[/] {escape(str(error).strip(chr(39)))}", soft_wrap=True)
+            return 2
         finally:
             pipeline.stop()
             Path(args.state_file).unlink(missing_ok=True)
@@ -232,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if result is None:
         return 2
     print_summary(console, result)
+    _print_reasons(console, result)
     if result["timed_out"]:
         console.print(f"[red]timed out after {args.timeout:g} s with work still in progress[/]")
     console.print(f"(logs of every process in {log_dir}/; {result['seconds']} s)")
@@ -250,7 +279,7 @@ def _stack_to_run(args: argparse.Namespace) -> tuple[SynthesizedStack, list[Synt
     elif stacks:
         stack = stacks[0]
     else:
-        raise KeyError(f"no stacks in {args.assembly}")
+        raise KeyError(f"no stacks in {args.assembly}: {SYNTH_HINT}")
     refuse_nested_stacks(stack)
     return stack, producers_of(stack, stacks)
 
@@ -316,12 +345,8 @@ def _run(pipeline: LocalPipeline, args: argparse.Namespace, console: Console, st
         with Live(progress_view(pipeline, started), console=console, refresh_per_second=2) as live:
             return pipeline.wait_until_idle(timeout, on_tick=lambda: live.update(progress_view(pipeline, started)))
 
-    idle = True
-    if args.demo:
-        # The day's tasks first, then the nightly schedules (which may report on those tasks).
-        pipeline.submit_sample_tasks(args.tasks)
-        if args.tasks or args.poison:  # nothing submitted, nothing to wait for
-            idle = wait(args.timeout)
+    # The day's tasks first, then the nightly schedules (which may report on those tasks).
+    idle = wait(args.timeout) if _submit_tasks(pipeline, args, console) else True
     fire = args.fire or (["all"] if args.demo and pipeline.schedules and not args.no_schedules else [])
     for name in fire:
         try:
@@ -332,7 +357,7 @@ def _run(pipeline: LocalPipeline, args: argparse.Namespace, console: Console, st
             return None
     idle = wait(max(10.0, args.timeout - (time.monotonic() - started))) and idle
     if args.demo:
-        _fire_alarms(pipeline, console)
+        pipeline.fire_alarms()  # what became of each notification: in the result and its summary
     if args.serve:
         _serve(pipeline, console, args.state_file)
     result = pipeline.result()
@@ -342,16 +367,24 @@ def _run(pipeline: LocalPipeline, args: argparse.Namespace, console: Console, st
     return result
 
 
-def _fire_alarms(pipeline: LocalPipeline, console: Console) -> None:
-    """Every alarm set to ALARM once: its notification delivered to its topic (and the topic's subscribers)
-    or denied by the topic's policy, as on AWS."""
-    denied_before = {str(d) for d in pipeline.policies.denials} if pipeline.policies is not None else set()
-    for alarm, topics in pipeline.fire_alarms():
-        names = ", ".join(topic.rsplit(":", 1)[-1] for topic in topics) or "no topic action"
-        console.print(f"alarm {escape(alarm)} set to ALARM: notifies {escape(names)}")
-    if pipeline.policies is not None:
-        for denial in {str(d) for d in pipeline.policies.denials} - denied_before:
-            console.print(f"[red]alarm notification denied[/] {escape(denial)}")
+def _submit_tasks(pipeline: LocalPipeline, args: argparse.Namespace, console: Console) -> bool:
+    """The demo's sample tasks and the user's ``--inputs``; True when any task was sent (then wait for it)."""
+    sent = False
+    if args.demo:
+        pipeline.submit_sample_tasks(args.tasks)
+        sent = bool(args.tasks or args.poison)
+    if args.inputs:
+        count = pipeline.submit_inputs(args.inputs, args.fleet)
+        console.print(f"sent {count} input file(s) from {', '.join(args.inputs)}, one task each")
+        sent = sent or count > 0
+    return sent
+
+
+def _print_reasons(console: Console, result: dict[str, Any]) -> None:
+    """Why each failed job, worker restart and dead letter failed, and the log that says more."""
+    for item in result.get("reasons", []):
+        where = f" (log: {item['log']})" if item["log"] else ""
+        console.print(f"[red]{escape(item['what'])}[/]: {escape(item['reason'] + where)}", soft_wrap=True)
 
 
 def _serve(pipeline: LocalPipeline, console: Console, state_file: str) -> None:

@@ -109,6 +109,7 @@ class LocalCompute:
             name=self.resolver.physical_name(logical_id),
             environment=environment | {"AWS_ACCESS_KEY_ID": self.environments.key_for_role(role)},
             image_dir=self.assets.get(image.rsplit(":", 1)[-1]),
+            image=image,
             command=container.get("Command"),
             vcpus=int(float(requirements.get("VCPU", container.get("Vcpus", 1)))),
             attempts=int(retry.get("Attempts", 1)),

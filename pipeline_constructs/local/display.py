@@ -37,7 +37,7 @@ def progress_view(pipeline: LocalPipeline, started: float) -> Group:
 
 def print_summary(console: Console, result: dict[str, Any]) -> None:
     """The result of a run (:meth:`.LocalPipeline.result`): tables, what is left over, what was injected
-    and denied, and the verdict."""
+    and denied, what became of each alarm's notification, and the verdict."""
     console.print(_jobs_table(result), _fleets_table(result), _functions_table(result), _objects_table(result))
     _print_leftovers(console, result)
     if result["injected"]:
@@ -54,6 +54,7 @@ def print_summary(console: Console, result: dict[str, Any]) -> None:
         )
     for denial in deliveries.get("denied", []):
         console.print(f"[red]delivery denied[/] {escape(denial)}")
+    _print_alarms(console, result.get("alarms", []))
     verdict = "[green]everything completed[/]" if result["ok"] else "[red]NOT everything completed[/]"
     console.print(f"Result: {verdict}")
 
@@ -61,7 +62,7 @@ def print_summary(console: Console, result: dict[str, Any]) -> None:
 def _table(title: str, *columns: str) -> Table:
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, min_width=len(column))  # headers whole, even 80 columns wide
     return table
 
 
@@ -121,6 +122,28 @@ def _print_leftovers(console: Console, result: dict[str, Any]) -> None:
             "Not emulated (control plane, nothing to run locally): "
             + ", ".join(f"{kind} ×{count}" for kind, count in sorted(result["not_emulated"].items()))
         )
+
+
+def _print_alarms(console: Console, alarms: list[dict[str, Any]]) -> None:
+    """Each alarm the run set to ALARM: the topic its notification was delivered to and the subscriptions it
+    went on to, or why the topic refused it (the alarm's history entry)."""
+    for fired in alarms:
+        alarm = escape(fired["alarm"])
+        if not fired["notifications"]:
+            console.print(f"alarm {alarm} set to ALARM: none of its actions is a topic (nothing to notify)")
+        for notification in fired["notifications"]:
+            topic = escape(notification["topic"].rsplit(":", 1)[-1])
+            if notification["denied"]:
+                console.print(
+                    f"[red]alarm {alarm} set to ALARM: notification to {topic} denied[/] "
+                    f"{escape(notification['denied'])}",
+                    soft_wrap=True,
+                )
+            else:
+                onward = ", ".join(notification["sent_to"]) or "no subscription"
+                console.print(
+                    f"alarm {alarm} set to ALARM: notification delivered to {topic}, sent on to {escape(onward)}"
+                )
 
 
 def _print_faults(console: Console, result: dict[str, Any]) -> None:

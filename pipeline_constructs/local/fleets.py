@@ -5,15 +5,23 @@ block the construct writes) and the code from the same S3 assets the instances d
 workers run exactly what an instance would. Like systemd (``Restart=on-failure``) a crashed worker is
 restarted; like the Auto Scaling group, a worker that left after a spot notice or a termination lifecycle
 action is replaced. Workers reach a local Auto Scaling endpoint (:mod:`.autoscaling`) to complete the action.
+
+As on an instance, a worker directory's ``requirements.lock`` is installed from its ``wheels/`` (``pip install
+--no-index --find-links wheels --require-hashes``), into an environment of its own cached by the lock's hash
+under ``$PIPELINE_LOCAL_CACHE`` (default ``~/.cache/pipeline-constructs``) and reused by later runs; what this
+interpreter already has at the locked version is reused, not installed again.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import random
 import re
 import shutil
+import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -21,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from pipeline_constructs.local.imds import FakeInstanceMetadata
 
@@ -39,11 +48,97 @@ def parse_user_data(script: str) -> tuple[dict[str, str], dict[str, str]]:
     return environment, downloads
 
 
+class WorkerRequirementsError(RuntimeError):
+    """A worker directory's locked requirements did not install: the message names the fleet, the error and
+    the log of the install."""
+
+
+def worker_python(task_dir: Path, *, fleet: str, log_dir: Path) -> str:
+    """The interpreter the fleet's workers run with: this one, or with a ``requirements.lock`` in the worker
+    directory, that of its cached environment (installed first when no earlier run did)."""
+    lock = task_dir / "requirements.lock"
+    if not lock.is_file():
+        return sys.executable
+    key = hashlib.sha256(lock.read_bytes() + sys.executable.encode()).hexdigest()[:16]
+    venv = _cache_dir() / "worker-venvs" / key
+    python = venv / "bin" / "python"
+    if (venv / "installed").is_file():
+        return str(python)
+    log = log_dir / f"requirements-{fleet.rsplit('/', 1)[-1]}.log"
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside its final place and renamed: runs (and fleets) sharing the cache never see half of one.
+    building = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=venv.parent))
+    try:
+        with log.open("w") as output:
+            _install(lock, building, output)
+    except subprocess.CalledProcessError:
+        shutil.rmtree(building, ignore_errors=True)
+        raise WorkerRequirementsError(
+            f"fleet {fleet}: its worker requirements did not install: {_install_error(log)} (log: {log})"
+        ) from None
+    (building / "installed").touch()
+    try:
+        building.rename(venv)
+    except OSError:  # another run installed the same lock meanwhile: use its environment
+        shutil.rmtree(building, ignore_errors=True)
+    return str(python)
+
+
+def _install(lock: Path, venv: Path, output: IO[str]) -> None:
+    """A virtual environment at ``venv`` that sees this interpreter's packages (as ``--system-site-packages``
+    would), with the lock installed from the wheels beside it, as boot does; what it says to ``output``."""
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], stdout=output, stderr=subprocess.STDOUT, check=True
+    )
+    (site_packages,) = venv.glob("lib/python*/site-packages")
+    # Appended after the environment's own packages, so a locked version installed there wins.
+    parents = "; ".join(f"site.addsitedir({path!r})" for path in site.getsitepackages())
+    (site_packages / "local-run-parent.pth").write_text(f"import site; {parents}\n")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
+    subprocess.run(
+        [*pip, "--no-index", "--find-links", str(lock.parent / "wheels"), "--require-hashes", "-r", str(lock)],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        check=True,
+    )
+
+
+def _install_error(log: Path) -> str:
+    """The first sentence of pip's first ``ERROR:`` line in ``log``, else the log's last line."""
+    lines = [line.strip() for line in log.read_text().splitlines() if line.strip()]
+    error = next((line for line in lines if line.startswith("ERROR:")), lines[-1] if lines else "no output")
+    return error.split(". ", 1)[0]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("PIPELINE_LOCAL_CACHE") or Path.home() / ".cache" / "pipeline-constructs")
+
+
+def last_line(log: Path) -> str:
+    """The last line a process wrote to its log (a crashing process's error), or ''."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+@dataclass
+class RestartReason:
+    """Why workers of a fleet were restarted: how many times, and the log of the first."""
+
+    count: int
+    log: str
+
+
 @dataclass
 class WorkerProcess:
     number: int
     process: subprocess.Popen
     imds: FakeInstanceMetadata | None
+    log: Path
     started: float = field(default_factory=time.monotonic)
 
 
@@ -77,6 +172,10 @@ class LocalFleet:
         self.spot_notices = 0
         self.lifecycle_terminations = 0
         self.replacements = 0
+        #: Why workers were restarted: each reason (exit code, the worker's last log line) with its count and
+        #: the log of its first occurrence.
+        self.restart_reasons: dict[str, RestartReason] = {}
+        self.python = sys.executable
         self._stopping = False
         self._leaving: list[WorkerProcess] = []  # scaled in: stopping on their own
         self._lock = threading.Lock()
@@ -85,6 +184,11 @@ class LocalFleet:
     def group_name(self) -> str:
         """The Auto Scaling group's name as its workers read it from their instance tags."""
         return self._group or self.name.replace("/", "-")
+
+    @property
+    def short_name(self) -> str:
+        """The fleet's construct id (``Statistics``), as commands name it."""
+        return self.name.rsplit("/", 1)[-1]
 
     @property
     def queue_url(self) -> str:
@@ -112,13 +216,16 @@ class LocalFleet:
         )
         if imds:
             environment |= {"PIPELINE_METADATA_ENDPOINT": imds.endpoint, "PIPELINE_SPOT_POLL_SECONDS": "1"}
-        log = (self.log_dir / f"worker-{environment['PIPELINE_WORKER_ID']}.log").open("a")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline_worker"], cwd=self.task_dir, env=environment, stdout=log, stderr=log
-        )
-        return WorkerProcess(number, process, imds)
+        log_path = self.log_dir / f"worker-{environment['PIPELINE_WORKER_ID']}.log"
+        with log_path.open("a") as log:
+            process = subprocess.Popen(
+                [self.python, "-m", "pipeline_worker"], cwd=self.task_dir, env=environment, stdout=log, stderr=log
+            )
+        return WorkerProcess(number, process, imds, log_path)
 
     def start(self) -> None:
+        """Install the worker directory's requirements (:func:`worker_python`), then start the workers."""
+        self.python = worker_python(self.task_dir, fleet=self.name, log_dir=self.log_dir)
         with self._lock:
             self.workers = [self._spawn() for _ in range(self.workers_wanted)]
         threading.Thread(target=self._supervise, name=f"fleet-{self.name}", daemon=True).start()
@@ -150,8 +257,15 @@ class LocalFleet:
                         self.replacements += 1
                     else:
                         self.restarts += 1
+                        self._record_restart(worker, code)
                     self.workers[index] = self._spawn()
             time.sleep(0.5)
+
+    def _record_restart(self, worker: WorkerProcess, code: int) -> None:
+        """Keep why a worker exited: its exit code (a signal's name) and the last line of its log."""
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        reason = f"{how}: {last_line(worker.log)}" if code > 0 else how
+        self.restart_reasons.setdefault(reason, RestartReason(0, str(worker.log))).count += 1
 
     def _strike(self, rng: random.Random, how: str) -> str | None:
         with self._lock:

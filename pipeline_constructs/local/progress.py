@@ -1,12 +1,14 @@
 """How far the local run's work has come, read from the emulator as an operator would read it: each fleet's
-tasks (done, waiting, in flight, dead letters), its rows in the status store, and whether anything is busy."""
+tasks (done, waiting, in flight, dead letters), its rows in the status store, whether anything is busy, and
+why what failed failed."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from pipeline_constructs.local.clients import EmulatorClients
 from pipeline_constructs.local.compute import LocalCompute
@@ -65,10 +67,13 @@ class Progress:
 
     def status_rows(self, fleet: LocalFleet) -> Counter[str]:
         """The fleet's task rows in the status store, by state (what `pipeline status` reports)."""
+        return Counter(item.get("state", {}).get("S", "?") for item in self._task_rows(fleet))
+
+    def _task_rows(self, fleet: LocalFleet) -> Iterator[dict[str, Any]]:
+        """The fleet's task rows in its status store (none without one), as DynamoDB items."""
         table = fleet.environment.get("PIPELINE_TABLE")
-        states: Counter[str] = Counter()
         if not table:
-            return states
+            return
         paginator = self.clients.dynamodb.get_paginator("query")
         pages = paginator.paginate(
             TableName=table,
@@ -76,8 +81,39 @@ class Progress:
             ExpressionAttributeValues={":pk": {"S": f"fleet#{fleet.name}"}, ":task": {"S": "task#"}},
         )
         for page in pages:
-            states.update(item.get("state", {}).get("S", "?") for item in page["Items"])
-        return states
+            yield from page["Items"]
+
+    def reasons(self) -> list[dict[str, str]]:
+        """Why work failed: each failed job, each kind of worker restart and each dead-letter error (tasks
+        with the same error together), with the first line of the error and the log to read."""
+        found = []
+        batch = self.compute.batch
+        for job in list(batch.jobs.values()) if batch is not None else []:
+            if job.status == "FAILED" and not job.children:  # an array job's children say why it failed
+                log = str(job.log_path) if job.log_path else ""
+                found.append({"what": f"job {job.name} FAILED", "reason": _first_line(job.status_reason), "log": log})
+        for fleet in self.compute.fleets.values():
+            short = fleet.short_name
+            for why, restart in fleet.restart_reasons.items():
+                found.append({"what": f"{short}: {restart.count} worker restart(s)", "reason": why, "log": restart.log})
+            for error, (tasks, worker) in self._dead_letter_errors(fleet).items():
+                named = ", ".join(tasks[:3]) + (f" and {len(tasks) - 3} more" if len(tasks) > 3 else "")
+                log = str(fleet.log_dir / f"worker-{worker}.log") if worker else ""
+                found.append(
+                    {"what": f"{short}: {len(tasks)} task(s) dead-lettered ({named})", "reason": error, "log": log}
+                )
+        return found
+
+    def _dead_letter_errors(self, fleet: LocalFleet) -> dict[str, tuple[list[str], str]]:
+        """The first line of each error of the fleet's FAILED rows -> (its tasks, a worker that ran one)."""
+        errors: dict[str, tuple[list[str], str]] = {}
+        for item in self._task_rows(fleet):
+            if item.get("state", {}).get("S") != "FAILED":
+                continue
+            error = _first_line(item.get("error", {}).get("S", "")) or "no error recorded"
+            tasks, _ = errors.setdefault(error, ([], item.get("worker", {}).get("S", "")))
+            tasks.append(item["sk"]["S"].removeprefix("task#"))
+        return errors
 
     def _done_in_dead_letters(self, fleet: LocalFleet, dlq: str) -> int:
         """DLQ messages of tasks that are done (their worker was killed three times before deleting them):
@@ -130,3 +166,7 @@ class Progress:
                 return True
             time.sleep(interval)
         return False
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")

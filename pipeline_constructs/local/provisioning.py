@@ -6,14 +6,16 @@ gives them; the stacks the run's stack imports from get theirs first. The comput
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline_constructs.local.clients import EmulatorClients
-from pipeline_constructs.local.resolver import Resolver
+from pipeline_constructs.local.resolver import ACCOUNT, Resolver
 from pipeline_constructs.ops.assembly import CDK_PATH_METADATA, SynthesizedStack
 
 #: Resource kinds the local run creates or runs; everything else is control plane (IAM, VPC, alarms...).
@@ -27,7 +29,7 @@ EMULATED = {
     "AWS::Lambda::Function": "run locally from its asset",
     "AWS::Lambda::EventInvokeConfig": "retries and on-failure destination applied",
     "AWS::Batch::JobQueue": "local Batch endpoint",
-    "AWS::Batch::JobDefinition": "local Batch endpoint, run from its image directory",
+    "AWS::Batch::JobDefinition": "local Batch endpoint: its image directory's code, or a registry image's command",
     "AWS::Batch::ComputeEnvironment": "local Batch endpoint (parallel slots)",
     "AWS::Events::Rule": "local event bus",
     "AWS::Scheduler::Schedule": "fired on demand or on its schedule",
@@ -42,6 +44,11 @@ IAM_CHECKED = {
     "AWS::IAM::ManagedPolicy": "statements evaluated for every call of the role's component",
     "AWS::IAM::InstanceProfile": "names the role of a fleet's workers",
     "AWS::KMS::Key": "its use checked with every call on the data it encrypts (compliance profile)",
+    "AWS::SNS::TopicPolicy": "every delivery by a service to the topic checked against it",
+    "AWS::SQS::QueuePolicy": "every delivery by a service to the queue checked against it",
+    "AWS::S3::BucketPolicy": "service deliveries (access logs) checked against it",
+    "AWS::Lambda::Permission": "every invocation by a service checked against it",
+    "AWS::CloudWatch::Alarm": "fired once by --demo, its notification checked against the topic's policy",
 }
 
 
@@ -49,6 +56,17 @@ def count_not_emulated(stack: SynthesizedStack, *, iam_check: bool) -> Counter[s
     """The stack's resources of kinds the local run neither creates nor runs, by type."""
     emulated = set(EMULATED) | (set(IAM_CHECKED) if iam_check else set())
     return Counter(resource["Type"] for resource in stack.resources.values() if resource["Type"] not in emulated)
+
+
+def in_local_account(stack: SynthesizedStack) -> SynthesizedStack:
+    """The stack as the local run sees it: the account its environment names (``aws://111111111111/...``)
+    mapped to the emulator's wherever the template spells it out, so the ARNs the CDK wrote literally (a
+    policy's ``arn:aws:ssm:...:111111111111:parameter/...``) and those the run resolves agree."""
+    account = stack.environment.removeprefix("aws://").split("/", 1)[0]
+    if not re.fullmatch(r"[0-9]{12}", account) or account == ACCOUNT:
+        return stack
+    mapped = re.sub(rf"(?<![0-9]){account}(?![0-9])", ACCOUNT, json.dumps(stack.template))
+    return dataclasses.replace(stack, template=json.loads(mapped))
 
 
 def cdk_path(stack: SynthesizedStack, logical_id: str) -> str:
@@ -73,10 +91,11 @@ def stack_resolvers(
     stack: SynthesizedStack, producers: Sequence[SynthesizedStack], *, region: str, endpoint: str, run_id: str
 ) -> list[tuple[SynthesizedStack, Resolver]]:
     """(stack, its resolver) of each producer in the order given, then of ``stack``: each resolves
-    ``Fn::ImportValue`` with the exports of the stacks before it."""
+    ``Fn::ImportValue`` with the exports of the stacks before it; each stack in the emulator's account
+    (:func:`in_local_account`)."""
     exports: dict[str, Any] = {}
     resolvers = []
-    for each in [*producers, stack]:
+    for each in map(in_local_account, [*producers, stack]):
         resolver = Resolver(
             each.template,
             stack_name=each.name,

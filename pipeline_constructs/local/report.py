@@ -1,10 +1,12 @@
 """The result of a local run: what each job, fleet and function did, what is left in queues, what was written,
-what was injected and denied, and the verdict: did everything complete as it should have?"""
+what was injected and denied, what became of each alarm's notification, and the verdict: did everything
+complete as it should have?"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from pipeline_constructs.local.batch import LocalBatch
@@ -46,6 +48,7 @@ def run_result(pipeline: LocalPipeline) -> dict[str, Any]:
         "schedules": {s.path: s.fired for s in pipeline.schedules},
         "iam": iam,
         "deliveries": deliveries,
+        "alarms": [asdict(alarm) for alarm in pipeline.fired_alarms],
     }
 
 

@@ -287,12 +287,17 @@ def role_of(reference: Any) -> str | None:
 # ---------------------------------------------------------------------- the deliveries a template configures
 
 
+def _construct_path(stack: SynthesizedStack, logical_id: str) -> str:
+    """What a sender is called: its construct's path (``pipeline-dev/Alarms/GlueErrors``), not its resource's."""
+    return cdk_path(stack, logical_id).removesuffix("/Resource")
+
+
 def rule_sender(stack: SynthesizedStack, resolver: Resolver, logical_id: str, target: dict[str, Any]) -> Sender:
     """EventBridge delivering to one target of rule ``logical_id`` (with the target's role, if it names one)."""
     return Sender(
         "events.amazonaws.com",
         resolver.get_att(logical_id, "Arn"),
-        f"EventBridge rule {cdk_path(stack, logical_id)}",
+        f"EventBridge rule {_construct_path(stack, logical_id)}",
         role_of(target.get("RoleArn")),
     )
 
@@ -305,7 +310,7 @@ def schedule_sender(stack: SynthesizedStack, resolver: Resolver, logical_id: str
     return Sender(
         "scheduler.amazonaws.com",
         resolver.arn("scheduler", f"schedule-group/{group}"),
-        f"EventBridge Scheduler schedule {cdk_path(stack, logical_id)}",
+        f"EventBridge Scheduler schedule {_construct_path(stack, logical_id)}",
         role_of(properties["Target"].get("RoleArn")),
     )
 
@@ -319,7 +324,7 @@ def alarm_sender(stack: SynthesizedStack, resolver: Resolver, logical_id: str) -
     return Sender(
         "cloudwatch.amazonaws.com",
         resolver.get_att(logical_id, "Arn"),
-        f"CloudWatch alarm {cdk_path(stack, logical_id)}",
+        f"CloudWatch alarm {_construct_path(stack, logical_id)}",
     )
 
 
@@ -328,7 +333,7 @@ def destination_sender(stack: SynthesizedStack, resolver: Resolver, logical_id: 
     return Sender(
         "lambda.amazonaws.com",
         resolver.get_att(logical_id, "Arn"),
-        f"Lambda function {cdk_path(stack, logical_id)} (on-failure destination)",
+        f"Lambda function {_construct_path(stack, logical_id)} (on-failure destination)",
         role_of(stack.resources[logical_id]["Properties"].get("Role")),
     )
 
@@ -387,5 +392,7 @@ def _access_logging(stack: SynthesizedStack, resolver: Resolver, logical_id: str
     source = resolver.get_att(logical_id, "Arn")
     destination = logging.get("DestinationBucketName") or resolver.physical_name(logical_id)
     key = f"{logging.get('LogFilePrefix', '')}2026-01-01-00-00-00-LOCAL"
-    sender = Sender("logging.s3.amazonaws.com", source, f"S3 server access logging of {cdk_path(stack, logical_id)}")
+    sender = Sender(
+        "logging.s3.amazonaws.com", source, f"S3 server access logging of {_construct_path(stack, logical_id)}"
+    )
     return Delivery(sender, f"arn:{PARTITION}:s3:::{destination}/{key}")

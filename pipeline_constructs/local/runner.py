@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_constructs.glue.handler import wake_group
-from pipeline_constructs.local.alarms import fire_alarms
+from pipeline_constructs.local.alarms import FiredAlarm, fire_alarms
 from pipeline_constructs.local.batch import LocalBatch
 from pipeline_constructs.local.clients import EmulatorClients
 from pipeline_constructs.local.compute import LocalCompute
@@ -42,6 +42,7 @@ from pipeline_constructs.local.resolver import Resolver
 from pipeline_constructs.local.resource_policies import ResourcePolicies, configured_deliveries
 from pipeline_constructs.local.triggers import Schedule, Triggers
 from pipeline_constructs.ops.assembly import SynthesizedStack
+from pipeline_constructs.ops.operator import task_files
 
 # LocalPipeline, and what this module held before the local run was split (code that imported them from here).
 __all__ = ["EMULATED", "IAM_CHECKED", "Faults", "LocalPipeline", "sample_feed"]
@@ -57,6 +58,9 @@ def _policy_gates(stack: SynthesizedStack, resolver: Resolver, region: str) -> t
 class LocalPipeline:
     """A synthesized stack run locally: :meth:`start` brings it up, :meth:`submit_sample_tasks` and
     :meth:`fire` give it work, :meth:`wait_until_idle` waits for it, :meth:`result` judges it."""
+
+    #: Each alarm :meth:`fire_alarms` set to ALARM, and what became of its notifications.
+    fired_alarms: Sequence[FiredAlarm] = ()
 
     def __init__(
         self,
@@ -78,7 +82,6 @@ class LocalPipeline:
     ) -> None:
         """``producers``: the stacks ``stack`` imports from (``Fn::ImportValue``), in the order they depend on
         each other; their buckets, queues, topics and tables are created too, under the same run."""
-        self.stack = stack
         # from_zero: every fleet's group starts at zero workers, as a deployed one does after a quiet night;
         # wake: the sample tasks' submission wakes it, as `pipeline submit` does.
         self.from_zero, self.wake = from_zero, wake
@@ -87,7 +90,8 @@ class LocalPipeline:
         self.run_id = uuid.uuid4().hex[:6]
         #: (stack, its resolver) of every stack this one imports from, then of this one.
         self.stacks = stack_resolvers(stack, producers, region=region, endpoint=endpoint, run_id=self.run_id)
-        self.resolver = self.stacks[-1][1]
+        self.stack, self.resolver = self.stacks[-1]
+        stack = self.stack  # in the emulator's account (:func:`.in_local_account`)
         self.clients = EmulatorClients(endpoint, region)
         self.iam: IamGate | None = None
         self.policies: ResourcePolicies | None = None
@@ -174,9 +178,10 @@ class LocalPipeline:
             if service.startswith(("logs.", "logging.s3.")) or to_queue:
                 self.policies.check(delivery.sender, delivery.target)
 
-    def fire_alarms(self) -> list[tuple[str, list[str]]]:
-        """Set every alarm to ALARM once: (alarm, the topics CloudWatch notified) each; see :func:`.fire_alarms`."""
-        return fire_alarms(self.stack, self.resolver, self.triggers.deliver)
+    def fire_alarms(self) -> Sequence[FiredAlarm]:
+        """Set every alarm to ALARM once, kept for the result; see :func:`.fire_alarms`."""
+        self.fired_alarms = fire_alarms(self.triggers)
+        return self.fired_alarms
 
     def stop(self) -> None:
         self._stopping.set()
@@ -191,7 +196,6 @@ class LocalPipeline:
 
     def submit_sample_tasks(self, count: int) -> None:
         """Upload ``count`` CSV inputs per first-stage fleet and enqueue a task for each (plus the poison)."""
-        s3, sqs = self.clients.s3, self.clients.sqs
         for fleet in self.first_stage_fleets():
             bucket, prefix = fleet.environment["PIPELINE_BUCKET"], fleet.environment.get("PIPELINE_PREFIX", "")
             keys = []
@@ -200,20 +204,40 @@ class LocalPipeline:
                 rows = ["id,price,quantity"] + [
                     f"{row},{self.rng.uniform(1, 100):.2f},{self.rng.randint(1, 20)}" for row in range(50)
                 ]
-                s3.put_object(Bucket=bucket, Key=f"{prefix}input/{key}", Body="\n".join(rows).encode())
+                self.clients.s3.put_object(Bucket=bucket, Key=f"{prefix}input/{key}", Body="\n".join(rows).encode())
                 keys.append(key)
             keys += [f"poison-{index:02d}" for index in range(self.faults.poison)]  # no input object: they fail
-            for start in range(0, len(keys), 10):
-                sqs.send_message_batch(
-                    QueueUrl=fleet.queue_url,
-                    Entries=[
-                        {"Id": str(i), "MessageBody": json.dumps({"key": k})}
-                        for i, k in enumerate(keys[start : start + 10])
-                    ],
+            self._enqueue(fleet, keys)
+
+    def submit_inputs(self, paths: Sequence[str | Path], fleet_name: str | None = None) -> int:
+        """Upload the user's files (folders walked) under the input prefix of the fleet named ``fleet_name``
+        (else of every first-stage fleet) and enqueue a task each, named as `pipeline submit` names them;
+        the number of files."""
+        files = task_files(paths)
+        fleets = self.first_stage_fleets()
+        if fleet_name is not None:
+            fleets = [f for f in self.fleets.values() if fleet_name.lower() in (f.name.lower(), f.short_name.lower())]
+            if not fleets:
+                raise KeyError(
+                    f"no fleet named {fleet_name!r}; fleets: {', '.join(f.short_name for f in self.fleets.values())}"
                 )
-            self.progress.submitted[fleet.name] = keys
-            if self.from_zero and self.wake:
-                wake_group(self.clients.client("autoscaling", self.compute.autoscaling.endpoint), fleet.group_name)
+        for fleet in fleets:
+            bucket, prefix = fleet.environment["PIPELINE_BUCKET"], fleet.environment.get("PIPELINE_PREFIX", "")
+            for key, path in files.items():
+                self.clients.s3.upload_file(str(path), bucket, f"{prefix}input/{key}")
+            self._enqueue(fleet, list(files))
+        return len(files)
+
+    def _enqueue(self, fleet: LocalFleet, keys: list[str]) -> None:
+        """One task message a key on the fleet's queue, expected to finish; a fleet at zero is woken."""
+        for start in range(0, len(keys), 10):
+            entries = [
+                {"Id": str(i), "MessageBody": json.dumps({"key": k})} for i, k in enumerate(keys[start : start + 10])
+            ]
+            self.clients.sqs.send_message_batch(QueueUrl=fleet.queue_url, Entries=entries)
+        self.progress.submitted[fleet.name] = self.progress.submitted.get(fleet.name, []) + keys
+        if self.from_zero and self.wake:
+            wake_group(self.clients.client("autoscaling", self.compute.autoscaling.endpoint), fleet.group_name)
 
     def schedule_names(self) -> list[str]:
         return self.triggers.schedule_names()
@@ -243,8 +267,8 @@ class LocalPipeline:
         return self.progress.wait_until_idle(timeout, quiet_seconds=quiet_seconds, interval=interval, on_tick=on_tick)
 
     def result(self) -> dict[str, Any]:
-        """See :func:`.report.run_result`."""
-        return run_result(self)
+        """See :func:`.report.run_result`; ``reasons``: why what failed failed (:meth:`.Progress.reasons`)."""
+        return run_result(self) | {"reasons": self.progress.reasons()}
 
     def outputs(self) -> dict[str, str]:
         """The stack's outputs as this local run resolves them (what DescribeStacks would return)."""
@@ -260,6 +284,8 @@ class LocalPipeline:
             "region": self.clients.region,
             "endpoint": self.clients.endpoint,
             "batchEndpoint": self.batch.endpoint if self.batch else None,
+            # Where a wake (`pipeline submit --local`) reaches the fleets' groups: the run's own Auto Scaling.
+            "autoscalingEndpoint": self.compute.autoscaling.endpoint,
             "outputs": self.outputs(),
             "pid": os.getpid(),
         }

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 CDK_PATH_METADATA = "aws:cdk:path"
+#: How a user makes the assembly the commands read: their own app's synth, wherever it lives.
+SYNTH_HINT = "run `npx cdk synth` in your app's folder first, or point --assembly at its cdk.out"
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def load_assembly(outdir: str | Path = "cdk.out") -> list[SynthesizedStack]:
     outdir = Path(outdir)
     manifest_path = outdir / "manifest.json"
     if not manifest_path.is_file():
-        raise FileNotFoundError(f"no cloud assembly at {outdir} (missing manifest.json); run `make synth` first")
+        raise FileNotFoundError(f"no cloud assembly at {outdir} (missing manifest.json): {SYNTH_HINT}")
     manifest = json.loads(manifest_path.read_text())
     stacks = []
     for name, artifact in manifest.get("artifacts", {}).items():
@@ -67,6 +69,23 @@ def load_assembly(outdir: str | Path = "cdk.out") -> list[SynthesizedStack]:
         environment = artifact.get("environment", "aws://unknown-account/unknown-region")
         stacks.append(SynthesizedStack(name, json.loads(template_path.read_text()), template_path, environment))
     return stacks
+
+
+def stack_names(outdir: str | Path = "cdk.out") -> list[str]:
+    """The CloudFormation stacks of the assembly at ``outdir`` (none when there is no assembly there)."""
+    manifest_path = Path(outdir) / "manifest.json"
+    if not manifest_path.is_file():
+        return []
+    artifacts = json.loads(manifest_path.read_text()).get("artifacts", {})
+    return [name for name, artifact in artifacts.items() if artifact.get("type") == "aws:cloudformation:stack"]
+
+
+def stack_option_hint(outdir: str | Path = "cdk.out") -> tuple[str, str]:
+    """``--stack <name>`` for the user's own app, and a note: the stacks its assembly holds, or how to make one."""
+    names = stack_names(outdir)
+    if not names:
+        return "--stack <your stack>", f" ({SYNTH_HINT})"
+    return f"--stack {names[0]}", f" (stacks in {outdir}: {', '.join(names)})" if len(names) > 1 else ""
 
 
 def imported_names(value: Any) -> set[str]:

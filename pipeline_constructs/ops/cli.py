@@ -1,7 +1,8 @@
 """``pipeline``: the operator's command line (submit, status, redrive, tail, start, cost, local).
 
-Every command finds the pipeline from a deployed stack (``--stack dev`` or ``--stack pipeline-dev``; region
-from ``--region`` or the usual AWS settings) or from a running local run (``--local``).
+Every command finds the pipeline from a deployed stack (``--stack <name>``, the name your app gave it, or
+``<env>`` for the example's ``pipeline-<env>``; region from ``--region`` or the usual AWS settings) or from a
+running local run (``--local``).
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ app = typer.Typer(
 )
 console = Console()
 
-StackOption = Annotated[str | None, typer.Option("--stack", "-s", help="stack or environment name (dev, prod)")]
+StackOption = Annotated[str | None, typer.Option("--stack", "-s", help="your app's stack name (as in cdk.out)")]
 RegionOption = Annotated[str | None, typer.Option("--region", help="AWS region (default: AWS_REGION / profile)")]
 LocalOption = Annotated[bool, typer.Option("--local", help="operate on the running local run")]
 StateOption = Annotated[str, typer.Option("--state-file", help="local run state file")]
-FleetOption = Annotated[str | None, typer.Option("--fleet", "-f", help="fleet name (e.g. Statistics)")]
+FleetOption = Annotated[str | None, typer.Option("--fleet", "-f", help="fleet name (its construct id)")]
 
 
 def _fail(error: Exception) -> typer.Exit:
@@ -76,6 +77,8 @@ def submit(
 ) -> None:
     """Upload files to the fleet's input/ prefix and enqueue one task each (skips tasks already known)."""
     target = _target(stack, region, local, state_file)
+    if local:
+        _wake_locally(target, state_file)
     files = operator.task_files(paths)
     with Progress(
         TextColumn("{task.description}"),
@@ -99,6 +102,13 @@ def submit(
     if report.failed:
         console.print(f"[red]{len(report.failed)} not enqueued[/] (run again to retry): {', '.join(report.failed[:5])}")
         raise typer.Exit(1)
+
+
+def _wake_locally(target: Target, state_file: str) -> None:
+    """A local run's fleets answer Auto Scaling calls (the wake) at the run's own endpoint, not the emulator's."""
+    endpoint = json.loads(Path(state_file).read_text()).get("autoscalingEndpoint")
+    if endpoint:
+        target._clients["autoscaling"] = target.session.client("autoscaling", endpoint_url=endpoint)
 
 
 def _status_view(snapshot: dict) -> Table:

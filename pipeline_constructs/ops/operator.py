@@ -28,6 +28,7 @@ from botocore.exceptions import (
 
 from pipeline_constructs.glue.handler import BATCH_CLIENT_CONFIG, SubmitGuard, job_name, stuck_reason, try_wake
 from pipeline_constructs.local import LOCAL_STATE_FILE
+from pipeline_constructs.ops.assembly import stack_option_hint
 
 #: The output :class:`~pipeline_constructs.building_blocks.manifest.PipelineManifest` writes (named here too:
 #: this module does not import the CDK), and the name it had before the library kept its ids under one namespace.
@@ -129,8 +130,9 @@ def connect(
     if local:
         path = Path(state_file)
         if not path.is_file():
+            option, note = stack_option_hint()
             raise OperatorError(
-                f"no local run found ({path} is missing): start one with `pipeline local --env dev --demo --serve`"
+                f"no local run found ({path} is missing): start one with `pipeline local {option} --serve`{note}"
             )
         state = json.loads(path.read_text())
         session = boto3.session.Session(
@@ -145,7 +147,8 @@ def connect(
             state.get("batchEndpoint"),
         )
     if not name:
-        raise OperatorError("name the stack or environment with --stack (e.g. --stack dev), or use --local")
+        option, note = stack_option_hint()
+        raise OperatorError(f"name the deployed stack with `{option}`{note}, or use --local")
     session = boto3.session.Session(region_name=region)
     if session.region_name is None:
         raise explain(NoRegionError())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import aws_cdk as cdk
 import pytest
@@ -10,6 +13,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk.assertions import Match, Template
+from cdk_nag import AwsSolutionsChecks
 from constructs import Construct
 
 from pipeline_constructs import (
@@ -22,9 +26,11 @@ from pipeline_constructs import (
     StatusStore,
     TaskQueue,
     secure_topic,
+    synth_or_exit,
 )
 from pipeline_constructs.building_blocks.logs import retention_from_days
-from pipeline_constructs.building_blocks.validation import claim_prefix
+from pipeline_constructs.building_blocks.validation import claim_prefix, one_line_argument_errors
+from tests.app.test_guide import cdk_cli_environment
 from tests.support import ROOT
 
 SQS_WORKER = ROOT / "worker_images" / "sqs_worker"
@@ -329,3 +335,167 @@ def test_a_vpc_of_your_own_puts_compute_where_there_is_a_route_out(stack):
 def test_unresolved_tokens_are_not_checked(stack):
     receives = cdk.Token.as_number(cdk.CfnParameter(stack, "Receives", type="Number").value_as_number)
     TaskQueue(stack, "Tasks", max_receive_count=receives)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"cidr": "10.0.0.0/33"},
+            "Test/Net: cidr='10.0.0.0/33' is invalid; allowed: an IPv4 range from /16 to /19 (room for 2 /20 subnets)",
+        ),
+        (
+            {"cidr": "10.0.0.0/24"},
+            "Test/Net: cidr='10.0.0.0/24' is invalid; allowed: an IPv4 range from /16 to /19 (room for 2 /20 subnets)",
+        ),
+        (
+            {"availability_zones": ["us-east-1a", "us-east-1b"], "nat_gateways": 1, "cidr": "10.0.0.0/19"},
+            "Test/Net: cidr='10.0.0.0/19' is invalid; allowed: an IPv4 range from /16 to /18 (room for 4 /20 subnets)",
+        ),
+        (
+            {"availability_zones": ["us-east-1a", "us-east-1a"]},
+            "Test/Net: availability_zones='us-east-1a' is invalid; allowed: unique names",
+        ),
+        (
+            {"availability_zones": ["us-east-1"]},
+            "Test/Net: availability_zones='us-east-1' is invalid; allowed: zone names of the stack's region",
+        ),
+    ],
+)
+@pytest.mark.user_mistake
+def test_network_ranges_and_zones_that_would_fail_at_deploy_fail_synth(stack, kwargs, message):
+    with pytest.raises(ValueError) as error:
+        PipelineNetwork(stack, "Net", **kwargs)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.user_mistake
+def test_zones_of_another_region_fail_synth():
+    stack = cdk.Stack(cdk.App(), "Test", env=cdk.Environment(region="eu-west-1"))
+    with pytest.raises(ValueError) as error:
+        PipelineNetwork(stack, "Net", availability_zones=["us-east-1a", "us-east-1b"])
+    assert str(error.value) == (
+        "Test/Net: availability_zones='us-east-1a' is invalid; allowed: zone names of the stack's region, such as "
+        "eu-west-1a"
+    )
+
+
+ACCOUNT_ENV = cdk.Environment(account="111111111111", region="eu-west-1")
+ZONE_LOOKUP = "availability-zones:account=111111111111:region=eu-west-1"
+
+
+def _missing_context(app: cdk.App) -> list[str]:
+    """The context keys the CDK CLI would look up (with credentials) for this app."""
+    manifest = json.loads((Path(app.synth().directory) / "manifest.json").read_text())
+    return [missing["key"] for missing in manifest.get("missing", [])]
+
+
+def test_a_vpc_of_your_own_needs_no_lookup_in_a_stack_with_an_account():
+    """Nothing of the library's asks the stack's zones: an imported VPC synthesizes without credentials."""
+    app = cdk.App()
+    stack = cdk.Stack(app, "Own", env=ACCOUNT_ENV)
+    vpc = ec2.Vpc.from_vpc_attributes(
+        stack,
+        "Vpc",
+        vpc_id="vpc-1",
+        availability_zones=["eu-west-1a", "eu-west-1b"],
+        public_subnet_ids=["subnet-1", "subnet-2"],
+    )
+    network = PipelineNetwork(stack, "Net", vpc=vpc)
+    BatchChain(
+        stack,
+        "Chain",
+        network=network,
+        steps=[ChainStep(name="only", image="public.ecr.aws/docker/library/python:3.13-slim")],
+    )
+    assert _missing_context(app) == []
+
+
+def test_named_zones_whose_lookup_failed_say_how_to_synth_without_credentials():
+    """The CDK's VPC checks named zones against the region's (a lookup that needs credentials, which
+    Stack.availability_zones makes and the library cannot skip); where the CDK CLI could not make it, the
+    network says what to put in cdk.json beside the CLI's own error."""
+    failed = {"$providerError": "Need to perform AWS calls for account 111111111111", "$dontSaveContext": True}
+    app = cdk.App(context={ZONE_LOOKUP: failed})
+    stack = cdk.Stack(app, "Shared", env=ACCOUNT_ENV)
+    PipelineNetwork(stack, "Network", availability_zones=["eu-west-1a", "eu-west-1b"])
+    errors = [m.entry.data for m in app.synth().get_stack_by_name("Shared").messages if m.id == "/Shared/Network"]
+    assert errors == [
+        "availability_zones are checked against the zones of eu-west-1, which the CDK looks up with AWS credentials "
+        "(Need to perform AWS calls for account 111111111111): to synth without them, put the zones in cdk.json's "
+        f'context: {{"{ZONE_LOOKUP}": ["eu-west-1a", "eu-west-1b"]}}'
+    ]
+
+
+def test_zones_given_in_context_synthesize_with_no_lookup():
+    """What that error says to do works."""
+    app = cdk.App(context={ZONE_LOOKUP: ["eu-west-1a", "eu-west-1b"]})
+    stack = cdk.Stack(app, "Shared", env=ACCOUNT_ENV)
+    PipelineNetwork(stack, "Network", availability_zones=["eu-west-1a", "eu-west-1b"])
+    assert _missing_context(app) == []
+
+
+def test_synth_or_exit_fails_on_an_error_annotation_that_app_synth_lets_pass(tmp_path, capsys):
+    """cdk-nag added as an Aspect, a failed lookup or a construct's own error: annotations that `cdk synth`
+    fails on and `python app.py`'s app.synth() does not."""
+    app = cdk.App(outdir=str(tmp_path / "out"))
+    stack = cdk.Stack(app, "Findings")
+    cdk.Annotations.of(stack).add_error("a finding nobody acknowledged")
+    with pytest.raises(SystemExit) as exit_:
+        synth_or_exit(app)
+    assert exit_.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert lines == ["error: /Findings: a finding nobody acknowledged"]
+
+
+def test_synth_or_exit_lists_each_violation_of_a_validation_plugin_in_one_line(tmp_path, capsys):
+    app = cdk.App(outdir=str(tmp_path / "out"))
+    stack = cdk.Stack(app, "Findings")
+    s3.CfnBucket(stack, "Plain")
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    with pytest.raises(SystemExit) as exit_:
+        synth_or_exit(app)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert exit_.value.code == 1
+    assert (
+        "error: Findings/Plain: AwsSolutions-S1: The S3 Bucket has server access logs disabled. (AwsSolutions)" in lines
+    )
+
+
+def test_synth_or_exit_returns_the_assembly_of_a_clean_app(tmp_path):
+    app = cdk.App(outdir=str(tmp_path / "out"))
+    cdk.Annotations.of(cdk.Stack(app, "Clean")).add_warning("a warning is no finding")
+    assert synth_or_exit(app).get_stack_by_name("Clean").stack_name == "Clean"
+
+
+def test_an_argument_error_under_the_cdk_cli_is_one_line_naming_the_users_line(tmp_path):
+    """What `cdk synth` shows for a wrong argument: the error and where the app made the construct, then the
+    CLI's own line; no traceback through jsii (the hook is installed only when the CDK CLI runs the app)."""
+    (tmp_path / "app.py").write_text(
+        "import aws_cdk as cdk\n"
+        "from pipeline_constructs import PipelineNetwork\n"
+        "app = cdk.App()\n"
+        "PipelineNetwork(cdk.Stack(app, 'Tiny'), 'Network', max_azs=9)\n"
+        "app.synth()\n"
+    )
+    (tmp_path / "cdk.json").write_text(json.dumps({"app": f"{sys.executable} app.py"}))
+    result = subprocess.run(
+        [str(ROOT / "node_modules" / ".bin" / "cdk"), "synth", "--quiet"],
+        cwd=tmp_path,
+        env=cdk_cli_environment(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == ("error: Tiny/Network: max_azs=9 is invalid; allowed: 1 to 6 (app.py:4)"), (
+        result.stderr
+    )
+    assert len(result.stderr.splitlines()) == 2, result.stderr  # and the CLI's "Subprocess exited with error 1"
+
+
+def test_other_errors_keep_their_traceback_under_the_cdk_cli(capsys):
+    shown: list[type[BaseException]] = []
+    hook = one_line_argument_errors(lambda kind, error, trace: shown.append(kind))
+    hook(KeyError, KeyError("x"), None)
+    assert shown == [KeyError] and capsys.readouterr().err == ""

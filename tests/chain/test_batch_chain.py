@@ -717,3 +717,36 @@ def test_steps_links_and_images_still_import_from_the_chains_module():
     from pipeline_constructs.chain import construct
 
     assert (construct.ChainStep, construct.ChainLink, construct.StepImage) == (ChainStep, ChainLink, StepImage)
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (
+            [step(memory_mib=8)],
+            "Test/Chain: steps[0].memory_mib=8 is invalid; allowed: at least 128 MiB; the value is in MiB: did you "
+            "mean 8 GiB = 8192?",
+        ),
+        (
+            [step(command="python -m job --fast")],
+            "Test/Chain: steps[0].command='python -m job --fast' is invalid; allowed: a list of strings, such as "
+            "['python', '-m', 'job', '--fast']",
+        ),
+        (
+            [step(environment={"WORKERS": 4})],
+            "Test/Chain: steps[0].environment['WORKERS']=4 is invalid; allowed: a string, such as '4'",
+        ),
+    ],
+)
+@pytest.mark.user_mistake
+def test_values_aws_takes_but_no_user_means_fail_synth(stack, steps, message):
+    """Each would deploy: a job the kernel kills at once, a command of one-character arguments, a definition
+    that Batch refuses at deploy (or jsii's TypeError at synth, a traceback)."""
+    with pytest.raises(ValueError) as error:
+        BatchChain(stack, "Chain", steps=steps)
+    assert str(error.value) == message
+
+
+def test_a_links_environment_values_may_be_numbers(stack):
+    """The chain makes them strings (ChainLink's docstring), so no error for them."""
+    BatchChain(stack, "Chain", steps=[step(link=ChainLink.message({"PARALLELISM": 15})), step(name="second")])

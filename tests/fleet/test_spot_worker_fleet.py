@@ -512,3 +512,38 @@ def test_fleets_chains_and_triggers_without_a_table_share_one_status_store_per_s
     Template.from_stack(stack).resource_count_is("AWS::DynamoDB::Table", 1)
     shared = StatusStore.of(stack).table
     assert all(part.table is shared for part in [*fleets, *chains])
+
+
+@pytest.mark.parametrize(
+    ("instance_types", "message"),
+    [
+        (
+            ["m7i.larg"],
+            "Test/Fleet: instance_types='m7i.larg' is invalid; allowed: an EC2 instance type (did you mean m7i.large",
+        ),
+        (
+            ["M6I.LARGE"],
+            "Test/Fleet: instance_types='M6I.LARGE' is invalid; allowed: an EC2 instance type (did you mean m6i.large",
+        ),
+        (["m6i.large", "m6i.large"], "Test/Fleet: instance_types='m6i.large' is invalid; allowed: unique names"),
+    ],
+)
+@pytest.mark.user_mistake
+def test_instance_types_that_do_not_exist_fail_synth_with_the_close_ones(stack, instance_types, message):
+    """EC2 would refuse them only when the Auto Scaling group is created, at deploy."""
+    with pytest.raises(ValueError) as error:
+        SpotWorkerFleet(
+            stack, "Fleet", worker_directory=SQS_WORKER, task="task:csv_stats", instance_types=instance_types
+        )
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_every_real_instance_type_of_any_family_passes(stack):
+    fleet = SpotWorkerFleet(
+        stack,
+        "Fleet",
+        worker_directory=SQS_WORKER,
+        task="task:csv_stats",
+        instance_types=["x2idn.16xlarge", "t3.micro"],
+    )
+    assert fleet.instance_types == ["x2idn.16xlarge", "t3.micro"]

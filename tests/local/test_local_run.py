@@ -55,6 +55,7 @@ def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_outdir, tmp_path
         ("feed_consumer", "SUCCEEDED"),
         ("feed_watcher", "SUCCEEDED"),
     ]
+    assert {j["reason"] for j in result["jobs"]} == {""}  # AWS gives a succeeded job no status reason
     ((name, statistics),) = result["fleets"].items()
     assert name.endswith("/Statistics")
     assert (statistics["expected"], statistics["done"], statistics["lost"], statistics["dead"]) == (8, 8, 0, 0)
@@ -108,6 +109,10 @@ def test_fault_run_loses_nothing_and_dead_letters_the_poison(example_outdir, tmp
     assert all(p["done"] == p["expected"] - (2 if p["dead"] else 0) for p in fleets.values())
     # The status store agrees: a SUCCEEDED row per finished task, a FAILED row per dead letter.
     assert all((p["rows_succeeded"], p["rows_failed"]) == (p["done"], p["dead"]) for p in fleets.values())
+    # The summary says why: each restart (here the injected kills) and each dead letter, with its log.
+    dead = [r for r in result["reasons"] if "dead-lettered" in r["what"]]
+    assert "poison-00" in " ".join(r["what"] for r in dead) and all(r["reason"] and r["log"] for r in dead)
+    assert any(r["reason"] == "killed by SIGKILL" and "worker restart" in r["what"] for r in result["reasons"])
 
 
 def test_a_lifecycle_termination_is_drained_and_completed_in_the_local_run(example_outdir, tmp_path):
@@ -262,6 +267,8 @@ def test_the_cli_operates_a_local_run(example_outdir, tmp_path):
             submitted = runner.invoke(app, ["submit", str(inputs), "--fleet", "Statistics", *local])
             assert submitted.exit_code == 0, submitted.output
             assert "enqueued 6" in submitted.output
+            # The run's own Auto Scaling answers the wake: no "could not wake the fleet (no Auto Scaling group...)".
+            assert "could not wake" not in submitted.output
             assert pipeline.wait_until_idle(90)
             status = runner.invoke(app, ["status", "--json", *local])
             assert status.exit_code == 0, status.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import aws_cdk as cdk
 import pytest
@@ -205,9 +206,48 @@ def test_missing_credentials_is_one_line_naming_what_to_fix(monkeypatch, tmp_pat
     assert len(output.strip().splitlines()) <= 2  # one sentence (rich may wrap it)
 
 
-def test_local_flag_without_a_local_run_says_how_to_start_one(tmp_path):
+def test_local_flag_without_a_local_run_says_how_to_start_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no cdk.out here: say how to make one
     code, output = invoke("status", "--local", "--state-file", str(tmp_path / "none.json"))
-    assert code == 1 and "pipeline local --env dev --demo --serve" in output
+    assert code == 1
+    assert (
+        "start one with `pipeline local --stack <your stack> --serve` (run `npx cdk synth` in your app's folder "
+        "first, or point --assembly at its cdk.out)" in " ".join(output.split())
+    )
+    assert "--env dev" not in output and "make synth" not in output
+
+
+def write_assembly(folder: Path, stacks: list[str]) -> None:
+    """A cloud assembly's manifest naming ``stacks`` (what the hints read of it)."""
+    (folder / "cdk.out").mkdir()
+    artifacts = {name: {"type": "aws:cloudformation:stack"} for name in stacks}
+    (folder / "cdk.out" / "manifest.json").write_text(json.dumps({"artifacts": artifacts | {"Tree": {"type": "x"}}}))
+
+
+def test_hints_name_the_stacks_of_the_users_own_assembly(tmp_path, monkeypatch):
+    """Not the example's dev and prod: the stacks of the app whose cdk.out is here."""
+    monkeypatch.chdir(tmp_path)
+    write_assembly(tmp_path, ["Shared", "Work"])
+    code, output = invoke("status", "--local", "--state-file", str(tmp_path / "none.json"))
+    assert code == 1
+    assert "start one with `pipeline local --stack Shared --serve` (stacks in cdk.out: Shared, Work)" in " ".join(
+        output.split()
+    )
+    code, output = invoke("status")
+    assert code == 1
+    assert (
+        "name the deployed stack with `--stack Shared` (stacks in cdk.out: Shared, Work), or use --local"
+        in " ".join(output.split())
+    )
+
+
+def test_a_missing_assembly_says_to_synth_the_users_app(tmp_path):
+    code, output = invoke("cost", "--assembly", str(tmp_path / "cdk.out"))
+    assert code == 1
+    assert "run `npx cdk synth` in your app's folder first, or point --assembly at its cdk.out" in " ".join(
+        output.split()
+    )
+    assert "make synth" not in output
 
 
 def test_start_submits_the_first_step_of_a_chain(deployed, aws, monkeypatch):
