@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import sys
+import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -227,10 +228,11 @@ def synth_or_exit(app: App) -> cx_api.CloudAssembly:
     (``Annotations.add_error``, cdk-nag added as an Aspect, a lookup the CDK could not make) or a violation of
     a validation plugin (``Validations.of(app).add_plugins``), it prints one line per finding and exits 1.
     ``app.synth()`` alone exits 0 on annotations. Use it as the app's last line: ``synth_or_exit(app)``."""
+    report = Path(app.outdir) / "validation-report.json"
+    started = time.time()
     try:
         assembly = app.synth()
-    except RuntimeError as error:  # a plugin's violations: the CDK has written its report
-        report = Path(app.outdir) / "validation-report.json"
+    except RuntimeError as error:  # a plugin's violations, where the CDK raises for them: its report is written
         if "ValidationFailed" not in str(error) or not report.is_file():
             raise
         findings = _plugin_violations(json.loads(report.read_text()))
@@ -241,6 +243,9 @@ def synth_or_exit(app: App) -> cx_api.CloudAssembly:
             for message in stack.messages
             if message.level == cx_api.SynthesisMessageLevel.ERROR
         ]
+        # The CDK may only report a plugin's violations (aws-cdk-lib 2.275 does): this synth's report says.
+        if report.is_file() and report.stat().st_mtime >= started - 1:
+            findings += _plugin_violations(json.loads(report.read_text()))
         if not findings:
             return assembly
     for finding in findings:
@@ -249,10 +254,13 @@ def synth_or_exit(app: App) -> cx_api.CloudAssembly:
 
 
 def _plugin_violations(report: dict[str, Any]) -> list[str]:
+    """One line per construct of each violation a plugin reports as an error (a plugin may conclude "success"
+    with errors in its list, as the Control Tower validator does; warnings are not findings)."""
     return [
         f"{construct['constructPath']}: {violation['ruleName']}: {violation['description']} ({plugin['pluginName']})"
         for plugin in report.get("pluginReports", [])
         for violation in plugin.get("violations", [])
+        if str(violation.get("severity", "error")).lower() not in ("warning", "info")
         for construct in violation.get("violatingConstructs", [])
     ]
 

@@ -34,6 +34,8 @@ def test_the_guide_names_its_files():
         "my_worker/requirements.txt",
         "my_worker/requirements.lock",
         "cdk.json",
+        "my_step/Dockerfile",
+        "my_step/summarize.py",
     }
 
 
@@ -87,9 +89,11 @@ def test_the_guides_app_synthesizes_across_two_stacks_with_no_unacknowledged_fin
     assert len(cross_stack) >= 5
 
 
-def test_the_guides_app_runs_locally_across_its_two_stacks(guide_app, tmp_path):
+def test_the_guides_app_runs_its_fleet_and_its_chain_locally_across_its_two_stacks(guide_app, tmp_path):
     """The fleet in Work reads and writes the bucket of Shared (Fn::ImportValue): the local run creates what
-    the stack imports, under the same run, and checks every call against the roles of Work."""
+    the stack imports, under the same run, and checks every call against the roles of Work. `--demo` fires the
+    daily schedule, which runs the chain: the registry steps' commands, the directory step's code, its success
+    and its message link."""
     outdir, synthesized = guide_app
     assert synthesized.returncode == 0, synthesized.stderr[-3000:]
     result_file = tmp_path / "result.json"
@@ -99,8 +103,15 @@ def test_the_guides_app_runs_locally_across_its_two_stacks(guide_app, tmp_path):
     assert code == 0 and result["ok"], result
     (fleet,) = result["fleets"].values()
     assert (fleet["done"], fleet["lost"], fleet["rows_succeeded"]) == (3, 0, 3)
+    assert [schedule[: len("Daily")] for schedule, fired in result["schedules"].items() if fired] == ["Daily"]
+    steps = {job["step"]: job["status"] for job in result["jobs"]}
+    assert steps == {"fetch": "SUCCEEDED", "summarize": "SUCCEEDED", "load": "SUCCEEDED"}, result["jobs"]
     written = {prefix: count for prefix, count in result["objects"].items() if prefix.startswith("shared-")}
-    assert sorted(p.split("/", 1)[1] for p in written) == ["resize/input/", "resize/output/"], result["objects"]
+    assert sorted(p.split("/", 1)[1] for p in written) == [
+        "Nightly/summarize/",
+        "resize/input/",
+        "resize/output/",
+    ], result["objects"]
     assert result["iam"]["denied"] == [] and result["iam"]["checked"] > 0
 
 

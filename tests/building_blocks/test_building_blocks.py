@@ -462,6 +462,49 @@ def test_synth_or_exit_lists_each_violation_of_a_validation_plugin_in_one_line(t
     )
 
 
+def test_synth_or_exit_fails_on_violations_the_cdk_only_reports(tmp_path, capsys):
+    """A plugin may conclude "success" with errors in its report, and app.synth() then returns: the Control Tower
+    validator did so for the guide's app, which exited 0 with two violations. Warnings are no findings."""
+    from types import SimpleNamespace
+
+    violation = {"ruleName": "subnet_auto_assign_public_ip_disabled_check", "description": "[CT.EC2.PR.11] public IPs"}
+    report = {
+        "pluginReports": [
+            {
+                "pluginName": "cdk-validator-cfnguard",
+                "conclusion": "success",
+                "violations": [violation | {"severity": "error", "violatingConstructs": [{"constructPath": "S/Sub"}]}],
+            },
+            {
+                "pluginName": "CloudFormation Validate",
+                "conclusion": "success",
+                "violations": [
+                    {
+                        "ruleName": "F0001",
+                        "description": "x",
+                        "severity": "warning",
+                        "violatingConstructs": [{"constructPath": "S"}],
+                    }
+                ],
+            },
+        ]
+    }
+
+    class OnlyReports:
+        outdir = str(tmp_path)
+
+        def synth(self):
+            (tmp_path / "validation-report.json").write_text(json.dumps(report))
+            return SimpleNamespace(stacks_recursively=[])
+
+    with pytest.raises(SystemExit) as exit_:
+        synth_or_exit(OnlyReports())  # type: ignore[arg-type]
+    assert exit_.value.code == 1
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")] == [
+        "error: S/Sub: subnet_auto_assign_public_ip_disabled_check: [CT.EC2.PR.11] public IPs (cdk-validator-cfnguard)"
+    ]
+
+
 def test_synth_or_exit_returns_the_assembly_of_a_clean_app(tmp_path):
     app = cdk.App(outdir=str(tmp_path / "out"))
     cdk.Annotations.of(cdk.Stack(app, "Clean")).add_warning("a warning is no finding")
