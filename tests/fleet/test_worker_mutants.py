@@ -288,7 +288,7 @@ def test_a_delivery_that_cannot_look_its_task_up_is_released_after_the_retry_del
     worker, s3, runs = Worker(), Markers(), list[Any]()
     s3.down = True
     tasks = runner(worker, DeliveryLimits(30, 4, 3), s3, runs)
-    redelivery = Held({"MessageId": "m1", "ReceiptHandle": "r1", "Body": "{}"}, "r1", 2, "t1", 1)
+    redelivery = delivery(1, 2)
     worker.hold(redelivery)
     tasks._process(redelivery, {})
     assert s3.gets == 5 and runs == [], "looked up again while held, 4 times, before it is let go"
@@ -300,7 +300,7 @@ def test_a_look_up_failing_once_is_tried_again_on_the_same_delivery():
     worker, s3, runs = Worker(), Markers(), list[Any]()
     s3.down = True
     tasks = runner(worker, DeliveryLimits(30, 6, 3), s3, runs)
-    redelivery = Held({"MessageId": "m1", "ReceiptHandle": "r1", "Body": "{}"}, "r1", 2, "t1", 1)
+    redelivery = delivery(1, 2)
     worker.hold(redelivery)
     s3.fail_once = True
     tasks._process(redelivery, {})
