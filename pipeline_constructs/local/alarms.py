@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline_constructs.local.resolver import ACCOUNT, PARTITION
+from pipeline_constructs.local.resolver import PARTITION
 from pipeline_constructs.local.resource_policies import DeliveryDenial, Sender, alarm_sender
 from pipeline_constructs.local.triggers import Triggers
 
@@ -92,7 +92,7 @@ def _notification(name: str, arn: str, props: dict[str, Any]) -> dict[str, Any]:
     return {
         "AlarmName": name,
         "AlarmDescription": props.get("AlarmDescription"),
-        "AWSAccountId": ACCOUNT,
+        "AWSAccountId": arn.split(":")[4],
         "NewStateValue": "ALARM",
         "NewStateReason": "Set to ALARM by the local run, to prove its notification is delivered",
         "StateChangeTime": now,

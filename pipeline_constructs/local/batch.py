@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pipeline_constructs.local import serve_in_background
-from pipeline_constructs.local.resolver import ACCOUNT
+from pipeline_constructs.local.resolver import DEFAULT_ACCOUNT
 
 TERMINAL = ("SUCCEEDED", "FAILED")
 
@@ -124,8 +124,9 @@ class LocalJob:
 
     @property
     def arn(self) -> str:
-        region = self.queue.split(":")[3] if self.queue.startswith("arn:") else "us-east-1"
-        return f"arn:aws:batch:{region}:{ACCOUNT}:job/{self.job_id}"
+        # The queue's region and account (a job runs where its queue is).
+        _, _, _, region, account, *_ = self.queue.split(":") if self.queue.startswith("arn:") else [""] * 5 + [""]
+        return f"arn:aws:batch:{region or 'us-east-1'}:{account or DEFAULT_ACCOUNT}:job/{self.job_id}"
 
     def detail(self) -> dict[str, Any]:
         environment = [{"name": k, "value": v} for k, v in (self.definition.environment | self.environment).items()]
@@ -364,7 +365,7 @@ class LocalBatch:
                 "id": str(uuid.uuid4()),
                 "detail-type": "Batch Job State Change",
                 "source": "aws.batch",
-                "account": ACCOUNT,
+                "account": job.arn.split(":")[4],
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "region": self.region,
                 "resources": [job.arn],

@@ -334,7 +334,8 @@ def _run(pipeline: LocalPipeline, args: argparse.Namespace, console: Console, st
     pipeline.start()
     pipeline.write_state(Path(args.state_file))
     console.print(
-        f"[bold]{pipeline.stack.name}[/] up on {pipeline.clients.endpoint}: {len(pipeline.functions)} function(s), "
+        f"[bold]{pipeline.stack.name}[/] up on {pipeline.clients.endpoint} (account {pipeline.resolver.account}, "
+        f"region {pipeline.resolver.region}): {len(pipeline.functions)} function(s), "
         f"{len(pipeline.batch.definitions) if pipeline.batch else 0} job definition(s), "
         f"{len(pipeline.fleets)} fleet(s), schedules: {', '.join(pipeline.schedule_names()) or 'none'}"
     )

@@ -12,7 +12,6 @@ import boto3
 from botocore.config import Config
 
 from pipeline_constructs.local.iam import ADMIN_KEY
-from pipeline_constructs.local.resolver import ACCOUNT
 
 
 class EmulatorClients:
@@ -37,7 +36,8 @@ class EmulatorClients:
 
     def queue_url_of_arn(self, arn: str) -> str:
         """The emulator's URL of the queue whose ARN is ``arn``."""
-        return f"{self.endpoint}/{ACCOUNT}/{arn.rsplit(':', 1)[-1]}"
+        _, _, _, _, account, name = arn.split(":", 5)
+        return f"{self.endpoint}/{account}/{name}"
 
     def queue_depth(self, url: str) -> tuple[int, int]:
         """(visible, in flight) messages of the queue at ``url``."""

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pipeline_constructs.local.proxy import FaultProxy
-from pipeline_constructs.local.resolver import ACCOUNT, PARTITION, Resolver
+from pipeline_constructs.local.resolver import PARTITION, Resolver
 
 #: The access key of a process that runs as no role at all (a job definition without a job role).
 NO_ROLE = "NoRole"
@@ -269,12 +269,12 @@ def principal_and_service(headers: Any) -> tuple[str, str] | None:
 
 
 def authorizations(
-    service: str, method: str, path: str, headers: Any, body: bytes, region: str
+    service: str, method: str, path: str, headers: Any, body: bytes, region: str, account: str
 ) -> tuple[str, list[Authorization]]:
-    """(the call as ``service:Operation``, the authorizations it needs)."""
+    """(the call as ``service:Operation``, the authorizations it needs), in ``region`` of ``account``."""
 
     def arn(svc: str, resource: str) -> str:
-        return f"arn:{PARTITION}:{svc}:{region}:{ACCOUNT}:{resource}"
+        return f"arn:{PARTITION}:{svc}:{region}:{account}:{resource}"
 
     parts = urlsplit(path)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -470,7 +470,7 @@ class AccessChecker:
     def __init__(self, template: dict[str, Any], resolver: Resolver, region: str) -> None:
         self.policies = RolePolicies(template, resolver)
         self.keys = DataKeys(template, resolver)
-        self.region = region
+        self.region, self.account = region, resolver.account
         self.denials: list[Denial] = []
         #: Allowed calls by role (logical id): which components the check saw at work.
         self.allowed: Counter[str] = Counter()
@@ -489,7 +489,7 @@ class AccessChecker:
         if signed is None or signed[0] == ADMIN_KEY:
             return None
         key, service = signed
-        call, needed = authorizations(service, method, path, headers, body, self.region)
+        call, needed = authorizations(service, method, path, headers, body, self.region, self.account)
         needed = needed + [implied for request in needed for implied in self.keys.implied(request)]
         principal = self.policies.paths.get(key, "a process with no role")
         for request in needed:

@@ -6,7 +6,6 @@ gives them; the stacks the run's stack imports from get theirs first. The comput
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from collections import Counter
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_constructs.local.clients import EmulatorClients
-from pipeline_constructs.local.resolver import ACCOUNT, Resolver
+from pipeline_constructs.local.resolver import DEFAULT_ACCOUNT, Resolver
 from pipeline_constructs.ops.assembly import CDK_PATH_METADATA, SynthesizedStack
 
 #: Resource kinds the local run creates or runs; everything else is control plane (IAM, VPC, alarms...).
@@ -58,15 +57,24 @@ def count_not_emulated(stack: SynthesizedStack, *, iam_check: bool) -> Counter[s
     return Counter(resource["Type"] for resource in stack.resources.values() if resource["Type"] not in emulated)
 
 
-def in_local_account(stack: SynthesizedStack) -> SynthesizedStack:
-    """The stack as the local run sees it: the account its environment names (``aws://111111111111/...``)
-    mapped to the emulator's wherever the template spells it out, so the ARNs the CDK wrote literally (a
-    policy's ``arn:aws:ssm:...:111111111111:parameter/...``) and those the run resolves agree."""
+def stack_account(stack: SynthesizedStack) -> str:
+    """The account the stack's environment names (``aws://111111111111/eu-west-1``), which the local run uses
+    as it is; an environment-agnostic stack's is the emulator's default."""
     account = stack.environment.removeprefix("aws://").split("/", 1)[0]
-    if not re.fullmatch(r"[0-9]{12}", account) or account == ACCOUNT:
-        return stack
-    mapped = re.sub(rf"(?<![0-9]){account}(?![0-9])", ACCOUNT, json.dumps(stack.template))
-    return dataclasses.replace(stack, template=json.loads(mapped))
+    return account if re.fullmatch(r"[0-9]{12}", account) else DEFAULT_ACCOUNT
+
+
+def run_account(stack: SynthesizedStack, producers: Sequence[SynthesizedStack]) -> str:
+    """The one account of a local run: ``stack``'s, which every stack it imports from must share (an export
+    is imported only within its account on AWS, too)."""
+    account = stack_account(stack)
+    for producer in producers:
+        if stack_account(producer) != account:
+            raise ValueError(
+                f"{stack.name} (account {account}) imports from {producer.name} (account "
+                f"{stack_account(producer)}): Fn::ImportValue works only within one account and region"
+            )
+    return account
 
 
 def cdk_path(stack: SynthesizedStack, logical_id: str) -> str:
@@ -91,11 +99,11 @@ def stack_resolvers(
     stack: SynthesizedStack, producers: Sequence[SynthesizedStack], *, region: str, endpoint: str, run_id: str
 ) -> list[tuple[SynthesizedStack, Resolver]]:
     """(stack, its resolver) of each producer in the order given, then of ``stack``: each resolves
-    ``Fn::ImportValue`` with the exports of the stacks before it; each stack in the emulator's account
-    (:func:`in_local_account`)."""
+    ``Fn::ImportValue`` with the exports of the stacks before it; all in the run's account (:func:`run_account`)."""
+    account = run_account(stack, producers)
     exports: dict[str, Any] = {}
     resolvers = []
-    for each in map(in_local_account, [*producers, stack]):
+    for each in [*producers, stack]:
         resolver = Resolver(
             each.template,
             stack_name=each.name,
@@ -103,6 +111,7 @@ def stack_resolvers(
             queue_url_base=endpoint,
             run_id=run_id,
             imports=dict(exports),
+            account=account,
         )
         exports |= resolver.exports()
         resolvers.append((each, resolver))

@@ -108,11 +108,15 @@ class FaultProxy(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, upstream: str, *, authorize: Authorize | None = None) -> None:
+    def __init__(
+        self, upstream: str, *, authorize: Authorize | None = None, upstream_headers: dict[str, str] | None = None
+    ) -> None:
         """``authorize(method, path, headers, body)`` may answer a request itself (an AccessDenied) instead
-        of forwarding it: the local run's IAM check."""
+        of forwarding it: the local run's IAM check. ``upstream_headers`` are added to every forwarded
+        request (the account the emulator serves it in)."""
         self.rules: list[Rule] = []
         self.authorize = authorize
+        self.upstream_headers = upstream_headers or {}
         self._upstream = threading.local()
         self.last_call = ""
         self._lock = threading.Lock()
@@ -200,6 +204,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["Content-Length"] = str(len(body))
+        headers |= proxy.upstream_headers
         status, reason, response_headers, payload = proxy.forward(self.command, self.path, body, headers)
         if rule is not None and rule.when == "after":
             rule.run_action()

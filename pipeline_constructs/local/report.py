@@ -36,6 +36,8 @@ def run_result(pipeline: LocalPipeline) -> dict[str, Any]:
     deliveries = delivery_result(pipeline.policies)
     return {
         "ok": all_completed(jobs, fleets, failures, drained, denied=iam["denied"] + deliveries["denied"]),
+        "account": pipeline.resolver.account,
+        "region": pipeline.resolver.region,
         "jobs": jobs,
         "fleets": fleets,
         "functions": functions,
@@ -87,6 +89,7 @@ def batch_jobs(batch: LocalBatch | None) -> list[dict[str, Any]]:
             jobs.append(
                 {
                     "name": job.name,
+                    "arn": job.arn,
                     "step": environment.get("PIPELINE_STEP", job.definition.name),
                     "status": job.status,
                     "attempts": len(job.attempts),

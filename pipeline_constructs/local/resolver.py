@@ -11,7 +11,8 @@ import base64
 import re
 from typing import Any
 
-ACCOUNT = "123456789012"
+#: The account of a stack that names none (an environment-agnostic one): moto's default.
+DEFAULT_ACCOUNT = "123456789012"
 PARTITION = "aws"
 URL_SUFFIX = "amazonaws.com"
 
@@ -35,8 +36,11 @@ class Resolver:
         queue_url_base: str,
         run_id: str = "",
         imports: dict[str, Any] | None = None,
+        account: str = DEFAULT_ACCOUNT,
     ) -> None:
-        """``imports``: the values of other stacks' exports, by export name, for ``Fn::ImportValue``."""
+        """``imports``: the values of other stacks' exports, by export name, for ``Fn::ImportValue``;
+        ``account``: the stack's own (``AWS::AccountId`` and every ARN), as on AWS."""
+        self.account = account
         self.template = template
         self.imports = imports or {}
         # Names carry the run id, so several runs can share one emulator without colliding.
@@ -89,14 +93,14 @@ class Resolver:
         return name
 
     def arn(self, service: str, resource: str, *, region: bool = True, account: bool = True) -> str:
-        return f"arn:{PARTITION}:{service}:{self.region if region else ''}:{ACCOUNT if account else ''}:{resource}"
+        return f"arn:{PARTITION}:{service}:{self.region if region else ''}:{self.account if account else ''}:{resource}"
 
     def ref(self, logical_id: str) -> str:
         if logical_id in self.parameters:
             return str(self.parameters[logical_id])
         pseudo = {
             "AWS::Region": self.region,
-            "AWS::AccountId": ACCOUNT,
+            "AWS::AccountId": self.account,
             "AWS::Partition": PARTITION,
             "AWS::URLSuffix": URL_SUFFIX,
             # With the run id, like every name: runs sharing an emulator keep apart what the stack names.
@@ -111,7 +115,7 @@ class Resolver:
         kind = self.resources[logical_id]["Type"]
         name = self.physical_name(logical_id)
         if kind == "AWS::SQS::Queue":
-            return f"{self.queue_url_base}/{ACCOUNT}/{name}"
+            return f"{self.queue_url_base}/{self.account}/{name}"
         if kind == "AWS::SNS::Topic":
             return self.arn("sns", name)
         if kind == "AWS::Batch::JobQueue":

@@ -34,7 +34,7 @@ from pipeline_constructs.local.iam import (
     decide,
 )
 from pipeline_constructs.local.provisioning import cdk_path
-from pipeline_constructs.local.resolver import ACCOUNT, PARTITION, Resolver
+from pipeline_constructs.local.resolver import PARTITION, Resolver
 from pipeline_constructs.ops.assembly import SynthesizedStack
 
 #: What a delivery to each kind of target is authorized as, and the encryption context its service sets.
@@ -202,7 +202,7 @@ class ResourcePolicies:
         resource = ":".join(target.split(":")[:7]) if service == "lambda" else target
         source = {
             "aws:SourceArn": sender.source_arn,
-            "aws:SourceAccount": ACCOUNT,
+            "aws:SourceAccount": self.resolver.account,
             "aws:SecureTransport": "true",  # services deliver over TLS
             "aws:PrincipalIsAWSService": "true",
             "aws:PrincipalServiceName": sender.service,

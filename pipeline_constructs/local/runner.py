@@ -35,10 +35,12 @@ from pipeline_constructs.local.provisioning import (
     count_not_emulated,
     create_data_resources,
     create_parameters,
+    run_account,
     stack_resolvers,
 )
+from pipeline_constructs.local.proxy import FaultProxy
 from pipeline_constructs.local.report import run_result
-from pipeline_constructs.local.resolver import Resolver
+from pipeline_constructs.local.resolver import DEFAULT_ACCOUNT, Resolver
 from pipeline_constructs.local.resource_policies import ResourcePolicies, configured_deliveries
 from pipeline_constructs.local.triggers import Schedule, Triggers
 from pipeline_constructs.ops.assembly import SynthesizedStack
@@ -46,6 +48,17 @@ from pipeline_constructs.ops.operator import task_files
 
 # LocalPipeline, and what this module held before the local run was split (code that imported them from here).
 __all__ = ["EMULATED", "IAM_CHECKED", "Faults", "LocalPipeline", "sample_feed"]
+
+
+#: The header that names the account moto serves a request in (its default is :data:`.DEFAULT_ACCOUNT`).
+MOTO_ACCOUNT_HEADER = "x-moto-account-id"
+
+
+def account_front(endpoint: str, account: str) -> FaultProxy | None:
+    """A proxy in front of the emulator at ``endpoint`` that has it serve every request in ``account``, so
+    the run's own calls, its processes' and ``--local`` CLI calls all land in the stack's account; None for
+    the emulator's default account."""
+    return None if account == DEFAULT_ACCOUNT else FaultProxy(endpoint, upstream_headers={MOTO_ACCOUNT_HEADER: account})
 
 
 def _policy_gates(stack: SynthesizedStack, resolver: Resolver, region: str) -> tuple[IamGate, ResourcePolicies]:
@@ -88,15 +101,15 @@ class LocalPipeline:
         self.workers_per_fleet, self.visibility_timeout = workers_per_fleet, visibility_timeout
         self.faults, self.rng = faults or Faults(), random.Random(seed)
         self.run_id = uuid.uuid4().hex[:6]
-        #: (stack, its resolver) of every stack this one imports from, then of this one.
+        self.front = account_front(endpoint, run_account(stack, producers))
+        endpoint = self.front.endpoint if self.front is not None else endpoint
         self.stacks = stack_resolvers(stack, producers, region=region, endpoint=endpoint, run_id=self.run_id)
-        self.stack, self.resolver = self.stacks[-1]
-        stack = self.stack  # in the emulator's account (:func:`.in_local_account`)
+        self.stack, self.resolver = self.stacks[-1]  # after those of the stacks it imports from
         self.clients = EmulatorClients(endpoint, region)
         self.iam: IamGate | None = None
         self.policies: ResourcePolicies | None = None
         if iam_check:
-            self.iam, self.policies = _policy_gates(stack, self.resolver, region)
+            self.iam, self.policies = _policy_gates(self.stack, self.resolver, region)
         self.not_emulated = count_not_emulated(stack, iam_check=iam_check)
         self.compute = LocalCompute(
             stack,
@@ -188,6 +201,8 @@ class LocalPipeline:
         self.compute.stop()
         if self.iam is not None:
             self.iam.close()
+        if self.front is not None:
+            self.front.close()
 
     # ------------------------------------------------------------------ work
 

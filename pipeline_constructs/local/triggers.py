@@ -20,7 +20,7 @@ from pipeline_constructs.local.cron import UnsupportedSchedule, due
 from pipeline_constructs.local.events import LocalEventBus, LocalRule, Target
 from pipeline_constructs.local.lambdas import LocalFunction
 from pipeline_constructs.local.provisioning import cdk_path
-from pipeline_constructs.local.resolver import ACCOUNT, Resolver
+from pipeline_constructs.local.resolver import Resolver
 from pipeline_constructs.local.resource_policies import (
     ResourcePolicies,
     rule_sender,
@@ -254,19 +254,19 @@ class Triggers:
             except ValueError:
                 payload = text
         else:
-            payload = schedule.target.payload(_scheduled_event(stamp, self.clients.region))
+            payload = schedule.target.payload(_scheduled_event(stamp, self.clients.region, self.resolver.account))
         schedule.fired += 1
         self.deliver(schedule.target, payload)
 
 
-def _scheduled_event(stamp: str, region: str) -> dict[str, Any]:
+def _scheduled_event(stamp: str, region: str, account: str) -> dict[str, Any]:
     """The event a scheduled rule sends its targets."""
     return {
         "version": "0",
         "id": str(uuid.uuid4()),
         "detail-type": "Scheduled Event",
         "source": "aws.events",
-        "account": ACCOUNT,
+        "account": account,
         "time": stamp,
         "region": region,
         "resources": [],

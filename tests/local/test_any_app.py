@@ -162,6 +162,9 @@ def test_an_app_with_an_explicit_account_runs_its_schedule_and_chain(user_run):
     # The glue read its chain's parameters (ssm:GetParametersByPath on the stack's own account) and started it.
     assert result["iam"]["denied"] == [] and result["deliveries"]["denied"] == []
     assert [j["step"] for j in result["jobs"]] == ["fetch", "render"]
+    # In the account and region the app names, as they are: its jobs' ARNs and the resources the run made.
+    assert (result["account"], result["region"]) == (ACCOUNT, "eu-west-1")
+    assert all(j["arn"].startswith(f"arn:aws:batch:eu-west-1:{ACCOUNT}:job/") for j in result["jobs"])
 
 
 def test_the_users_own_inputs_are_done_by_workers_with_their_locked_requirements(user_run):

@@ -17,6 +17,7 @@ from pipeline_constructs.local.iam import (
 from pipeline_constructs.local.resolver import Resolver, UnresolvableError
 
 REGION = "us-east-1"
+ACCOUNT = "123456789012"
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:tasks"
 QUEUE_URL = "http://127.0.0.1:5000/123456789012/tasks"
 
@@ -147,6 +148,7 @@ def test_a_transaction_is_authorized_item_by_item():
             {"TransactItems": [{"Put": {"TableName": "status"}}, {"ConditionCheck": {"TableName": "guards"}}]}
         ).encode(),
         REGION,
+        ACCOUNT,
     )
     assert call == "dynamodb:TransactWriteItems"
     assert [(a.action, a.resource.rsplit("/", 1)[-1]) for a in needed] == [
@@ -390,7 +392,8 @@ def test_a_transaction_needs_the_action_of_each_kind_of_item():
         fields = {"TransactItems": [{kind: {"TableName": "t"}} for kind in kinds]}
         target = {"X-Amz-Target": f"DynamoDB_20120810.{operation}"}
         return [
-            a.action for a in authorizations("dynamodb", "POST", "/", target, json.dumps(fields).encode(), REGION)[1]
+            a.action
+            for a in authorizations("dynamodb", "POST", "/", target, json.dumps(fields).encode(), REGION, ACCOUNT)[1]
         ]
 
     assert actions("TransactWriteItems", ("Put", "Update", "Delete", "ConditionCheck")) == [
