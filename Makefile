@@ -13,6 +13,7 @@ NODE_STAMP := node_modules/.installed
 # The sample worker's wheels, downloaded from its hash-pinned lock (not kept in git: 16 MB of boto3).
 SAMPLE_WHEELS := worker_images/sqs_worker/wheels
 WHEELS_STAMP := $(SAMPLE_WHEELS)/.downloaded
+LINKED_WHEELS := worker_images/command_worker/wheels worker_images/http_worker/wheels
 ENV ?=
 # e.g. make demo DEMO_FLAGS='--kill-worker-every 4 --poison 3 --spot-notice-after 6'
 DEMO_FLAGS ?=
@@ -44,9 +45,11 @@ $(NODE_STAMP): package.json package-lock.json $(PY_STAMP)
 	$(BIN)/npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-$(WHEELS_STAMP): worker_images/sqs_worker/requirements.lock $(PY_STAMP)
+$(WHEELS_STAMP): worker_images/sqs_worker/requirements.lock worker_images/command_worker/requirements.lock worker_images/http_worker/requirements.lock $(PY_STAMP)
 	$(PYTHON) -m pip download --quiet --disable-pip-version-check --require-hashes --no-deps --only-binary=:all: \
 		-d $(SAMPLE_WHEELS) -r worker_images/sqs_worker/requirements.lock
+	@# The command and HTTP samples lock the same runtime: the same wheels, hard-linked (ignored like the first).
+	for sample in $(LINKED_WHEELS); do mkdir -p $$sample && ln -f $(SAMPLE_WHEELS)/*.whl $$sample/; done
 	@touch $@
 
 setup: $(PY_STAMP) $(NODE_STAMP) $(WHEELS_STAMP) ## Create .venv, node_modules and the sample worker's wheels (every target does this itself)

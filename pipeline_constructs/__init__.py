@@ -2,8 +2,10 @@
 
 Building blocks (secure, cheap defaults, used by every pattern):
 :class:`DataBucket`, :class:`TaskQueue`, :func:`secure_topic`, :class:`StatusStore`, :class:`PipelineNetwork`,
-:func:`pipeline_log_group`. Patterns: :class:`SpotWorkerFleet`, :class:`BatchChain` (with :class:`ChainStep`,
-:class:`ChainLink`), :class:`ScheduledTrigger`; :class:`PipelineAlarms`. An app's last line:
+:func:`pipeline_log_group`. Patterns: :class:`SpotWorkerFleet` (its task a :class:`WorkerTask`: a Python
+function, a command or a local HTTP app), :class:`BatchChain` (with :class:`ChainStep`, :class:`ChainLink`, and
+:class:`FanOut` for a step that maps over a list), :class:`ScheduledTrigger`; :class:`PipelineAlarms`,
+:class:`PipelineDashboard`. An app's last line:
 :func:`synth_or_exit` (``app.synth()`` that fails on findings, as ``cdk synth`` does).
 
 One folder per component, each a construct with its own runtime: ``fleet/`` (with the worker runtime,
@@ -26,10 +28,13 @@ _moved.install()
 _EXPORTS = {
     "BatchChain": "pipeline_constructs.chain.construct",
     "ChainLink": "pipeline_constructs.chain.links",
+    "ChildFailure": "pipeline_constructs.chain.fan_out",
+    "FanOut": "pipeline_constructs.chain.fan_out",
     "ChainStep": "pipeline_constructs.chain.steps",
     "StepImage": "pipeline_constructs.chain.steps",
     "GlueFunction": "pipeline_constructs.glue.construct",
     "PipelineAlarms": "pipeline_constructs.monitoring.alarms",
+    "PipelineDashboard": "pipeline_constructs.monitoring.dashboard",
     "ScheduledTrigger": "pipeline_constructs.trigger.construct",
     "DataBucket": "pipeline_constructs.building_blocks.data_bucket",
     "PipelineNetwork": "pipeline_constructs.building_blocks.network",
@@ -37,6 +42,7 @@ _EXPORTS = {
     "StatusStore": "pipeline_constructs.building_blocks.status_store",
     "TaskQueue": "pipeline_constructs.building_blocks.task_queue",
     "WorkerDelivery": "pipeline_constructs.fleet.construct",
+    "WorkerTask": "pipeline_constructs.fleet.tasks",
     "failure_queue": "pipeline_constructs.building_blocks.task_queue",
     "pipeline_log_group": "pipeline_constructs.building_blocks.logs",
     "secure_topic": "pipeline_constructs.building_blocks.topic",

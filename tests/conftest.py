@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import gc
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ import pytest
 
 from pipeline_constructs.local import atomic_item_operations
 from pipeline_constructs.ops.assembly import SynthesizedStack, load_assembly
+from tests.support import ROOT
 from tests.support.botocore_models import MODELS
 from tests.support.example_app import synth_example
 
@@ -23,10 +26,6 @@ if TYPE_CHECKING:
 
 #: Every process of the run makes its temporary files in one folder, removed when the run ends.
 pytest_plugins = ("tests.support.temp_root",)
-
-
-#: The example app this process synthesized for the shared assembly, if it was this process.
-_synthesized_here: dict[str, Any] = {}
 
 
 def _shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -46,17 +45,9 @@ def example_outdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not outdir.exists():
             building = shared / f"example-cdk.out.{os.getpid()}"
-            _synthesized_here["app"] = synth_example(building)
+            synth_example(building)
             building.rename(outdir)  # whole or not at all, for the processes waiting on the lock
     return outdir
-
-
-@pytest.fixture(scope="session")
-def example_synth(example_outdir: Path):
-    """(app, outdir) for tests that inspect the construct tree too; synthesizes again only in a process
-    that did not make the shared assembly."""
-    app = _synthesized_here.get("app") or synth_example(example_outdir.parent / f"example-app.{os.getpid()}")
-    return app, example_outdir
 
 
 @pytest.fixture(scope="session")
@@ -217,45 +208,89 @@ def _mistake(report: Any) -> bool:
 
 # ---------------------------------------------------------------- running on several processes (pytest-xdist)
 
-#: Tests that synthesize constructs over jsii. They all run on one process, which pays Node's start-up and
-#: the aws-cdk-lib load once; spread over every process they would cost each of them that CPU.
-JSII_TESTS = (
-    "tests/chain/test_batch_chain.py",
-    "tests/building_blocks/test_building_blocks.py",
-    "tests/app/test_example_app.py",
-    "tests/app/test_control_tower.py",
-    "tests/building_blocks/test_compliance.py",
-    "tests/app/test_docstrings.py",
-    "tests/fleet/test_spot_worker_fleet.py",
-    "tests/local/test_local_run.py::test_the_local_run_follows_a_changed_example_app",
-    "tests/ops/test_operator_cli.py::test_cost_reports_a_nat_gateway_with_its_price",
-    # The flat paths of the constructs' modules import the CDK.
-    "tests/app/test_layout.py::test_a_flat_module_path_still_imports_as_its_new_module",
-    "tests/glue/test_guard_mutants.py::test_the_guards_lease_outlives_the_glue_function",
-)
-#: Modules whose tests share a module-scoped fixture too costly to build on several processes.
-SHARED_FIXTURE_MODULES = ("tests/app/test_guide.py", "tests/app/test_rule_packs.py")
-#: The longest tests start first, so none is left to run alone at the end: the worker process tests before
-#: the local runs, which wait for the example's synth (done meanwhile by the jsii tests' process).
-SLOW_FIRST = (
+#: Tests that build constructs over jsii, in a few units of work, each run by one process: a process pays Node's
+#: start-up and the aws-cdk-lib load (about 2 s of CPU) once for its unit. One unit of them all would be the
+#: run's longest chain of work (40 s of CPU); spread test by test they would cost every process that load.
+JSII_UNITS = {
+    # First the tests of the example's shared assembly: its process synthesizes it, while the others wait.
+    "jsii: the example app": (
+        "tests/app/test_control_tower.py",
+        "tests/app/test_example_app.py",
+        "tests/building_blocks/test_compliance.py",
+        "tests/app/test_docstrings.py",
+        "tests/local/test_local_run.py::test_the_local_run_follows_a_changed_example_app",
+        "tests/ops/test_operator_cli.py::test_cost_reports_a_nat_gateway_with_its_price",
+        # The flat paths of the constructs' modules import the CDK.
+        "tests/app/test_layout.py::test_a_flat_module_path_still_imports_as_its_new_module",
+        "tests/glue/test_guard_mutants.py::test_the_guards_lease_outlives_the_glue_function",
+    ),
+    "jsii: chains": ("tests/chain/test_batch_chain.py",),
+    "jsii: building blocks and fleets": (
+        "tests/building_blocks/test_building_blocks.py",
+        "tests/fleet/test_spot_worker_fleet.py",
+    ),
+    "jsii: instances and updates": (
+        "tests/fleet/test_fleet_instances.py",
+        "tests/chain/test_runnable_timeout.py",
+        "tests/chain/test_updates_arrive.py",
+    ),
+}
+#: Modules whose tests share a module-scoped fixture too costly to build on several processes: one unit each.
+SHARED_FIXTURE_MODULES = (
     "tests/app/test_guide.py",
-    "tests/fleet/test_worker_processes.py",
-    "tests/fleet/test_worker_faults.py",
-    "tests/local/test_local_run.py",
+    "tests/app/test_rule_packs.py",
+    "tests/local/test_any_app.py",
+    "tests/local/test_alarm_delivery.py",
+)
+#: Tests of those modules that use none of its shared fixtures, a unit of their own so they run beside it.
+OWN_UNIT = ("tests/app/test_guide.py::test_the_guides_app_synthesizes_with_the_cdk_cli",)
+#: The order in which work starts. First the example's synth, which most of the rest waits for, beside the
+#: worker process tests, which mostly wait and leave it the CPU; then the units of Node work, the longest first
+#: (the guide's CDK CLI), so that none is left as a long tail; then the local runs and the tests reading the
+#: example's assembly.
+START_ORDER = (
+    JSII_UNITS["jsii: the example app"],
+    ("tests/fleet/test_worker_processes.py", "tests/fleet/test_worker_faults.py"),
+    OWN_UNIT,
+    JSII_UNITS["jsii: chains"],
+    ("tests/app/test_guide.py",),
+    JSII_UNITS["jsii: building blocks and fleets"],
+    ("tests/local/test_any_app.py",),
+    JSII_UNITS["jsii: instances and updates"],
+    ("tests/local/test_local_run.py", "tests/app/test_rule_packs.py", "tests/local/test_alarm_delivery.py"),
+    ("tests/fleet/test_worker_leases.py", "tests/fleet/test_worker_acks.py"),
 )
 
 
 def _start_rank(item: pytest.Item) -> int:
-    if item.nodeid.startswith(JSII_TESTS):
-        return 0
-    for rank, prefix in enumerate(SLOW_FIRST, start=1):
-        if item.nodeid.startswith(prefix):
+    for rank, prefixes in enumerate(START_ORDER):
+        if item.nodeid.startswith(prefixes):
             return rank
-    return len(SLOW_FIRST) + 1
+    return len(START_ORDER)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_start_rank)
+
+
+@functools.cache
+def _builds_constructs(module: str) -> bool:
+    """Whether a test module JSII_UNITS does not name imports the CDK: its tests load aws-cdk-lib into the Node
+    of their process."""
+    if any(prefix.startswith(f"{module}::") for prefixes in JSII_UNITS.values() for prefix in prefixes):
+        return False  # its tests that build constructs are in a jsii unit already
+    return re.search(r"^(import|from) aws_cdk\b", (ROOT / module).read_text(), re.MULTILINE) is not None
+
+
+def _work_unit(nodeid: str) -> str:
+    for unit, prefixes in JSII_UNITS.items():
+        if nodeid.startswith(prefixes):
+            return unit
+    module = nodeid.split("::")[0]
+    if nodeid.startswith(SHARED_FIXTURE_MODULES) and not nodeid.startswith(OWN_UNIT):
+        return module
+    # A module in no jsii unit that builds constructs (a new one, say) is a unit: one process loads the CDK.
+    return module if _builds_constructs(module) else nodeid
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -268,16 +303,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any):
-    """Every test a work unit of its own, except the jsii tests (one unit, sent first: it is the largest) and
-    the tests of a module in SHARED_FIXTURE_MODULES (one unit each)."""
+    """Every test a work unit of its own, except the jsii units and the modules in SHARED_FIXTURE_MODULES;
+    units start in the order of START_ORDER (the collection's, see pytest_collection_modifyitems), not
+    largest first."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class JsiiTestsTogether(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            if nodeid.startswith(JSII_TESTS):
-                return "jsii"
-            # Tests sharing an expensive module fixture (the guide's app, synthesized in a subprocess): one
-            # unit, so it is built once, not once per process that runs one of them.
-            return nodeid.split("::")[0] if nodeid.startswith(SHARED_FIXTURE_MODULES) else nodeid
+    class UnitsInStartOrder(LoadScopeScheduling):
+        def __init__(self, config: pytest.Config, log: Any = None) -> None:
+            super().__init__(config, log)
+            config.option.loadscopereorder = False
 
-    return JsiiTestsTogether(config, log)
+        def _split_scope(self, nodeid: str) -> str:
+            return _work_unit(nodeid)
+
+    return UnitsInStartOrder(config, log)

@@ -2,7 +2,8 @@
 
 The construct ties together its steps and their job definitions (:mod:`.steps`), their job roles
 (:mod:`.permissions`), its links to the stack's glue function (:mod:`.links`) and its compute (:mod:`.compute`).
-:class:`ChainStep`, :class:`ChainLink` and :class:`StepImage` are importable from here as well.
+:class:`ChainStep`, :class:`ChainLink`, :class:`StepImage`, :class:`FanOut` and :class:`ChildFailure` are
+importable from here as well.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from pipeline_constructs.chain.compute import (
     own_job_queue,
     spot_compute_environment,
 )
+from pipeline_constructs.chain.fan_out import ChildFailure, FanOut
 from pipeline_constructs.chain.links import CLAIMS_FOLDER, LINK_VARIABLES, ChainLink, wire_links
 from pipeline_constructs.chain.permissions import grant_publish_only
 from pipeline_constructs.chain.steps import (
@@ -82,6 +84,8 @@ __all__ = [
     "BatchChain",
     "ChainLink",
     "ChainStep",
+    "ChildFailure",
+    "FanOut",
     "StepImage",
 ]
 

@@ -23,6 +23,7 @@ from pipeline_constructs.building_blocks.nag import (
     acknowledge_parliament,
     acknowledge_wildcard_resources,
 )
+from pipeline_constructs.chain.fan_out import ITEMS_FOLDER
 
 if TYPE_CHECKING:
     from pipeline_constructs.chain.construct import BatchChain
@@ -78,6 +79,7 @@ def wire_links(chain: BatchChain) -> events.Rule:
             "table": chain.table.table_name,
             "steps": steps_config,
             **({"claims": _grant_claim_checks(chain)} if has_message_link else {}),
+            **({"items": _grant_fan_out_items(chain)} if any(step.fan_out for step in chain.steps) else {}),
         },
         owner=chain,
     )
@@ -99,6 +101,8 @@ def _steps_config(chain: BatchChain) -> list[dict[str, Any]]:
         }
         if step.array_size:
             entry["arraySize"] = step.array_size
+        if step.fan_out is not None:
+            entry["fanOut"] = step.fan_out.config()
         if step.link is not None:
             # Values stay as given; the glue turns each into a string (15 -> "15") when it submits.
             entry["link"] = {"kind": step.link.kind, "environment": dict(step.link.environment)}
@@ -141,6 +145,30 @@ def _grant_claim_checks(chain: BatchChain) -> dict[str, str]:
         f"'{chain.prefix}{CLAIMS_FOLDER}' only; their keys are chain runs known at run time.",
     )
     return {"bucket": chain.bucket.bucket_name, "prefix": f"{chain.prefix}{CLAIMS_FOLDER}"}
+
+
+def _grant_fan_out_items(chain: BatchChain) -> dict[str, str]:
+    """Let the glue function store each fan-out's items under the chain's items folder (and read them back at
+    the join), and read the manifests the steps before an ``over_manifest`` fan-out write under their prefixes."""
+    items = chain.bucket.arn_for_objects(f"{chain.prefix}{ITEMS_FOLDER}*")
+    manifests = [
+        chain.bucket.arn_for_objects(f"{chain.prefix}{chain.steps[index - 1].name}/*")
+        for index, step in enumerate(chain.steps)
+        if step.fan_out is not None and step.fan_out.source == "manifest"
+    ]
+    statements = [iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[items])]
+    if manifests:
+        statements.append(iam.PolicyStatement(actions=["s3:GetObject"], resources=manifests))
+    if chain.bucket.encryption_key is not None:
+        grant_data_key_use(chain.bucket.encryption_key, chain.glue.role)
+    for statement in statements:
+        acknowledge_wildcard_resources(
+            chain.glue.add_to_chain_policy(statement, owner=chain.bucket),
+            statement.resources,
+            f"The items of {chain.chain_name}'s fan-out steps, under '{chain.prefix}{ITEMS_FOLDER}' only, and the "
+            "manifests the steps before them write under their own prefixes; keys are chain runs known at run time.",
+        )
+    return {"bucket": chain.bucket.bucket_name, "prefix": f"{chain.prefix}{ITEMS_FOLDER}"}
 
 
 def _subscribe_glue(chain: BatchChain) -> None:

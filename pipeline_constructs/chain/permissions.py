@@ -9,6 +9,7 @@ from aws_cdk import aws_iam as iam
 
 from pipeline_constructs.building_blocks.compliance import grant_data_key_use
 from pipeline_constructs.building_blocks.nag import acknowledge_wildcard_resources
+from pipeline_constructs.chain.fan_out import ITEMS_FOLDER
 from pipeline_constructs.chain.links import CLAIMS_FOLDER, is_message_link
 
 if TYPE_CHECKING:
@@ -27,9 +28,13 @@ def step_job_role(chain: BatchChain, index: int, step: ChainStep) -> iam.Role:
     bucket, prefix = chain.bucket, chain.prefix
     sources = _read_sources(chain, index, step)
     readable = [bucket.arn_for_objects(f"{prefix}{name}/*") for name in sources]
-    if index and is_message_link(chain.steps[index - 1].link):
-        # A message too large for SubmitJob arrives as a claim check (DOWNLOAD_MESSAGE_S3).
+    if index and (is_message_link(chain.steps[index - 1].link) or chain.steps[index - 1].fan_out is not None):
+        # A message too large for SubmitJob (a join's list of items too) arrives as a claim check
+        # (DOWNLOAD_MESSAGE_S3).
         readable.append(bucket.arn_for_objects(f"{prefix}{CLAIMS_FOLDER}*/{step.name}.json"))
+    if step.fan_out is not None:
+        # Each child reads its item from the fan-out's items object (PIPELINE_ITEMS).
+        readable.append(bucket.arn_for_objects(f"{prefix}{ITEMS_FOLDER}*/{step.name}.json"))
     own = bucket.arn_for_objects(f"{prefix}{step.name}/*")
     role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:GetObject", "s3:PutObject"], resources=[own]))
     if readable:

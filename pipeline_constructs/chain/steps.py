@@ -24,6 +24,7 @@ from pipeline_constructs.building_blocks.validation import (
     check_memory_mib,
     check_range,
 )
+from pipeline_constructs.chain.fan_out import FanOut, check_fan_out
 from pipeline_constructs.chain.links import LINK_VARIABLES, ChainLink, is_message_link
 from pipeline_constructs.chain.permissions import step_job_role
 
@@ -61,7 +62,10 @@ class ChainStep:
     :param timeout: per attempt. Default: 1 hour. Range: at least 60 seconds.
     :param attempts: tries in all; spot reclaims and host errors are retried, application errors are not.
         Default: 3. Range: 1 to 10.
-    :param array_size: run as an array job of this many children (fan-out). Default: None. Range: 2 to 10000.
+    :param array_size: run as an array job of this many children, known at synth. Default: None. Range: 2 to 10000.
+    :param fan_out: map over a list known at run time (:class:`FanOut`): one array child per item of the previous
+        step's message or of the manifest it names; the next step (the join) starts once every child finished.
+        ``timeout`` and ``attempts`` apply to each child. Default: None (one job).
     :param link: how this step starts the next one. Default: None (required on every step but the last).
     :param reads_from: steps whose S3 prefixes this step may read. Default: the previous step.
     :param consumes: a queue this step drains (e.g. a fleet's downstream queue); the job role may receive,
@@ -86,6 +90,7 @@ class ChainStep:
     reads_from: Sequence[str] | None = None
     consumes: sqs.IQueue | None = None
     feeds: SpotWorkerFleet | None = None
+    fan_out: FanOut | None = None
 
 
 class StepImage:
@@ -177,6 +182,7 @@ def check_steps(scope: Construct, steps: Sequence[ChainStep], *, max_vcpus: int 
             raise argument_error(scope, f"{at}.link", None, "ChainLink.message() or ChainLink.on_success()")
         if step.link is not None and step.link.kind not in ("message", "success"):
             raise argument_error(scope, f"{at}.link.kind", step.link.kind, "message, success")
+        check_fan_out(scope, steps, index)
         if step.feeds is not None and not hasattr(step.feeds, "grant_wake"):
             raise argument_error(scope, f"{at}.feeds", type(step.feeds).__name__, "a SpotWorkerFleet")
         for source in step.reads_from or []:

@@ -75,7 +75,7 @@ def worker_environment(fleet: SpotWorkerFleet, environment: Mapping[str, str] | 
     variables = {
         "AWS_REGION": Aws.REGION,
         "PIPELINE_QUEUE_URL": fleet.queue.queue_url,
-        "PIPELINE_TASK": fleet.task,
+        **fleet.task_variables,
         "PIPELINE_BUCKET": fleet.bucket.bucket_name,
         "PIPELINE_PREFIX": fleet.prefix,
         "PIPELINE_TABLE": fleet.table.table_name,

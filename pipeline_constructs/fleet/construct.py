@@ -22,7 +22,7 @@ from pipeline_constructs.building_blocks.manifest import PipelineManifest
 from pipeline_constructs.building_blocks.network import NETWORK_HINT, PipelineNetwork
 from pipeline_constructs.building_blocks.status_store import StatusStore
 from pipeline_constructs.building_blocks.task_queue import TaskQueue
-from pipeline_constructs.building_blocks.validation import check_is_instance, check_task_function, claim_prefix
+from pipeline_constructs.building_blocks.validation import check_is_instance, claim_prefix
 from pipeline_constructs.fleet.boot import WorkerDelivery, worker_environment, worker_user_data
 from pipeline_constructs.fleet.instances import instance_role, worker_group, worker_launch_template
 from pipeline_constructs.fleet.options import (
@@ -36,6 +36,7 @@ from pipeline_constructs.fleet.options import (
 )
 from pipeline_constructs.fleet.permissions import grant_read_outputs, grant_submit, grant_wake, grant_worker_permissions
 from pipeline_constructs.fleet.scaling import add_backlog_scaling, add_drain_hook, add_wake_check
+from pipeline_constructs.fleet.tasks import WorkerTask, worker_task_of
 from pipeline_constructs.fleet.worker.config import SPARE_DELIVERIES
 
 # The instance type defaults and is_graviton live in .options now; they still import from here.
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_X86_INSTANCE_TYPES",
     "SpotWorkerFleet",
     "WorkerDelivery",
+    "WorkerTask",
     "is_graviton",
 ]
 
@@ -54,7 +56,9 @@ class SpotWorkerFleet(Construct):
     :param worker_directory: directory with the task code (e.g. ``worker_images/sqs_worker``), its
         ``requirements.lock`` (every package, pinned with hashes) and ``wheels/`` (checked at synth), and, for
         container delivery, its ``Dockerfile``.
-    :param task: the task function, ``module:function`` inside ``worker_directory``.
+    :param task: what runs per task: a :class:`WorkerTask` (a Python function, a command in any language, or
+        a local HTTP app in the manner of Elastic Beanstalk's worker tier), or a task function's
+        ``module:function`` inside ``worker_directory`` (``WorkerTask.function``).
     :param network: where instances run. Default: a new :class:`PipelineNetwork` (public subnets, no NAT).
     :param queue: task queue to consume. Default: a new :class:`TaskQueue` with a DLQ. A queue of your own
         keeps its redrive policy: with ``maxReceiveCount`` N a task gets N - 1 attempts, and the last
@@ -110,7 +114,7 @@ class SpotWorkerFleet(Construct):
         construct_id: str,
         *,
         worker_directory: str | Path,
-        task: str,
+        task: str | WorkerTask,
         network: PipelineNetwork | None = None,
         queue: sqs.IQueue | None = None,
         dead_letter_queue: sqs.IQueue | None = None,
@@ -142,9 +146,9 @@ class SpotWorkerFleet(Construct):
         # The options become attributes, defaults resolved; most are checked here, before anything is made.
         self.detailed_monitoring = compliance_profile(self) if detailed_monitoring is None else detailed_monitoring
         self.worker_directory = Path(worker_directory).resolve()
-        self.task = task
+        self.task = worker_task_of(task)
         self.task_timeout, self.visibility_timeout = timeouts_or_default(self, task_timeout, visibility_timeout)
-        check_task_function(self, self.worker_directory, task)
+        self.task_variables = self.task.bind(self)
         self.delivery = delivery
         self.architecture = architecture
         self.instance_types = instance_types_or_default(instance_types, architecture)
@@ -223,6 +227,9 @@ class SpotWorkerFleet(Construct):
                 "prefix": self.prefix,
                 "table": self.table.table_name,
                 "group": self.auto_scaling_group.auto_scaling_group_name,
+                # What `pipeline report` prices the fleet's instance-hours at.
+                "instanceTypes": list(self.instance_types),
+                **({"concurrency": self.concurrency} if self.concurrency is not None else {}),
             },
         )
 

@@ -12,6 +12,11 @@ It takes three kinds of event and submits AWS Batch jobs for them:
 - an EventBridge "Batch Job State Change": recorded in the status store (run tracking), and on SUCCEEDED
   a *success link* submits the next step with ``PREVIOUS_JOB_ID``.
 
+A *fan-out* step (``"fanOut"`` in its configuration) is submitted as ONE array job over the list its message
+holds or names (a manifest in S3), stored first as the run's items object (``PIPELINE_ITEMS``); its join, the
+next step, is submitted at the array parent's terminal event with the children's items in ``DOWNLOAD_MESSAGE``
+(:class:`FanOutSteps`).
+
 And two for worker fleets: ``{"enqueue": {"queue": "<url>", "body": "<text>", "group": "<name>",
 "inputPrefix"?: "<fleet prefix>input/", "taskPerFiring"?: true}, "scheduledTime": "..."}`` from a
 ``ScheduledTrigger(fleet=...)`` sends one task per firing, once (:class:`EnqueueGuard`), and starts the fleet
@@ -32,8 +37,11 @@ and one Parameter Store parameter per chain under ``chainsPath`` (``<chainsPath>
 
     {"jobQueue": "<arn>", "topicArn": "<arn>"|null, "table": "<name>"|null,
      "claims"?: {"bucket": "<name>", "prefix": "<chain prefix>_messages/"},
+     "items"?: {"bucket": "<name>", "prefix": "<chain prefix>_items/"},
      "steps": [{"name", "jobDefinition", "arraySize"?, "link"?: {"kind": "message"|"success",
-                "environment": {...}}, "wakes"?: "<Auto Scaling group>"}]}
+                "environment": {...}}, "wakes"?: "<Auto Scaling group>",
+                "fanOut"?: {"source": "message"|"manifest", "field": "<key>"|null,
+                            "onChildFailure": "fail_run"|"continue", "maxItems": <n>}}]}
 
 (``GLUE_CONFIG`` may also hold ``"chains": {"<chain>": {...}}`` itself, as the tests give it.)
 """
@@ -423,6 +431,8 @@ def job_facts(event: dict[str, Any], config: dict[str, Any]) -> dict[str, Any] |
                     "stuck": stuck_reason(str(detail.get("statusReason") or "")),
                     "run": environment.get("PIPELINE_CHAIN_RUN") or job_id,
                     "array_child": ":" in job_id,
+                    "array_size": int((detail.get("arrayProperties") or {}).get("size") or 0),
+                    "environment": environment,
                     "timestamps": {k: detail[k] for k in ("createdAt", "startedAt", "stoppedAt") if k in detail},
                     "attempts": len(detail.get("attempts") or []),
                 }
@@ -435,6 +445,8 @@ def from_success(facts: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     link = chain["steps"][index].get("link") or {}
     if facts["status"] != "SUCCEEDED" or facts["array_child"] or link.get("kind") != "success":
         return None
+    if chain["steps"][index].get("fanOut"):
+        return None  # its join starts from the fan-in (FanOutSteps.fan_in), with the children's items
     if index + 1 >= len(chain["steps"]):
         return None
     following = chain["steps"][index + 1]["name"]
@@ -505,6 +517,7 @@ class Glue:
         self.dynamodb = dynamodb
         self.sqs = sqs
         self.autoscaling = autoscaling
+        self.fan_outs = FanOutSteps(self)
 
     def _table(self, chain: str | None) -> Any | None:
         name = (self.config["chains"].get(chain) or {}).get("table") if chain else None
@@ -522,7 +535,9 @@ class Glue:
             return {"kind": kind, "submitted": [self.submit_once(event.get("chain"), guard, request)]}
         if kind == "sns":
             submitted = [
-                self.submit_once(chain, guard, self.claim_check(chain, request, guard.removeprefix("sns#")))
+                self.fan_outs.submit(chain, guard, request)
+                if self.fan_outs.starts_fan_out(chain, request)
+                else self.submit_once(chain, guard, self.claim_check(chain, request, guard.removeprefix("sns#")))
                 for chain, guard, request in from_sns(event, self.config)
             ]
             return {"kind": kind, "submitted": submitted}
@@ -530,9 +545,11 @@ class Glue:
         if facts is None:
             log.info("job of no chain here", extra={"jobId": event.get("detail", {}).get("jobId")})
             return {"kind": kind, "submitted": [], "unknown": True}
-        self.record(facts)
+        fan_in = self.fan_outs.fan_in(facts)
+        self.record(facts, fan_in.summary if fan_in else None)
+        log_job_metrics(facts)
         self._wake_fed_fleet(facts)
-        successor = from_success(facts)
+        successor = fan_in.join if fan_in else from_success(facts)
         submitted = [self.submit_once(facts["chain"], *successor)] if successor else []
         return {"kind": kind, "status": facts["status"], "submitted": submitted}
 
@@ -582,8 +599,9 @@ class Glue:
         if group and facts["status"] in ("RUNNING", "SUCCEEDED") and not facts["array_child"]:
             try_wake(self.autoscaling, group)
 
-    def record(self, facts: dict[str, Any]) -> None:
-        """The job's latest state under its chain run; an older event never overwrites a newer state."""
+    def record(self, facts: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        """The job's latest state under its chain run; an older event never overwrites a newer state.
+        ``extra``: more attributes of the row (a fan-out's children)."""
         table = self._table(facts["chain"])
         if table is None or facts["array_child"]:
             return
@@ -609,6 +627,9 @@ class Glue:
         if facts.get("stuck"):  # the run failed for want of capacity or an instance to hold the step
             values[":stuck"] = facts["stuck"]
             assignments += ", stuck = :stuck"
+        for name, value in (extra or {}).items():
+            values[f":{name}"] = value
+            assignments += f", {name} = :{name}"
         try:
             table.update_item(
                 Key={
@@ -624,6 +645,246 @@ class Glue:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
             log.info("stale job state ignored", extra={"jobId": facts["job_id"], "status": facts["status"]})
+
+
+# ---------------------------------------------------------------- fan-out / fan-in
+
+#: AWS Batch runs at most this many children per array job (and at least 2: one item is a plain job).
+MAX_ARRAY_SIZE = 10000
+#: How many failed children a fan-out's status row and its run's reason name (the count is always whole).
+FAILED_CHILDREN_SHOWN = 20
+
+
+class FanOutRefused(EventError):
+    """The list a fan-out step maps over cannot be run (not a list, too long): its run fails with this reason."""
+
+
+def items_of(text: str, what: str) -> list[Any]:
+    """A JSON list, or (a manifest) one item per non-empty line."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, list):
+        return parsed
+    if what == "manifest" and not text.lstrip().startswith(("[", "{")):
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    raise FanOutRefused(f"the {what} is not a JSON list{' nor one item per line' if what == 'manifest' else ''}")
+
+
+def fan_out_source(message: str, fan_out: dict[str, Any]) -> Any:
+    """What the message gives a fan-out: the list itself (``message``) or the manifest's ``s3://`` URI."""
+    field = fan_out.get("field")
+    if fan_out["source"] == "manifest" and message.strip().startswith("s3://"):
+        return message.strip()
+    if not field:
+        return items_of(message, "message")
+    try:
+        parsed = json.loads(message)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or field not in parsed:
+        raise FanOutRefused(f"the message is not a JSON object with a {field!r} field")
+    if fan_out["source"] == "manifest":
+        return str(parsed[field])
+    if not isinstance(parsed[field], list):
+        raise FanOutRefused(f"the message's {field!r} is not a JSON list")
+    return parsed[field]
+
+
+def s3_location(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket or not key:
+        raise FanOutRefused(f"the manifest {uri!r} is not an s3://bucket/key URI")
+    return bucket, key
+
+
+def failed_children_reason(failed: list[dict[str, Any]], total: int) -> str:
+    """``3 of 25 children failed: #4 (reason), ...`` naming the first :data:`FAILED_CHILDREN_SHOWN`."""
+    named = ", ".join(
+        f"#{child['index']} ({child['reason'] or 'no reason'})" for child in failed[:FAILED_CHILDREN_SHOWN]
+    )
+    more = f" and {len(failed) - FAILED_CHILDREN_SHOWN} more" if len(failed) > FAILED_CHILDREN_SHOWN else ""
+    return f"{len(failed)} of {total} children failed: {named}{more}"
+
+
+class FanIn:
+    """What the end of a fan-out step gives: the attributes of its status row and the join to submit (or None)."""
+
+    def __init__(self, summary: dict[str, Any], join: tuple[str, dict[str, Any]] | None) -> None:
+        self.summary, self.join = summary, join
+
+
+class FanOutSteps:
+    """A :class:`Glue`'s fan-out steps: one array job over the run's list, and the join once all children ended.
+
+    A fan-out's status row (its array parent's) holds the children's outcome in a few attributes
+    (``children_total``, ``children_succeeded``, ``children_failed``, ``failed_children``), written once, at the
+    parent's terminal event: one row per child would cost a write per child and state change (five each: 50,000
+    writes for a 10,000-item run) for what ListJobs answers at the end anyway.
+    """
+
+    def __init__(self, glue: Glue) -> None:
+        self.glue = glue
+
+    @property
+    def s3(self) -> Any:
+        if self.glue.s3 is None:
+            raise RuntimeError("a chain with a fan-out step stores its items in S3, and this Glue has no S3 client")
+        return self.glue.s3
+
+    def starts_fan_out(self, chain_name: str, request: dict[str, Any]) -> bool:
+        chain = self.glue.config["chains"][chain_name]
+        step = _env_value(request, "PIPELINE_STEP")
+        return any(s["name"] == step and s.get("fanOut") for s in chain["steps"])
+
+    def submit(self, chain_name: str, guard: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The array job over the message's list, once per trigger; a list that cannot run fails the run (its
+        row says why); an empty one skips the step and submits the join with no items."""
+        chain = self.glue.config["chains"][chain_name]
+        step, run = _env_value(request, "PIPELINE_STEP"), _env_value(request, "PIPELINE_CHAIN_RUN")
+        index = _step_index(chain, step, "PIPELINE_STEP")
+        fan_out, message_id = chain["steps"][index]["fanOut"], guard.removeprefix("sns#")
+        uri = f"s3://{chain['items']['bucket']}/{chain['items']['prefix']}{run}/{message_id}/{step}.json"
+        try:
+            items = self._items(fan_out, _env_value(request, "DOWNLOAD_MESSAGE"), uri)
+        except FanOutRefused as refused:
+            self._record_unsubmitted(chain_name, index, run, message_id, "FAILED", f"fan-out refused: {refused}")
+            return {"jobName": request["jobName"], "refused": str(refused)}
+        if not items:
+            self._record_unsubmitted(chain_name, index, run, message_id, "SUCCEEDED", "fan-out over 0 items: skipped")
+            join = self._join(chain_name, index, run, message_id, {"items": [], "failed": [], "total": 0})
+            return self.glue.submit_once(chain_name, *join) if join else {"jobName": request["jobName"], "items": "0"}
+        environment = [e for e in request["containerOverrides"]["environment"] if e["name"] != "DOWNLOAD_MESSAGE"]
+        environment += [
+            {"name": "PIPELINE_ITEMS", "value": uri},
+            {"name": "PIPELINE_ITEM_COUNT", "value": str(len(items))},
+        ]
+        array = {"arrayProperties": {"size": len(items)}} if len(items) > 1 else {}
+        submitted = request | {"containerOverrides": {"environment": environment}} | array
+        return self.glue.submit_once(chain_name, guard, submitted) | {"items": str(len(items))}
+
+    def _items(self, fan_out: dict[str, Any], message: str, uri: str) -> list[Any]:
+        """The list, stored at ``uri`` by the first delivery of its trigger; a later one (a redelivery, which
+        may read a manifest rewritten meanwhile) gets what the first stored, so one array maps one list."""
+        source = fan_out_source(message, fan_out)
+        if isinstance(source, str):
+            bucket, key = s3_location(source)
+            try:
+                body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+            except ClientError as error:
+                raise FanOutRefused(f"the manifest {source} cannot be read: {error}") from None
+            source = items_of(body, "manifest")
+        limit = min(int(fan_out.get("maxItems") or MAX_ARRAY_SIZE), MAX_ARRAY_SIZE)
+        if len(source) > limit:
+            raise FanOutRefused(f"{len(source)} items, over the step's limit of {limit} children")
+        bucket, key = s3_location(uri)
+        try:
+            body = json.dumps(source).encode()
+            self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
+            return source
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+                raise
+        return list(json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+
+    def fan_in(self, facts: dict[str, Any]) -> FanIn | None:
+        """At the terminal event of a fan-out step's job (the array parent's, sent after every child ended):
+        its children's outcome, and the join unless a child failed under ``fail_run``."""
+        step = facts["chain_config"]["steps"][facts["index"]]
+        if not step.get("fanOut") or facts["array_child"] or facts["status"] not in ("SUCCEEDED", "FAILED"):
+            return None
+        uri = facts["environment"].get("PIPELINE_ITEMS") or ""
+        bucket, key = s3_location(uri)
+        items = json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        failed = self._failed_children(facts, len(items))
+        for child in failed:
+            child["item"] = items[child["index"]]
+        failed_indexes = {child["index"] for child in failed}
+        summary = {
+            "children_total": len(items),
+            "children_succeeded": len(items) - len(failed),
+            "children_failed": len(failed),
+            "failed_children": [{"index": c["index"], "reason": c["reason"]} for c in failed[:FAILED_CHILDREN_SHOWN]],
+        }
+        if failed:
+            facts["reason"] = failed_children_reason(failed, len(items))
+            if step["fanOut"].get("onChildFailure") != "continue":
+                return FanIn(summary, None)
+            summary["continued"] = facts["continued"] = True  # the run goes on: its join was started
+        message = {
+            "items": [item for position, item in enumerate(items) if position not in failed_indexes],
+            "failed": failed,
+            "total": len(items),
+            "itemsObject": uri,
+        }
+        join = self._join(facts["chain"], facts["index"], facts["run"], facts["job_id"], message)
+        return FanIn(summary, join)
+
+    def _failed_children(self, facts: dict[str, Any], count: int) -> list[dict[str, Any]]:
+        """``[{"index", "reason"}]`` of the children that did not succeed: listed by ListJobs for an array
+        (a child never listed as SUCCEEDED did not succeed), the job itself for a list of one."""
+        if not facts["array_size"]:
+            ok = facts["status"] == "SUCCEEDED"
+            return [] if ok else [{"index": 0, "reason": facts["reason"] or "failed"}]
+        succeeded, reasons = set(), {}
+        for status in ("SUCCEEDED", "FAILED"):
+            pages = self.glue.batch.get_paginator("list_jobs").paginate(arrayJobId=facts["job_id"], jobStatus=status)
+            for page in pages:
+                for child in page.get("jobSummaryList", []):
+                    index = int((child.get("arrayProperties") or {}).get("index", child["jobId"].rsplit(":", 1)[-1]))
+                    if status == "SUCCEEDED":
+                        succeeded.add(index)
+                    else:
+                        reasons[index] = str(child.get("statusReason") or "")
+        return [
+            {"index": index, "reason": reasons.get(index, "did not finish")}
+            for index in range(count)
+            if index not in succeeded
+        ]
+
+    def _join(
+        self, chain_name: str, index: int, run: str, trigger: str, message: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]] | None:
+        """(guard, request) of the step after the fan-out at ``index``, given ``message``; None if it is last.
+        ``trigger``: the array parent's job id (or the SNS message's id, when no array ran)."""
+        chain = self.glue.config["chains"][chain_name]
+        link = chain["steps"][index].get("link") or {}
+        if index + 1 >= len(chain["steps"]) or link.get("kind") != "success":
+            return None
+        following = chain["steps"][index + 1]["name"]
+        env = (
+            {"DOWNLOAD_MESSAGE": json.dumps(message, separators=(",", ":")), "PREVIOUS_JOB_ID": trigger}
+            | dict(link.get("environment") or {})
+            | chain_environment(chain_name, run, following)
+        )
+        request = step_request(chain_name, chain, index + 1, job_name(chain_name, following, trigger), env)
+        return f"fanin#{trigger}", self.glue.claim_check(chain_name, request, trigger)
+
+    def _record_unsubmitted(
+        self, chain_name: str, index: int, run: str, trigger: str, status: str, reason: str
+    ) -> None:
+        """The status row of a fan-out that submitted no array (its list refused, or empty)."""
+        chain = self.glue.config["chains"][chain_name]
+        facts = {
+            "chain": chain_name,
+            "index": index,
+            "step": chain["steps"][index]["name"],
+            "job_id": f"no-job-{trigger}",
+            "job_name": "",
+            "status": status,
+            "reason": reason,
+            "run": run,
+            "attempts": 0,
+            "timestamps": {},
+            "array_child": False,
+        }
+        self.glue.record(facts, {"children_total": 0, "children_succeeded": 0, "children_failed": 0})
+
+
+def _env_value(request: dict[str, Any], name: str) -> str:
+    """The value of ``name`` in a SubmitJob request's environment overrides ("" if absent)."""
+    return next((e["value"] for e in request["containerOverrides"]["environment"] if e["name"] == name), "")
 
 
 # ---------------------------------------------------------------- submit once, under concurrency
@@ -913,6 +1174,58 @@ def _decimal(value: float) -> Decimal:
 
 def _expiry() -> int:
     return int(time.time()) + RECORD_TTL_SECONDS
+
+
+# ---------------------------------------------------------------- chain metrics (embedded metric format)
+
+#: The namespace of the chains' metrics, as the fleets' (pipeline_constructs.fleet.worker.metrics).
+METRICS_NAMESPACE_VARIABLE = "PIPELINE_METRICS_NAMESPACE"
+
+
+def job_metrics(facts: dict[str, Any], namespace: str = "PipelineConstructs") -> dict[str, Any]:
+    """An EMF document for a job state change: ``ChainJobs`` by chain and state, and by chain the runs that
+    ended (``ChainRunsSucceeded``: the last step succeeded; ``ChainRunsFailed``: a job failed) and the job's
+    run time on a final state. The run and job ids are properties, never dimensions."""
+    status, whole_job = facts["status"], not facts["array_child"]
+    last = facts["index"] == len(facts["chain_config"]["steps"]) - 1
+    by_chain = {
+        "ChainRunsSucceeded": int(whole_job and last and status == "SUCCEEDED"),
+        # A fan-out whose failed children were set aside (ChildFailure.CONTINUE) failed no run: its join runs.
+        "ChainRunsFailed": int(whole_job and status == "FAILED" and not facts.get("continued")),
+    }
+    times = facts["timestamps"]
+    if status in ("SUCCEEDED", "FAILED") and "startedAt" in times and "stoppedAt" in times:
+        by_chain["ChainJobDuration"] = round((times["stoppedAt"] - times["startedAt"]) / 1000, 3)
+    units = {name: "Seconds" if name.endswith("Duration") else "Count" for name in by_chain}
+    directives = [
+        {
+            "Namespace": namespace,
+            "Dimensions": [["Chain", "State"]],
+            "Metrics": [{"Name": "ChainJobs", "Unit": "Count"}],
+        },
+        {
+            "Namespace": namespace,
+            "Dimensions": [["Chain"]],
+            "Metrics": [{"Name": n, "Unit": u} for n, u in units.items()],
+        },
+    ]
+    return {
+        "_aws": {"Timestamp": int(time.time() * 1000), "CloudWatchMetrics": directives},
+        "Chain": facts["chain"],
+        "State": status,
+        "ChainJobs": 1,
+        **by_chain,
+        "run": facts["run"],
+        "step": facts["step"],
+        "jobId": facts["job_id"],
+    }
+
+
+def log_job_metrics(facts: dict[str, Any]) -> None:
+    """Print the job's EMF document: Lambda sends stdout lines to the function's log as they are, and
+    CloudWatch extracts the metrics from it (no PutMetricData request per job)."""
+    namespace = os.environ.get(METRICS_NAMESPACE_VARIABLE, "").strip() or "PipelineConstructs"
+    print(json.dumps(job_metrics(facts, namespace)), flush=True)
 
 
 # ---------------------------------------------------------------- Lambda entry point

@@ -6,6 +6,7 @@ pipeline_constructs.local --help``.
 from __future__ import annotations
 
 import functools
+import socket
 import threading
 from socketserver import BaseServer
 
@@ -21,6 +22,13 @@ def serve_in_background(server: BaseServer, name: str) -> None:
     threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": SERVER_POLL_SECONDS}, name=name, daemon=True
     ).start()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the caller's process binds it soon after)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 #: The item operations of moto's DynamoDB that must not interleave (see :func:`atomic_item_operations`).

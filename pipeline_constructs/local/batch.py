@@ -260,6 +260,7 @@ SUMMARY_FIELDS = (
     "startedAt",
     "stoppedAt",
     "jobDefinition",
+    "arrayProperties",
 )
 
 
@@ -329,9 +330,16 @@ class LocalBatch:
         with self._lock:
             return [self.jobs[i].detail() for i in job_ids if i in self.jobs]
 
-    def list(self, queue: str | None, status: str | None, names: list[str] | None = None) -> list[dict[str, Any]]:
-        """Like ListJobs: by status, or (a JOB_NAME filter, which ignores the status) by exact name or ``prefix*``."""
+    def list(
+        self, queue: str | None, status: str | None, names: list[str] | None = None, array_job: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Like ListJobs: by status, or (a JOB_NAME filter, which ignores the status) by exact name or ``prefix*``;
+        with ``array_job``, that array's children (by status) instead of the queue's jobs."""
         with self._lock:
+            if array_job is not None:
+                parent = self.jobs.get(array_job)
+                jobs = [c for c in parent.children if not status or c.status == status] if parent else []
+                return [{k: v for k, v in j.detail().items() if k in SUMMARY_FIELDS} for j in jobs]
             jobs = [j for j in self.jobs.values() if j.parent is None]
         if queue:
             jobs = [j for j in jobs if j.queue == queue or j.queue.endswith(f"/{queue}")]
@@ -433,7 +441,11 @@ class LocalBatch:
         self._failing_on_error(child, self._run_child_job)
 
     def _run_child_job(self, child: LocalJob) -> None:
+        # As on AWS, each child goes through the states a job does, each change an event with its index.
+        for status in ("PENDING", "RUNNABLE"):
+            self._transition(child, status)
         with self._slots:
+            self._transition(child, "STARTING")
             self._transition(child, "RUNNING")
             succeeded, reason = self._attempts(child)
         self._transition(child, "SUCCEEDED" if succeeded else "FAILED", reason)
@@ -502,7 +514,10 @@ class _BatchRequestHandler(BaseHTTPRequestHandler):
                 names = [v for f in body.get("filters") or [] if f.get("name") == "JOB_NAME" for v in f["values"]]
                 reply = {
                     "jobSummaryList": batch.list(
-                        body.get("jobQueue"), body.get("jobStatus"), names if body.get("filters") else None
+                        body.get("jobQueue"),
+                        body.get("jobStatus"),
+                        names if body.get("filters") else None,
+                        array_job=body.get("arrayJobId"),
                     )
                 }
             elif self.path == "/v1/terminatejob":

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from pipeline_constructs.local import free_port
 from pipeline_constructs.local.imds import FakeInstanceMetadata
 
 #: One worker variable a line of the user data: its value base64-encoded, so that no value can break out.
@@ -216,6 +217,9 @@ class LocalFleet:
         )
         if imds:
             environment |= {"PIPELINE_METADATA_ENDPOINT": imds.endpoint, "PIPELINE_SPOT_POLL_SECONDS": "1"}
+        if environment.get("PIPELINE_TASK_KIND") == "http":
+            # On AWS each worker's app has an instance (and a loopback) of its own; here the workers share one.
+            environment["PIPELINE_HTTP_PORT"] = str(free_port())
         log_path = self.log_dir / f"worker-{environment['PIPELINE_WORKER_ID']}.log"
         with log_path.open("a") as log:
             process = subprocess.Popen(

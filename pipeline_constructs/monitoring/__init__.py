@@ -1,1 +1,2 @@
-"""What tells the on-call that a pipeline is unwell: :class:`.alarms.PipelineAlarms`. Synth-time code."""
+"""What tells the on-call that a pipeline is unwell: :class:`.alarms.PipelineAlarms`; what shows how it runs:
+:class:`.dashboard.PipelineDashboard`. Synth-time code."""

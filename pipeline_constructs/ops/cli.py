@@ -1,4 +1,4 @@
-"""``pipeline``: the operator's command line (submit, status, redrive, tail, start, cost, local).
+"""``pipeline``: the operator's command line (submit, status, redrive, tail, start, cost, report, local).
 
 Every command finds the pipeline from a deployed stack (``--stack <name>``, the name your app gave it, or
 ``<env>`` for the example's ``pipeline-<env>``; region from ``--region`` or the usual AWS settings) or from a
@@ -271,6 +271,59 @@ def cost(
     console.print(usage)
     for note in report["notes"]:
         console.print(f"note: {note}")
+
+
+@app.command()
+@_one_line_errors
+def report(
+    fleet: FleetOption = None,
+    chain: Annotated[str | None, typer.Option("--chain", "-c", help="only this chain (its latest runs)")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="only this run of --chain")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="latest runs per chain (0: all)", min=0)] = 5,
+    since: Annotated[
+        str | None, typer.Option("--since", help="rows of the last 90m, 6h, 2d, or since an ISO time")
+    ] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="write the figures as JSON to this file")] = None,
+    chart: Annotated[
+        Path | None, typer.Option("--chart", help="draw throughput and backlog: FILE.html (page) or FILE.svg")
+    ] = None,
+    instance_type: Annotated[
+        list[str], typer.Option("--instance-type", help="the fleets' instance types, for cost (repeatable)")
+    ] = [],  # noqa: B006
+    slots: Annotated[
+        int | None, typer.Option("--slots", help="tasks one instance runs at once, for cost [default: 2]", min=1)
+    ] = None,
+    job_vcpus: Annotated[float, typer.Option("--job-vcpus", help="vCPUs of a chain job, for cost", min=0.25)] = 1.0,
+    stack: StackOption = None,
+    region: RegionOption = None,
+    local: LocalOption = False,
+    state_file: StateOption = LOCAL_STATE_FILE,
+) -> None:
+    """Per fleet and chain run: tasks, attempts, durations, throughput, retries, spot interruptions, dead
+    letters and an estimated cost, from the status store. Cost: the fleet's instance types and tasks at once
+    as its stack names them, unless given here; else the price table's large types, 2 tasks at once."""
+    from pipeline_constructs.ops import report as performance
+
+    if run and not chain:
+        raise OperatorError("--run needs --chain: the run of which chain?")
+    figures = performance.gather(
+        _target(stack, region, local, state_file),
+        fleet=fleet,
+        chain=chain,
+        run=run,
+        since=performance.since_seconds(since) if since else None,
+        runs=runs,
+        instance_types=instance_type,
+        slots=slots,
+        job_vcpus=job_vcpus,
+    )
+    performance.render(figures, console)
+    if json_file is not None:
+        performance.write_json(figures, json_file)
+        console.print(f"figures written to {json_file}")
+    if chart is not None:
+        performance.write_chart(figures, chart)
+        console.print(f"chart written to {chart}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})

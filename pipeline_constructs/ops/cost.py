@@ -98,7 +98,9 @@ class _MonthlyIdleCost:
         return CostLine(logical_id, "CloudWatch alarm", f"2 target-tracking alarms x {metrics} metric(s)", monthly)
 
     def dashboard(self, logical_id: str, props: dict[str, Any]) -> CostLine:
-        return CostLine(logical_id, "dashboard", "per dashboard", self.always["cloudwatch_dashboard_month"])
+        # Listed at its price like the alarms: the account's 3 free dashboards may be in use already.
+        detail = "per dashboard, beyond the account's 3 free ones (up to 50 metrics each)"
+        return CostLine(logical_id, "dashboard", detail, self.always["cloudwatch_dashboard_month"])
 
     def auto_scaling_group(self, logical_id: str, props: dict[str, Any]) -> CostLine | None:
         count = _int(props.get("MinSize"))

@@ -347,7 +347,8 @@ def status(target: Target) -> dict[str, Any]:
 
 
 def chain_runs(rows: list[dict[str, Any]], steps: list[str], latest: int = 5) -> dict[str, dict[str, Any]]:
-    """The latest runs of a chain from its job rows: ``{run: {"status", "reason", "steps": {step: state}}}``.
+    """The latest runs of a chain from its job rows: ``{run: {"status", "reason", "steps": {step: state}}}``;
+    a fan-out step's state tells how many children succeeded (``FAILED 23/25 children``).
 
     A run is FAILED as soon as one of its jobs failed, with that job's reason (for a job its queue cancelled
     after it waited in RUNNABLE, why it waited: no spot capacity, or no instance type to hold it);
@@ -356,14 +357,23 @@ def chain_runs(rows: list[dict[str, Any]], steps: list[str], latest: int = 5) ->
     runs: dict[str, dict[str, Any]] = {}
     for row in sorted(rows, key=lambda r: r["sk"]):
         run = runs.setdefault(row.get("chain_run", "?"), {"status": "RUNNING", "reason": "", "steps": {}})
-        run["steps"][row.get("step", "?")] = row.get("status", "?")
-        if row.get("status") == "FAILED" and run["status"] != "FAILED":
+        run["steps"][row.get("step", "?")] = f"{row.get('status', '?')}{_children(row)}"
+        # A fan-out whose failed children the join was told about (``continue``) does not fail its run.
+        if row.get("status") == "FAILED" and run["status"] != "FAILED" and not row.get("continued"):
             reason = "" if row.get("reason") in (None, "-") else str(row["reason"])  # the glue writes "-" for none
             run["status"], run["reason"] = "FAILED", row.get("stuck") or stuck_reason(reason) or reason
     for run in runs.values():
-        if run["status"] == "RUNNING" and steps and run["steps"].get(steps[-1]) == "SUCCEEDED":
+        if run["status"] == "RUNNING" and steps and str(run["steps"].get(steps[-1], "")).startswith("SUCCEEDED"):
             run["status"] = "SUCCEEDED"
     return dict(list(runs.items())[-latest:])
+
+
+def _children(row: dict[str, Any]) -> str:
+    """How a fan-out step's children ended, after its state (`` 23/25 children, continued``); else ""."""
+    if not row.get("children_total"):
+        return ""
+    continued = ", continued" if row.get("continued") else ""
+    return f" {int(row.get('children_succeeded', 0))}/{int(row['children_total'])} children{continued}"
 
 
 def tail(target: Target, fleet_name: str | None = None, limit: int = 20) -> list[dict[str, Any]]:

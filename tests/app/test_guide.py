@@ -48,17 +48,23 @@ def test_the_guides_lock_is_the_sample_workers_whose_wheels_make_setup_fetches()
 
 
 @pytest.fixture(scope="module")
-def guide_app(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The guide's files written out and its app run as a user would: (cloud assembly, the app's run)."""
-    tmp_path = tmp_path_factory.mktemp("guide")
+def guide_folder(tmp_path_factory) -> Path:
+    """The guide's files written out, the sample worker's wheels beside them, as a user has them."""
+    folder = tmp_path_factory.mktemp("guide")
     for relative, body in guide_files().items():
-        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / relative).write_text(body)
-    shutil.copytree(ROOT / "worker_images" / "sqs_worker" / "wheels", tmp_path / "my_worker" / "wheels")
-    outdir = tmp_path / "cdk.out"
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_text(body)
+    shutil.copytree(ROOT / "worker_images" / "sqs_worker" / "wheels", folder / "my_worker" / "wheels")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def guide_app(guide_folder) -> tuple[Path, subprocess.CompletedProcess]:
+    """The guide's app run as a user would: (cloud assembly, the app's run)."""
+    outdir = guide_folder / "cdk.out"
     result = subprocess.run(
         [sys.executable, "app.py"],
-        cwd=tmp_path,
+        cwd=guide_folder,
         env=os.environ
         | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CDK_OUTDIR": str(outdir)},
         capture_output=True,
@@ -124,30 +130,39 @@ def test_the_guides_app_allows_no_service_without_its_source(guide_app):
     assert {stack.name: unbound_service_statements(stack.template) for stack in stacks} == {"Shared": [], "Work": []}
 
 
+#: Where jsii keeps the CDK libraries it unpacked (about 250 MB), under the real home unless the environment says.
+JSII_PACKAGE_CACHE = os.environ.get("JSII_RUNTIME_PACKAGE_CACHE_ROOT") or str(
+    Path.home() / ".cache" / "aws" / "jsii" / "package-cache"
+)
+
+
 def cdk_cli_environment(home: Path) -> dict[str, str]:
     """The CDK CLI's environment on a machine without AWS credentials: no AWS_* variable, an empty home (no
-    ~/.aws), no instance metadata; the venv's Python and Node first on PATH, as the guide installs them."""
+    ~/.aws), no instance metadata; the venv's Python and Node first on PATH, as the guide installs them.
+
+    jsii's package cache stays where it was, as warm as a user's after their first synth: it holds no AWS
+    configuration, and unpacking the CDK into the empty home again cost each app run seconds of CPU."""
     home.mkdir(parents=True, exist_ok=True)
     path = os.pathsep.join([str(Path(sys.executable).parent), str(ROOT / "node_modules" / ".bin"), os.environ["PATH"]])
     kept = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "CDK_"))}
     return kept | {
         "PATH": path,
         "HOME": str(home),
+        "JSII_RUNTIME_PACKAGE_CACHE_ROOT": JSII_PACKAGE_CACHE,
         "AWS_EC2_METADATA_DISABLED": "true",
         "CDK_DISABLE_CLI_TELEMETRY": "true",
         "CDK_DISABLE_VERSION_CHECK": "true",
     }
 
 
-def test_the_guides_app_synthesizes_with_the_cdk_cli_and_no_aws_credentials(guide_app):
+def test_the_guides_app_synthesizes_with_the_cdk_cli_and_no_aws_credentials(guide_folder):
     """`npx cdk synth` as a user without an AWS account runs it (`python app.py` would hide the CLI's lookups:
-    only the CLI makes them, and it needs credentials for a stack with an account)."""
-    outdir, _ = guide_app
-    folder = outdir.parent
+    only the CLI makes them, and it needs credentials for a stack with an account). It needs no other test's
+    synth, so it runs beside them (tests/conftest.py: OWN_UNIT)."""
     result = subprocess.run(
         [str(ROOT / "node_modules" / ".bin" / "cdk"), "synth", "--quiet", "--output", "cli.out"],
-        cwd=folder,
-        env=cdk_cli_environment(folder / "home"),
+        cwd=guide_folder,
+        env=cdk_cli_environment(guide_folder / "home"),
         capture_output=True,
         text=True,
         timeout=600,

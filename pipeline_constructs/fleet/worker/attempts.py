@@ -19,6 +19,7 @@ from .isolation import TaskCall, TaskOutcome, TaskProcesses
 from .leases import LeaseKeeper
 from .limits import DeliveryLimits
 from .messages import Held, Tally
+from .metrics import attempt_ended
 from .status import StatusRecorder
 from .task import put_once
 
@@ -219,12 +220,14 @@ class AttemptRunner:
         if on_spare_thread:  # attempts left after all (deliveries were lost unstarted): a task slot
             self._run_on(self._slots, held, body, False, checked=True)
             return False
-        outcome = self.tasks.run(TaskCall(held.task_id, body, held.message_id, held.attempt), self.progress.record)
+        call = TaskCall(held.task_id, body, held.message_id, held.attempt, receive_count=held.delivery)
+        outcome = self.tasks.run(call, self.progress.record)
         if not outcome.ok:
             self._task_failed(held, outcome)
             return False
         settle = partial(self.markers.settle, held.task_id, outcome, worker=self.config.worker_id)
         held.outcome = self._holding(held, settle, "completion marker")
+        self._metrics(held, "succeeded")
         return True
 
     def _holding(self, held: Held, action: Callable[[], Result], what: str) -> Result:
@@ -313,8 +316,10 @@ class AttemptRunner:
     def _task_failed(self, held: Held, outcome: TaskOutcome) -> None:
         if not self.leases.holds(held):  # released meanwhile (a stop, a lost lease): not ours to judge
             self.status.attempt_given_back(held.task_id)
+            self._metrics(held, "interrupted")
             return
         final = self.limits.last_attempt(held)
+        self._metrics(held, "failed" if final else "retrying")
         log.warning(
             "task failed",
             extra={"task": held.task_id, "attempt": held.attempt, "final": final, "error": outcome.error},
@@ -332,3 +337,8 @@ class AttemptRunner:
         self.tally.add("failed")
         # After the last attempt no back-off: the next delivery only dead-letters it.
         self.leases.release([held], delay=0 if final else min(self.config.retry_delay * held.attempt, 43200))
+
+    def _metrics(self, held: Held, outcome: str) -> None:
+        """The attempt's metrics as a log line (:mod:`.metrics`): no request of its own."""
+        duration = time.monotonic() - (held.started or time.monotonic())
+        attempt_ended(self.config.fleet_name, held.task_id, outcome, duration_s=duration, attempts=held.attempt)

@@ -3,7 +3,15 @@
 | variable | meaning | default |
 | --- | --- | --- |
 | ``PIPELINE_QUEUE_URL`` | task queue to consume | required |
-| ``PIPELINE_TASK`` | the task function, ``module:function`` | required |
+| ``PIPELINE_TASK_KIND`` | what runs per task: ``function``, ``command`` or ``http`` (:mod:`.adapters`) | ``function`` |
+| ``PIPELINE_TASK`` | the task function, ``module:function`` | required for ``function`` |
+| ``PIPELINE_COMMAND`` | the command, a JSON list of strings (``{input}``... substituted) | required for ``command`` |
+| ``PIPELINE_HTTP_PORT`` | the local port the app serves on (``127.0.0.1``) | required for ``http`` |
+| ``PIPELINE_HTTP_PATH`` | the path each task is POSTed to | ``/`` |
+| ``PIPELINE_HTTP_CONTENT_TYPE`` | the ``Content-Type`` of the POSTs | ``application/json`` |
+| ``PIPELINE_HTTP_START`` | the command that starts the app, a JSON list; empty: the app is started otherwise | ``""`` |
+| ``PIPELINE_HTTP_TIMEOUT`` | seconds one POST may wait for its response; 0: the task timeout | 0 |
+| ``PIPELINE_HTTP_START_SECONDS`` | how long a POST retries connecting while the app (re)starts | 60 |
 | ``PIPELINE_BUCKET`` | data bucket for inputs and outputs | required |
 | ``PIPELINE_PREFIX`` | key prefix of this fleet (``input/``, ``output/``, ``intermediate/`` below it) | ``""`` |
 | ``PIPELINE_TABLE`` | status store table; empty: no status records | ``""`` |
@@ -31,10 +39,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import overload
 
 #: Deliveries the fleet's created queue allows beyond a task's attempts. On one of them a worker records why
@@ -42,6 +51,10 @@ from typing import overload
 #: very delivery still leaves a reason. Deliveries lost before their task started (a killed worker held them
 #: prefetched) are not attempts and use these up first; the last delivery is always kept for the record.
 SPARE_DELIVERIES = 3
+#: What a task can be (``PIPELINE_TASK_KIND``); the first is the default.
+TASK_KINDS = ("function", "command", "http")
+#: The built-in task function of each other kind (:mod:`.adapters`), run in the task processes as a user's is.
+ADAPTER_FUNCTIONS = {"command": f"{__package__}.adapters:run_command", "http": f"{__package__}.adapters:post_to_app"}
 
 
 class ConfigError(ValueError):
@@ -80,6 +93,52 @@ def _choice(environ: Mapping[str, str], name: str, default: str, allowed: tuple[
     return value
 
 
+def _argv(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A JSON list of strings, the first not empty (an argv, run without a shell); empty: ``()``."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value) or not value[0]:
+        raise ConfigError(f'{name}={raw!r} is invalid; allowed: a JSON list of strings, such as ["./run", "{{input}}"]')
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The ``http`` kind's app and how each task is POSTed to it (the ``PIPELINE_HTTP_*`` variables)."""
+
+    port: int
+    path: str = "/"
+    content_type: str = "application/json"
+    start: tuple[str, ...] = ()
+    request_timeout: int = 0
+    start_seconds: int = 60
+    queue_name: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> HttpSettings:
+        port = _int(environ, "PIPELINE_HTTP_PORT", None, 1, 65535)
+        if port is None:
+            raise ConfigError("PIPELINE_HTTP_PORT is required with PIPELINE_TASK_KIND=http")
+        path = environ.get("PIPELINE_HTTP_PATH", "").strip() or "/"
+        if not path.startswith("/"):
+            raise ConfigError(f"PIPELINE_HTTP_PATH={path!r} is invalid; allowed: a path starting with /")
+        return cls(
+            port=port,
+            path=path,
+            content_type=environ.get("PIPELINE_HTTP_CONTENT_TYPE", "").strip() or "application/json",
+            start=_argv(environ, "PIPELINE_HTTP_START"),
+            # 0: none of its own, the task timeout stops the request (and counts it as one).
+            request_timeout=_int(environ, "PIPELINE_HTTP_TIMEOUT", 0, 0, 43200),
+            start_seconds=_int(environ, "PIPELINE_HTTP_START_SECONDS", 60, 1, 3600),
+            queue_name=environ.get("PIPELINE_QUEUE_URL", "").strip().rstrip("/").rsplit("/", 1)[-1],
+        )
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     queue_url: str
@@ -107,20 +166,21 @@ class WorkerConfig:
     scale_in_protection: str = "auto"
     lifecycle_hook: str = ""
     worker_id: str = ""
+    task_kind: str = "function"
+    command: tuple[str, ...] = ()
+    http: HttpSettings | None = field(default=None)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
         env = os.environ if environ is None else environ
         required = {}
-        for name in ("PIPELINE_QUEUE_URL", "PIPELINE_TASK", "PIPELINE_BUCKET"):
+        for name in ("PIPELINE_QUEUE_URL", "PIPELINE_BUCKET"):
             value = env.get(name, "").strip()
             if not value:
                 raise ConfigError(f"{name} is required")
             required[name] = value
-        task = required["PIPELINE_TASK"]
-        module, _, function = task.partition(":")
-        if not module or not function:
-            raise ConfigError(f"PIPELINE_TASK={task!r} is invalid; expected 'module:function'")
+        task_kind = _choice(env, "PIPELINE_TASK_KIND", TASK_KINDS[0], TASK_KINDS)
+        task, command, http = _task_of_kind(env, task_kind)
         prefix = env.get("PIPELINE_PREFIX", "").strip()
         if prefix and not prefix.endswith("/"):
             prefix += "/"
@@ -151,4 +211,26 @@ class WorkerConfig:
             scale_in_protection=_choice(env, "PIPELINE_SCALE_IN_PROTECTION", "auto", ("auto", "on", "off")),
             lifecycle_hook=env.get("PIPELINE_LIFECYCLE_HOOK", "").strip(),
             worker_id=env.get("PIPELINE_WORKER_ID", "").strip() or f"{socket.gethostname()}-{os.getpid()}",
+            task_kind=task_kind,
+            command=command,
+            http=http,
         )
+
+
+def _task_of_kind(env: Mapping[str, str], kind: str) -> tuple[str, tuple[str, ...], HttpSettings | None]:
+    """The task function the task processes run (a user's, or the kind's built-in one), the command and the
+    app's settings."""
+    if kind == "command":
+        command = _argv(env, "PIPELINE_COMMAND")
+        if not command:
+            raise ConfigError("PIPELINE_COMMAND is required with PIPELINE_TASK_KIND=command")
+        return ADAPTER_FUNCTIONS[kind], command, None
+    if kind == "http":
+        return ADAPTER_FUNCTIONS[kind], (), HttpSettings.from_env(env)
+    task = env.get("PIPELINE_TASK", "").strip()
+    if not task:
+        raise ConfigError("PIPELINE_TASK is required")
+    module, _, function = task.partition(":")
+    if not module or not function:
+        raise ConfigError(f"PIPELINE_TASK={task!r} is invalid; expected 'module:function'")
+    return task, (), None

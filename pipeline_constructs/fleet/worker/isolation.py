@@ -41,22 +41,30 @@ class TaskCall:
     body: Any
     message_id: str
     attempt: int
+    receive_count: int = 0  # SQS's, for an HTTP app's X-Aws-Sqsd-Receive-Count; 0 when not known
 
 
 @dataclass
 class TaskOutcome:
     """How one run ended: ``ok`` (with ``result`` and ``outputs``), ``error``, ``timeout`` or ``crashed``
-    (``error`` says why)."""
+    (``error`` says why). ``abandoned``: the task's error says it gave up on work still going on elsewhere (an
+    HTTP app's request past its timeout)."""
 
     kind: str
     result: Any = None
     outputs: list[str] = field(default_factory=list)
     error: str = ""
     traceback: str = ""
+    abandoned: bool = False
 
     @property
     def ok(self) -> bool:
         return self.kind == "ok"
+
+    @property
+    def left_work_behind(self) -> bool:
+        """The run ended before what it asked for did: killed (timeout, lost lease, death) or abandoned."""
+        return self.kind in ("timeout", "crashed") or self.abandoned
 
 
 ProgressCallback = Callable[[str, float, str], None]
@@ -126,7 +134,8 @@ class TaskProcess:
             elif kind == "done":
                 return TaskOutcome("ok", result=message[1], outputs=message[2])
             else:
-                return TaskOutcome("error", error=message[1], traceback=message[2])
+                abandoned = len(message) > 3 and bool(message[3])
+                return TaskOutcome("error", error=message[1], traceback=message[2], abandoned=abandoned)
 
     def _crashed(self) -> TaskOutcome:
         self.process.join(timeout=2)
@@ -182,9 +191,13 @@ class TaskProcesses:
         prefix: str,
         timeout: float | None,
         boto_settings: dict[str, Any] | None = None,
+        on_abandoned: Callable[[], None] | None = None,
     ) -> None:
         self.spec, self.size, self.bucket, self.prefix, self.timeout = spec, size, bucket, prefix, timeout
         self.boto_settings = boto_settings or {}
+        #: Called after a run that left work behind (see :attr:`TaskOutcome.left_work_behind`), on its slot's
+        #: thread before the slot takes another task: an HTTP app serving one task at a time is restarted.
+        self.on_abandoned = on_abandoned
         self._idle: queue.LifoQueue[TaskProcess] = queue.LifoQueue()
         self._all: list[TaskProcess] = []
         self._lock = threading.Lock()
@@ -201,6 +214,8 @@ class TaskProcesses:
     def run(self, call: TaskCall, on_progress: ProgressCallback) -> TaskOutcome:
         process = self._take()
         outcome = process.run(call, self.timeout, on_progress)
+        if outcome.left_work_behind and self.on_abandoned is not None and not self._closed:
+            self.on_abandoned()
         if process.alive and not self._closed:
             self._idle.put(process)
         else:
@@ -229,13 +244,16 @@ class TaskProcesses:
             if process.message_id == message_id:
                 process.stop()
 
-    def close(self) -> None:
-        """Kill every child (running tasks are released to other workers once this returns)."""
+    def close(self) -> int:
+        """Kill every child (running tasks are released to other workers once this returns); how many were
+        running a task."""
         with self._lock:
             self._closed = True
             processes, self._all = self._all, []
+        running = sum(1 for process in processes if process.message_id is not None)
         for process in processes:
             process.stop()
+        return running
 
 
 # ---------------------------------------------------------------- the child side
@@ -265,6 +283,7 @@ def _child_main(conn: Any, lifeline: Any, spec: str, bucket: str, prefix: str, b
             body=call.body,
             message_id=call.message_id,
             attempt=call.attempt,
+            receive_count=call.receive_count,
             bucket=bucket,
             prefix=prefix,
             _s3=s3,
@@ -280,6 +299,7 @@ def _child_main(conn: Any, lifeline: Any, spec: str, bucket: str, prefix: str, b
                     "failed",
                     f"{type(error).__name__}: {error}"[:1000],
                     "".join(traceback.format_exception(error))[-3000:],
+                    bool(getattr(error, "abandons_work", False)),
                 )
             )
 

@@ -30,7 +30,9 @@ Guarantees (each has a test that attacks it, listed in the README):
   lifecycle action every unfinished message is made visible again at once, the lifecycle action is
   completed, and the worker exits 0. Whenever unfinished messages are released that way, their task
   processes (and the processes they started) are killed first, so an old run never writes beside the new
-  owner's.
+  owner's;
+- an ``http`` worker's app (:mod:`.app`) starts before the first receive, is restarted when it dies (and,
+  with ``concurrency`` 1, after a task that left work in it behind), and stops after the drain.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .acknowledger import (
     ACK_BATCH,
     Acknowledger,
 )
+from .app import WorkerApp
 from .attempts import COMPLETION_MARKER, JSON, AttemptRunner
 from .config import WorkerConfig
 from .drain import Drain
@@ -102,7 +105,10 @@ class Worker:
         self.heartbeat = Heartbeat(
             config, leases=self.leases, acks=self.acks, row=self.row, instance=self.instance, stopping=self._stopping
         )
-        self.drain = Drain(self.leases, self.acks, grace_seconds=config.stop_grace_seconds, stop_tasks=self.tasks.close)
+        self.app = WorkerApp.of(config)
+        self.drain = Drain(self.leases, self.acks, grace_seconds=config.stop_grace_seconds, stop_tasks=self._stop_tasks)
+        if self.app is not None and config.concurrency == 1:  # more: the other tasks' requests would die too
+            tasks.on_abandoned = self.app.restart
         self.stop_reason = ""
 
     @property
@@ -117,8 +123,14 @@ class Worker:
             log.info("stopping", extra={"reason": reason, "release_now": release_now})
         self._stopping.set()
         if release_now:  # their task processes killed first: no old run writes beside the new owner's
-            self.leases.release_unfinished(before_sending=self.tasks.close)
+            self.leases.release_unfinished(before_sending=self._stop_tasks)
         self.leases.wake()
+
+    def _stop_tasks(self) -> None:
+        """Kill the task processes (with what they started) and, if tasks were running, the app at once too:
+        a released task's request must not go on in it beside the next owner's run."""
+        if self.tasks.close() and self.app is not None:
+            self.app.stop(grace_seconds=0)
 
     def run(self) -> int:
         """Work until asked to stop (:meth:`request_stop`), then drain; the exit code, 0."""
@@ -146,6 +158,9 @@ class Worker:
             start=attempts.start,
         )
         self.tasks.start()
+        if self.app is not None:  # after the task processes: their fork server starts with its preloads
+            self.app.start()
+            self.app.wait_until_ready(self.config.http.start_seconds if self.config.http else 60, unless=self._stopping)
         self.instance.start(lambda reason: self.request_stop(reason, release_now=True), self._stopping)
         self.heartbeat.start()
         log.info(
@@ -168,6 +183,8 @@ class Worker:
     def _shutdown(self, attempts: AttemptRunner) -> None:
         self.drain.run()
         self.tasks.close()
+        if self.app is not None:
+            self.app.stop()
         attempts.shutdown()  # before the instance may go: stopped attempts are given back
         self.instance.set_protection(False)
         self.row.stopped(self.stop_reason)

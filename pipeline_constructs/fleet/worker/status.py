@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from decimal import Decimal
 from typing import Any
@@ -65,6 +66,11 @@ class StatusRecorder:
         self._table: Any = table  # None: no status store
         self._partition = f"fleet#{fleet}"
         self._ttl_seconds = ttl_days * 86400
+        # For the worker's row (the performance report): since when it works, and the attempts it stopped
+        # before they ended (a spot notice, a drain, a lost lease), which its STOPPED row's reason explains.
+        self._since = Decimal(str(round(time.time(), 3)))
+        self._given_back = 0
+        self._given_back_lock = threading.Lock()  # task threads count, the heartbeat reads
 
     @property
     def stores(self) -> bool:
@@ -206,6 +212,8 @@ class StatusRecorder:
         task one attempt of its budget."""
         if self._table is None:
             return
+        with self._given_back_lock:
+            self._given_back += 1
         try:
             self._table.update_item(
                 Key=self._task_key(task_id),
@@ -227,6 +235,10 @@ class StatusRecorder:
         return {"pk": self._partition, "sk": f"task#{task_id}"}
 
     def worker_heartbeat(self, worker_id: str, **fields: Any) -> None:
+        """The worker's row, with ``since`` (when it started) and ``attempts_given_back`` added."""
+        with self._given_back_lock:
+            given_back = self._given_back
+        fields = {"since": self._since, "attempts_given_back": given_back, **fields}
         self._put(self._item(f"worker#{worker_id}", fields))
 
     def _put(self, item: dict[str, Any]) -> bool:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from botocore.exceptions import ClientError
 
@@ -72,6 +74,7 @@ class Task:
     _s3: Any = field(repr=False)
     _on_progress: Callable[[str, float, str], None] | None = field(default=None, repr=False)
     outputs: list[str] = field(default_factory=list)
+    receive_count: int = 0  # SQS's receive count of this delivery; 0 when not known
 
     @property
     def input_key(self) -> str:
@@ -92,7 +95,19 @@ class Task:
     def read_object(self, key: str) -> bytes:
         return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
-    def write_output(self, name: str, data: bytes | str, *, content_type: str = BINARY) -> str:
+    def download_input(self, path: Path) -> bool:
+        """The input streamed to the file ``path`` (any size, in constant memory); False if there is none."""
+        try:
+            body = self._s3.get_object(Bucket=self.bucket, Key=self.input_key)["Body"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return False
+            raise
+        with path.open("wb") as file:
+            shutil.copyfileobj(body, file, 1024 * 1024)
+        return True
+
+    def write_output(self, name: str, data: bytes | str | BinaryIO, *, content_type: str = BINARY) -> str:
         """Write ``output/<task id>/<name>`` once: if an earlier attempt already wrote it, that copy stays.
 
         The key comes from the task id and the put is conditional (``If-None-Match: *``), so a task that
@@ -117,7 +132,7 @@ class Task:
 
 
 def put_once(
-    s3: Any, bucket: str, key: str, data: bytes | str, *, content_type: str = "application/octet-stream"
+    s3: Any, bucket: str, key: str, data: bytes | str | BinaryIO, *, content_type: str = "application/octet-stream"
 ) -> bool:
     """Conditional put; True if this call created the object, False if it existed already."""
     try:
