@@ -69,7 +69,7 @@ snapshots: setup ## Re-record the stack snapshots after an intended infrastructu
 
 demo: setup ## The main job: run the dev pipeline end to end on a local AWS emulator
 	$(CDK) synth --quiet --no-notices -c env=dev
-	$(PYTHON) -m pipeline_constructs.local --env dev --demo $(DEMO_FLAGS)
+	$(PYTHON) -m pipeline_constructs.local --env dev --demo --report .demo/report $(DEMO_FLAGS)
 
 summary: synth ## Print what each stack contains: resources by kind, what each construct made
 	$(PYTHON) -m pipeline_constructs.ops.summary
@@ -80,8 +80,10 @@ docs: setup ## The API reference from the docstrings, as HTML in docs/api/ (pdoc
 bench: setup ## Measure requests per task, throughput, synth time, faults; writes bench/REPORT.md
 	$(PYTHON) -m bench
 
-chaos: setup ## The fault matrices alone: the workers' (kill -9, spot and lifecycle notices, API faults) and the glue's
+chaos: setup ## The fault matrices alone: the workers' (kill -9, spot and lifecycle notices, API faults; function, command and HTTP tasks) and the glue's
 	$(PYTHON) -m bench.chaos
+	$(PYTHON) -m bench.chaos --task-kind command
+	$(PYTHON) -m bench.chaos --task-kind http
 	$(PYTHON) -m bench.glue_faults
 
 deploy: setup ## cdk deploy one environment: make deploy ENV=<name> (needs AWS credentials)

@@ -27,12 +27,15 @@ from pipeline_constructs import (
     ChainLink,
     ChainStep,
     DataBucket,
+    FanOut,
     PipelineAlarms,
+    PipelineDashboard,
     PipelineNetwork,
     ScheduledTrigger,
     SpotWorkerFleet,
     StatusStore,
     TaskQueue,
+    WorkerTask,
     synth_or_exit,
 )
 from pipeline_constructs.building_blocks.compliance import COMPLIANCE_CONTEXT
@@ -166,6 +169,31 @@ class PipelineStack(cdk.Stack):
             log_retention=retention,
             downstream_queue=self.finished.queue,
         )
+        # Workers in any language, beside the Python one: a command run per task (input file in, output folder
+        # out) and a local HTTP app in the manner of Beanstalk's worker tier (each task POSTed to it).
+        self.word_counts = SpotWorkerFleet(
+            self,
+            "WordCounts",
+            task=WorkerTask.command(["./count_words", "{input}"]),
+            worker_directory=WORKER_IMAGES / "command_worker",
+            network=self.network,
+            bucket=self.data.bucket,
+            table=self.status.table,
+            max_size=config.fleet_max_size,
+            log_retention=retention,
+        )
+        self.word_frequencies = SpotWorkerFleet(
+            self,
+            "WordFrequencies",
+            task=WorkerTask.http(port=8080, start=["python3", "app.py"]),
+            concurrency=1,  # one request at a time: a timed-out one's work is stopped with a restart of the app
+            worker_directory=WORKER_IMAGES / "http_worker",
+            network=self.network,
+            bucket=self.data.bucket,
+            table=self.status.table,
+            max_size=config.fleet_max_size,
+            log_retention=retention,
+        )
         # The daily feed: watch the XML feed, and only when it changed, convert it (message link).
         self.feeds = BatchChain(
             self,
@@ -226,11 +254,68 @@ class PipelineStack(cdk.Stack):
             self, "DailyReport", schedule=config.report_schedule, time_zone=config.feed_time_zone, chain=self.reports
         )
 
+        # Fan-out / fan-in: the day's 24 hourly partitions, one Batch array child each, then one join.
+        self.partitions = BatchChain(
+            self,
+            "Partitions",
+            chain_name="partitions",
+            bucket=self.data.bucket,
+            table=self.status.table,
+            compute_environment=self.feeds.compute_environment,
+            job_queue=self.feeds.job_queue,
+            log_retention=retention,
+            steps=[
+                ChainStep(
+                    name="hourly_split",
+                    image=WORKER_IMAGES / "hourly_split",
+                    memory_mib=512,
+                    timeout=cdk.Duration.minutes(10),
+                    link=ChainLink.message(),
+                ),
+                ChainStep(
+                    name="hourly_partition",
+                    image=WORKER_IMAGES / "hourly_partition",
+                    memory_mib=1024,
+                    timeout=cdk.Duration.minutes(15),
+                    attempts=2,
+                    fan_out=FanOut.over_message(field="partitions"),
+                    link=ChainLink.on_success(),
+                ),
+                ChainStep(
+                    name="hourly_join",
+                    image=WORKER_IMAGES / "hourly_join",
+                    memory_mib=512,
+                    timeout=cdk.Duration.minutes(10),
+                    environment={"PARTITIONS_STEP": "hourly_partition"},
+                    reads_from=["hourly_partition"],
+                ),
+            ],
+        )
+        self.daily_partitions = ScheduledTrigger(
+            self,
+            "DailyPartitions",
+            schedule=config.report_schedule,
+            time_zone=config.feed_time_zone,
+            chain=self.partitions,
+        )
+
         self.alarms = PipelineAlarms(self, "Alarms", email=config.alarm_email)
         self.alarms.watch_chain(self.feeds)
         self.alarms.watch_chain(self.reports)
         self.alarms.watch_fleet(self.statistics)
         self.alarms.watch_queue("FinishedDeadLetters", self.finished.dead_letter_queue, "The finished-task DLQ")
+        self.alarms.watch_chain(self.partitions)
+        self.alarms.watch_fleet(self.word_counts)
+        self.alarms.watch_fleet(self.word_frequencies)
+        # What the figures of `pipeline report` look like live: queues, fleet sizes, task durations, chain runs.
+        self.dashboard = PipelineDashboard(
+            self,
+            "Dashboard",
+            fleets=[self.statistics, self.word_counts, self.word_frequencies],
+            chains=[self.feeds, self.reports, self.partitions],
+            alarms=self.alarms,
+            dashboard_name=f"pipeline-{config.name}",
+        )
 
         # For people; the operator CLI reads the PipelineConstructsManifest output the constructs write.
         for name, value in {

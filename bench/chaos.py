@@ -22,7 +22,15 @@ worker stopped gracefully), forwards downstream (missing; disagreeing with the r
 counted apart: at least once is the contract), tasks whose work ran to its output twice, and how often each
 fault fired.
 
+The workers run the task in one of the runtime's task kinds (``--task-kind``; the same behaviour in each,
+``bench/chaos_tasks.py``): a Python function (the default), a command per task (``bench/chaos_command.py``)
+or a worker-tier app each worker starts on a port of its own (``bench/chaos_app.py``). A mode that cannot
+apply to a kind is left out of the bodies for that kind alone (:data:`SKIPPED_MODES`): a command returns no
+result, so its tasks have no result over 256 KiB, and a forward cannot disagree with a stored result (the
+forwards are checked to name the task's output instead, as in every kind).
+
     python -m bench.chaos [--tasks 300] [--workers 3] [--round-tasks 20] [--kinds matrix,s3:PUT,...]
+                          [--task-kind function|command|http]
 """
 
 from __future__ import annotations
@@ -39,15 +47,16 @@ import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import boto3
 
 from bench.chaos_faults import BURST_CALLS, CALL_KINDS, STALL_SECONDS, Fault, Refusals, fired, fired_by_call
-from pipeline_constructs.fleet.worker.config import SPARE_DELIVERIES
+from pipeline_constructs.fleet.worker.config import SPARE_DELIVERIES, TASK_KINDS
 from pipeline_constructs.fleet.worker.status import TABLE_KEYS
+from pipeline_constructs.local import free_port
 from pipeline_constructs.local.autoscaling import LocalAutoScaling
 from pipeline_constructs.local.imds import FakeInstanceMetadata
 from pipeline_constructs.local.proxy import FaultProxy
@@ -74,6 +83,26 @@ MANY_OUTPUTS = 450
 OVERSIZE_TASK_TIMEOUT_SECONDS = 60
 SUCCEEDED = "SUCCEEDED"
 MATRIX = "matrix"
+#: How the report names each other kind's task.
+KIND_DESCRIPTIONS = {
+    "command": "a command, `python3 bench/chaos_command.py` per task (body, input and outputs as files)",
+    "http": "a worker-tier app, `bench/chaos_app.py`, started by each worker on a port of its own "
+    "(outputs and result in its JSON answer)",
+}
+#: Body modes a task kind cannot act on, and why: left out of that kind's bodies.
+SKIPPED_MODES = {"command": {"result_bytes": "a command returns no result, only outputs"}}
+#: The task each kind runs (``PIPELINE_TASK_KIND`` and the kind's own settings); an app's port is a worker's own.
+KIND_SETTINGS = {
+    "function": {"PIPELINE_TASK": "bench.chaos_tasks:work"},
+    "command": {
+        "PIPELINE_TASK_KIND": "command",
+        "PIPELINE_COMMAND": json.dumps(["python3", str(ROOT / "bench" / "chaos_command.py")]),
+    },
+    "http": {
+        "PIPELINE_TASK_KIND": "http",
+        "PIPELINE_HTTP_START": json.dumps(["python3", str(ROOT / "bench" / "chaos_app.py")]),
+    },
+}
 
 
 @dataclass
@@ -91,6 +120,8 @@ class Plan:
     kills: bool = False
     feed: bool = False  # keep tasks coming until the faults are over (Feeder)
     timeout: float = 240
+    task_kind: str = TASK_KINDS[0]
+    skipped: dict[str, str] = field(default_factory=dict)  # modes left out of the bodies for the kind, and why
 
     @property
     def good(self) -> list[str]:
@@ -137,6 +168,7 @@ class Chaos:
             (scaling if fault.autoscaling else proxy).add(fault)
         imds = FakeInstanceMetadata(instance_id=f"i-chaos{self.started:03d}", group="chaos-workers")
         env = self.env | {
+            **({"PIPELINE_HTTP_PORT": str(free_port())} if self.env.get("PIPELINE_TASK_KIND") == "http" else {}),
             "AWS_ENDPOINT_URL": proxy.endpoint,
             "AWS_ENDPOINT_URL_AUTO_SCALING": scaling.endpoint,
             "PIPELINE_WORKER_ID": f"w{self.started}",
@@ -266,6 +298,22 @@ def round_plans(rng: random.Random, count: int) -> list[Plan]:
     title = f"2 results over 256 KiB, {MANY_OUTPUTS} outputs listed (over 400 KB)"
     plans.append(Plan("oversize", title, units + big + many, expected, task_timeout=OVERSIZE_TASK_TIMEOUT_SECONDS))
     return plans
+
+
+def for_kind(plan: Plan, task_kind: str) -> Plan:
+    """The plan for workers of ``task_kind``: the modes that kind cannot act on left out of every body
+    (:data:`SKIPPED_MODES`), and named in its title."""
+    skipped_modes = SKIPPED_MODES.get(task_kind, {})
+
+    def adapted(body: dict) -> dict:
+        skipped.update({mode: skipped_modes[mode] for mode in body if mode in skipped_modes})
+        return {mode: value for mode, value in body.items() if mode not in skipped_modes}
+
+    skipped: dict[str, str] = {}
+    units = [[adapted(body) for body in unit] for unit in plan.units]
+    resend = [adapted(body) for body in plan.resend]
+    title = plan.title + "".join(f" ({mode} skipped: {why})" for mode, why in skipped.items())
+    return replace(plan, title=title, units=units, resend=resend, task_kind=task_kind, skipped=skipped)
 
 
 # ---------------------------------------------------------------- one run
@@ -414,7 +462,7 @@ def _watch(res: dict[str, Any], plan: Plan, producers: list[Producer], started: 
 
 
 def _worker_env(res: dict[str, Any], plan: Plan, autoscaling: LocalAutoScaling, runs: Path) -> dict[str, str]:
-    return dict(os.environ) | {
+    return dict(os.environ, **KIND_SETTINGS[plan.task_kind]) | {
         "PYTHONPATH": str(ROOT),
         "AWS_ENDPOINT_URL_AUTO_SCALING": autoscaling.endpoint,
         "PIPELINE_QUEUE_URL": res["queue"],
@@ -422,7 +470,6 @@ def _worker_env(res: dict[str, Any], plan: Plan, autoscaling: LocalAutoScaling, 
         "PIPELINE_BUCKET": res["bucket"],
         "PIPELINE_TABLE": res["table"].name,
         "PIPELINE_FLEET_NAME": res["bucket"],
-        "PIPELINE_TASK": "bench.chaos_tasks:work",
         "PIPELINE_CONCURRENCY": "4",
         "PIPELINE_WAIT_SECONDS": "2",
         "PIPELINE_RETRY_DELAY": "1",
@@ -472,6 +519,8 @@ def run(plan: Plan, endpoint: str, log_dir: Path, rng: random.Random) -> dict[st
     result = {
         "kind": plan.name,
         "title": plan.title,
+        "task_kind": plan.task_kind,
+        "skipped_modes": plan.skipped,
         "tasks": len(plan.good),
         "failing": len(plan.expected) - len(plan.good),
         "workers": plan.workers,
@@ -572,6 +621,20 @@ def _stored_run(s3: Any, bucket: str, task: str) -> str | None:
     return result.get("run") if isinstance(result, dict) else None
 
 
+def _disagreeing(s3: Any, bucket: str, task: str, bodies: list[dict]) -> int:
+    """A task's forwards that disagree with what was stored: a result of another run than the stored one's,
+    or outputs carried inline without the task's own (a command's forwards carry no result: only this)."""
+
+    def run_of(body: dict) -> str | None:
+        return body["result"].get("run") if isinstance(body.get("result"), dict) else None
+
+    stored = _stored_run(s3, bucket, task) if any(run_of(body) for body in bodies) else None
+    output = f"output/{task}/result.json"
+    other_run = [bool(run_of(body)) and run_of(body) != stored for body in bodies]
+    without_output = [not body.get("outcome") and output not in body.get("outputs", []) for body in bodies]
+    return sum(1 for wrong in zip(other_run, without_output, strict=True) if any(wrong))
+
+
 def _outcome(res: dict[str, Any], plan: Plan, runs: Path) -> dict[str, Any]:
     versions = _output_versions(res["s3"], res["bucket"])
     rows = _task_rows(res["table"], res["bucket"])
@@ -583,11 +646,7 @@ def _outcome(res: dict[str, Any], plan: Plan, runs: Path) -> dict[str, Any]:
     forwards: dict[str, list[dict]] = {}
     for body in _drain(res["sqs"], res["downstream"]):
         forwards.setdefault(str(body.get("key")), []).append(body)
-    disagreeing = 0
-    for task, bodies in forwards.items():
-        forwarded = [b["result"]["run"] for b in bodies if isinstance(b.get("result"), dict) and "run" in b["result"]]
-        stored = _stored_run(res["s3"], res["bucket"], task) if forwarded else None
-        disagreeing += sum(1 for run_id in forwarded if run_id != stored)
+    disagreeing = sum(_disagreeing(res["s3"], res["bucket"], task, bodies) for task, bodies in forwards.items())
     completed_runs = Counter(line.split()[0] for line in runs.read_text().splitlines()) if runs.exists() else Counter()
     failed = {task: str(row.get("error", "")) for task, row in rows.items() if row.get("state") == "FAILED"}
     return {
@@ -615,14 +674,17 @@ def measure(
     round_tasks: int = 20,
     kinds: set[str] | None = None,
     log_dir: Path = ROOT / ".bench" / "chaos",
+    task_kind: str = TASK_KINDS[0],
 ) -> dict[str, Any]:
-    """The matrix, then the rounds (:data:`ROUNDS_AT_ONCE` at a time), only ``kinds`` if given (by name);
-    every run's figures, in that order."""
+    """The matrix, then the rounds (:data:`ROUNDS_AT_ONCE` at a time), only ``kinds`` if given (by name), on
+    workers of ``task_kind``; every run's figures, in that order."""
     from bench.emulator import moto_endpoint
 
     rng = random.Random(seed)
     plans = [matrix_plan(rng, tasks, workers), *round_plans(rng, round_tasks)]
-    plans = [plan for plan in plans if kinds is None or plan.name in kinds]
+    plans = [for_kind(plan, task_kind) for plan in plans if kinds is None or plan.name in kinds]
+    if task_kind != TASK_KINDS[0]:
+        log_dir /= task_kind
 
     def one(plan: Plan) -> dict[str, Any]:
         folder = log_dir / plan.name.replace(":", "-").replace("*", "all")
@@ -634,7 +696,7 @@ def measure(
         results = [one(plan) for plan in plans if plan.name == MATRIX]  # alone: its timeouts are short
         with ThreadPoolExecutor(max_workers=ROUNDS_AT_ONCE) as pool:
             results += pool.map(one, [plan for plan in plans if plan.name != MATRIX])
-    return {"round_tasks": round_tasks, "runs": results}
+    return {"round_tasks": round_tasks, "task_kind": task_kind, "runs": results}
 
 
 #: The figures ``make bench`` judges (target 0 each), and the measurement of every run they sum.
@@ -672,9 +734,11 @@ def _fired_cell(run: dict[str, Any]) -> str:
 
 
 def _matrix_lines(matrix: dict[str, Any]) -> list[str]:
+    skipped = matrix.get("skipped_modes", {})
+    big = "" if "result_bytes" in skipped else ", one with a result over 256 KiB"
     return [
-        f"- The matrix: {matrix['tasks']} good tasks (2 of them sent twice back to back, one with a result over "
-        f"256 KiB) and {matrix['failing']} failing ones (4 poison, 1 hung) on "
+        f"- The matrix: {matrix['tasks']} good tasks (2 of them sent twice back to back{big}) and "
+        f"{matrix['failing']} failing ones (4 poison, 1 hung) on "
         f"{matrix['workers']} worker processes (concurrency 4, task timeout {TASK_TIMEOUT_SECONDS} s, {ATTEMPTS} "
         f"attempts, visibility {VISIBILITY_SECONDS} s, a downstream queue); "
         + (f"settled in {matrix['seconds']} s." if matrix["settled"] else f"not settled after {matrix['seconds']} s."),
@@ -699,7 +763,15 @@ def report_section(result: dict[str, Any]) -> list[str]:
     """The chaos section of bench/REPORT.md."""
     runs = result["runs"]
     matrix = next((run for run in runs if run["kind"] == MATRIX), None)
-    lines = ["## Fault matrix at size (`bench/chaos.py`)", *(_matrix_lines(matrix) if matrix else [])]
+    task_kind = result.get("task_kind", TASK_KINDS[0])
+    lines = ["## Fault matrix at size (`bench/chaos.py`)"]
+    if task_kind != TASK_KINDS[0]:
+        skipped = "".join(f"; {mode} skipped: {why}" for mode, why in SKIPPED_MODES.get(task_kind, {}).items())
+        lines = [
+            f"## Fault matrix at size, {task_kind} workers (`bench/chaos.py --task-kind {task_kind}`)",
+            f"- The same task as {KIND_DESCRIPTIONS[task_kind]}{skipped}.",
+        ]
+    lines += _matrix_lines(matrix) if matrix else []
     lines += [
         "",
         "### Per fault kind",
@@ -736,9 +808,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=3, help="workers of the matrix")
     parser.add_argument("--round-tasks", type=int, default=20, help="good tasks of each round")
     parser.add_argument("--kinds", help="only these runs, by name, comma-separated (matrix, s3:PUT, oversize...)")
+    parser.add_argument("--task-kind", choices=TASK_KINDS, default=TASK_KINDS[0], help="what the workers run per task")
     args = parser.parse_args()
     kinds = set(args.kinds.split(",")) if args.kinds else None
-    result = measure(args.tasks, args.workers, round_tasks=args.round_tasks, kinds=kinds)
+    result = measure(args.tasks, args.workers, round_tasks=args.round_tasks, kinds=kinds, task_kind=args.task_kind)
     print(json.dumps(result, indent=2, default=str))
     print("\n".join(report_section(result)))
     print(json.dumps(figures(result)))

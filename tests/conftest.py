@@ -208,12 +208,13 @@ def _mistake(report: Any) -> bool:
 
 # ---------------------------------------------------------------- running on several processes (pytest-xdist)
 
-#: Tests that build constructs over jsii, in a few units of work, each run by one process: a process pays Node's
-#: start-up and the aws-cdk-lib load (about 2 s of CPU) once for its unit. One unit of them all would be the
-#: run's longest chain of work (40 s of CPU); spread test by test they would cost every process that load.
+#: Every test that builds constructs or reads a template over jsii, in two units of work, each run by one process:
+#: a process pays Node's start-up, the aws-cdk-lib load and the warm-up of its first synth (3-4 s of CPU) once,
+#: so the other processes never start that work. Two, not one: one would be the run's longest chain of work.
+#: A test in no unit that builds constructs (a new module, say) makes its module a unit (see _work_unit).
 JSII_UNITS = {
     # First the tests of the example's shared assembly: its process synthesizes it, while the others wait.
-    "jsii: the example app": (
+    "jsii: the example app, building blocks and fleets": (
         "tests/app/test_control_tower.py",
         "tests/app/test_example_app.py",
         "tests/building_blocks/test_compliance.py",
@@ -223,40 +224,36 @@ JSII_UNITS = {
         # The flat paths of the constructs' modules import the CDK.
         "tests/app/test_layout.py::test_a_flat_module_path_still_imports_as_its_new_module",
         "tests/glue/test_guard_mutants.py::test_the_guards_lease_outlives_the_glue_function",
-    ),
-    "jsii: chains": ("tests/chain/test_batch_chain.py",),
-    "jsii: building blocks and fleets": (
         "tests/building_blocks/test_building_blocks.py",
         "tests/fleet/test_spot_worker_fleet.py",
+        "tests/monitoring/test_dashboard.py",
+        "tests/chain/test_fan_out_construct.py",
+        "tests/local/test_any_app.py",  # its shared run synthesizes the user's app in the process
     ),
-    "jsii: instances and updates": (
+    "jsii: chains and instances": (
+        "tests/chain/test_batch_chain.py",
         "tests/fleet/test_fleet_instances.py",
         "tests/chain/test_runnable_timeout.py",
         "tests/chain/test_updates_arrive.py",
+        "tests/fleet/test_worker_kinds.py::test_fleet_",
+        "tests/local/test_fan_out_run.py",  # its shared run synthesizes its app in the process
     ),
 }
 #: Modules whose tests share a module-scoped fixture too costly to build on several processes: one unit each.
 SHARED_FIXTURE_MODULES = (
     "tests/app/test_guide.py",
     "tests/app/test_rule_packs.py",
-    "tests/local/test_any_app.py",
     "tests/local/test_alarm_delivery.py",
 )
-#: Tests of those modules that use none of its shared fixtures, a unit of their own so they run beside it.
-OWN_UNIT = ("tests/app/test_guide.py::test_the_guides_app_synthesizes_with_the_cdk_cli",)
 #: The order in which work starts. First the example's synth, which most of the rest waits for, beside the
-#: worker process tests, which mostly wait and leave it the CPU; then the units of Node work, the longest first
-#: (the guide's CDK CLI), so that none is left as a long tail; then the local runs and the tests reading the
-#: example's assembly.
+#: worker process tests, which mostly wait and leave it the CPU; then the longest units, so that none is left as
+#: a long tail: the guide's (its CDK CLI synth, then its local run), the other jsii unit; then the local runs and
+#: the tests reading the example's assembly.
 START_ORDER = (
-    JSII_UNITS["jsii: the example app"],
+    JSII_UNITS["jsii: the example app, building blocks and fleets"],
     ("tests/fleet/test_worker_processes.py", "tests/fleet/test_worker_faults.py"),
-    OWN_UNIT,
-    JSII_UNITS["jsii: chains"],
     ("tests/app/test_guide.py",),
-    JSII_UNITS["jsii: building blocks and fleets"],
-    ("tests/local/test_any_app.py",),
-    JSII_UNITS["jsii: instances and updates"],
+    JSII_UNITS["jsii: chains and instances"],
     ("tests/local/test_local_run.py", "tests/app/test_rule_packs.py", "tests/local/test_alarm_delivery.py"),
     ("tests/fleet/test_worker_leases.py", "tests/fleet/test_worker_acks.py"),
 )
@@ -287,7 +284,7 @@ def _work_unit(nodeid: str) -> str:
         if nodeid.startswith(prefixes):
             return unit
     module = nodeid.split("::")[0]
-    if nodeid.startswith(SHARED_FIXTURE_MODULES) and not nodeid.startswith(OWN_UNIT):
+    if nodeid.startswith(SHARED_FIXTURE_MODULES):
         return module
     # A module in no jsii unit that builds constructs (a new one, say) is a unit: one process loads the CDK.
     return module if _builds_constructs(module) else nodeid

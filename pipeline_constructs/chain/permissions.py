@@ -28,9 +28,10 @@ def step_job_role(chain: BatchChain, index: int, step: ChainStep) -> iam.Role:
     bucket, prefix = chain.bucket, chain.prefix
     sources = _read_sources(chain, index, step)
     readable = [bucket.arn_for_objects(f"{prefix}{name}/*") for name in sources]
-    if index and (is_message_link(chain.steps[index - 1].link) or chain.steps[index - 1].fan_out is not None):
+    after_message = index and (is_message_link(chain.steps[index - 1].link) or chain.steps[index - 1].fan_out)
+    if after_message and step.fan_out is None:
         # A message too large for SubmitJob (a join's list of items too) arrives as a claim check
-        # (DOWNLOAD_MESSAGE_S3).
+        # (DOWNLOAD_MESSAGE_S3); a fan-out's children get no message, only their items (the glue reads it).
         readable.append(bucket.arn_for_objects(f"{prefix}{CLAIMS_FOLDER}*/{step.name}.json"))
     if step.fan_out is not None:
         # Each child reads its item from the fan-out's items object (PIPELINE_ITEMS).

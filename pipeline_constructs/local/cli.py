@@ -218,6 +218,13 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
         help="stay up after the work (Ctrl-C ends it) so `pipeline ... --local` can be used",
     )
     parser.add_argument(
+        "--report",
+        default=None,
+        metavar="PATH",
+        help="after the work, the run's performance report (`pipeline report`): printed, and written to "
+        "PATH.json and PATH.html (its throughput and backlog chart)",
+    )
+    parser.add_argument(
         "--state-file", default=LOCAL_STATE_FILE, help=f"where --serve says where it runs (default: {LOCAL_STATE_FILE})"
     )
 
@@ -359,6 +366,8 @@ def _run(pipeline: LocalPipeline, args: argparse.Namespace, console: Console, st
     idle = wait(max(10.0, args.timeout - (time.monotonic() - started))) and idle
     if args.demo:
         pipeline.fire_alarms()  # what became of each notification: in the result and its summary
+    if args.report:
+        _write_report(console, args.state_file, Path(args.report))
     if args.serve:
         _serve(pipeline, console, args.state_file)
     result = pipeline.result()
@@ -379,6 +388,19 @@ def _submit_tasks(pipeline: LocalPipeline, args: argparse.Namespace, console: Co
         console.print(f"sent {count} input file(s) from {', '.join(args.inputs)}, one task each")
         sent = sent or count > 0
     return sent
+
+
+def _write_report(console: Console, state_file: str, path: Path) -> None:
+    """`pipeline report --local` of this run while it still serves: its tables, its figures and its chart."""
+    from pipeline_constructs.ops import operator
+    from pipeline_constructs.ops import report as performance
+
+    figures = performance.gather(operator.connect(None, local=True, state_file=state_file))
+    performance.render(figures, console)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    performance.write_json(figures, path.with_suffix(".json"))
+    performance.write_chart(figures, path.with_suffix(".html"))
+    console.print(f"report written to {path.with_suffix('.json')} and {path.with_suffix('.html')}")
 
 
 def _print_reasons(console: Console, result: dict[str, Any]) -> None:

@@ -58,20 +58,54 @@ def guide_folder(tmp_path_factory) -> Path:
     return folder
 
 
+#: Where jsii keeps the CDK libraries it unpacked (about 250 MB), under the real home unless the environment says.
+JSII_PACKAGE_CACHE = os.environ.get("JSII_RUNTIME_PACKAGE_CACHE_ROOT") or str(
+    Path.home() / ".cache" / "aws" / "jsii" / "package-cache"
+)
+
+
+def cdk_cli_environment(home: Path) -> dict[str, str]:
+    """The CDK CLI's environment on a machine without AWS credentials: no AWS_* variable, an empty home (no
+    ~/.aws), no instance metadata; the venv's Python and Node first on PATH, as the guide installs them.
+
+    jsii's package cache stays where it was, as warm as a user's after their first synth: it holds no AWS
+    configuration, and unpacking the CDK into the empty home again cost each app run seconds of CPU."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join([str(Path(sys.executable).parent), str(ROOT / "node_modules" / ".bin"), os.environ["PATH"]])
+    kept = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "CDK_"))}
+    return kept | {
+        "PATH": path,
+        "HOME": str(home),
+        "JSII_RUNTIME_PACKAGE_CACHE_ROOT": JSII_PACKAGE_CACHE,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "CDK_DISABLE_CLI_TELEMETRY": "true",
+        "CDK_DISABLE_VERSION_CHECK": "true",
+    }
+
+
 @pytest.fixture(scope="module")
 def guide_app(guide_folder) -> tuple[Path, subprocess.CompletedProcess]:
-    """The guide's app run as a user would: (cloud assembly, the app's run)."""
-    outdir = guide_folder / "cdk.out"
+    """The guide's app synthesized as a user without an AWS account does: `npx cdk synth`, which runs `python
+    app.py` (cdk.json) with no credentials; (cloud assembly, the CLI's run). Every test of the app reads this
+    one assembly: the CLI's first run of the app is the plain `python app.py` (synth_or_exit fails it on any
+    finding), its second the app given the lookup the CLI could not make."""
     result = subprocess.run(
-        [sys.executable, "app.py"],
+        [str(ROOT / "node_modules" / ".bin" / "cdk"), "synth", "--quiet", "--output", "cli.out"],
         cwd=guide_folder,
-        env=os.environ
-        | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CDK_OUTDIR": str(outdir)},
+        env=cdk_cli_environment(guide_folder / "home"),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
-    return outdir, result
+    return guide_folder / "cli.out", result
+
+
+def test_the_guides_app_synthesizes_with_the_cdk_cli_and_no_aws_credentials(guide_app):
+    """`npx cdk synth` as a user without an AWS account runs it (`python app.py` alone would hide the CLI's
+    lookups: only the CLI makes them, and it needs credentials for a stack with an account)."""
+    _, result = guide_app
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Need to perform AWS calls" not in result.stderr
 
 
 def test_the_guides_app_synthesizes_across_two_stacks_with_no_unacknowledged_finding(guide_app):
@@ -109,7 +143,7 @@ def test_the_guides_app_runs_its_fleet_and_its_chain_locally_across_its_two_stac
     assert code == 0 and result["ok"], result
     (fleet,) = result["fleets"].values()
     assert (fleet["done"], fleet["lost"], fleet["rows_succeeded"]) == (3, 0, 3)
-    assert [schedule[: len("Daily")] for schedule, fired in result["schedules"].items() if fired] == ["Daily"]
+    assert [schedule for schedule, fired in result["schedules"].items() if fired] == ["Work/Daily/Schedule/Resource"]
     steps = {job["step"]: job["status"] for job in result["jobs"]}
     assert steps == {"fetch": "SUCCEEDED", "summarize": "SUCCEEDED", "load": "SUCCEEDED"}, result["jobs"]
     written = {prefix: count for prefix, count in result["objects"].items() if prefix.startswith("shared-")}
@@ -122,53 +156,12 @@ def test_the_guides_app_runs_its_fleet_and_its_chain_locally_across_its_two_stac
 
 
 def test_the_guides_app_allows_no_service_without_its_source(guide_app):
-    """The source-condition scan of tests/app/test_source_conditions.py, on the guide's app (synthesized once, here)."""
+    """The source-condition scan of tests/app/test_source_conditions.py, on the guide's app."""
     outdir, synthesized = guide_app
     assert synthesized.returncode == 0, synthesized.stderr[-3000:]
     stacks = load_assembly(Path(outdir))
     assert {stack.name for stack in stacks} == {"Shared", "Work"}
     assert {stack.name: unbound_service_statements(stack.template) for stack in stacks} == {"Shared": [], "Work": []}
-
-
-#: Where jsii keeps the CDK libraries it unpacked (about 250 MB), under the real home unless the environment says.
-JSII_PACKAGE_CACHE = os.environ.get("JSII_RUNTIME_PACKAGE_CACHE_ROOT") or str(
-    Path.home() / ".cache" / "aws" / "jsii" / "package-cache"
-)
-
-
-def cdk_cli_environment(home: Path) -> dict[str, str]:
-    """The CDK CLI's environment on a machine without AWS credentials: no AWS_* variable, an empty home (no
-    ~/.aws), no instance metadata; the venv's Python and Node first on PATH, as the guide installs them.
-
-    jsii's package cache stays where it was, as warm as a user's after their first synth: it holds no AWS
-    configuration, and unpacking the CDK into the empty home again cost each app run seconds of CPU."""
-    home.mkdir(parents=True, exist_ok=True)
-    path = os.pathsep.join([str(Path(sys.executable).parent), str(ROOT / "node_modules" / ".bin"), os.environ["PATH"]])
-    kept = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "CDK_"))}
-    return kept | {
-        "PATH": path,
-        "HOME": str(home),
-        "JSII_RUNTIME_PACKAGE_CACHE_ROOT": JSII_PACKAGE_CACHE,
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "CDK_DISABLE_CLI_TELEMETRY": "true",
-        "CDK_DISABLE_VERSION_CHECK": "true",
-    }
-
-
-def test_the_guides_app_synthesizes_with_the_cdk_cli_and_no_aws_credentials(guide_folder):
-    """`npx cdk synth` as a user without an AWS account runs it (`python app.py` would hide the CLI's lookups:
-    only the CLI makes them, and it needs credentials for a stack with an account). It needs no other test's
-    synth, so it runs beside them (tests/conftest.py: OWN_UNIT)."""
-    result = subprocess.run(
-        [str(ROOT / "node_modules" / ".bin" / "cdk"), "synth", "--quiet", "--output", "cli.out"],
-        cwd=guide_folder,
-        env=cdk_cli_environment(guide_folder / "home"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Need to perform AWS calls" not in result.stderr
 
 
 def test_the_guides_app_has_no_unacknowledged_rule_pack_finding(guide_app, tmp_path):

@@ -22,7 +22,7 @@ def test_every_boot_script_of_the_example_passes_shellcheck(example_stacks):
         for name, stack in example_stacks.items()
         for logical_id, script in user_data_scripts(stack.template).items()
     }
-    assert len(scripts) == 2, "one fleet per environment"
+    assert len(scripts) == 6, "three fleets per environment (a function's, a command's, an HTTP app's)"
     findings = {name: shellcheck(script) for name, script in scripts.items()}
     assert findings == dict.fromkeys(scripts, "")
 

@@ -675,7 +675,14 @@ def test_only_a_step_that_may_publish_is_told_the_topic(dev_template):
     for definition in dev_template.find_resources("AWS::Batch::JobDefinition").values():
         environment = {e["Name"]: e["Value"] for e in definition["Properties"]["ContainerProperties"]["Environment"]}
         steps[environment["PIPELINE_STEP"]] = "PIPELINE_TOPIC_ARN" in environment
-    assert steps == {"feed_watcher": True, "feed_consumer": False, "daily_report": False}
+    assert steps == {
+        "feed_watcher": True,
+        "feed_consumer": False,
+        "daily_report": False,
+        "hourly_split": True,
+        "hourly_partition": False,
+        "hourly_join": False,
+    }
 
 
 def test_message_links_get_a_claim_check_folder_the_glue_writes_and_the_next_step_reads(dev_template):
@@ -692,10 +699,13 @@ def test_message_links_get_a_claim_check_folder_the_glue_writes_and_the_next_ste
                     writes.append((statement["Action"], text))
                 else:
                     reads[logical_id] = text
-    assert writes == [("s3:PutObject", writes[0][1])] and "/feeds/_messages/*" in writes[0][1]
-    ((reader, resource),) = reads.items()
-    assert reader.startswith("FeedsfeedconsumerJobRole")
-    assert "/feeds/_messages/*/feed_consumer.json" in resource
+    assert writes == [("s3:PutObject", writes[0][1])]
+    assert "/feeds/_messages/*" in writes[0][1] and "/partitions/_messages/*" in writes[0][1]
+    # The step after each message link (not the fan-out's children, who get items, not a message) and the join.
+    readers = {reader[: reader.index("JobRole")]: resource for reader, resource in reads.items()}
+    assert set(readers) == {"Feedsfeedconsumer", "Partitionshourlyjoin"}
+    assert "/feeds/_messages/*/feed_consumer.json" in readers["Feedsfeedconsumer"]
+    assert "/partitions/_messages/*/hourly_join.json" in readers["Partitionshourlyjoin"]
     # The key the glue writes is one the step may read.
     from pipeline_constructs.glue.handler import SUBMIT_JOB_BUDGET, claim_check
     from pipeline_constructs.local.iam import _glob
@@ -707,7 +717,7 @@ def test_message_links_get_a_claim_check_folder_the_glue_writes_and_the_next_ste
     ]
     request = {"jobName": "j", "containerOverrides": {"environment": environment}}
     _, key, _, _ = claim_check(request, {"bucket": "b", "prefix": "feeds/_messages/"}, "95df01b4-message-id")
-    (readable,) = re.findall(r'"(/feeds/_messages/[^"]*)"', resource)
+    (readable,) = re.findall(r'"(/feeds/_messages/[^"]*)"', readers["Feedsfeedconsumer"])
     assert _glob(f"arn:aws:s3:::b{readable}", f"arn:aws:s3:::b/{key}"), (readable, key)
 
 

@@ -63,11 +63,12 @@ def test_an_edit_updates_the_environment_in_place_and_lets_running_jobs_finish(d
 
 def test_job_definitions_have_fixed_unique_names(dev_template, prod_template):
     dev, prod = definition_names(dev_template), definition_names(prod_template)
-    assert len(set(dev + prod)) == len(dev + prod) == 6
+    assert len(set(dev + prod)) == len(dev + prod) == 12  # six steps per environment
     # Readable, and unique per account and region: the chain's construct path, a hash of it, the step.
     patterns = [
         r"pipeline-dev-Feeds-[0-9A-F]{8}-feed_(watcher|consumer)",
         r"pipeline-dev-Reports-[0-9A-F]{8}-daily_report",
+        r"pipeline-dev-Partitions-[0-9A-F]{8}-hourly_(split|partition|join)",
     ]
     assert all(any(re.fullmatch(pattern, name) for pattern in patterns) for name in dev), dev
 

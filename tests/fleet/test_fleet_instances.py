@@ -143,14 +143,16 @@ def test_literal_environment_values_that_cannot_be_one_line_fail_synth(environme
 
 
 def test_boot_installs_only_the_locked_wheels_shipped_with_the_code(dev_template: Template):
-    (script,) = [s for s in user_data_scripts(dict(dev_template.to_json())).values() if "pipeline_env" in s]
-    user_data = script.replace("\n", " ")
-    assert (
-        "pip install -q --no-index --find-links /opt/pipeline/task/wheels --only-binary=:all: --require-hashes"
-        in user_data
-    )
-    assert "-r /opt/pipeline/task/requirements.lock" in user_data
-    assert "'boto3" not in user_data and "requirements.txt" not in user_data
+    scripts = [s for s in user_data_scripts(dict(dev_template.to_json())).values() if "pipeline_env" in s]
+    assert len(scripts) == 3  # every fleet of the example: a function's, a command's, an HTTP app's
+    for script in scripts:
+        user_data = script.replace("\n", " ")
+        assert (
+            "pip install -q --no-index --find-links /opt/pipeline/task/wheels --only-binary=:all: --require-hashes"
+            in user_data
+        )
+        assert "-r /opt/pipeline/task/requirements.lock" in user_data
+        assert "'boto3" not in user_data and "requirements.txt" not in user_data
 
 
 def _worker_copy(tmp_path: Path) -> Path:

@@ -197,7 +197,7 @@ def test_http_tasks_survive_a_kill_9_and_a_dying_app_and_a_timeout_restarts_the_
     assert json.loads(rows["doc-1"]["result"]) == {"words": 10, "distinct": 3}
     assert int(rows["die-0"]["attempts"]) == 2 and int(rows["slow-0"]["attempts"]) == 2
     assert rows["bad"]["state"] == "FAILED"
-    assert rows["bad"]["error"] == 'AppFailed: HTTP 400 Bad Request: no "text" in the message'
+    assert rows["bad"]["error"] == "AppFailed: HTTP 404 Not Found: no input object for key 'bad'"
     assert rows["hang-0"]["state"] == "FAILED" and rows["hang-0"]["error"] == "timed out after 1 s"
     headers = json.loads((records / "doc-0-1.request").read_text())
     assert headers["X-Aws-Sqsd-Queue"] == p.queue_url.rsplit("/", 1)[-1] and headers["X-Aws-Sqsd-Msgid"]

@@ -146,6 +146,43 @@ def test_scale_in_protection_while_busy_and_cleared_when_idle(monkeypatch):
     assert autoscaling.calls == [True, False]
 
 
+class FlakyLifecycle:
+    """CompleteLifecycleAction failing with ``errors`` (botocore ClientErrors, by code) before it succeeds."""
+
+    def __init__(self, *errors: tuple[str, str]) -> None:
+        self.errors, self.calls = list(errors), 0
+
+    def complete_lifecycle_action(self, **request):
+        from botocore.exceptions import ClientError
+
+        self.calls += 1
+        assert request["LifecycleActionResult"] == "CONTINUE" and request["InstanceId"] == "i-123"
+        if self.errors:
+            code, message = self.errors.pop(0)
+            raise ClientError({"Error": {"Code": code, "Message": message}}, "CompleteLifecycleAction")
+
+
+@pytest.mark.parametrize(
+    ("errors", "calls"),
+    [
+        # A throttle burst and a 5xx past the SDK's retries: tried again, the drained instance goes at once
+        # (found by bench/chaos.py: the instance otherwise waits out the hook's timeout, billed).
+        ([("Throttling", "Rate exceeded"), ("InternalFailure", "oops")], 3),
+        # No action waiting (completed already, or timed out): nothing to try again.
+        ([("ValidationError", "No active Lifecycle Action found with instance ID i-123")], 1),
+        # Failing on every try: given up after the waits, the hook's timeout lets the instance go.
+        ([("Throttling", "Rate exceeded")] * 9, 1 + len(instance.LIFECYCLE_RETRY_WAITS)),
+    ],
+    ids=["retried", "no action", "given up"],
+)
+def test_a_failed_lifecycle_completion_is_tried_again(monkeypatch, errors, calls):
+    monkeypatch.setattr(instance.time, "sleep", lambda seconds: None)
+    autoscaling = FlakyLifecycle(*errors)
+    config = WorkerConfig.from_env(REQUIRED | {"PIPELINE_LIFECYCLE_HOOK": "drain"})
+    instance.InstanceDuties(config, metadata=StubMetadata(), autoscaling=autoscaling).complete_lifecycle_action()
+    assert autoscaling.calls == calls
+
+
 def test_stopping_the_task_processes_mid_task_ends_the_task_and_closes_each_pipe_once():
     # The slot's own thread closes a busy process's pipe; the stopping thread only kills the process. Closed
     # from both at once, a descriptor could be closed after the worker reused it (the lifecycle test's hang).

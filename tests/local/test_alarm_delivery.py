@@ -23,6 +23,11 @@ from pipeline_constructs.local.resource_policies import alarm_sender
 from pipeline_constructs.local.runner import LocalPipeline
 from pipeline_constructs.ops.assembly import SynthesizedStack, find_stack, load_assembly
 
+#: The example's dev fleets (a function's, a command's, an HTTP app's), and its alarms that notify the topic:
+#: each fleet's dead letters, the glue's errors and failures, and the finished-task DLQ.
+FLEETS = 3
+TOPIC_ALARMS = FLEETS + 3
+
 
 def _alarm_topic(stack: SynthesizedStack) -> str:
     (topic,) = [lid for lid in stack.resources_of_type("AWS::SNS::Topic") if lid.startswith("AlarmsTopic")]
@@ -78,7 +83,7 @@ def test_every_alarm_fires_once_and_each_notification_is_delivered_to_the_alarm_
     alarms = stack.resources_of_type("AWS::CloudWatch::Alarm")
     assert sorted(fired.alarm for fired in run.fired) == sorted(cdk_path(stack, lid) for lid in alarms)
     to_topic = {cdk_path(stack, lid) for lid in _topic_alarms(stack, _alarm_topic(stack))}
-    assert len(to_topic) == 4  # the fleet's scale-from-zero alarm acts on a scaling policy, not a topic
+    assert len(to_topic) == TOPIC_ALARMS  # each fleet's scale-from-zero alarm acts on a scaling policy
     reported = {entry["alarm"]: entry["notifications"] for entry in run.result["alarms"]}
     for alarm, notifications in reported.items():
         if alarm in to_topic:
@@ -110,7 +115,7 @@ def test_the_summary_shows_each_alarms_notification_delivered(fired_dev_run):
     lines = [line for line in text.splitlines() if line.startswith("alarm ")]
     topic = fired_dev_run.topic.rsplit(":", 1)[-1]
     delivered = [line for line in lines if f"notification delivered to {topic}, sent on to sqs " in line]
-    assert len(delivered) == 4 and len(lines) == 5, lines
+    assert len(delivered) == TOPIC_ALARMS and len(lines) == TOPIC_ALARMS + FLEETS, lines
     assert "Result: everything completed" in text
 
 
@@ -164,7 +169,7 @@ def test_without_the_topics_cloudwatch_statement_every_notification_is_denied_an
     output = capsys.readouterr().out
     assert code == 1
     notifications = [n for fired in result["alarms"] for n in fired["notifications"]]
-    assert len(notifications) == 4
+    assert len(notifications) == TOPIC_ALARMS
     for notification in notifications:
         topic = notification["topic"]
         assert notification["denied"].startswith(f'Failed to execute action {topic}. Received error: "Resource: ')
@@ -172,10 +177,10 @@ def test_without_the_topics_cloudwatch_statement_every_notification_is_denied_an
         assert "no statement allows the action for cloudwatch.amazonaws.com" in notification["denied"]
         assert notification["sent_to"] == []
     denied = result["deliveries"]["denied"]
-    assert len(denied) == 4 and all("not authorized to perform: sns:Publish" in d for d in denied)
+    assert len(denied) == TOPIC_ALARMS and all("not authorized to perform: sns:Publish" in d for d in denied)
     # Nothing else failed: the denials alone fail the run.
     assert (result["jobs"], result["iam"]["denied"], result["timed_out"]) == ([], [], False)
-    assert output.count("notification to ") == 4 and "NOT everything completed" in output
+    assert output.count("notification to ") == TOPIC_ALARMS and "NOT everything completed" in output
 
 
 def test_an_alarm_is_named_by_its_constructs_path():

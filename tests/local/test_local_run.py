@@ -46,19 +46,36 @@ def run_local(outdir: Path, tmp_path: Path, *args: str) -> tuple[int, dict]:
     return code, json.loads(result_file.read_text())
 
 
-def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_outdir, tmp_path):
+def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_outdir, tmp_path, capsys):
     outdir = example_outdir
-    code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "8")
+    report = tmp_path / "report"
+    code, result = run_local(
+        outdir, tmp_path, "--demo", "--tasks", "8", "--state-file", str(tmp_path / "s.json"), "--report", str(report)
+    )
     assert code == 0, result
+    # The run's performance report, as `make demo` prints and writes it: each fleet's and chain run's figures.
+    printed = capsys.readouterr().out
+    assert all(f"fleet pipeline-dev/{name}" in printed for name in ("Statistics", "WordCounts", "WordFrequencies"))
+    assert "duration p50 / p95 / max" in printed and "cost per task" in printed and "chain partitions" in printed
+    figures = json.loads(report.with_suffix(".json").read_text())
+    assert {f["succeeded"] for f in figures["fleets"]} == {8}
+    chart = report.with_suffix(".html").read_text()
+    assert "<svg" in chart and len(chart) > 2000
     assert sorted((j["step"], j["status"]) for j in result["jobs"]) == [
         ("daily_report", "SUCCEEDED"),
         ("feed_consumer", "SUCCEEDED"),
         ("feed_watcher", "SUCCEEDED"),
+        ("hourly_join", "SUCCEEDED"),
+        ("hourly_partition", "SUCCEEDED"),  # the fan-out's array: its 24 children within it
+        ("hourly_split", "SUCCEEDED"),
     ]
     assert {j["reason"] for j in result["jobs"]} == {""}  # AWS gives a succeeded job no status reason
-    ((name, statistics),) = result["fleets"].items()
-    assert name.endswith("/Statistics")
-    assert (statistics["expected"], statistics["done"], statistics["lost"], statistics["dead"]) == (8, 8, 0, 0)
+    # A Python function, a command and an HTTP app, each fleet its 8 tasks.
+    fleets = {name.rsplit("/", 1)[-1]: p for name, p in result["fleets"].items()}
+    assert set(fleets) == {"Statistics", "WordCounts", "WordFrequencies"}
+    assert {(p["expected"], p["done"], p["lost"], p["dead"]) for p in fleets.values()} == {(8, 8, 0, 0)}
+    objects = {prefix.split("/", 1)[1]: count for prefix, count in result["objects"].items()}
+    assert objects["partitions/hourly_partition/"] == 24 and objects["partitions/hourly_join/"] == 1
     # The second stage (the daily report) drained every finished task from the downstream queue.
     assert result["downstream_queues"] and set(result["downstream_queues"].values()) == {0}
     report_logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("job-reports-daily_report-*.log"))
@@ -102,7 +119,7 @@ def test_fault_run_loses_nothing_and_dead_letters_the_poison(example_outdir, tmp
     assert code == 0, result
     fleets = result["fleets"]
     assert sum(p["lost"] for p in fleets.values()) == 0
-    assert sum(p["dead"] for p in fleets.values()) == 2
+    assert sum(p["dead"] for p in fleets.values()) == 2 * len(fleets)  # each first-stage fleet's 2 poison tasks
     assert sum(p["kills"] for p in fleets.values()) >= 2
     assert sum(p["spot_notices"] for p in fleets.values()) == 1
     assert any("spot interruption notice" in event for event in result["fault_events"])
@@ -118,19 +135,29 @@ def test_fault_run_loses_nothing_and_dead_letters_the_poison(example_outdir, tmp
 def test_a_lifecycle_termination_is_drained_and_completed_in_the_local_run(example_outdir, tmp_path):
     outdir = example_outdir
     code, result = run_local(
-        outdir, tmp_path, "--demo", "--tasks", "6", "--lifecycle-terminate-after", "1", "--fire", "DailyReport"
+        outdir, tmp_path, "--demo", "--tasks", "4", "--lifecycle-terminate-after", "1", "--fire", "DailyReport"
     )
     assert code == 0, result
     (fleet,) = [p for p in result["fleets"].values() if p["lifecycle_terminations"]]
     assert (fleet["lifecycle_terminations"], fleet["lifecycle_completed"]) == (1, 1)
     assert fleet["replacements"] >= 1, "the group replaces the drained worker"
-    assert fleet["lost"] == 0 and fleet["rows_succeeded"] == fleet["done"] == 6
+    assert fleet["lost"] == 0 and fleet["rows_succeeded"] == fleet["done"] == 4
 
 
 def test_a_failed_step_makes_the_run_exit_non_zero(example_outdir, tmp_path):
     outdir = example_outdir
     code, result = run_local(
-        outdir, tmp_path, "--demo", "--tasks", "0", "--fire", "DailyFeed", "--fail-step", "feed_consumer"
+        outdir,
+        tmp_path,
+        "--demo",
+        "--tasks",
+        "0",
+        "--fire",
+        "DailyFeed",
+        "--fail-step",
+        "feed_consumer",
+        "--workers",
+        "0",
     )
     assert code == 1
     consumer = next(j for j in result["jobs"] if j["step"] == "feed_consumer")
@@ -151,7 +178,7 @@ def test_a_lost_task_makes_the_result_fail(example_outdir, tmp_path):
         try:
             pipeline.start()
             pipeline.submit_sample_tasks(3)
-            (first,) = pipeline.first_stage_fleets()
+            first = pipeline.first_stage_fleets()[0]
             pipeline.sqs.purge_queue(QueueUrl=first.queue_url)  # three tasks vanish without a trace
             result = pipeline.result()
         finally:
@@ -168,7 +195,7 @@ def test_the_local_run_follows_a_changed_example_app(tmp_path):
         outdir = tmp_path / "cdk.out"
         dev = _dev_config() | {"feedLink": "success", "feedUrl": feed.url}
         synth_example(outdir, {"pipeline:environments": {"dev": dev}, "env": "dev"}, rule_packs=False)
-        code, result = run_local(outdir, tmp_path, "--fire", "DailyFeed", "--timeout", "90")
+        code, result = run_local(outdir, tmp_path, "--fire", "DailyFeed", "--timeout", "90", "--workers", "0")
     finally:
         feed.shutdown()
     assert code == 0, result
@@ -321,10 +348,11 @@ def test_a_lost_task_makes_the_demo_exit_non_zero(example_outdir, tmp_path, monk
             self.sqs.purge_queue(QueueUrl=fleet.queue_url)
 
     monkeypatch.setattr(LocalPipeline, "submit_sample_tasks", submit_then_lose)
-    code, result = run_local(outdir, tmp_path, "--demo", "--tasks", "4", "--no-schedules", "--timeout", "60")
+    code, result = run_local(
+        outdir, tmp_path, "--demo", "--tasks", "4", "--no-schedules", "--timeout", "60", "--workers", "0"
+    )
     assert code == 1
-    ((_, statistics),) = result["fleets"].items()
-    assert statistics["lost"] == 4
+    assert {p["lost"] for p in result["fleets"].values()} == {4}
 
 
 def test_schedules_fire_on_their_own_while_the_run_serves(example_outdir, tmp_path, monkeypatch):
@@ -349,8 +377,8 @@ def test_schedules_fire_on_their_own_while_the_run_serves(example_outdir, tmp_pa
             fired = {schedule.path: schedule.fired for schedule in pipeline.schedules}
         finally:
             pipeline.stop()
-    assert jobs and all(name.startswith(("feeds-", "reports-")) for name in jobs)
-    assert sum(fired.values()) >= 2  # both schedules share the zone; each fired once in the minute
+    assert jobs and all(name.startswith(("feeds-", "reports-", "partitions-")) for name in jobs)
+    assert sum(fired.values()) >= 3  # the three schedules share the zone; each fired once in the minute
     assert any("fired on its schedule" in event for event in pipeline.faults.events)
 
 
@@ -405,14 +433,15 @@ def _assembly_without(outdir: Path, target: Path, policy_prefix: str, action: st
             "batch:SubmitJob",
             "batch:SubmitJob",
             ":job-queue/",
-            ("--fire", "DailyFeed"),
+            ("--fire", "DailyFeed", "--workers", "0"),  # the chain alone: no fleet is under test
         ),
         (
             "FeedsfeedwatcherJobRoleDefaultPolicy",
             "s3:PutObject",
             "s3:PutObject",
             "/feeds/feed_watcher/",
-            ("--demo", "--tasks", "0", "--fire", "DailyFeed"),  # the demo serves the feed the watcher fetches
+            # The demo serves the feed the watcher fetches; the chain alone is under test.
+            ("--demo", "--tasks", "0", "--fire", "DailyFeed", "--workers", "0"),
         ),
     ],
     ids=["fleet worker", "glue function", "batch job"],

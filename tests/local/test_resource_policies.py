@@ -41,6 +41,19 @@ _BOTH_STACKS = (
     "EventBridge rule AlarmsReportsStuckJobs -> queue PipelineConstructsGlueFailures",
     "CloudWatch alarm AlarmsStatisticsDeadLetters -> topic AlarmsTopic",
     "CloudWatch alarm AlarmsFinishedDeadLetters -> topic AlarmsTopic",
+    "CloudWatch alarm AlarmsWordCountsDeadLetters -> topic AlarmsTopic",
+    "CloudWatch alarm AlarmsWordFrequenciesDeadLetters -> topic AlarmsTopic",
+    # The fan-out chain: its message link, its job states, its schedule, its alarms' rules.
+    "SNS topic PartitionsTopic -> function PipelineConstructsGlueFunction",
+    "SNS topic PartitionsTopic -> queue PipelineConstructsGlueFailures",
+    "EventBridge rule PartitionsJobStateChanges -> function PipelineConstructsGlueFunction",
+    "EventBridge rule PartitionsJobStateChanges -> queue PipelineConstructsGlueFailures",
+    "EventBridge Scheduler schedule DailyPartitionsSchedule -> function PipelineConstructsGlueFunction",
+    "EventBridge Scheduler schedule DailyPartitionsSchedule -> queue PipelineConstructsGlueFailures",
+    "EventBridge rule AlarmsPartitionsFailedJobs -> topic AlarmsTopic",
+    "EventBridge rule AlarmsPartitionsFailedJobs -> queue PipelineConstructsGlueFailures",
+    "EventBridge rule AlarmsPartitionsStuckJobs -> topic AlarmsTopic",
+    "EventBridge rule AlarmsPartitionsStuckJobs -> queue PipelineConstructsGlueFailures",
 )
 DELIVERIES = {
     "pipeline-dev": _BOTH_STACKS,
@@ -49,9 +62,17 @@ DELIVERIES = {
         *_BOTH_STACKS,
         *(
             f"CloudWatch Logs for log group {group} -> log group {group}"
-            for group in ("NetworkFlowLogGroup", "PipelineConstructsGlueLogs", "StatisticsLogs", "FeedsJobLogs")
+            for group in (
+                "NetworkFlowLogGroup",
+                "PipelineConstructsGlueLogs",
+                "StatisticsLogs",
+                "WordCountsLogs",
+                "WordFrequenciesLogs",
+                "FeedsJobLogs",
+                "ReportsJobLogs",
+                "PartitionsJobLogs",
+            )
         ),
-        "CloudWatch Logs for log group ReportsJobLogs -> log group ReportsJobLogs",
     ),
 }
 STACKS = tuple(DELIVERIES)

@@ -296,9 +296,11 @@ def test_cost_reports_a_nat_gateway_with_its_price():
 def test_cost_of_the_example_app_lists_its_alarms_and_no_idle_compute(example_stacks):
     report = cost_report(example_stacks["pipeline-dev"].template)
     kinds = {line.kind for line in report["lines"]}
-    assert kinds == {"CloudWatch alarm"}
+    assert kinds == {"CloudWatch alarm", "dashboard"}
     assert report["idle_monthly"] == pytest.approx(sum(line.monthly for line in report["lines"]), abs=0.01)
-    assert report["idle_monthly"] <= 1.00
+    # Three fleets' scaling alarms, the glue's and dead-letter alarms, and the dashboard ($3, or one of the
+    # account's 3 free ones): no idle compute.
+    assert report["idle_monthly"] <= 5.40
     assert "SQS" in report["pay_per_use"]
 
 
@@ -306,9 +308,9 @@ def test_cost_prints_the_compliance_profiles_idle_cost_next_to_the_defaults(exam
     code, output = invoke("cost", "--assembly", str(example_outdir), "--stack", "pipeline-prod")
     assert code == 0, output
     assert "(compliance profile)" in output
-    assert "38.50" in output  # total idle: NAT gateway, its address, the key, the alarms
+    assert "42.90" in output  # total idle: NAT gateway, its address, the key, the alarms, the dashboard
     default_row = next(line for line in output.splitlines() if "default profile" in line)
-    assert "1.00" in default_row  # the same stack without the profile: its alarms only
+    assert "5.40" in default_row  # the same stack without the profile: its alarms and dashboard only
 
 
 def test_moto_prints_nothing_into_a_later_cli_output(moto_endpoint, capsys):

@@ -24,6 +24,8 @@ log = logging.getLogger("pipeline.worker")
 IDLE_UNPROTECT_SECONDS = 30.0
 SPOT_NOTICE = "spot interruption notice"
 LIFECYCLE_TERMINATION = "lifecycle termination"
+#: Waits before each new try of CompleteLifecycleAction (about 7 s in all, well inside a stop's budget).
+LIFECYCLE_RETRY_WAITS = (1.0, 2.0, 4.0)
 
 
 class InstanceDuties:
@@ -85,20 +87,32 @@ class InstanceDuties:
         return self._instance_id, self._group
 
     def complete_lifecycle_action(self) -> None:
-        """Tell the group the instance is drained (CONTINUE), rather than let the hook time out."""
+        """Tell the group the instance is drained (CONTINUE), rather than let the hook time out: tried again
+        after :data:`LIFECYCLE_RETRY_WAITS` when the call fails past the SDK's retries (a throttle burst, a
+        5xx), since otherwise the instance, drained, is billed until the hook's timeout."""
         if not self.config.lifecycle_hook or self.autoscaling is None or self.metadata is None:
             return
-        try:
-            instance_id, group = self._identity()
-            self.autoscaling.complete_lifecycle_action(
-                LifecycleHookName=self.config.lifecycle_hook,
-                AutoScalingGroupName=group,
-                InstanceId=instance_id,
-                LifecycleActionResult="CONTINUE",
-            )
-            log.info("lifecycle action completed", extra={"hook": self.config.lifecycle_hook, "instance": instance_id})
-        except Exception:
-            log.exception("completing the lifecycle action failed; the hook's timeout will let the instance go")
+        waits = iter(LIFECYCLE_RETRY_WAITS)
+        while True:
+            try:
+                instance_id, group = self._identity()
+                self.autoscaling.complete_lifecycle_action(
+                    LifecycleHookName=self.config.lifecycle_hook,
+                    AutoScalingGroupName=group,
+                    InstanceId=instance_id,
+                    LifecycleActionResult="CONTINUE",
+                )
+                log.info(
+                    "lifecycle action completed", extra={"hook": self.config.lifecycle_hook, "instance": instance_id}
+                )
+                return
+            except Exception as error:
+                wait = next(waits, None)
+                if wait is None or _no_action_to_complete(error):
+                    log.exception("completing the lifecycle action failed; the hook's timeout will let the instance go")
+                    return
+                log.warning("completing the lifecycle action failed; trying again", extra={"error": str(error)})
+                time.sleep(wait)
 
     # ---------------------------------------------------------------- scale-in protection
 
@@ -126,3 +140,10 @@ class InstanceDuties:
             )
         except Exception:
             log.exception("scale-in protection change failed", extra={"protect": protect})
+
+
+def _no_action_to_complete(error: Exception) -> bool:
+    """The group has no action waiting for this instance (already completed, or timed out): nothing to retry."""
+    response = getattr(error, "response", None) or {}
+    code = response.get("Error", {}).get("Code", "")
+    return code == "ValidationError" and "No active Lifecycle Action" in str(error)
