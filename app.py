@@ -156,18 +156,22 @@ class PipelineStack(cdk.Stack):
         # Stage one: CSV statistics per uploaded file on spot workers; finished tasks go to a queue that
         # stage two, a daily Batch report, drains (no second fleet: no idle alarms for it).
         self.finished = TaskQueue(self, "Finished", max_receive_count=3, retention_period=cdk.Duration.days(14))
+        # What every fleet of the stack shares: its network, data, status table, ceiling and log retention.
+        shared = {
+            "network": self.network,
+            "bucket": self.data.bucket,
+            "table": self.status.table,
+            "max_size": config.fleet_max_size,
+            "log_retention": retention,
+        }
         self.statistics = SpotWorkerFleet(
             self,
             "Statistics",
             task="task:csv_stats",
             worker_directory=WORKER_IMAGES / "sqs_worker",
-            network=self.network,
-            bucket=self.data.bucket,
-            table=self.status.table,
-            max_size=config.fleet_max_size,
             tasks_per_worker=config.tasks_per_worker,
-            log_retention=retention,
             downstream_queue=self.finished.queue,
+            **shared,
         )
         # Workers in any language, beside the Python one: a command run per task (input file in, output folder
         # out) and a local HTTP app in the manner of Beanstalk's worker tier (each task POSTed to it).
@@ -176,11 +180,7 @@ class PipelineStack(cdk.Stack):
             "WordCounts",
             task=WorkerTask.command(["./count_words", "{input}"]),
             worker_directory=WORKER_IMAGES / "command_worker",
-            network=self.network,
-            bucket=self.data.bucket,
-            table=self.status.table,
-            max_size=config.fleet_max_size,
-            log_retention=retention,
+            **shared,
         )
         self.word_frequencies = SpotWorkerFleet(
             self,
@@ -188,11 +188,7 @@ class PipelineStack(cdk.Stack):
             task=WorkerTask.http(port=8080, start=["python3", "app.py"]),
             concurrency=1,  # one request at a time: a timed-out one's work is stopped with a restart of the app
             worker_directory=WORKER_IMAGES / "http_worker",
-            network=self.network,
-            bucket=self.data.bucket,
-            table=self.status.table,
-            max_size=config.fleet_max_size,
-            log_retention=retention,
+            **shared,
         )
         # The daily feed: watch the XML feed, and only when it changed, convert it (message link).
         self.feeds = BatchChain(
