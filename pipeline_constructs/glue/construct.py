@@ -253,10 +253,12 @@ class GlueFunction(Construct):
         acknowledge_parliament(policy, "RESOURCE_MISMATCH[batch]", SUBMIT_JOB_RESOURCES)
 
     def grant_status(self, table: dynamodb.ITable) -> None:
-        """Trigger guards and run tracking: write and read back single items, nothing else."""
+        """Trigger guards and run tracking: write and read back single items, and write a fan-out's child rows
+        25 a request (BatchWriteItem), nothing else."""
         self.add_to_chain_policy(
             iam.PolicyStatement(
-                actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:GetItem"], resources=[table.table_arn]
+                actions=["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem", "dynamodb:GetItem"],
+                resources=[table.table_arn],
             ),
             owner=table,
         )

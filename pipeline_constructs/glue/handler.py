@@ -653,6 +653,11 @@ class Glue:
 MAX_ARRAY_SIZE = 10000
 #: How many failed children a fan-out's status row and its run's reason name (the count is always whole).
 FAILED_CHILDREN_SHOWN = 20
+#: A child row holds this much of its item (a long item, an object, is for the items object to hold whole).
+CHILD_ITEM_CHARS = 200
+#: BatchWriteItem takes at most 25 items; an unprocessed rest is tried again this many times in all.
+BATCH_WRITE_LIMIT = 25
+BATCH_WRITE_ATTEMPTS = 5
 
 
 class FanOutRefused(EventError):
@@ -708,6 +713,29 @@ def failed_children_reason(failed: list[dict[str, Any]], total: int) -> str:
     return f"{len(failed)} of {total} children failed: {named}{more}"
 
 
+def child_key(run: str, step_index: int, parent_job_id: str, child_index: int) -> str:
+    """The sort key of a fan-out child's row: the run's children together, in step and index order, apart
+    from its job rows (``run#...``: what reads jobs never meets a child); the same for a redelivered end."""
+    return f"child#{run}#{step_index:02d}#{parent_job_id}#{child_index:05d}"
+
+
+def batch_write(dynamodb: Any, table_name: str, rows: list[dict[str, Any]]) -> None:
+    """PutRequests of ``rows``, :data:`BATCH_WRITE_LIMIT` a BatchWriteItem, each request's unprocessed items
+    sent again after a short back-off; RuntimeError if some are still unprocessed after the last try."""
+    for start in range(0, len(rows), BATCH_WRITE_LIMIT):
+        pending = [{"PutRequest": {"Item": row}} for row in rows[start : start + BATCH_WRITE_LIMIT]]
+        for attempt in range(BATCH_WRITE_ATTEMPTS):
+            if attempt:
+                # Jitter between tries, not a secret: a pseudo-random generator is right here.
+                time.sleep(min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.0))  # nosec B311
+            answer = dynamodb.batch_write_item(RequestItems={table_name: pending})
+            pending = answer.get("UnprocessedItems", {}).get(table_name, [])
+            if not pending:
+                break
+        else:
+            raise RuntimeError(f"{len(pending)} rows unprocessed after {BATCH_WRITE_ATTEMPTS} BatchWriteItem tries")
+
+
 class FanIn:
     """What the end of a fan-out step gives: the attributes of its status row and the join to submit (or None)."""
 
@@ -720,8 +748,9 @@ class FanOutSteps:
 
     A fan-out's status row (its array parent's) holds the children's outcome in a few attributes
     (``children_total``, ``children_succeeded``, ``children_failed``, ``failed_children``), written once, at the
-    parent's terminal event: one row per child would cost a write per child and state change (five each: 50,000
-    writes for a 10,000-item run) for what ListJobs answers at the end anyway.
+    parent's terminal event; so are the children's own rows (``child#<run>#...``: final state only, 25 a
+    BatchWriteItem): tracking each child's every state change would cost five writes a child (50,000 for a
+    10,000-item run) for what ListJobs answers at the end anyway.
     """
 
     def __init__(self, glue: Glue) -> None:
@@ -800,6 +829,7 @@ class FanOutSteps:
         failed = self._failed_children(facts, len(items))
         for child in failed:
             child["item"] = items[child["index"]]
+        self._record_children(facts, items, failed)
         failed_indexes = {child["index"] for child in failed}
         summary = {
             "children_total": len(items),
@@ -842,6 +872,41 @@ class FanOutSteps:
             for index in range(count)
             if index not in succeeded
         ]
+
+    def _record_children(self, facts: dict[str, Any], items: list[Any], failed: list[dict[str, Any]]) -> None:
+        """One row per child, its final state, under the run (:func:`child_key`: a redelivered end rewrites
+        the same rows). Never raises: the join is submitted whatever happens here (the summary row says
+        how the children ended); a failure is logged."""
+        table = self.glue._table(facts["chain"])
+        if table is None:
+            return
+        reasons = {child["index"]: child["reason"] for child in failed}
+        expires, now = _expiry(), int(time.time())
+        rows = [
+            {
+                "pk": f"chain#{facts['chain']}",
+                "sk": child_key(facts["run"], facts["index"], facts["job_id"], position),
+                "chain_run": facts["run"],
+                "step": facts["step"],
+                "child_index": position,
+                "item": (item if isinstance(item, str) else json.dumps(item))[:CHILD_ITEM_CHARS],
+                "status": "FAILED" if position in reasons else "SUCCEEDED",
+                "reason": reasons.get(position) or "-",
+                # A plain job ran a list of one: the job is its child.
+                "jobId": f"{facts['job_id']}:{position}" if facts["array_size"] else facts["job_id"],
+                "parentJobId": facts["job_id"],
+                "updated_at": now,
+                "expires_at": expires,
+            }
+            for position, item in enumerate(items)
+        ]
+        try:
+            batch_write(self.glue.dynamodb, table.name, rows)
+        except Exception as error:  # any: the join must neither wait for these rows nor be retried for them
+            log.warning(
+                "child rows not written; the fan-out's summary row stands",
+                extra={"jobId": facts["job_id"], "children": len(rows), "error": str(error)},
+            )
 
     def _join(
         self, chain_name: str, index: int, run: str, trigger: str, message: dict[str, Any]

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -126,7 +127,22 @@ def _status_view(snapshot: dict) -> Table:
             outcome = f"{state['status']}: {state['reason']}" if state["reason"] else state["status"]
             steps = ", ".join(f"{step}: {status}" for step, status in state["steps"].items())
             table.add_row(f"chain {name}", "", "", "", run, f"{outcome} ({steps})")
+            for line in _failed_children_lines(state):
+                table.add_row("", "", "", "", "", line)
     return table
+
+
+def _failed_children_lines(run: dict, shown: int = 10) -> list[str]:
+    """One line per failed fan-out child of a run, at most ``shown`` a step, then how many more failed."""
+    lines = []
+    for step, children in run.get("children", {}).items():
+        failed = [child for child in children if child["status"] == "FAILED"]
+        # Items and reasons are the user's text: shown as they are, never read as Rich markup.
+        lines += [escape(f"  {step} #{c['index']} {c['item']}: FAILED {c['reason']}".rstrip()) for c in failed[:shown]]
+        more = len(failed[shown:]) + run.get("children_not_shown", {}).get(step, {}).get("FAILED", 0)
+        if more:
+            lines.append(f"  {step}: and {more} more failed children")
+    return lines
 
 
 @app.command()

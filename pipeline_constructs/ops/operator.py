@@ -36,6 +36,8 @@ MANIFEST_OUTPUT = "PipelineConstructsManifest"
 EARLIER_MANIFEST_OUTPUT = "PipelineManifest"
 SQS_BATCH = 10
 STATUS_TTL_SECONDS = 90 * 86400
+#: How many children of a fan-out step ``pipeline status`` lists a run (failed first); the rest are counted.
+CHILDREN_SHOWN = 50
 
 
 class OperatorError(Exception):
@@ -341,8 +343,11 @@ def status(target: Target) -> dict[str, Any]:
         }
     chains = {}
     for name, chain in target.manifest.get("chains", {}).items():
-        rows = _query_all(target.table(chain["table"]), f"chain#{name}", "run#")
-        chains[name] = chain_runs(rows, chain.get("steps") or [])
+        table = target.table(chain["table"])
+        chains[name] = chain_runs(_query_all(table, f"chain#{name}", "run#"), chain.get("steps") or [])
+        for run, state in chains[name].items():  # a fan-out step's state counts its children (_children)
+            if any("children" in str(step_state) for step_state in state["steps"].values()):
+                state |= run_children(_query_all(table, f"chain#{name}", f"child#{run}#"))
     return {"stack": target.stack, "fleets": fleets, "chains": chains}
 
 
@@ -366,6 +371,30 @@ def chain_runs(rows: list[dict[str, Any]], steps: list[str], latest: int = 5) ->
         if run["status"] == "RUNNING" and steps and str(run["steps"].get(steps[-1], "")).startswith("SUCCEEDED"):
             run["status"] = "SUCCEEDED"
     return dict(list(runs.items())[-latest:])
+
+
+def run_children(rows: list[dict[str, Any]], shown: int = CHILDREN_SHOWN) -> dict[str, Any]:
+    """A run's fan-out children from their rows (the glue writes them at the fan-in): ``{"children": {step:
+    [{"index", "item", "status", "reason"}]}, "children_not_shown": {step: {status: count}}}``, failed first,
+    at most ``shown`` a step."""
+    by_step: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_step.setdefault(str(row.get("step", "?")), []).append(row)
+    children: dict[str, list[dict[str, Any]]] = {}
+    not_shown: dict[str, dict[str, int]] = {}
+    for step, step_rows in by_step.items():
+        ordered = sorted(step_rows, key=lambda r: (r.get("status") != "FAILED", int(r.get("child_index", 0))))
+        children[step] = [
+            {
+                "index": int(row.get("child_index", 0)),
+                "item": str(row.get("item", "")),
+                "status": str(row.get("status", "?")),
+                "reason": "" if row.get("reason") in (None, "-") else str(row["reason"]),
+            }
+            for row in ordered[:shown]
+        ]
+        not_shown[step] = dict(Counter(str(row.get("status", "?")) for row in ordered[shown:]))
+    return {"children": children, "children_not_shown": not_shown}
 
 
 def _children(row: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from pipeline_constructs.chain import child
 from pipeline_constructs.glue import handler as glue
@@ -172,7 +173,7 @@ def test_an_empty_list_skips_to_the_join_with_no_items(world):
     (join,) = world.submitted
     assert world.env(join)["PIPELINE_STEP"] == "join" and result["submitted"][0]["jobName"] == join["jobName"]
     assert json.loads(world.env(join)["DOWNLOAD_MESSAGE"]) == {"items": [], "failed": [], "total": 0}
-    (row,) = [r for r in world.rows() if r.get("step") == "work"]
+    (row,) = [r for r in world.rows() if r.get("step") == "work" and r["sk"].startswith("run#")]
     assert (row["status"], row["reason"]) == ("SUCCEEDED", "fan-out over 0 items: skipped")
 
 
@@ -191,7 +192,7 @@ def test_the_join_starts_with_every_item_when_all_children_succeeded(world):
     assert result["submitted"][0]["jobName"] == join["jobName"] and world.env(join)["PREVIOUS_JOB_ID"] == job_id
     message = json.loads(world.env(join)["DOWNLOAD_MESSAGE"])
     assert (message["items"], message["failed"], message["total"]) == (ITEMS, [], 25)
-    (row,) = [r for r in world.rows() if r.get("step") == "work"]
+    (row,) = [r for r in world.rows() if r.get("step") == "work" and r["sk"].startswith("run#")]
     assert (row["children_total"], row["children_succeeded"], row["children_failed"]) == (25, 25, 0)
     assert world.runs()["maps-m-1"]["steps"]["work"] == "SUCCEEDED 25/25 children"
 
@@ -256,3 +257,81 @@ def test_the_same_trigger_delivered_at_once_makes_one_array_and_one_join(world):
     assert not [r for r in joins if isinstance(r, Exception)], joins
     assert len({r["jobId"] for r in joins}) == 1 and len(world.submitted) == 2
     assert json.loads(world.env(world.submitted[1])["DOWNLOAD_MESSAGE"])["items"] == ITEMS
+
+
+# ---------------------------------------------------------------- one row per child
+
+
+def child_rows(world: FanOutWorld) -> list[dict[str, Any]]:
+    return sorted((r for r in world.rows() if r["sk"].startswith("child#")), key=lambda r: r["sk"])
+
+
+def test_the_fan_in_writes_one_row_per_child_and_a_second_delivery_rewrites_them(world):
+    request, job_id = fan_out_of(world, json.dumps(ITEMS))
+    fail_two(world)
+    ended = world.ended(request, job_id, "FAILED")
+    world.glue().handle(copy.deepcopy(ended))
+    first = child_rows(world)
+    assert [row["child_index"] for row in first] == list(range(25))
+    assert {row["sk"] for row in first} == {f"child#maps-m-1#01#{job_id}#{n:05d}" for n in range(25)}
+    assert [(row["item"], row["jobId"]) for row in first[:2]] == [
+        ("tile-00", f"{job_id}:0"),
+        ("tile-01", f"{job_id}:1"),
+    ]
+    failed = {row["child_index"]: row["reason"] for row in first if row["status"] == "FAILED"}
+    assert failed == {3: "Essential container in task exited (exit code 2)", 17: "Host EC2 terminated"}
+    assert {row["status"] for row in first if row["child_index"] not in failed} == {"SUCCEEDED"}
+    assert all(row["step"] == "work" and row["chain_run"] == "maps-m-1" and row["expires_at"] for row in first)
+    world.children[3] = ("SUCCEEDED", "")  # what a second look finds, written over the first
+    world.glue().handle(copy.deepcopy(ended))
+    second = child_rows(world)
+    assert len(second) == 25 and [r["sk"] for r in second] == [r["sk"] for r in first]
+    assert second[3]["status"] == "SUCCEEDED"
+    # The job rows' readers never meet a child: the run's steps are the three jobs' states.
+    assert set(world.runs()["maps-m-1"]["steps"]) == {"work"}
+
+
+def test_child_rows_that_cannot_be_written_leave_the_join_submitted_once(aws, monkeypatch, caplog):
+    world = FanOutWorld(aws, {"onChildFailure": "continue"})
+    request, job_id = fan_out_of(world, json.dumps(ITEMS))
+    fail_two(world)
+    monkeypatch.setattr(glue, "BATCH_WRITE_ATTEMPTS", 2)
+    ended = world.ended(request, job_id, "FAILED")
+    for refusal in ("unprocessed", "error"):
+        handler = world.glue()
+        handler.dynamodb = RefusingBatchWrites(handler.dynamodb, world.table.name, refusal)
+        result = handler.handle(copy.deepcopy(ended))
+        assert result["submitted"][0]["jobName"] == world.submitted[-1]["jobName"]
+    assert len(world.submitted) == 2  # the array, then the join: once for both deliveries
+    assert child_rows(world) == [] and "child rows not written" in caplog.text
+    (row,) = [r for r in world.rows() if r.get("step") == "work" and r["sk"].startswith("run#")]
+    assert (row["children_total"], row["children_failed"]) == (25, 2)
+
+
+class RefusingBatchWrites:
+    """A DynamoDB resource whose BatchWriteItem leaves every item unprocessed, or fails."""
+
+    def __init__(self, resource: Any, table: str, refusal: str) -> None:
+        self.resource, self.table, self.refusal = resource, table, refusal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.resource, name)
+
+    def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+        if self.refusal == "error":
+            error = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}
+            raise ClientError(error, "BatchWriteItem")
+        return {"UnprocessedItems": RequestItems}
+
+
+def test_the_glue_may_write_child_rows_in_batches_and_delete_nothing(dev_template):
+    statements = [
+        statement
+        for policy in dev_template.find_resources("AWS::IAM::ManagedPolicy").values()
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+        if "dynamodb:UpdateItem" in json.dumps(statement.get("Action"))
+    ]
+    assert statements
+    for statement in statements:
+        assert "dynamodb:BatchWriteItem" in statement["Action"]
+        assert not {"dynamodb:DeleteItem", "dynamodb:Scan"} & set(statement["Action"])
