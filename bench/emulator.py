@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import boto3
 
-from pipeline_constructs.local import atomic_item_operations
+from pipeline_constructs.local import atomic_item_operations, free_port
 
 
 @contextmanager
@@ -40,9 +40,7 @@ def moto_endpoint():
 def moto_process(start_timeout: float = 30.0):
     """An emulator in a process of its own, for throughput runs: a producer in this process then never waits
     for the emulator's interpreter lock (nor slows the emulator by taking it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

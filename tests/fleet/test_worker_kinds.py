@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 from pipeline_constructs.fleet.worker import adapters
 from pipeline_constructs.fleet.worker.config import ConfigError, WorkerConfig
+from pipeline_constructs.local import free_port
 from tests.fleet.test_worker_leases import alive
 from tests.support import ROOT
 from tests.support.worker_harness import wait_until
@@ -71,12 +71,6 @@ class Handler(TaskHandler):
 
 ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _pid(path: Path) -> int:
@@ -161,7 +155,7 @@ def test_http_tasks_survive_a_kill_9_and_a_dying_app_and_a_timeout_restarts_the_
     p = pipeline(visibility=2, max_receive_count=3)
     settings = {
         "PIPELINE_TASK_KIND": "http",
-        "PIPELINE_HTTP_PORT": str(_free_port()),
+        "PIPELINE_HTTP_PORT": str(free_port()),
         "PIPELINE_HTTP_START": json.dumps(["python3", str(app)]),  # the worker's Python: first on PATH
         "PIPELINE_HTTP_START_SECONDS": "20",
         "PIPELINE_RETRY_DELAY": "0",
