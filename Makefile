@@ -61,7 +61,7 @@ synth: setup ## cdk synth every stack of every environment (or ENV=<name>) into 
 typecheck: setup ## mypy over the package (pyproject.toml [tool.mypy]); the first run parses aws-cdk-lib's stubs
 	$(BIN)/mypy
 
-test: setup typecheck ## Type-check the package, then run the whole test suite
+test: setup typecheck lint ## Type-check and lint, then run the whole test suite
 	$(PYTHON) -m pytest
 
 snapshots: setup ## Re-record the stack snapshots after an intended infrastructure change

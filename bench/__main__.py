@@ -20,7 +20,7 @@ from typing import Any
 
 import boto3
 
-from bench import chaos, duplicates, fleet_requests, glue_faults, resource_counts, synth_cost, wake
+from bench import chaos, duplicates, fan_out_faults, fleet_requests, glue_faults, resource_counts, synth_cost, wake
 from bench.emulator import RequestCounter, moto_endpoint, moto_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +39,7 @@ TARGETS = {
     "jobs_per_20_identical_deliveries": ("<=", 1),
     "glue_triggers_lost": ("<=", 0),
     "glue_jobs_submitted_twice": ("<=", 0),
+    **dict.fromkeys(fan_out_faults.FIGURES, ("<=", 0)),
     # bench/chaos.py: the kill -9 matrix with API faults mixed in, and a round per fault kind, summed.
     **dict.fromkeys(chaos.FIGURES, ("<=", 0)),
 }
@@ -319,6 +320,7 @@ def main() -> int:
     with moto_endpoint() as endpoint:
         delivered = duplicates.measure(deliveries=20)
         glue_rounds = glue_faults.measure(endpoint)
+        fan_out_rounds = fan_out_faults.measure(endpoint)
     # Python function workers under the whole matrix and every fault round; command and HTTP workers under the
     # matrix (every fault kind mixed in), which keeps `make bench` minutes shorter (`make chaos` runs all rounds).
     faults_by_kind = [chaos.measure(tasks=300, workers=3)] + [
@@ -337,6 +339,7 @@ def main() -> int:
         "extra_chain_steps_within_500_resources": synth["extra_steps_that_fit_in_500"],
         "jobs_per_20_identical_deliveries": max(kind["jobs"] for kind in delivered.values()),
         **glue_faults.figures(glue_rounds),
+        **fan_out_faults.figures(fan_out_rounds),
         **chaos.figures({"runs": [run for result in faults_by_kind for run in result["runs"]]}),
     }
     lines = [
@@ -448,6 +451,8 @@ def main() -> int:
         ],
         "",
         *glue_faults.report_lines(glue_rounds),
+        "",
+        *fan_out_faults.report_lines(fan_out_rounds),
         "",
         *[line for result in faults_by_kind for line in [*chaos.report_section(result), ""]],
         "## CloudFormation resources",

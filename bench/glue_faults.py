@@ -17,16 +17,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import boto3
 
 from pipeline_constructs.glue import handler as glue
 from pipeline_constructs.local.proxy import FaultProxy, Rule, server_error, throttled
+from tests.support.fan_out_world import LAMBDA_RETRIES, lambda_retried
 from tests.support.glue_world import KINDS, START_JOB_NAME, GlueWorld, deliver_at_once, sdk_attempts
 
-#: Lambda retries a failed async invocation twice.
-LAMBDA_RETRIES = 2
 STALL_SECONDS = 10.0
 #: Whole calls a burst strikes: every SDK attempt of each (as the worker's fault matrix does).
 BURST_CALLS = 2
@@ -49,23 +48,24 @@ BATCH_SERVER_ERROR = (
 )
 
 
-def _answer_lost() -> None:
+def answer_lost() -> None:
     """After forwarding: the call landed, and the caller's connection is cut before the answer."""
     raise ConnectionResetError("injected: the answer is lost")
 
 
-def _dynamodb(operation: str) -> dict[str, str]:
+def dynamodb_call(operation: str) -> dict[str, str]:
     return {"target": f"DynamoDB_20120810.{operation}"}
 
 
-def _faults_on(call: dict[str, str], *, batch: bool, after: list[Rule] | None = None) -> dict[str, list[Rule]]:
-    """A 5xx burst, a throttle burst and a stall on one call kind, by name; ``after``: rules that make the
-    glue make that call (ListJobs is called only when a SubmitJob's answer was lost)."""
-    target = call.get("target")
+def faults_on(call: dict[str, str], service: str, after: list[Rule] | None = None) -> dict[str, list[Rule]]:
+    """A 5xx burst, a throttle burst and a stall on one call kind of ``service`` (batch, dynamodb, s3), by
+    name; ``after``: rules that make the glue make that call (ListJobs is called only when a SubmitJob's
+    answer was lost)."""
+    target, batch = call.get("target"), service == "batch"
     error = BATCH_SERVER_ERROR if batch else server_error(target)
     throttle = TOO_MANY_REQUESTS if batch else throttled(target)
     session = boto3.session.Session(region_name="us-east-1")
-    client = session.client("batch", config=glue.BATCH_CLIENT_CONFIG) if batch else session.client("dynamodb")
+    client = session.client(service, config=glue.BATCH_CLIENT_CONFIG if batch else None)
     answers = BURST_CALLS * sdk_attempts(client)
     leading = after or []
     return {
@@ -77,14 +77,24 @@ def _faults_on(call: dict[str, str], *, batch: bool, after: list[Rule] | None = 
 
 def fault_kinds() -> dict[str, dict[str, list[Rule]]]:
     """Call kind -> fault name -> the proxy rules of that fault (fresh rules each call)."""
-    answer_lost = Rule(**SUBMIT_JOB, when="after", action=_answer_lost)  # type: ignore[arg-type]
+    lost = Rule(**SUBMIT_JOB, when="after", action=answer_lost)  # type: ignore[arg-type]
     kinds = {
-        "batch:SubmitJob": _faults_on(SUBMIT_JOB, batch=True) | {"answer lost": [answer_lost]},
-        "batch:ListJobs after a lost answer": _faults_on(LIST_JOBS, batch=True, after=[answer_lost]),
+        "batch:SubmitJob": faults_on(SUBMIT_JOB, "batch") | {"answer lost": [lost]},
+        "batch:ListJobs after a lost answer": faults_on(LIST_JOBS, "batch", after=[lost]),
     }
     for operation in ("PutItem", "GetItem", "UpdateItem"):
-        kinds[f"dynamodb:{operation}"] = _faults_on(_dynamodb(operation), batch=False)
+        kinds[f"dynamodb:{operation}"] = faults_on(dynamodb_call(operation), "dynamodb")
     return kinds
+
+
+class FaultRound(Protocol):
+    """A round of a fault bench: which call kind the proxy struck, with which fault."""
+
+    call: str
+    fault: str
+
+
+AnyRound = TypeVar("AnyRound", bound=FaultRound)
 
 
 @dataclass
@@ -113,22 +123,6 @@ def _delivery(world: GlueWorld, kind: str, endpoint: str) -> tuple[Callable[[Any
     return deliver, name
 
 
-def _retried(deliver: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """A delivery that Lambda retries when it fails; its last error if every try failed."""
-
-    def with_retries(session: Any) -> Any:
-        for attempt in range(LAMBDA_RETRIES + 1):
-            try:
-                return deliver(session)
-            except Exception:
-                if attempt == LAMBDA_RETRIES:
-                    raise
-                time.sleep(1)
-        return None
-
-    return with_retries
-
-
 def run_round(world: GlueWorld, endpoint: str, call: str, fault: str, rules: list[Rule], kind: str) -> Round:
     proxy = FaultProxy(endpoint)
     for rule in rules:
@@ -136,7 +130,7 @@ def run_round(world: GlueWorld, endpoint: str, call: str, fault: str, rules: lis
     deliver, name = _delivery(world, kind, proxy.endpoint)
     started = time.monotonic()
     try:
-        results = deliver_at_once(DELIVERIES, _retried(deliver))
+        results = deliver_at_once(DELIVERIES, lambda_retried(deliver))
     finally:
         proxy.close()
     return Round(
@@ -188,10 +182,7 @@ def report_lines(rounds: list[Round]) -> list[str]:
         "| deliveries failed after retries | slowest s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    groups: dict[tuple[str, str], list[Round]] = {}
-    for r in rounds:
-        groups.setdefault((r.call, r.fault), []).append(r)
-    for (call, fault), group in groups.items():
+    for (call, fault), group in by_call_and_fault(rounds).items():
         lines.append(
             f"| {call} | {fault} | {len(group)} | {sum(r.fired for r in group)} | "
             f"{sum(1 for r in group if r.jobs == 0)} | {sum(max(0, r.jobs - 1) for r in group)} | "
@@ -200,13 +191,30 @@ def report_lines(rounds: list[Round]) -> list[str]:
     return lines
 
 
-def main() -> None:
+def by_call_and_fault(rounds: list[AnyRound]) -> dict[tuple[str, str], list[AnyRound]]:
+    """The rounds of each call kind and fault (a row of the report), in the order they were planned."""
+    groups: dict[tuple[str, str], list[AnyRound]] = {}
+    for r in rounds:
+        groups.setdefault((r.call, r.fault), []).append(r)
+    return groups
+
+
+def run_alone(
+    measure: Callable[[str], list[AnyRound]],
+    report_lines: Callable[[list[AnyRound]], list[str]],
+    figures: Callable[[list[AnyRound]], dict[str, int]],
+) -> None:
+    """A fault bench's rounds on an emulator of their own: its report section, then its figures as JSON."""
     from bench.emulator import moto_endpoint
 
     with moto_endpoint() as endpoint:
         rounds = measure(endpoint)
     print("\n".join(report_lines(rounds)))
     print(json.dumps(figures(rounds)))
+
+
+def main() -> None:
+    run_alone(measure, report_lines, figures)
 
 
 if __name__ == "__main__":

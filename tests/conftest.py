@@ -236,7 +236,6 @@ JSII_UNITS = {
         "tests/chain/test_runnable_timeout.py",
         "tests/chain/test_updates_arrive.py",
         "tests/fleet/test_worker_kinds.py::test_fleet_",
-        "tests/local/test_fan_out_run.py",  # its shared run synthesizes its app in the process
     ),
 }
 #: Modules whose tests share a module-scoped fixture too costly to build on several processes: one unit each.

@@ -546,11 +546,15 @@ class Glue:
             log.info("job of no chain here", extra={"jobId": event.get("detail", {}).get("jobId")})
             return {"kind": kind, "submitted": [], "unknown": True}
         fan_in = self.fan_outs.fan_in(facts)
-        self.record(facts, fan_in.summary if fan_in else None)
-        log_job_metrics(facts)
+        if self.record(facts, fan_in.summary if fan_in else None):
+            log_job_metrics(facts)
         self._wake_fed_fleet(facts)
         successor = fan_in.join if fan_in else from_success(facts)
         submitted = [self.submit_once(facts["chain"], *successor)] if successor else []
+        if fan_in:
+            # After the join, which they never hold back; a failure raises, so Lambda retries the delivery:
+            # the join's guard submits nothing twice, and the rows' keys are the same.
+            self.fan_outs.write_children(facts, fan_in)
         return {"kind": kind, "status": facts["status"], "submitted": submitted}
 
     def claim_check(self, chain: str, request: dict[str, Any], message_id: str) -> dict[str, Any]:
@@ -599,12 +603,17 @@ class Glue:
         if group and facts["status"] in ("RUNNING", "SUCCEEDED") and not facts["array_child"]:
             try_wake(self.autoscaling, group)
 
-    def record(self, facts: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    def record(self, facts: dict[str, Any], extra: dict[str, Any] | None = None) -> bool:
         """The job's latest state under its chain run; an older event never overwrites a newer state.
-        ``extra``: more attributes of the row (a fan-out's children)."""
+        ``extra``: more attributes of the row (a fan-out's children).
+
+        True if the state is news: the row held an older one, or none. A redelivered event (the same state
+        again) or one older than the row's is not, so its metrics are not counted twice; the row's old
+        status comes back with the write itself (no read). An array child has no row: its events are taken
+        as news (at least once: telling a redelivery would cost a request per child event)."""
         table = self._table(facts["chain"])
         if table is None or facts["array_child"]:
-            return
+            return True
         values = {
             ":status": facts["status"],
             ":rank": STATUS_RANK.get(facts["status"], 0),
@@ -631,7 +640,7 @@ class Glue:
             values[f":{name}"] = value
             assignments += f", {name} = :{name}"
         try:
-            table.update_item(
+            old = table.update_item(
                 Key={
                     "pk": f"chain#{facts['chain']}",
                     "sk": f"run#{facts['run']}#{facts['index']:02d}#{facts['job_id']}",
@@ -640,11 +649,16 @@ class Glue:
                 ConditionExpression="attribute_not_exists(status_rank) OR status_rank <= :rank",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=values,
-            )
+                # The whole old row, not UPDATED_OLD: that may leave out an attribute set to the value it had,
+                # the very case of a redelivery. No read capacity is spent on it.
+                ReturnValues="ALL_OLD",
+            ).get("Attributes", {})
         except ClientError as error:
             if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
             log.info("stale job state ignored", extra={"jobId": facts["job_id"], "status": facts["status"]})
+            return False
+        return bool(old.get("status") != facts["status"])
 
 
 # ---------------------------------------------------------------- fan-out / fan-in
@@ -737,10 +751,13 @@ def batch_write(dynamodb: Any, table_name: str, rows: list[dict[str, Any]]) -> N
 
 
 class FanIn:
-    """What the end of a fan-out step gives: the attributes of its status row and the join to submit (or None)."""
+    """What the end of a fan-out step gives: the attributes of its status row, the join to submit (or None)
+    and its children's rows."""
 
-    def __init__(self, summary: dict[str, Any], join: tuple[str, dict[str, Any]] | None) -> None:
-        self.summary, self.join = summary, join
+    def __init__(
+        self, summary: dict[str, Any], join: tuple[str, dict[str, Any]] | None, rows: list[dict[str, Any]]
+    ) -> None:
+        self.summary, self.join, self.rows = summary, join, rows
 
 
 class FanOutSteps:
@@ -802,6 +819,8 @@ class FanOutSteps:
             try:
                 body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
             except ClientError as error:
+                if submit_failure(error) != "refused":  # throttled, or a 5xx: it passes; Lambda retries
+                    raise
                 raise FanOutRefused(f"the manifest {source} cannot be read: {error}") from None
             source = items_of(body, "manifest")
         limit = min(int(fan_out.get("maxItems") or MAX_ARRAY_SIZE), MAX_ARRAY_SIZE)
@@ -829,7 +848,7 @@ class FanOutSteps:
         failed = self._failed_children(facts, len(items))
         for child in failed:
             child["item"] = items[child["index"]]
-        self._record_children(facts, items, failed)
+        rows = self._child_rows(facts, items, failed)
         failed_indexes = {child["index"] for child in failed}
         summary = {
             "children_total": len(items),
@@ -840,7 +859,7 @@ class FanOutSteps:
         if failed:
             facts["reason"] = failed_children_reason(failed, len(items))
             if step["fanOut"].get("onChildFailure") != "continue":
-                return FanIn(summary, None)
+                return FanIn(summary, None, rows)
             summary["continued"] = facts["continued"] = True  # the run goes on: its join was started
         message = {
             "items": [item for position, item in enumerate(items) if position not in failed_indexes],
@@ -849,7 +868,7 @@ class FanOutSteps:
             "itemsObject": uri,
         }
         join = self._join(facts["chain"], facts["index"], facts["run"], facts["job_id"], message)
-        return FanIn(summary, join)
+        return FanIn(summary, join, rows)
 
     def _failed_children(self, facts: dict[str, Any], count: int) -> list[dict[str, Any]]:
         """``[{"index", "reason"}]`` of the children that did not succeed: listed by ListJobs for an array
@@ -873,16 +892,20 @@ class FanOutSteps:
             if index not in succeeded
         ]
 
-    def _record_children(self, facts: dict[str, Any], items: list[Any], failed: list[dict[str, Any]]) -> None:
-        """One row per child, its final state, under the run (:func:`child_key`: a redelivered end rewrites
-        the same rows). Never raises: the join is submitted whatever happens here (the summary row says
-        how the children ended); a failure is logged."""
+    def write_children(self, facts: dict[str, Any], fan_in: FanIn) -> None:
+        """The children's rows (:meth:`_child_rows`), 25 a BatchWriteItem; raises if some could not be written."""
         table = self.glue._table(facts["chain"])
-        if table is None:
-            return
+        if table is not None and fan_in.rows:
+            batch_write(self.glue.dynamodb, table.name, fan_in.rows)
+
+    def _child_rows(
+        self, facts: dict[str, Any], items: list[Any], failed: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """One row per child, its final state, under the run (:func:`child_key`: a redelivered end rewrites
+        the same rows)."""
         reasons = {child["index"]: child["reason"] for child in failed}
         expires, now = _expiry(), int(time.time())
-        rows = [
+        return [
             {
                 "pk": f"chain#{facts['chain']}",
                 "sk": child_key(facts["run"], facts["index"], facts["job_id"], position),
@@ -900,13 +923,6 @@ class FanOutSteps:
             }
             for position, item in enumerate(items)
         ]
-        try:
-            batch_write(self.glue.dynamodb, table.name, rows)
-        except Exception as error:  # any: the join must neither wait for these rows nor be retried for them
-            log.warning(
-                "child rows not written; the fan-out's summary row stands",
-                extra={"jobId": facts["job_id"], "children": len(rows), "error": str(error)},
-            )
 
     def _join(
         self, chain_name: str, index: int, run: str, trigger: str, message: dict[str, Any]

@@ -5,138 +5,24 @@ from __future__ import annotations
 
 import copy
 import json
-import uuid
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from pipeline_constructs.chain import child
 from pipeline_constructs.glue import handler as glue
-from pipeline_constructs.ops import operator
+from tests.support.fan_out_world import ITEMS, TWO_FAILED, FanOutWorld
 from tests.support.glue_world import deliver_at_once
-from tests.support.resources import create_batch_queue, create_status_table
-
-
-class ArrayChildren:
-    """A Batch client whose ListJobs of an array's children answers ``children`` (moto runs no children
-    here: no Docker); everything else goes to moto."""
-
-    def __init__(self, client: Any, children: dict[int, tuple[str, str]]) -> None:
-        self.client, self.children = client, children
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
-
-    def get_paginator(self, operation: str) -> Any:
-        paginator = self.client.get_paginator(operation)
-        children = self.children
-
-        class Paginator:
-            def paginate(self, **params: Any) -> list[dict[str, Any]]:
-                if "arrayJobId" not in params:
-                    return list(paginator.paginate(**params))
-                listed = [
-                    {
-                        "jobId": f"{params['arrayJobId']}:{index}",
-                        "status": status,
-                        "statusReason": reason,
-                        "arrayProperties": {"index": index},
-                    }
-                    for index, (status, reason) in children.items()
-                    if status == params["jobStatus"]
-                ]
-                return [{"jobSummaryList": listed[:10]}, {"jobSummaryList": listed[10:]}]  # two pages
-
-        return Paginator()
-
-
-class FanOutWorld:
-    """A chain ``maps``: ``split`` (message link) -> ``work`` (the fan-out) -> ``join``, in the emulator."""
-
-    def __init__(self, aws: Any, fan_out: dict[str, Any]) -> None:
-        name = uuid.uuid4().hex[:8]
-        self.queue, self.definitions = create_batch_queue(aws.session, name, ["split", "work", "join"])
-        self.table = create_status_table(aws.dynamodb, f"status{name}")
-        self.bucket = f"data{name}"
-        aws.s3.create_bucket(Bucket=self.bucket)
-        self.s3, self.batch = aws.s3, aws.session.client("batch")
-        self.topic = f"arn:aws:sns:us-east-1:123456789012:maps{name}"
-        work = {"name": "work", "jobDefinition": self.definitions["work"], "link": {"kind": "success"}}
-        self.config = {
-            "table": self.table.name,
-            "chains": {
-                "maps": {
-                    "jobQueue": self.queue,
-                    "topicArn": self.topic,
-                    "table": self.table.name,
-                    "claims": {"bucket": self.bucket, "prefix": "maps/_messages/"},
-                    "items": {"bucket": self.bucket, "prefix": "maps/_items/"},
-                    "steps": [
-                        {"name": "split", "jobDefinition": self.definitions["split"], "link": {"kind": "message"}},
-                        work | {"fanOut": {"source": "message", "field": None, "maxItems": 10000} | fan_out},
-                        {"name": "join", "jobDefinition": self.definitions["join"]},
-                    ],
-                }
-            },
-        }
-        self.children: dict[int, tuple[str, str]] = {}
-        self.submitted: list[dict[str, Any]] = []
-
-    def glue(self, session: Any = None) -> glue.Glue:
-        session = session or boto3.session.Session()
-        session.events.register(
-            "before-parameter-build.batch.SubmitJob", lambda params, **_: self.submitted.append(copy.deepcopy(params))
-        )
-        batch = ArrayChildren(session.client("batch"), self.children)
-        return glue.Glue(self.config, batch=batch, dynamodb=session.resource("dynamodb"), s3=session.client("s3"))
-
-    def publish(self, message: str, message_id: str = "m-1") -> dict[str, Any]:
-        sns = {"MessageId": message_id, "TopicArn": self.topic, "Message": message, "MessageAttributes": {}}
-        return {"Records": [{"EventSource": "aws:sns", "Sns": sns}]}
-
-    def ended(self, request: dict[str, Any], job_id: str, status: str) -> dict[str, Any]:
-        """The terminal state change of the job ``request`` submitted, as Batch sends it."""
-        detail = {
-            "jobId": job_id,
-            "jobName": request["jobName"],
-            "status": status,
-            "jobDefinition": request["jobDefinition"],
-            "container": {"environment": request["containerOverrides"]["environment"]},
-        }
-        if "arrayProperties" in request:
-            detail["arrayProperties"] = {"size": request["arrayProperties"]["size"]}
-        return {"source": "aws.batch", "detail-type": "Batch Job State Change", "detail": detail}
-
-    def env(self, request: dict[str, Any]) -> dict[str, str]:
-        return {e["name"]: e["value"] for e in request["containerOverrides"]["environment"]}
-
-    def rows(self) -> list[dict[str, Any]]:
-        return self.table.scan(ConsistentRead=True)["Items"]
-
-    def runs(self) -> dict[str, Any]:
-        rows = [row for row in self.rows() if row["sk"].startswith("run#")]
-        return operator.chain_runs(rows, ["split", "work", "join"])
-
-
-ITEMS = [f"tile-{n:02d}" for n in range(25)]
 
 
 @pytest.fixture
 def world(aws) -> FanOutWorld:
-    return FanOutWorld(aws, {})
-
-
-def fan_out_of(world: FanOutWorld, message: str) -> tuple[dict[str, Any], str]:
-    """(the array request, its job id) submitted for ``message``."""
-    result = world.glue().handle(world.publish(message))
-    (submitted,) = result["submitted"]
-    return world.submitted[-1], submitted["jobId"]
+    return FanOutWorld(aws.session, {})
 
 
 def test_a_list_in_the_message_is_one_array_job_sized_to_it_and_each_child_reads_its_item(world):
-    request, job_id = fan_out_of(world, json.dumps(ITEMS))
+    request, job_id = world.fan_out(json.dumps(ITEMS))
     assert request["arrayProperties"] == {"size": 25}
     env = world.env(request)
     assert "DOWNLOAD_MESSAGE" not in env and env["PIPELINE_ITEM_COUNT"] == "25"
@@ -148,22 +34,22 @@ def test_a_list_in_the_message_is_one_array_job_sized_to_it_and_each_child_reads
 
 
 def test_a_field_of_an_object_message_holds_the_list(aws):
-    world = FanOutWorld(aws, {"field": "tiles"})
-    request, _ = fan_out_of(world, json.dumps({"tiles": ITEMS[:3], "other": 1}))
+    world = FanOutWorld(aws.session, {"field": "tiles"})
+    request, _ = world.fan_out(json.dumps({"tiles": ITEMS[:3], "other": 1}))
     assert request["arrayProperties"] == {"size": 3}
 
 
 @pytest.mark.parametrize("manifest", [json.dumps(ITEMS), "\n".join(ITEMS) + "\n"], ids=["json", "lines"])
 def test_a_manifest_the_message_names_is_read_from_s3(aws, manifest):
-    world = FanOutWorld(aws, {"source": "manifest", "field": "manifest"})
+    world = FanOutWorld(aws.session, {"source": "manifest", "field": "manifest"})
     world.s3.put_object(Bucket=world.bucket, Key="maps/split/list.txt", Body=manifest.encode())
-    request, _ = fan_out_of(world, json.dumps({"manifest": f"s3://{world.bucket}/maps/split/list.txt"}))
+    request, _ = world.fan_out(json.dumps({"manifest": f"s3://{world.bucket}/maps/split/list.txt"}))
     assert request["arrayProperties"] == {"size": 25}
     assert child.item(world.s3, {**world.env(request), "AWS_BATCH_JOB_ARRAY_INDEX": "3"}) == "tile-03"
 
 
 def test_a_list_of_one_is_a_plain_job_whose_item_is_index_0(world):
-    request, _ = fan_out_of(world, '["only"]')
+    request, _ = world.fan_out('["only"]')
     assert "arrayProperties" not in request
     assert child.item(world.s3, world.env(request)) == "only"
 
@@ -185,7 +71,7 @@ def test_a_message_that_is_no_list_fails_the_run_with_the_reason(world):
 
 
 def test_the_join_starts_with_every_item_when_all_children_succeeded(world):
-    request, job_id = fan_out_of(world, json.dumps(ITEMS))
+    request, job_id = world.fan_out(json.dumps(ITEMS))
     world.children.update({index: ("SUCCEEDED", "") for index in range(25)})
     result = world.glue().handle(world.ended(request, job_id, "SUCCEEDED"))
     join = world.submitted[-1]
@@ -198,13 +84,11 @@ def test_the_join_starts_with_every_item_when_all_children_succeeded(world):
 
 
 def fail_two(world: FanOutWorld) -> None:
-    world.children.update({index: ("SUCCEEDED", "") for index in range(25)})
-    world.children[3] = ("FAILED", "Essential container in task exited (exit code 2)")
-    world.children[17] = ("FAILED", "Host EC2 terminated")
+    world.end_children(TWO_FAILED)
 
 
 def test_a_failed_child_fails_the_run_naming_it_and_the_join_never_starts(world, capsys):
-    request, job_id = fan_out_of(world, json.dumps(ITEMS))
+    request, job_id = world.fan_out(json.dumps(ITEMS))
     fail_two(world)
     capsys.readouterr()
     result = world.glue().handle(world.ended(request, job_id, "FAILED"))
@@ -224,8 +108,8 @@ def _runs_failed_metric(printed: str) -> list[int]:
 
 
 def test_continue_starts_the_join_with_the_succeeded_items_and_lists_the_failed(aws, capsys):
-    world = FanOutWorld(aws, {"onChildFailure": "continue"})
-    request, job_id = fan_out_of(world, json.dumps(ITEMS))
+    world = FanOutWorld(aws.session, {"onChildFailure": "continue"})
+    request, job_id = world.fan_out(json.dumps(ITEMS))
     fail_two(world)
     capsys.readouterr()
     world.glue().handle(world.ended(request, job_id, "FAILED"))
@@ -238,7 +122,7 @@ def test_continue_starts_the_join_with_the_succeeded_items_and_lists_the_failed(
 
 
 def test_a_list_over_max_items_fails_the_run_before_anything_is_submitted(aws):
-    world = FanOutWorld(aws, {"maxItems": 10})
+    world = FanOutWorld(aws.session, {"maxItems": 10})
     world.glue().handle(world.publish(json.dumps(ITEMS)))
     assert world.submitted == []
     assert world.runs()["maps-m-1"]["reason"] == "fan-out refused: 25 items, over the step's limit of 10 children"
@@ -262,16 +146,12 @@ def test_the_same_trigger_delivered_at_once_makes_one_array_and_one_join(world):
 # ---------------------------------------------------------------- one row per child
 
 
-def child_rows(world: FanOutWorld) -> list[dict[str, Any]]:
-    return sorted((r for r in world.rows() if r["sk"].startswith("child#")), key=lambda r: r["sk"])
-
-
 def test_the_fan_in_writes_one_row_per_child_and_a_second_delivery_rewrites_them(world):
-    request, job_id = fan_out_of(world, json.dumps(ITEMS))
+    request, job_id = world.fan_out(json.dumps(ITEMS))
     fail_two(world)
     ended = world.ended(request, job_id, "FAILED")
     world.glue().handle(copy.deepcopy(ended))
-    first = child_rows(world)
+    first = world.child_rows()
     assert [row["child_index"] for row in first] == list(range(25))
     assert {row["sk"] for row in first} == {f"child#maps-m-1#01#{job_id}#{n:05d}" for n in range(25)}
     assert [(row["item"], row["jobId"]) for row in first[:2]] == [
@@ -284,28 +164,31 @@ def test_the_fan_in_writes_one_row_per_child_and_a_second_delivery_rewrites_them
     assert all(row["step"] == "work" and row["chain_run"] == "maps-m-1" and row["expires_at"] for row in first)
     world.children[3] = ("SUCCEEDED", "")  # what a second look finds, written over the first
     world.glue().handle(copy.deepcopy(ended))
-    second = child_rows(world)
+    second = world.child_rows()
     assert len(second) == 25 and [r["sk"] for r in second] == [r["sk"] for r in first]
     assert second[3]["status"] == "SUCCEEDED"
     # The job rows' readers never meet a child: the run's steps are the three jobs' states.
     assert set(world.runs()["maps-m-1"]["steps"]) == {"work"}
 
 
-def test_child_rows_that_cannot_be_written_leave_the_join_submitted_once(aws, monkeypatch, caplog):
-    world = FanOutWorld(aws, {"onChildFailure": "continue"})
-    request, job_id = fan_out_of(world, json.dumps(ITEMS))
+def test_child_rows_that_cannot_be_written_fail_the_delivery_after_the_join_and_a_retry_writes_them(aws, monkeypatch):
+    """The join is never held back by its children's rows; the delivery then fails, so that Lambda retries
+    it: the retry writes the rows and submits nothing more (once, the rows were given up on, logged only)."""
+    world = FanOutWorld(aws.session, {"onChildFailure": "continue"})
+    request, job_id = world.fan_out(json.dumps(ITEMS))
     fail_two(world)
     monkeypatch.setattr(glue, "BATCH_WRITE_ATTEMPTS", 2)
     ended = world.ended(request, job_id, "FAILED")
     for refusal in ("unprocessed", "error"):
         handler = world.glue()
         handler.dynamodb = RefusingBatchWrites(handler.dynamodb, world.table.name, refusal)
-        result = handler.handle(copy.deepcopy(ended))
-        assert result["submitted"][0]["jobName"] == world.submitted[-1]["jobName"]
-    assert len(world.submitted) == 2  # the array, then the join: once for both deliveries
-    assert child_rows(world) == [] and "child rows not written" in caplog.text
-    (row,) = [r for r in world.rows() if r.get("step") == "work" and r["sk"].startswith("run#")]
-    assert (row["children_total"], row["children_failed"]) == (25, 2)
+        with pytest.raises((RuntimeError, ClientError)):
+            handler.handle(copy.deepcopy(ended))
+        assert len(world.submitted) == 2  # the array, then the join: submitted before the rows failed
+    assert world.child_rows() == []
+    result = world.glue().handle(copy.deepcopy(ended))  # Lambda's retry
+    assert result["submitted"][0]["jobName"] == world.submitted[-1]["jobName"] and len(world.submitted) == 2
+    assert world.child_rows_wrong(job_id) == 0 and world.summary_wrong(job_id) == []
 
 
 class RefusingBatchWrites:

@@ -233,6 +233,17 @@ def test_job_states_are_tracked_and_never_regress(batch_world):
     assert batch_world.submitted == []  # a failed step starts nothing
 
 
+def test_a_redelivered_job_state_is_counted_once_in_the_metrics(batch_world, capsys):
+    """EventBridge delivers at least once: the row's old state (from the write itself) tells a redelivery,
+    and a state older than the row's, from a new one."""
+    definition = batch_world.definitions["consumer"]
+    capsys.readouterr()
+    for status in ("RUNNING", "RUNNING", "SUCCEEDED", "SUCCEEDED", "RUNNING"):
+        batch_world.glue.handle(batch_event(definition, status, job_id="j-7"))
+    printed = capsys.readouterr().out
+    assert [json.loads(line)["State"] for line in printed.splitlines() if '"_aws"' in line] == ["RUNNING", "SUCCEEDED"]
+
+
 def test_a_job_its_queue_cancelled_in_runnable_fails_its_run_with_the_reason_on_the_row(batch_world):
     definition = batch_world.definitions["consumer"]
     batch_world.glue.handle(batch_event(definition, "RUNNABLE", job_id="j-stuck"))

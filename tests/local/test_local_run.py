@@ -76,6 +76,11 @@ def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_outdir, tmp_path
     assert {(p["expected"], p["done"], p["lost"], p["dead"]) for p in fleets.values()} == {(8, 8, 0, 0)}
     objects = {prefix.split("/", 1)[1]: count for prefix, count in result["objects"].items()}
     assert objects["partitions/hourly_partition/"] == 24 and objects["partitions/hourly_join/"] == 1
+    # The join started once, on the array's end, and was handed every child's item (its DOWNLOAD_MESSAGE).
+    (joined,) = [
+        line for log in (tmp_path / "logs").glob("job-*hourly_join*.log") for line in log.read_text().splitlines()
+    ]
+    assert joined.startswith("joined 24 of 24 partitions: ")
     # The second stage (the daily report) drained every finished task from the downstream queue.
     assert result["downstream_queues"] and set(result["downstream_queues"].values()) == {0}
     report_logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("job-reports-daily_report-*.log"))

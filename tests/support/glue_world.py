@@ -164,6 +164,7 @@ def sdk_attempts(client: Any) -> int:
     retries = client.meta.config.retries or {}
     if retries.get("total_max_attempts"):
         return int(retries["total_max_attempts"])
+    dynamodb = client.meta.service_model.service_name == "dynamodb"
     if retries.get("mode", "legacy") == "legacy":  # botocore's legacy table: DynamoDB retries 10 times
-        return 11 if client.meta.service_model.service_name == "dynamodb" else 5
-    return 3
+        return 11 if dynamodb else 5
+    return 4 if dynamodb else 3  # standard mode gives DynamoDB one attempt more (botocore.retries.standard)

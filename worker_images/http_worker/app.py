@@ -1,4 +1,5 @@
-"""A worker-tier app (WorkerTask.http(port=8080, start=["python3", "app.py"])): the standard library, and boto3 to read inputs.
+"""A worker-tier app (WorkerTask.http(port=8080, start=["python3", "app.py"])): the standard library, and boto3
+to read inputs.
 
 As under Elastic Beanstalk's worker tier, each task's message is POSTed to ``/`` with sqsd's headers; a 2xx
 answer means done, anything else a failed attempt. This one counts the words of the message's ``text`` (or, as
