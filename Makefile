@@ -80,11 +80,12 @@ docs: setup ## The API reference from the docstrings, as HTML in docs/api/ (pdoc
 bench: setup ## Measure requests per task, throughput, synth time, faults; writes bench/REPORT.md
 	$(PYTHON) -m bench
 
-chaos: setup ## The fault matrices alone: the workers' (kill -9, spot and lifecycle notices, API faults; function, command and HTTP tasks) and the glue's
+chaos: setup ## The fault matrices alone: the workers' (kill -9, spot and lifecycle notices, API faults; function, command and HTTP tasks) and the glue's, fan-out and fan-in included
 	$(PYTHON) -m bench.chaos
 	$(PYTHON) -m bench.chaos --task-kind command
 	$(PYTHON) -m bench.chaos --task-kind http
 	$(PYTHON) -m bench.glue_faults
+	$(PYTHON) -m bench.fan_out_faults
 
 deploy: setup ## cdk deploy one environment: make deploy ENV=<name> (needs AWS credentials)
 	@test -n "$(ENV)" || { echo "usage: make deploy ENV=<name>" >&2; exit 2; }

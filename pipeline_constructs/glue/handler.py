@@ -609,8 +609,10 @@ class Glue:
 
         True if the state is news: the row held an older one, or none. A redelivered event (the same state
         again) or one older than the row's is not, so its metrics are not counted twice; the row's old
-        status comes back with the write itself (no read). An array child has no row: its events are taken
-        as news (at least once: telling a redelivery would cost a request per child event)."""
+        status comes back with the write itself (no read). The SDK sending this same write again (its answer
+        lost) is still news; a Lambda retry after every attempt's answer was lost is not, and that state is then
+        never counted. An array child has no row: its events are taken as news (at least once: telling a
+        redelivery would cost a request per child event)."""
         table = self._table(facts["chain"])
         if table is None or facts["array_child"]:
             return True
@@ -625,10 +627,14 @@ class Glue:
             ":attempts": facts["attempts"],
             ":updated": int(time.time()),
             ":expires": _expiry(),
+            # This write's own mark: when the SDK sends it again (its first answer lost), the old row that comes
+            # back is this write's, and the state is still news.
+            ":writer": uuid.uuid4().hex,
         }
         assignments = (
             "#status = :status, status_rank = :rank, reason = :reason, step = :step, jobId = :job, "
-            "jobName = :name, chain_run = :run, attempts = :attempts, updated_at = :updated, expires_at = :expires"
+            "jobName = :name, chain_run = :run, attempts = :attempts, updated_at = :updated, expires_at = :expires, "
+            "written_by = :writer"
         )
         for name, value in facts["timestamps"].items():
             values[f":{name}"] = value
@@ -658,7 +664,7 @@ class Glue:
                 raise
             log.info("stale job state ignored", extra={"jobId": facts["job_id"], "status": facts["status"]})
             return False
-        return bool(old.get("status") != facts["status"])
+        return bool(old.get("status") != facts["status"] or old.get("written_by") == values[":writer"])
 
 
 # ---------------------------------------------------------------- fan-out / fan-in
@@ -672,6 +678,9 @@ CHILD_ITEM_CHARS = 200
 #: BatchWriteItem takes at most 25 items; an unprocessed rest is tried again this many times in all.
 BATCH_WRITE_LIMIT = 25
 BATCH_WRITE_ATTEMPTS = 5
+#: S3's answers to a manifest's GET that no retry changes: the run fails at once, naming it. Any other error (a
+#: throttle, a 5xx, RequestTimeout, an expired token) passes, and Lambda retries the delivery.
+MANIFEST_UNREADABLE = frozenset({"NoSuchKey", "NoSuchBucket", "AccessDenied", "InvalidObjectState", "404", "403"})
 
 
 class FanOutRefused(EventError):
@@ -815,12 +824,15 @@ class FanOutSteps:
         may read a manifest rewritten meanwhile) gets what the first stored, so one array maps one list."""
         source = fan_out_source(message, fan_out)
         if isinstance(source, str):
+            stored = self._stored_items(uri)
+            if stored is not None:  # a redelivery: the first delivery's list stands, whatever the manifest is now
+                return stored
             bucket, key = s3_location(source)
             try:
                 body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
             except ClientError as error:
-                if submit_failure(error) != "refused":  # throttled, or a 5xx: it passes; Lambda retries
-                    raise
+                if error.response.get("Error", {}).get("Code") not in MANIFEST_UNREADABLE:
+                    raise  # a throttle, a 5xx, a timed-out request or token: it passes; Lambda retries
                 raise FanOutRefused(f"the manifest {source} cannot be read: {error}") from None
             source = items_of(body, "manifest")
         limit = min(int(fan_out.get("maxItems") or MAX_ARRAY_SIZE), MAX_ARRAY_SIZE)
@@ -834,7 +846,21 @@ class FanOutSteps:
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
                 raise
-        return list(json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+        stored = self._stored_items(uri)
+        if stored is None:
+            raise RuntimeError(f"the items object {uri} was stored by another delivery and cannot be read yet")
+        return stored
+
+    def _stored_items(self, uri: str) -> list[Any] | None:
+        """The list a delivery of this trigger stored at ``uri``, or None if none is there yet."""
+        bucket, key = s3_location(uri)
+        try:
+            return list(json.loads(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+        except ClientError as error:
+            # Not there: without s3:ListBucket (the glue has none) S3 answers a missing key with 403.
+            if error.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404", "AccessDenied", "403"):
+                raise
+            return None
 
     def fan_in(self, facts: dict[str, Any]) -> FanIn | None:
         """At the terminal event of a fan-out step's job (the array parent's, sent after every child ended):
@@ -886,11 +912,12 @@ class FanOutSteps:
                         succeeded.add(index)
                     else:
                         reasons[index] = str(child.get("statusReason") or "")
-        return [
-            {"index": index, "reason": reasons.get(index, "did not finish")}
-            for index in range(count)
-            if index not in succeeded
-        ]
+        unlisted = count - len(succeeded) - len(reasons.keys() - succeeded)
+        if unlisted and facts["status"] == "SUCCEEDED":  # Batch's word: a parent succeeds only if every child did
+            return []
+        if unlisted:  # ListJobs is eventually consistent: not listed yet is not failed; Lambda retries
+            raise RuntimeError(f"{unlisted} of {count} children of {facts['job_id']} are not listed yet")
+        return [{"index": index, "reason": reasons[index]} for index in range(count) if index not in succeeded]
 
     def write_children(self, facts: dict[str, Any], fan_in: FanIn) -> None:
         """The children's rows (:meth:`_child_rows`), 25 a BatchWriteItem; raises if some could not be written."""
@@ -959,8 +986,10 @@ class FanOutSteps:
             "attempts": 0,
             "timestamps": {},
             "array_child": False,
+            "chain_config": chain,
         }
-        self.glue.record(facts, {"children_total": 0, "children_succeeded": 0, "children_failed": 0})
+        if self.glue.record(facts, {"children_total": 0, "children_succeeded": 0, "children_failed": 0}):
+            log_job_metrics(facts)
 
 
 def _env_value(request: dict[str, Any], name: str) -> str:

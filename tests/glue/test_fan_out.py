@@ -48,6 +48,34 @@ def test_a_manifest_the_message_names_is_read_from_s3(aws, manifest):
     assert child.item(world.s3, {**world.env(request), "AWS_BATCH_JOB_ARRAY_INDEX": "3"}) == "tile-03"
 
 
+def manifest_world(aws) -> tuple[FanOutWorld, dict[str, Any]]:
+    """A fan-out over a manifest, and the message naming it (the manifest not written yet)."""
+    world = FanOutWorld(aws.session, {"source": "manifest", "field": "manifest"})
+    return world, world.publish(json.dumps({"manifest": f"s3://{world.bucket}/maps/split/list.txt"}))
+
+
+def test_a_manifest_that_is_not_there_fails_the_run_at_once_and_counts_it(aws, capsys):
+    """No retry makes it appear: the delivery ends (Lambda retries nothing), the run failed naming the manifest,
+    and the dashboard's ChainRunsFailed counts it."""
+    world, message = manifest_world(aws)
+    capsys.readouterr()
+    (refused,) = world.glue().handle(message)["submitted"]
+    assert "refused" in refused and world.submitted == []
+    run = world.runs()["maps-m-1"]
+    assert run["status"] == "FAILED" and "list.txt cannot be read" in run["reason"]
+    assert _runs_failed_metric(capsys.readouterr().out) == [1]
+
+
+def test_a_redelivery_after_the_manifest_changed_maps_the_list_the_first_delivery_stored(aws):
+    world, message = manifest_world(aws)
+    world.s3.put_object(Bucket=world.bucket, Key="maps/split/list.txt", Body="\n".join(ITEMS).encode())
+    (first,) = world.glue().handle(message)["submitted"]
+    world.s3.delete_object(Bucket=world.bucket, Key="maps/split/list.txt")  # or rewritten past maxItems
+    (again,) = world.glue().handle(copy.deepcopy(message))["submitted"]
+    assert again["jobId"] == first["jobId"] and len(world.submitted) == 1
+    assert world.runs() == {}  # no row says the running array's run failed
+
+
 def test_a_list_of_one_is_a_plain_job_whose_item_is_index_0(world):
     request, _ = world.fan_out('["only"]')
     assert "arrayProperties" not in request
@@ -105,6 +133,28 @@ def test_a_failed_child_fails_the_run_naming_it_and_the_join_never_starts(world,
 def _runs_failed_metric(printed: str) -> list[int]:
     """``ChainRunsFailed`` of each EMF line the glue printed."""
     return [json.loads(line)["ChainRunsFailed"] for line in printed.splitlines() if '"_aws"' in line]
+
+
+def test_a_child_not_listed_yet_is_not_taken_for_a_failed_one(world):
+    """ListJobs is eventually consistent. A SUCCEEDED parent is Batch's word that every child succeeded: the
+    join starts with every item; under a FAILED parent the delivery fails, so that Lambda lists them again."""
+    request, job_id = world.fan_out(json.dumps(ITEMS))
+    world.end_children()
+    del world.children[5]
+    with pytest.raises(RuntimeError, match=r"1 of 25 children .* not listed yet"):
+        world.glue().handle(world.ended(request, job_id, "FAILED"))
+    assert len(world.submitted) == 1  # no join
+    assert len(world.glue().handle(world.ended(request, job_id, "SUCCEEDED"))["submitted"]) == 1
+    assert json.loads(world.env(world.submitted[-1])["DOWNLOAD_MESSAGE"])["items"] == ITEMS
+
+
+def test_each_childs_end_is_counted_in_the_metrics(world, capsys):
+    """An array child has no row of its own to tell a redelivery by: its metrics are printed at least once."""
+    request, job_id = world.fan_out(json.dumps(ITEMS))
+    capsys.readouterr()
+    world.glue().handle(world.ended(request, f"{job_id}:3", "SUCCEEDED"))
+    (line,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert line["ChainJobs"] == 1 and line["State"] == "SUCCEEDED" and line["ChainRunsSucceeded"] == 0
 
 
 def test_continue_starts_the_join_with_the_succeeded_items_and_lists_the_failed(aws, capsys):
@@ -173,7 +223,7 @@ def test_the_fan_in_writes_one_row_per_child_and_a_second_delivery_rewrites_them
 
 def test_child_rows_that_cannot_be_written_fail_the_delivery_after_the_join_and_a_retry_writes_them(aws, monkeypatch):
     """The join is never held back by its children's rows; the delivery then fails, so that Lambda retries
-    it: the retry writes the rows and submits nothing more (once, the rows were given up on, logged only)."""
+    it: the retry writes the rows and submits nothing more."""
     world = FanOutWorld(aws.session, {"onChildFailure": "continue"})
     request, job_id = world.fan_out(json.dumps(ITEMS))
     fail_two(world)

@@ -142,3 +142,30 @@ def test_a_manifest_that_cannot_be_read_for_a_moment_is_read_again_not_refused(a
     (array,) = world.jobs_named(glue.job_name("maps", "work", "m-1"))
     assert world.fan_out_wrong() == []
     assert world.batch.describe_jobs(jobs=[array["jobId"]])["jobs"][0]["arrayProperties"]["size"] == len(ITEMS)
+
+
+@pytest.mark.parametrize("code", ["RequestTimeout", "ExpiredToken"])  # the SDK retries the first, not the second
+def test_a_manifest_read_that_a_retry_can_mend_is_retried_not_refused(aws, proxy, code):
+    """Only what no retry changes (missing, denied) fails the run at once; S3's timed-out request (400, past the
+    SDK's own retries) or an expired token passes, and the delivery Lambda retries maps the list."""
+    world = FanOutWorld(aws.session, {"source": "manifest", "field": "manifest"})
+    world.s3.put_object(Bucket=world.bucket, Key=MANIFEST_KEY, Body="\n".join(ITEMS).encode())
+    xml = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+    answers = burst(aws.session.client("s3")) if code == "RequestTimeout" else 2  # each delivery's first call
+    failing = proxy.add(Rule(method="GET", path_contains=MANIFEST_KEY, answer=(400, {}, xml), times=answers))
+    delivered_twice(world, world.publish(json.dumps({"manifest": f"s3://{world.bucket}/{MANIFEST_KEY}"})), proxy)
+    assert failing.fired == answers
+    assert world.fan_out_wrong() == []
+
+
+def test_a_state_whose_write_answer_was_lost_and_sent_again_by_the_sdk_is_counted_once(aws, proxy, capsys):
+    """The SDK sends the status row's UpdateItem again when its answer is lost: the old row that comes back is
+    that write's own, and the run's failure still counts in the metrics (once)."""
+    world, event, _ = ended_fan_out(aws, {}, TWO_FAILED)  # fail_run: the run fails here
+    update = "DynamoDB_20120810.UpdateItem"
+    lost = proxy.add(Rule(target=update, when="after", action=_lose_the_answer))
+    capsys.readouterr()
+    world.glue(endpoint=proxy.endpoint).handle(copy.deepcopy(event))
+    assert lost.fired == 1
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert [line["ChainRunsFailed"] for line in printed] == [1]
