@@ -607,12 +607,10 @@ class Glue:
         """The job's latest state under its chain run; an older event never overwrites a newer state.
         ``extra``: more attributes of the row (a fan-out's children).
 
-        True if the state is news: the row held an older one, or none. A redelivered event (the same state
-        again) or one older than the row's is not, so its metrics are not counted twice; the row's old
-        status comes back with the write itself (no read). The SDK sending this same write again (its answer
-        lost) is still news; a Lambda retry after every attempt's answer was lost is not, and that state is then
-        never counted. An array child has no row: its events are taken as news (at least once: telling a
-        redelivery would cost a request per child event)."""
+        True if the state is news (the row held an older one, or none), so that metrics count it once: the old
+        row comes back with the write (no read); the SDK's resend of this write is news, a Lambda retry after
+        every answer was lost is not (that state then goes uncounted). An array child has no row: its events
+        are news (at least once: telling a redelivery would cost a request per child event)."""
         table = self._table(facts["chain"])
         if table is None or facts["array_child"]:
             return True
@@ -627,9 +625,7 @@ class Glue:
             ":attempts": facts["attempts"],
             ":updated": int(time.time()),
             ":expires": _expiry(),
-            # This write's own mark: when the SDK sends it again (its first answer lost), the old row that comes
-            # back is this write's, and the state is still news.
-            ":writer": uuid.uuid4().hex,
+            ":writer": uuid.uuid4().hex,  # this write's mark: an SDK resend gets back its own row, still news
         }
         assignments = (
             "#status = :status, status_rank = :rank, reason = :reason, step = :step, jobId = :job, "
