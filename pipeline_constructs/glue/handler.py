@@ -394,7 +394,18 @@ def from_sns(event: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, s
         if link.get("kind") != "message" or index + 1 >= len(chain["steps"]):
             raise EventError(f"{path}Sns.MessageAttributes.step: step {publisher!r} has no message link to a next step")
         following = chain["steps"][index + 1]["name"]
-        run = (attributes.get("chainRun") or {}).get("Value") or job_name(chain_name, message_id)
+        run = (attributes.get("chainRun") or {}).get("Value") or ""
+        if not run:
+            run = job_name(chain_name, message_id)
+            log.warning(
+                "message without a chainRun attribute: the next step starts a run of its own",
+                extra={
+                    "chain": chain_name,
+                    "step": publisher,
+                    "run": run,
+                    "fix": "publish with MessageAttributes chainRun = the step's PIPELINE_CHAIN_RUN",
+                },
+            )
         env = (
             {"DOWNLOAD_MESSAGE": message}
             | dict(link.get("environment") or {})

@@ -91,6 +91,7 @@ def batch_jobs(batch: LocalBatch | None) -> list[dict[str, Any]]:
                     "name": job.name,
                     "arn": job.arn,
                     "step": environment.get("PIPELINE_STEP", job.definition.name),
+                    "run": environment.get("PIPELINE_CHAIN_RUN", ""),
                     "status": job.status,
                     "attempts": len(job.attempts),
                     "reason": job.status_reason,

@@ -146,6 +146,7 @@ def test_the_guides_app_runs_its_fleet_and_its_chain_locally_across_its_two_stac
     assert [schedule for schedule, fired in result["schedules"].items() if fired] == ["Work/Daily/Schedule/Resource"]
     steps = {job["step"]: job["status"] for job in result["jobs"]}
     assert steps == {"fetch": "SUCCEEDED", "summarize": "SUCCEEDED", "load": "SUCCEEDED"}, result["jobs"]
+    assert len({job["run"] for job in result["jobs"]}) == 1, result["jobs"]  # the message carried the chain run
     written = {prefix: count for prefix, count in result["objects"].items() if prefix.startswith("shared-")}
     assert sorted(p.split("/", 1)[1] for p in written) == [
         "Nightly/summarize/",

@@ -116,6 +116,20 @@ def test_sns_event_submits_the_next_step_with_the_raw_message(batch_world):
     assert job["jobName"] == request["jobName"]
 
 
+def test_the_chain_run_travels_with_the_message_and_its_absence_is_warned_of(batch_world, caplog):
+    """The publisher's ``chainRun`` attribute keeps the next step in its run; without it the next step starts a
+    run of its own (the first one would show RUNNING for ever), and the glue says what to fix."""
+    event = sns_event(batch_world.topic)
+    event["Records"][0]["Sns"]["MessageAttributes"] = {"chainRun": {"Type": "String", "Value": "feeds-run-7"}}
+    batch_world.glue.handle(event)
+    assert env_of(batch_world.submitted[-1])["PIPELINE_CHAIN_RUN"] == "feeds-run-7"
+    assert "chainRun" not in caplog.text
+    batch_world.glue.handle(sns_event(batch_world.topic, message_id="m-2"))
+    assert env_of(batch_world.submitted[-1])["PIPELINE_CHAIN_RUN"] == "feeds-m-2"
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "without a chainRun attribute" in warning.getMessage() and "PIPELINE_CHAIN_RUN" in warning.fix
+
+
 def test_a_message_too_large_for_submit_job_goes_to_s3_as_a_claim_check(batch_world, aws):
     """SubmitJob takes 30 KiB: a 100 KB message travels as DOWNLOAD_MESSAGE_S3, byte for byte, stored once
     under a key that a redelivery of the same message rewrites, never duplicates."""
