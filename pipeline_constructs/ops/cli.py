@@ -42,7 +42,8 @@ FleetOption = Annotated[str | None, typer.Option("--fleet", "-f", help="fleet na
 
 
 def _fail(error: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/] {operator.explain(error)}")
+    # Errors quote the user's text (run names, paths): shown as it is, never read as Rich markup.
+    console.print(f"[red]error:[/] {escape(str(operator.explain(error)))}")
     return typer.Exit(1)
 
 

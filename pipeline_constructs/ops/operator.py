@@ -352,16 +352,22 @@ def status(target: Target) -> dict[str, Any]:
 
 
 def chain_runs(rows: list[dict[str, Any]], steps: list[str], latest: int = 5) -> dict[str, dict[str, Any]]:
-    """The latest runs of a chain from its job rows: ``{run: {"status", "reason", "steps": {step: state}}}``;
-    a fan-out step's state tells how many children succeeded (``FAILED 23/25 children``).
+    """The ``latest`` most recent runs of a chain (every run with ``latest=0``), from its job rows (``run#...``;
+    a fan-out's ``child#...`` rows are no runs): ``{run: {"status", "reason", "steps": {step: state}}}``, the
+    newest last, as a log reads; a fan-out step's state counts its failed children
+    (``FAILED: 2 of 25 children failed``).
 
     A run is FAILED as soon as one of its jobs failed, with that job's reason (for a job its queue cancelled
     after it waited in RUNNABLE, why it waited: no spot capacity, or no instance type to hold it);
     SUCCEEDED once its last step did; else RUNNING.
     """
     runs: dict[str, dict[str, Any]] = {}
-    for row in sorted(rows, key=lambda r: r["sk"]):
-        run = runs.setdefault(row.get("chain_run", "?"), {"status": "RUNNING", "reason": "", "steps": {}})
+    last_active: dict[str, float] = {}
+    jobs = sorted((row for row in rows if str(row.get("sk", "")).startswith("run#")), key=lambda r: r["sk"])
+    for row in jobs:  # by sk: a run's steps in their order
+        name = str(row.get("chain_run", "?"))
+        run = runs.setdefault(name, {"status": "RUNNING", "reason": "", "steps": {}})
+        last_active[name] = max(last_active.get(name, 0.0), job_activity(row))
         run["steps"][row.get("step", "?")] = f"{row.get('status', '?')}{_children(row)}"
         # A fan-out whose failed children the join was told about (``continue``) does not fail its run.
         if row.get("status") == "FAILED" and run["status"] != "FAILED" and not row.get("continued"):
@@ -370,7 +376,17 @@ def chain_runs(rows: list[dict[str, Any]], steps: list[str], latest: int = 5) ->
     for run in runs.values():
         if run["status"] == "RUNNING" and steps and str(run["steps"].get(steps[-1], "")).startswith("SUCCEEDED"):
             run["status"] = "SUCCEEDED"
-    return dict(list(runs.items())[-latest:])
+    # By when each run last changed, not by name: run names (a job id, a user's name) need not sort by time.
+    # The sort is stable: runs without any time keep their name order, before the others.
+    by_recency = sorted(runs, key=last_active.__getitem__)
+    return {name: runs[name] for name in (by_recency[-latest:] if latest else by_recency)}
+
+
+def job_activity(row: dict[str, Any]) -> float:
+    """When a chain job's row last changed, in epoch seconds: the latest of the glue's ``updated_at`` (seconds)
+    and Batch's ``createdAt``/``startedAt``/``stoppedAt`` (milliseconds) it holds; 0 when it holds none."""
+    scales = {"updated_at": 1, "createdAt": 1000, "startedAt": 1000, "stoppedAt": 1000}
+    return max((float(row[name]) / scale for name, scale in scales.items() if row.get(name) is not None), default=0.0)
 
 
 def run_children(rows: list[dict[str, Any]], shown: int = CHILDREN_SHOWN) -> dict[str, Any]:
@@ -398,11 +414,14 @@ def run_children(rows: list[dict[str, Any]], shown: int = CHILDREN_SHOWN) -> dic
 
 
 def _children(row: dict[str, Any]) -> str:
-    """How a fan-out step's children ended, after its state (`` 23/25 children, continued``); else ""."""
-    if not row.get("children_total"):
+    """How a fan-out step's children ended, after its state (``: 2 of 25 children failed, continued``, ``: all 25
+    children succeeded``); else "". Failures are counted, not successes: ``FAILED 23/25`` read as 23 failed."""
+    total = int(row.get("children_total") or 0)
+    if not total:
         return ""
-    continued = ", continued" if row.get("continued") else ""
-    return f" {int(row.get('children_succeeded', 0))}/{int(row['children_total'])} children{continued}"
+    failed = total - int(row.get("children_succeeded") or 0)
+    outcome = f"{failed} of {total} children failed" if failed else f"all {total} children succeeded"
+    return f": {outcome}{', continued' if row.get('continued') else ''}"
 
 
 def tail(target: Target, fleet_name: str | None = None, limit: int = 20) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from pipeline_constructs.fleet.worker.instance import LIFECYCLE_TERMINATION, SPOT_NOTICE
 from pipeline_constructs.ops.cost import load_prices
-from pipeline_constructs.ops.operator import Target, _query_all, chain_runs, queue_depth
+from pipeline_constructs.ops.operator import OperatorError, Target, _query_all, chain_runs, queue_depth
 
 #: Tasks a worker runs at once by default: its instance's vCPUs, 2 for the default ``large`` types.
 DEFAULT_SLOTS = 2
@@ -301,16 +301,16 @@ def run_figures(run: str, rows: Sequence[dict[str, Any]], state: dict[str, Any],
 def chain_figures(
     name: str, rows: Sequence[dict[str, Any]], steps: Sequence[str], pricing: Pricing, *, runs: int = 5
 ) -> dict[str, Any]:
-    """The chain's latest ``runs`` runs (all with ``runs=0``), from its job rows."""
+    """The chain's most recent ``runs`` runs (all with ``runs=0``), the newest last (as ``pipeline status``),
+    from its job rows."""
     jobs = [row for row in rows if str(row.get("sk", "")).startswith("run#")]
-    states = chain_runs(jobs, list(steps), latest=len(jobs) + 1)
+    states = chain_runs(jobs, list(steps), latest=runs)
     by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in jobs:
         by_run[str(row.get("chain_run", "?"))].append(row)
-    chosen = list(states)[-runs:] if runs else list(states)
     return {
         "chain": name,
-        "runs": [run_figures(run, by_run[run], states[run], pricing) for run in chosen],
+        "runs": [run_figures(run, by_run[run], state, pricing) for run, state in states.items()],
         "method": pricing.chain_method(),
     }
 
@@ -352,11 +352,22 @@ def gather(
     pricing = Pricing.from_table(job_vcpus=job_vcpus, prices=prices)
     for name in chains:
         entry = target.chain(name)
-        rows = _recent(_query_all(target.table(entry["table"]), f"chain#{name}", "run#"), since)
+        rows = _query_all(target.table(entry["table"]), f"chain#{name}", "run#")
         if run:
-            rows = [row for row in rows if row.get("chain_run") == run]
+            rows = _rows_of_run(name, run, rows, entry.get("steps") or [])
+        rows = _recent(rows, since)
         report["chains"].append(chain_figures(name, rows, entry.get("steps") or [], pricing, runs=0 if run else runs))
     return report
+
+
+def _rows_of_run(chain: str, run: str, rows: list[dict[str, Any]], steps: list[str]) -> list[dict[str, Any]]:
+    """The rows of one run of the chain; a run it does not have is an error naming the runs it has."""
+    chosen = [row for row in rows if row.get("chain_run") == run]
+    if not chosen:
+        recent = list(reversed(chain_runs(rows, steps, latest=5)))
+        known = f"its latest runs, newest first: {', '.join(recent)}" if recent else "it has no runs"
+        raise OperatorError(f"chain {chain} has no run {run!r}; {known}")
+    return chosen
 
 
 def _recent(rows: list[dict[str, Any]], since: float | None) -> list[dict[str, Any]]:

@@ -108,7 +108,7 @@ def test_the_join_starts_with_every_item_when_all_children_succeeded(world):
     assert (message["items"], message["failed"], message["total"]) == (ITEMS, [], 25)
     (row,) = [r for r in world.rows() if r.get("step") == "work" and r["sk"].startswith("run#")]
     assert (row["children_total"], row["children_succeeded"], row["children_failed"]) == (25, 25, 0)
-    assert world.runs()["maps-m-1"]["steps"]["work"] == "SUCCEEDED 25/25 children"
+    assert world.runs()["maps-m-1"]["steps"]["work"] == "SUCCEEDED: all 25 children succeeded"
 
 
 def fail_two(world: FanOutWorld) -> None:
@@ -127,7 +127,7 @@ def test_a_failed_child_fails_the_run_naming_it_and_the_join_never_starts(world,
     assert run["reason"] == (
         "2 of 25 children failed: #3 (Essential container in task exited (exit code 2)), #17 (Host EC2 terminated)"
     )
-    assert run["steps"]["work"] == "FAILED 23/25 children"
+    assert run["steps"]["work"] == "FAILED: 2 of 25 children failed"
 
 
 def _runs_failed_metric(printed: str) -> list[int]:
@@ -168,7 +168,7 @@ def test_continue_starts_the_join_with_the_succeeded_items_and_lists_the_failed(
     assert message["items"] == [item for n, item in enumerate(ITEMS) if n not in (3, 17)]
     assert [(f["index"], f["item"]) for f in message["failed"]] == [(3, "tile-03"), (17, "tile-17")]
     run = world.runs()["maps-m-1"]
-    assert run["status"] == "RUNNING" and run["steps"]["work"] == "FAILED 23/25 children, continued"
+    assert run["status"] == "RUNNING" and run["steps"]["work"] == "FAILED: 2 of 25 children failed, continued"
 
 
 def test_a_list_over_max_items_fails_the_run_before_anything_is_submitted(aws):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -32,7 +33,7 @@ def deploy_chain(aws) -> tuple[str, str]:
 
 def write_run(aws, table: str, run: str) -> None:
     """The rows the glue writes for ``run`` at its fan-in: split's job, work's (array parent) and its children."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"pk": "chain#maps", "sk": f"run#{run}#00#j-split", "chain_run": run, "step": "split", "status": "SUCCEEDED"},
         {
             "pk": "chain#maps",
@@ -69,7 +70,7 @@ def test_status_lists_a_fan_outs_children_failed_first_and_a_line_per_failed_chi
     result = runner.invoke(cli.app, ["status", "--stack", stack, "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     run = json.loads(result.output)["chains"]["maps"]["maps-1"]
-    assert run["steps"] == {"split": "SUCCEEDED", "work": f"FAILED {CHILDREN - len(FAILED)}/{CHILDREN} children"}
+    assert run["steps"] == {"split": "SUCCEEDED", "work": f"FAILED: {len(FAILED)} of {CHILDREN} children failed"}
     children = run["children"]["work"]
     assert len(children) == 50 and run["children_not_shown"] == {"work": {"SUCCEEDED": CHILDREN - 50}}
     assert [child["index"] for child in children[: len(FAILED)]] == list(FAILED)
