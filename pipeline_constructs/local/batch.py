@@ -128,6 +128,12 @@ class LocalJob:
         _, _, _, region, account, *_ = self.queue.split(":") if self.queue.startswith("arn:") else [""] * 5 + [""]
         return f"arn:aws:batch:{region or 'us-east-1'}:{account or DEFAULT_ACCOUNT}:job/{self.job_id}"
 
+    def log_name(self, attempt: int) -> str:
+        """The file name of the log of the job's attempt number ``attempt``. An array's children share its
+        name and the start of its id, so each child's index is in its name: children never write one file."""
+        child = f"-child{self.array_index}" if self.array_index is not None else ""
+        return f"job-{self.name}-{self.job_id[:8]}{child}-{attempt}.log"
+
     def detail(self) -> dict[str, Any]:
         environment = [{"name": k, "value": v} for k, v in (self.definition.environment | self.environment).items()]
         detail: dict[str, Any] = {
@@ -207,7 +213,7 @@ class JobLauncher:
                 "AWS_BATCH_JQ_NAME": job.queue.rsplit("/", 1)[-1],
             }
         )
-        log_path = self.log_dir / f"job-{job.name}-{job.job_id[:8]}-{attempt}.log"
+        log_path = self.log_dir / job.log_name(attempt)
         job.log_path = log_path
         with log_path.open("w") as log:
             job.process = subprocess.Popen(argv, cwd=cwd, env=environment, stdout=log, stderr=subprocess.STDOUT)

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -69,6 +70,41 @@ def embedded_emulator(endpoint: str | None) -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+#: Signals that end the run as Ctrl-C does: ``kill``'s default, CI's ``timeout``, a closed terminal.
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class RunEnded(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: raised in the main thread as Ctrl-C's KeyboardInterrupt is, so the run ends
+    as it does on Ctrl-C (workers stopped, state file and temporary folders removed), not with them orphaned."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_end_the_run() -> Iterator[None]:
+    """While the run is up, :data:`ENDING_SIGNALS` raise :class:`RunEnded` (once: a repeat does not cut the
+    cleanup short). A handler, not SIG_IGN, so the processes the run starts still get the default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; its caller owns them
+        return
+    ended: list[int] = []
+
+    def end(signum: int, _frame: Any) -> None:
+        if not ended:
+            ended.append(signum)
+            raise RunEnded(signum)
+
+    previous = {each: signal.signal(each, end) for each in ENDING_SIGNALS}
+    try:
+        yield
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
 
 
 class FeedServer(ThreadingHTTPServer):
@@ -215,7 +251,8 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--serve",
         action="store_true",
-        help="stay up after the work (Ctrl-C ends it) so `pipeline ... --local` can be used",
+        help="stay up after the work (Ctrl-C, `kill` or a closed terminal ends it) so `pipeline ... --local` can "
+        "be used",
     )
     parser.add_argument(
         "--report",
@@ -252,18 +289,23 @@ def main(argv: list[str] | None = None) -> int:
     if feed_server is not None:
         overrides.setdefault("FEED_URL", feed_server.url)
     started = time.monotonic()
-    with embedded_emulator(args.endpoint_url) as endpoint:
-        pipeline = _pipeline(args, stack, producers, endpoint=endpoint, overrides=overrides, log_dir=log_dir)
-        try:
-            result = _run(pipeline, args, console, started)
-        except (WorkerRequirementsError, OperatorError, KeyError) as error:
-            console.print(f"[red]error:[/] {escape(str(error).strip(chr(39)))}", soft_wrap=True)
-            return 2
-        finally:
-            pipeline.stop()
-            Path(args.state_file).unlink(missing_ok=True)
-            if feed_server is not None:
-                feed_server.shutdown()
+    try:
+        with signals_end_the_run(), embedded_emulator(args.endpoint_url) as endpoint:
+            pipeline = _pipeline(args, stack, producers, endpoint=endpoint, overrides=overrides, log_dir=log_dir)
+            try:
+                result = _run(pipeline, args, console, started)
+            except (WorkerRequirementsError, OperatorError, KeyError) as error:
+                console.print(f"[red]error:[/] {escape(str(error).strip(chr(39)))}", soft_wrap=True)
+                return 2
+            finally:
+                pipeline.stop()
+                Path(args.state_file).unlink(missing_ok=True)
+                if feed_server is not None:
+                    feed_server.shutdown()
+    except KeyboardInterrupt as interrupted:  # Ctrl-C, or RunEnded, before the work was done: all stopped
+        signum = getattr(interrupted, "signum", signal.SIGINT)
+        console.print(f"[red]interrupted[/] by {signal.Signals(signum).name}; every process stopped")
+        return 128 + signum
     if result is None:
         return 2
     print_summary(console, result)
@@ -411,7 +453,7 @@ def _print_reasons(console: Console, result: dict[str, Any]) -> None:
 
 
 def _serve(pipeline: LocalPipeline, console: Console, state_file: str) -> None:
-    """Stay up, schedules firing on their cron, until Ctrl-C."""
+    """Stay up, schedules firing on their cron, until Ctrl-C (or SIGTERM, SIGHUP: :class:`RunEnded`)."""
     threading.Thread(target=pipeline.run_schedules, name="schedules", daemon=True).start()
     console.print(
         f"serving, schedules firing on their cron; state in {state_file}; "

@@ -38,6 +38,22 @@ from pipeline_constructs.local.imds import FakeInstanceMetadata
 ENV_LINE = re.compile(r"^pipeline_env ([A-Za-z_][A-Za-z0-9_]*) '([A-Za-z0-9+/=]*)'$", re.M)
 DOWNLOAD = re.compile(r"aws s3 cp 's3://[^/]+/([0-9a-f]{64})\.zip' '(/tmp/[a-z]+\.zip)'")
 
+#: A worker's main: the runtime as ``python -m pipeline_worker`` runs it, and a lifeline to the local run. Its
+#: stdin is a pipe only the run holds open: at end of file the run is gone, even by ``kill -9`` (no cleanup),
+#: and the worker stops as at the run's end (SIGTERM) instead of running on against an emulator that is gone.
+#: The raw descriptor, not ``sys.stdin``: a daemon thread blocked in its buffer can abort the interpreter's exit.
+WORKER_MAIN = """
+import os, runpy, signal, threading
+
+def end_with_the_local_run():
+    while os.read(0, 1):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=end_with_the_local_run, name="local-run-lifeline", daemon=True).start()
+runpy.run_module("pipeline_worker", run_name="__main__", alter_sys=True)
+"""
+
 
 def parse_user_data(script: str) -> tuple[dict[str, str], dict[str, str]]:
     """(worker environment, local zip name -> asset hash) from a fleet's user data script."""
@@ -223,7 +239,12 @@ class LocalFleet:
         log_path = self.log_dir / f"worker-{environment['PIPELINE_WORKER_ID']}.log"
         with log_path.open("a") as log:
             process = subprocess.Popen(
-                [self.python, "-m", "pipeline_worker"], cwd=self.task_dir, env=environment, stdout=log, stderr=log
+                [self.python, "-c", WORKER_MAIN],
+                cwd=self.task_dir,
+                env=environment,
+                stdin=subprocess.PIPE,  # the lifeline (:data:`WORKER_MAIN`): never written, closed at the run's end
+                stdout=log,
+                stderr=log,
             )
         return WorkerProcess(number, process, imds, log_path)
 

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from pipeline_constructs.local.batch import LocalJob
 from pipeline_constructs.local.clients import EmulatorClients
 from pipeline_constructs.local.compute import LocalCompute
 from pipeline_constructs.local.fleets import LocalFleet
@@ -86,12 +87,9 @@ class Progress:
     def reasons(self) -> list[dict[str, str]]:
         """Why work failed: each failed job, each kind of worker restart and each dead-letter error (tasks
         with the same error together), with the first line of the error and the log to read."""
-        found = []
         batch = self.compute.batch
-        for job in list(batch.jobs.values()) if batch is not None else []:
-            if job.status == "FAILED" and not job.children:  # an array job's children say why it failed
-                log = str(job.log_path) if job.log_path else ""
-                found.append({"what": f"job {job.name} FAILED", "reason": _first_line(job.status_reason), "log": log})
+        jobs = list(batch.jobs.values()) if batch is not None else []
+        found = [failure for failure in map(job_failure, jobs) if failure]
         for fleet in self.compute.fleets.values():
             short = fleet.short_name
             for why, restart in fleet.restart_reasons.items():
@@ -166,6 +164,25 @@ class Progress:
                 return True
             time.sleep(interval)
         return False
+
+
+def job_failure(job: LocalJob) -> dict[str, str] | None:
+    """Why a failed job failed and its log; for an array job with failed children (failed, or still running
+    at the run's end), how many failed and the first one's index, reason and log. None for anything else."""
+    if job.parent is not None:
+        return None  # said by its array job's entry
+    failed = [child for child in job.children if child.status == "FAILED"]
+    if failed:
+        first = failed[0]
+        return {
+            "what": f"job {job.name}: {len(failed)} of {len(job.children)} child jobs FAILED",
+            "reason": f"child {first.array_index}: {_first_line(first.status_reason)}",
+            "log": str(first.log_path) if first.log_path else "",
+        }
+    if job.status != "FAILED":
+        return None
+    log = str(job.log_path) if job.log_path else ""
+    return {"what": f"job {job.name} FAILED", "reason": _first_line(job.status_reason), "log": log}
 
 
 def _first_line(text: str) -> str:

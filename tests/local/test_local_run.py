@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from pipeline_constructs.local import cli
-from pipeline_constructs.local.batch import dockerfile_command, local_argv
+from pipeline_constructs.local.batch import JobDefinitionSpec, LocalBatch, dockerfile_command, local_argv
 from pipeline_constructs.local.events import matches, transform
+from pipeline_constructs.local.progress import job_failure
 from pipeline_constructs.local.resolver import Resolver, UnresolvableError
 from pipeline_constructs.local.runner import LocalPipeline, sample_feed
 from pipeline_constructs.ops.assembly import (
@@ -81,6 +82,8 @@ def test_demo_runs_the_feed_chain_and_both_fleet_stages(example_outdir, tmp_path
         line for log in (tmp_path / "logs").glob("job-*hourly_join*.log") for line in log.read_text().splitlines()
     ]
     assert joined.startswith("joined 24 of 24 partitions: ")
+    # Each of the fan-out's children wrote a log of its own, beside its array's name.
+    assert len(list((tmp_path / "logs").glob("job-*hourly_partition*-child*-1.log"))) == 24
     # The second stage (the daily report) drained every finished task from the downstream queue.
     assert result["downstream_queues"] and set(result["downstream_queues"].values()) == {0}
     report_logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("job-reports-daily_report-*.log"))
@@ -255,6 +258,38 @@ def test_event_patterns_and_input_transformers():
     assert json.loads(transform(transformer, event)) == {"job": 'n"1', "text": 'job n"1'}
 
 
+def test_each_child_of_an_array_job_logs_to_a_file_of_its_own_and_a_failed_one_is_named(tmp_path):
+    """Children share their array's name and the start of its id: each child's index is in its log's name,
+    so no child's log replaces another's, and the run's summary names a failed child and its log."""
+    child_says = "import os, sys; i = os.environ['AWS_BATCH_JOB_ARRAY_INDEX']; print('child', i); sys.exit(i == '2')"
+    spec = JobDefinitionSpec(
+        arn="arn:aws:batch:eu-west-1:1:job-definition/fan:1",
+        name="fan",
+        environment={},
+        image_dir=None,
+        command=["python", "-c", child_says],
+    )
+    batch = LocalBatch(
+        {spec.arn: spec}, {"queue"}, base_environment={}, emit=lambda event: None, log_dir=tmp_path, region="eu-west-1"
+    )
+    try:
+        request = {"jobQueue": "queue", "jobDefinition": "fan", "jobName": "fan-1", "arrayProperties": {"size": 4}}
+        array = batch.jobs[batch.submit(request)["jobId"]]
+        for thread in batch._threads:
+            thread.join(timeout=60)
+    finally:
+        batch.close()
+    logs = sorted(tmp_path.glob("job-fan-1-*.log"))
+    assert [path.read_text() for path in logs] == [f"child {index}\n" for index in range(4)]
+    assert [child.log_path for child in array.children] == logs
+    assert job_failure(array) == {
+        "what": "job fan-1: 1 of 4 child jobs FAILED",
+        "reason": "child 2: Essential container in task exited (exit code 1)",
+        "log": str(array.children[2].log_path),
+    }
+    assert job_failure(array.children[2]) is None  # said once, by its array's entry
+
+
 def test_dockerfile_entrypoints_map_back_to_the_image_directory(tmp_path):
     (tmp_path / "Dockerfile").write_text(
         'FROM python:3.13-slim\nWORKDIR /app\nCOPY watcher.py /app/\nENTRYPOINT ["python", "/app/watcher.py"]\n'
@@ -374,6 +409,7 @@ def test_schedules_fire_on_their_own_while_the_run_serves(example_outdir, tmp_pa
         )
         try:
             pipeline.start()
+            assert pipeline.batch is not None
             threading.Thread(target=pipeline.run_schedules, daemon=True).start()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not pipeline.batch.jobs:
