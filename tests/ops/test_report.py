@@ -7,6 +7,7 @@ import json
 import uuid
 import xml.etree.ElementTree as ElementTree
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -255,3 +256,12 @@ def test_each_fleet_of_the_example_names_its_instance_types_for_the_report(examp
     value = example_stacks["pipeline-dev"].template["Outputs"][MANIFEST_OUTPUT]["Value"]
     text = "".join(part for part in value["Fn::Join"][1] if isinstance(part, str))
     assert f'"instanceTypes":{json.dumps(list(DEFAULT_X86_INSTANCE_TYPES), separators=(",", ":"))}' in text
+
+
+def test_every_default_instance_type_of_a_fleet_has_a_price():
+    """A fleet's defaults are what most fleets run: one left out of the table would be averaged away unseen."""
+    from pipeline_constructs.fleet.options import DEFAULT_ARM_INSTANCE_TYPES, DEFAULT_X86_INSTANCE_TYPES
+
+    prices = json.loads((Path(report.__file__).parent / "pricing" / "us-east-1.json").read_text())
+    unpriced = set(DEFAULT_X86_INSTANCE_TYPES + DEFAULT_ARM_INSTANCE_TYPES) - set(prices["instance_hour_on_demand"])
+    assert unpriced == set()
