@@ -182,6 +182,9 @@ class LocalFleet:
         # The runtime ships as package ``pipeline_worker``: a link to the asset gives it that name.
         self._lib = Path(tempfile.mkdtemp(prefix="pipeline-worker-lib-"))
         (self._lib / "pipeline_worker").symlink_to(runtime_dir.resolve(), target_is_directory=True)
+        # The workers' temporary files, removed with the run, as systemd's PrivateTmp removes them on an instance:
+        # a worker ends by os._exit, which leaves multiprocessing's pymp-* folder behind.
+        (self._lib / "tmp").mkdir()
         self.workers: list[WorkerProcess] = []
         self.started_count = 0
         self.restarts = 0
@@ -226,6 +229,7 @@ class LocalFleet:
             | self.environment
             | {
                 "PYTHONPATH": os.pathsep.join([str(self._lib), str(self.task_dir)]),
+                "TMPDIR": str(self._lib / "tmp"),
                 "PIPELINE_WORKER_ID": f"{self.name.rsplit('/', 1)[-1].lower()}-{number}",
                 "PIPELINE_SPOT_WATCH": "on" if imds else "off",
                 "PIPELINE_SCALE_IN_PROTECTION": "off",

@@ -123,6 +123,7 @@ def test_an_ending_signal_stops_every_worker_and_cleans_up(example_outdir, tmp_p
         assert left == [], f"processes left running: {left}; the run said: {''.join(printed)[-2000:]}"
         assert not state_file.exists()
         assert list(temp.glob("pipeline-worker-lib-*")) == []
+        assert list(temp.glob("pymp-*")) == []  # the workers' own temporary folders went with the run
         if "--serve" not in mode:
             assert code == 128 + ending and any("interrupted by SIGTERM" in line for line in printed), printed
     finally:
