@@ -37,7 +37,8 @@ def progress_view(pipeline: LocalPipeline, started: float) -> Group:
 
 def print_summary(console: Console, result: dict[str, Any]) -> None:
     """The result of a run (:meth:`.LocalPipeline.result`): tables, what is left over, what was injected
-    and denied, what became of each alarm's notification, and the verdict."""
+    and denied, what became of each alarm's notification, what failed without failing the run (the failed
+    children of a fan-out that went on), and the verdict."""
     console.print(_jobs_table(result), _fleets_table(result), _functions_table(result), _objects_table(result))
     _print_leftovers(console, result)
     if result["injected"]:
@@ -55,6 +56,9 @@ def print_summary(console: Console, result: dict[str, Any]) -> None:
     for denial in deliveries.get("denied", []):
         console.print(f"[red]delivery denied[/] {escape(denial)}")
     _print_alarms(console, result.get("alarms", []))
+    for note in result.get("notes", []):  # failed without failing the run: information, not a failure
+        where = f" (log: {note['log']})" if note["log"] else ""
+        console.print(f"[yellow]{escape(note['what'])}[/]: {escape(note['reason'] + where)}", soft_wrap=True)
     verdict = "[green]everything completed[/]" if result["ok"] else "[red]NOT everything completed[/]"
     console.print(f"Result: {verdict}")
 
@@ -69,7 +73,8 @@ def _table(title: str, *columns: str) -> Table:
 def _jobs_table(result: dict[str, Any]) -> Table:
     jobs = _table("Jobs", "job", "step", "final state", "attempts", "reason")
     for job in result["jobs"]:
-        jobs.add_row(job["name"], job["step"], job["status"], str(job["attempts"]), job["reason"][:70])
+        status = job["status"] + (", run continued" if job.get("continued") else "")
+        jobs.add_row(job["name"], job["step"], status, str(job["attempts"]), job["reason"][:70])
     return jobs
 
 

@@ -10,6 +10,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from boto3.dynamodb.types import TypeDeserializer
+
+from pipeline_constructs.glue.handler import load_config
 from pipeline_constructs.local.batch import LocalJob
 from pipeline_constructs.local.clients import EmulatorClients
 from pipeline_constructs.local.compute import LocalCompute
@@ -73,23 +76,41 @@ class Progress:
     def _task_rows(self, fleet: LocalFleet) -> Iterator[dict[str, Any]]:
         """The fleet's task rows in its status store (none without one), as DynamoDB items."""
         table = fleet.environment.get("PIPELINE_TABLE")
-        if not table:
-            return
+        if table:
+            yield from self._rows(table, f"fleet#{fleet.name}", "task#")
+
+    def _rows(self, table: str, partition: str, prefix: str) -> Iterator[dict[str, Any]]:
+        """The rows of ``table`` in ``partition`` whose sort key starts with ``prefix``, as DynamoDB items."""
         paginator = self.clients.dynamodb.get_paginator("query")
         pages = paginator.paginate(
             TableName=table,
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :task)",
-            ExpressionAttributeValues={":pk": {"S": f"fleet#{fleet.name}"}, ":task": {"S": "task#"}},
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": {"S": partition}, ":prefix": {"S": prefix}},
         )
         for page in pages:
             yield from page["Items"]
 
-    def reasons(self) -> list[dict[str, str]]:
-        """Why work failed: each failed job, each kind of worker restart and each dead-letter error (tasks
+    def chain_run_rows(self) -> list[dict[str, Any]]:
+        """Every chain job's status row (``run#...``, as `pipeline status` reads them), plain values, with its
+        ``chain``: the chains are those of each glue function's configuration (its parameters in SSM)."""
+        deserializer = TypeDeserializer()
+        rows = []
+        for function in self.compute.functions.values():
+            if "GLUE_CONFIG" not in function.environment:
+                continue
+            config = load_config({"GLUE_CONFIG": function.environment["GLUE_CONFIG"]}, ssm=self.clients.ssm)
+            for name, chain in config["chains"].items():
+                table = chain.get("table") or config.get("table")
+                for item in self._rows(table, f"chain#{name}", "run#") if table else ():
+                    row = {key: deserializer.deserialize(value) for key, value in item.items()}
+                    rows.append(row | {"chain": name})
+        return rows
+
+    def reasons(self, chain_rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+        """Why work failed: each failed job (but a fan-out its run went on from), each chain step that failed
+        with no job (a fan-out the glue refused), each kind of worker restart and each dead-letter error (tasks
         with the same error together), with the first line of the error and the log to read."""
-        batch = self.compute.batch
-        jobs = list(batch.jobs.values()) if batch is not None else []
-        found = [failure for failure in map(job_failure, jobs) if failure]
+        found, _ = job_outcomes(self.jobs(), chain_rows)
         for fleet in self.compute.fleets.values():
             short = fleet.short_name
             for why, restart in fleet.restart_reasons.items():
@@ -101,6 +122,16 @@ class Progress:
                     {"what": f"{short}: {len(tasks)} task(s) dead-lettered ({named})", "reason": error, "log": log}
                 )
         return found
+
+    def notes(self, chain_rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+        """What failed without failing the run: the children of each fan-out that went on without them."""
+        _, continued = job_outcomes(self.jobs(), chain_rows)
+        return continued
+
+    def jobs(self) -> list[LocalJob]:
+        """Every job submitted to the local Batch (array children too)."""
+        batch = self.compute.batch
+        return list(batch.jobs.values()) if batch is not None else []
 
     def _dead_letter_errors(self, fleet: LocalFleet) -> dict[str, tuple[list[str], str]]:
         """The first line of each error of the fleet's FAILED rows -> (its tasks, a worker that ran one)."""
@@ -183,6 +214,43 @@ def job_failure(job: LocalJob) -> dict[str, str] | None:
         return None
     log = str(job.log_path) if job.log_path else ""
     return {"what": f"job {job.name} FAILED", "reason": _first_line(job.status_reason), "log": log}
+
+
+def continued_fan_outs(chain_rows: list[dict[str, Any]]) -> set[str]:
+    """The job ids of the fan-outs whose children partly failed and whose run went on (``onChildFailure``
+    ``continue``: the glue started the join with the rest and marked the step's row ``continued``)."""
+    return {str(row.get("jobId")) for row in chain_rows if row.get("continued")}
+
+
+def jobless_failures(chain_rows: list[dict[str, Any]], job_ids: set[str]) -> list[dict[str, str]]:
+    """The chain steps that FAILED with no job of this run behind them (a fan-out the glue refused: a manifest
+    missing, a message that is no list): their row is all there is to say it."""
+    return [
+        {
+            "what": f"chain {row.get('chain', '?')} run {row.get('chain_run', '?')}: step {row.get('step', '?')} "
+            "FAILED, no job submitted",
+            "reason": _first_line(str(row.get("reason", ""))),
+            "log": "",
+        }
+        for row in chain_rows
+        if row.get("status") == "FAILED" and str(row.get("jobId")) not in job_ids
+    ]
+
+
+def job_outcomes(
+    jobs: list[LocalJob], chain_rows: list[dict[str, Any]]
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(what failed the run: failed jobs and job-less failed steps; what failed without failing it: the
+    failed children of each fan-out that continued), each as :func:`job_failure` says it."""
+    continued = continued_fan_outs(chain_rows)
+    failures, notes = [], []
+    for job in jobs:
+        failure = job_failure(job)
+        if failure and job.job_id in continued:
+            notes.append(failure | {"what": failure["what"] + "; its run continued with the rest"})
+        elif failure:
+            failures.append(failure)
+    return failures + jobless_failures(chain_rows, {job.job_id for job in jobs}), notes
 
 
 def _first_line(text: str) -> str:

@@ -5,7 +5,8 @@ complete as it should have?"""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from pipeline_constructs.local.batch import LocalBatch
 from pipeline_constructs.local.clients import EmulatorClients
 from pipeline_constructs.local.fleets import LocalFleet
 from pipeline_constructs.local.iam import IamGate
+from pipeline_constructs.local.progress import continued_fan_outs, jobless_failures
 from pipeline_constructs.local.resolver import Resolver
 from pipeline_constructs.local.resource_policies import ResourcePolicies
 from pipeline_constructs.ops.assembly import SynthesizedStack
@@ -21,9 +23,11 @@ if TYPE_CHECKING:
     from pipeline_constructs.local.runner import LocalPipeline
 
 
-def run_result(pipeline: LocalPipeline) -> dict[str, Any]:
-    """The result of ``pipeline`` as it stands; ``ok`` is the verdict."""
-    jobs = batch_jobs(pipeline.compute.batch)
+def run_result(pipeline: LocalPipeline, chain_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result of ``pipeline`` as it stands, ``chain_rows`` its chain jobs' status rows
+    (:meth:`.Progress.chain_run_rows`); ``ok`` is the verdict."""
+    jobs = batch_jobs(pipeline.compute.batch, continued=continued_fan_outs(chain_rows))
+    jobless = jobless_failures(chain_rows, {job.job_id for job in pipeline.progress.jobs()})
     first_stage = pipeline.compute.first_stage_fleets()
     fleets = {
         fleet.name: fleet_result(pipeline, fleet, poison=pipeline.faults.poison if fleet in first_stage else 0)
@@ -35,7 +39,9 @@ def run_result(pipeline: LocalPipeline) -> dict[str, Any]:
     iam = iam_result(pipeline.iam)
     deliveries = delivery_result(pipeline.policies)
     return {
-        "ok": all_completed(jobs, fleets, failures, drained, denied=iam["denied"] + deliveries["denied"]),
+        "ok": all_completed(
+            jobs, fleets, failures, drained, denied=iam["denied"] + deliveries["denied"], jobless_failures=jobless
+        ),
         "account": pipeline.resolver.account,
         "region": pipeline.resolver.region,
         "jobs": jobs,
@@ -61,11 +67,14 @@ def all_completed(
     drained: dict[str, int],
     *,
     denied: list[str],
+    jobless_failures: Sequence[dict[str, str]] = (),
 ) -> bool:
-    """The verdict: every job succeeded, every task is done or an expected dead letter, the status store
-    agrees, failure and downstream queues are empty, and no call was denied."""
+    """The verdict: every job succeeded (or is a fan-out whose run went on without its failed children), no
+    chain step failed without a job, every task is done or an expected dead letter, the status store agrees,
+    failure and downstream queues are empty, and no call was denied."""
     return (
-        all(job["status"] == "SUCCEEDED" for job in jobs)
+        all(job["status"] == "SUCCEEDED" or job.get("continued") for job in jobs)
+        and not jobless_failures
         and all(
             p["lost"] == 0 and p["unexpected_dead"] == 0 and p["waiting"] == 0 and p["in_flight"] == 0
             for p in fleets.values()
@@ -80,8 +89,9 @@ def all_completed(
     )
 
 
-def batch_jobs(batch: LocalBatch | None) -> list[dict[str, Any]]:
-    """Each submitted job (array children within their parent): its step, final state, attempts, reason."""
+def batch_jobs(batch: LocalBatch | None, *, continued: AbstractSet[str] = frozenset()) -> list[dict[str, Any]]:
+    """Each submitted job (array children within their parent): its step, final state, attempts, reason, and
+    whether it is a fan-out whose run went on without its failed children (its id in ``continued``)."""
     jobs = []
     for job in batch.jobs.values() if batch is not None else ():
         if job.parent is None:
@@ -95,6 +105,7 @@ def batch_jobs(batch: LocalBatch | None) -> list[dict[str, Any]]:
                     "status": job.status,
                     "attempts": len(job.attempts),
                     "reason": job.status_reason,
+                    "continued": job.job_id in continued,
                 }
             )
     return jobs

@@ -282,8 +282,13 @@ class LocalPipeline:
         return self.progress.wait_until_idle(timeout, quiet_seconds=quiet_seconds, interval=interval, on_tick=on_tick)
 
     def result(self) -> dict[str, Any]:
-        """See :func:`.report.run_result`; ``reasons``: why what failed failed (:meth:`.Progress.reasons`)."""
-        return run_result(self) | {"reasons": self.progress.reasons()}
+        """See :func:`.report.run_result`; ``reasons``: why what failed failed (:meth:`.Progress.reasons`);
+        ``notes``: what failed without failing the run (:meth:`.Progress.notes`)."""
+        chain_rows = self.progress.chain_run_rows()
+        return run_result(self, chain_rows) | {
+            "reasons": self.progress.reasons(chain_rows),
+            "notes": self.progress.notes(chain_rows),
+        }
 
     def outputs(self) -> dict[str, str]:
         """The stack's outputs as this local run resolves them (what DescribeStacks would return)."""
