@@ -90,10 +90,12 @@ def worker_machine_image(fleet: SpotWorkerFleet) -> ec2.IMachineImage:
         image_id = UNLOOKED_IMAGE if unreachable else ssm.StringParameter.value_from_lookup(fleet, name, UNLOOKED_IMAGE)
         if image_id != UNLOOKED_IMAGE and not image_id.startswith("dummy-value-for-"):
             return ec2.MachineImage.generic_linux({stack.region: image_id})
+        why = "the lookup needs AWS credentials: synth once with them to keep the image in cdk.context.json"
+    else:
+        why = "no lookup without an account and region: give the stack both, and synth once with credentials"
     Annotations.of(fleet).add_info(
-        "The workers' Amazon Linux 2023 image is resolved at every deploy (no lookup could be made at synth: give "
-        "the stack an account and region, and synth once with credentials to keep the image in cdk.context.json): "
-        "a deploy after an image release replaces every worker. Or pass machine_image."
+        f"The workers' Amazon Linux 2023 image is resolved at every deploy ({why}): a deploy after an image "
+        "release replaces every worker. Or pass machine_image."
     )
     return latest
 

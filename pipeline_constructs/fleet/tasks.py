@@ -147,7 +147,8 @@ def _argv(fleet: SpotWorkerFleet, argument: str, argv: object) -> list[str]:
         executable = (Path(fleet.worker_directory) / program).resolve()
         if not executable.is_file() or not os.access(executable, os.X_OK):
             where = f"an executable file in worker_directory {fleet.worker_directory} (chmod +x, committed so)"
-            raise argument_error(fleet, argument, list(argv), f"{where}; {program} is not")
+            found = "is not executable" if executable.is_file() else "does not exist there"
+            raise argument_error(fleet, argument, list(argv), f"{where}; {program} {found}")
     return list(argv)
 
 

@@ -247,7 +247,9 @@ def test_the_image_is_looked_up_once_and_kept_in_context_when_the_stack_has_an_e
     stack = cdk.Stack(unlooked, "Test", env=cdk.Environment(account=ACCOUNT, region="us-east-1"))
     _fleet(stack)
     assert "ami-amazon-linux-latest" in json.dumps(Template.from_stack(stack).to_json().get("Parameters", {}))
-    Annotations.from_stack(stack).has_info("/Test/Fleet", Match.string_like_regexp("resolved at every deploy"))
+    Annotations.from_stack(stack).has_info(
+        "/Test/Fleet", Match.string_like_regexp("resolved at every deploy .the lookup needs AWS credentials")
+    )
 
 
 def test_an_image_of_the_users_choice_and_a_note_where_no_lookup_can_be_made():
@@ -260,4 +262,6 @@ def test_an_image_of_the_users_choice_and_a_note_where_no_lookup_can_be_made():
     )
     agnostic = _stack()
     _fleet(agnostic)
-    Annotations.from_stack(agnostic).has_info("/Test/Fleet", Match.string_like_regexp("resolved at every deploy"))
+    Annotations.from_stack(agnostic).has_info(
+        "/Test/Fleet", Match.string_like_regexp("resolved at every deploy .no lookup without an account and region")
+    )

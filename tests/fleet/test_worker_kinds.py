@@ -387,6 +387,10 @@ MISTAKES = {
     "a string for argv": (lambda: _command("./x {input}"), "task.command='./x {input}' is invalid; allowed: a non"),
     "a newline in argv": (lambda: _command(["./x", "a\nb"]), "task.command=['./x', 'a\\nb'] is invalid"),
     "a missing ./program": (lambda: _command(["./resize"]), "task.command=['./resize'] is invalid; allowed: an exec"),
+    "a ./program that is not executable": (
+        lambda: _command(["./README.md"]),
+        "task.command=['./README.md'] is invalid; allowed: an executable file in worker_directory",
+    ),
     "a port of 0": (lambda: _http(port=0), "task.port=0 is invalid; allowed: 1 to 65535"),
     "a port of 70000": (lambda: _http(port=70000), "task.port=70000 is invalid; allowed: 1 to 65535"),
     "a port as text": (lambda: _http(port="8080"), "task.port='8080' is invalid; allowed: a whole number from 1"),
@@ -410,3 +414,8 @@ def test_fleet_refuses_a_bad_task_with_one_error_naming_it(kinds, mistake):
     with pytest.raises(ValueError) as raised:
         SpotWorkerFleet(kinds["mistakes"], construct_id, worker_directory=kinds["command_directory"], task=make_task())
     assert str(raised.value).startswith(f"Mistakes/{construct_id}: {message}")
+    why = {
+        "a missing ./program": "./resize does not exist there",
+        "a ./program that is not executable": "./README.md is not executable",
+    }
+    assert mistake not in why or why[mistake] in str(raised.value)
