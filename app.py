@@ -226,15 +226,19 @@ class PipelineStack(cdk.Stack):
             self, "DailyFeed", schedule=config.feed_schedule, time_zone=config.feed_time_zone, chain=self.feeds
         )
 
+        # The later chains share the feed chain's bucket, table, and its one spot environment and queue.
+        sharing_the_feeds = {
+            "bucket": self.data.bucket,
+            "table": self.status.table,
+            "compute_environment": self.feeds.compute_environment,
+            "job_queue": self.feeds.job_queue,
+            "log_retention": retention,
+        }
         self.reports = BatchChain(
             self,
             "Reports",
             chain_name="reports",
-            bucket=self.data.bucket,
-            table=self.status.table,
-            compute_environment=self.feeds.compute_environment,  # one spot environment and queue for both
-            job_queue=self.feeds.job_queue,
-            log_retention=retention,
+            **sharing_the_feeds,
             steps=[
                 ChainStep(
                     name="daily_report",
@@ -255,11 +259,7 @@ class PipelineStack(cdk.Stack):
             self,
             "Partitions",
             chain_name="partitions",
-            bucket=self.data.bucket,
-            table=self.status.table,
-            compute_environment=self.feeds.compute_environment,
-            job_queue=self.feeds.job_queue,
-            log_retention=retention,
+            **sharing_the_feeds,
             steps=[
                 ChainStep(
                     name="hourly_split",

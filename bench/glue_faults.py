@@ -24,7 +24,17 @@ import boto3
 from pipeline_constructs.glue import handler as glue
 from pipeline_constructs.local.proxy import FaultProxy, Rule, server_error, throttled
 from tests.support.fan_out_world import LAMBDA_RETRIES, lambda_retried
-from tests.support.glue_world import KINDS, START_JOB_NAME, GlueWorld, deliver_at_once, sdk_attempts
+from tests.support.glue_world import (
+    BATCH_SERVER_ERROR,
+    KINDS,
+    LIST_JOBS,
+    START_JOB_NAME,
+    SUBMIT_JOB,
+    GlueWorld,
+    answer_lost,
+    deliver_at_once,
+    sdk_attempts,
+)
 
 STALL_SECONDS = 10.0
 #: Whole calls a burst strikes: every SDK attempt of each (as the worker's fault matrix does).
@@ -34,23 +44,11 @@ DELIVERIES = 2
 #: Rounds run side by side, each with its own world and proxy on the one emulator.
 ROUNDS_AT_ONCE = 8
 
-SUBMIT_JOB = {"method": "POST", "path_contains": "/v1/submitjob"}
-LIST_JOBS = {"method": "POST", "path_contains": "/v1/listjobs"}
 TOO_MANY_REQUESTS = (
     429,
     {"Content-Type": "application/json", "x-amzn-ErrorType": "TooManyRequestsException"},
     b'{"message": "injected: too many requests"}',
 )
-BATCH_SERVER_ERROR = (
-    500,
-    {"Content-Type": "application/json", "x-amzn-ErrorType": "ServerException"},
-    b'{"message": "injected: server error"}',
-)
-
-
-def answer_lost() -> None:
-    """After forwarding: the call landed, and the caller's connection is cut before the answer."""
-    raise ConnectionResetError("injected: the answer is lost")
 
 
 def dynamodb_call(operation: str) -> dict[str, str]:

@@ -115,6 +115,17 @@ def moto_endpoint():
     server.stop()
 
 
+@pytest.fixture
+def proxy(moto_endpoint):
+    """A fault proxy in front of the session's emulator (:class:`pipeline_constructs.local.proxy.FaultProxy`),
+    closed after the test."""
+    from pipeline_constructs.local.proxy import FaultProxy
+
+    server = FaultProxy(moto_endpoint)
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def aws_env(moto_endpoint) -> dict[str, str]:
     """Environment for boto3, in this process and in worker processes: the emulator, fake credentials."""

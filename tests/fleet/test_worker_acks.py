@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from botocore.exceptions import ClientError
 
 from pipeline_constructs.fleet.worker.acknowledger import send_with_retries
@@ -16,13 +15,6 @@ from pipeline_constructs.local.proxy import FaultProxy, Rule, server_error
 from tests.support.worker_harness import wait_until
 
 SHAPED = "tests.support.fleet_tasks:shaped"
-
-
-@pytest.fixture
-def proxy(moto_endpoint):
-    server = FaultProxy(moto_endpoint)
-    yield server
-    server.close()
 
 
 def _downstream(aws, p, **attributes: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline_constructs.local.autoscaling import LocalAutoScaling
 from pipeline_constructs.local.imds import FakeInstanceMetadata
-from pipeline_constructs.local.proxy import FaultProxy, Rule
+from pipeline_constructs.local.proxy import Rule
 from tests.support.worker_harness import wait_until
 
 KILL_POINTS = {
@@ -22,13 +22,6 @@ KILL_POINTS = {
     "during a status flush": {"target": "DynamoDB_20120810.BatchWriteItem", "when": "before"},
     "right after a delete": {"target": "AmazonSQS.DeleteMessageBatch", "when": "after"},
 }
-
-
-@pytest.fixture
-def proxy(moto_endpoint):
-    server = FaultProxy(moto_endpoint)
-    yield server
-    server.close()
 
 
 def test_the_proxy_forwards_nothing_of_a_request_its_caller_died_sending(aws, proxy):

@@ -23,7 +23,7 @@ from pipeline_constructs.fleet.worker.isolation import TaskCall, TaskProcesses
 from pipeline_constructs.fleet.worker.leases import LeaseKeeper
 from pipeline_constructs.fleet.worker.messages import Held, Tally
 from pipeline_constructs.local.imds import FakeInstanceMetadata
-from pipeline_constructs.local.proxy import FaultProxy, Rule, server_error
+from pipeline_constructs.local.proxy import Rule, server_error
 from tests.support.worker_harness import wait_until
 
 REQUIRED = {"PIPELINE_QUEUE_URL": "https://sqs/q/tasks", "PIPELINE_TASK": "task:run", "PIPELINE_BUCKET": "data"}
@@ -326,13 +326,6 @@ def test_a_stopped_task_is_killed_with_the_tools_it_started(tmp_path, how):
 
 
 # ---------------------------------------------------------------- real workers against faults
-
-
-@pytest.fixture
-def proxy(moto_endpoint):
-    server = FaultProxy(moto_endpoint)
-    yield server
-    server.close()
 
 
 class Outage(Rule):

@@ -15,20 +15,17 @@ import pytest
 from pipeline_constructs.glue import handler as glue
 from pipeline_constructs.local.proxy import FaultProxy, Rule, server_error, throttled
 from tests.support.fan_out_world import ITEMS, TWO_FAILED, FanOutWorld, lambda_retried
-from tests.support.glue_world import deliver_at_once, sdk_attempts
+from tests.support.glue_world import (
+    BATCH_SERVER_ERROR,
+    LIST_JOBS,
+    SUBMIT_JOB,
+    answer_lost,
+    deliver_at_once,
+    sdk_attempts,
+)
 
-SUBMIT_JOB = {"method": "POST", "path_contains": "/v1/submitjob"}
-LIST_JOBS = {"method": "POST", "path_contains": "/v1/listjobs"}
 BATCH_WRITE_ITEM = "DynamoDB_20120810.BatchWriteItem"
-BATCH_SERVER_ERROR = (500, {"Content-Type": "application/json", "x-amzn-ErrorType": "ServerException"}, b"{}")
 MANIFEST_KEY = "maps/split/list.txt"
-
-
-@pytest.fixture
-def proxy(moto_endpoint):
-    server = FaultProxy(moto_endpoint)
-    yield server
-    server.close()
 
 
 def burst(client: Any) -> int:
@@ -64,14 +61,10 @@ def assert_fan_in_right(world: FanOutWorld, job_id: str) -> None:
 
 def test_a_join_whose_submit_answer_was_lost_is_submitted_once(aws, proxy):
     world, event, job_id = ended_fan_out(aws, {"onChildFailure": "continue"}, TWO_FAILED)
-    lost = proxy.add(Rule(**SUBMIT_JOB, when="after", action=_lose_the_answer))  # type: ignore[arg-type]
+    lost = proxy.add(Rule(**SUBMIT_JOB, when="after", action=answer_lost))  # type: ignore[arg-type]
     delivered_twice(world, event, proxy)
     assert lost.fired == 1
     assert_fan_in_right(world, job_id)
-
-
-def _lose_the_answer() -> None:
-    raise ConnectionResetError("injected: the answer is lost")
 
 
 def test_child_rows_throttled_past_the_sdks_retries_are_written_by_the_retried_delivery(aws, proxy):
@@ -163,7 +156,7 @@ def test_a_state_whose_write_answer_was_lost_and_sent_again_by_the_sdk_is_counte
     that write's own, and the run's failure still counts in the metrics (once)."""
     world, event, _ = ended_fan_out(aws, {}, TWO_FAILED)  # fail_run: the run fails here
     update = "DynamoDB_20120810.UpdateItem"
-    lost = proxy.add(Rule(target=update, when="after", action=_lose_the_answer))
+    lost = proxy.add(Rule(target=update, when="after", action=answer_lost))
     capsys.readouterr()
     world.glue(endpoint=proxy.endpoint).handle(copy.deepcopy(event))
     assert lost.fired == 1

@@ -16,9 +16,9 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
 from pipeline_constructs.glue import handler as glue
-from pipeline_constructs.local.proxy import FaultProxy, Rule, server_error
+from pipeline_constructs.local.proxy import Rule, server_error
 from tests.support import ROOT
-from tests.support.glue_world import KINDS, GlueWorld, deliver_at_once
+from tests.support.glue_world import KINDS, LIST_JOBS, SUBMIT_JOB, GlueWorld, answer_lost, deliver_at_once
 
 DELIVERIES = 20
 
@@ -140,26 +140,11 @@ def test_glue_without_a_guard_table_refuses_rather_than_submit_unguarded(world, 
 # before the guard retried SubmitJob itself and looked first (botocore resent the call whose answer it lost;
 # a takeover looked once, and on the first page of ListJobs only).
 
-SUBMIT_JOB = {"method": "POST", "path_contains": "/v1/submitjob"}
-LIST_JOBS = {"method": "POST", "path_contains": "/v1/listjobs"}
-
-
-def lose_the_answer() -> None:
-    """A proxy action after forwarding: the call landed, and the caller's connection is cut before the answer."""
-    raise ConnectionResetError("injected: the answer is lost")
-
 
 def listed(jobs: list[dict], next_token: str | None = None) -> tuple[int, dict[str, str], bytes]:
     """A ListJobs answer in Batch's place (REST-JSON)."""
     body = {"jobSummaryList": jobs} | ({"nextToken": next_token} if next_token else {})
     return 200, {"Content-Type": "application/json"}, json.dumps(body).encode()
-
-
-@pytest.fixture
-def proxy(moto_endpoint):
-    server = FaultProxy(moto_endpoint)
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -196,7 +181,7 @@ def takeover_of_a_made_job(world, aws, proxy, first_listing: Rule, **guard) -> t
 
 
 def test_a_submit_whose_answer_was_lost_makes_one_job(world, proxy, production_glue):
-    lost = proxy.add(Rule(**SUBMIT_JOB, when="after", action=lose_the_answer))
+    lost = proxy.add(Rule(**SUBMIT_JOB, when="after", action=answer_lost))
     event, name = world.events()["sns message link"]
     result = production_glue.handle(event)
     assert lost.fired == 1, "the call landed and its answer was lost"
@@ -205,7 +190,7 @@ def test_a_submit_whose_answer_was_lost_makes_one_job(world, proxy, production_g
 
 
 def test_a_lost_answer_is_not_taken_for_no_job_while_list_jobs_lags(world, proxy, production_glue):
-    proxy.add(Rule(**SUBMIT_JOB, when="after", action=lose_the_answer))
+    proxy.add(Rule(**SUBMIT_JOB, when="after", action=answer_lost))
     lagging = proxy.add(Rule(**LIST_JOBS, answer=listed([]), times=2))  # not listed yet, twice
     event, name = world.events()["sns message link"]
     result = production_glue.handle(event)

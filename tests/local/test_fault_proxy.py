@@ -11,16 +11,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from pipeline_constructs.local.proxy import FaultProxy, Rule, server_error, throttled
+from pipeline_constructs.local.proxy import Rule, server_error, throttled
 
 NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})
-
-
-@pytest.fixture
-def proxy(moto_endpoint):
-    server = FaultProxy(moto_endpoint)
-    yield server
-    server.close()
 
 
 def clients(aws_env, proxy, config=NO_RETRIES):

@@ -28,6 +28,21 @@ START_JOB_NAME = "feeds-rerun-42-watcher"
 KINDS = ("sns message link", "success link", "schedule starting a chain", "schedule with constant input", "start")
 
 
+#: Batch calls, as a fault proxy's rule matches them (REST-JSON: by method and path).
+SUBMIT_JOB = {"method": "POST", "path_contains": "/v1/submitjob"}
+LIST_JOBS = {"method": "POST", "path_contains": "/v1/listjobs"}
+BATCH_SERVER_ERROR = (
+    500,
+    {"Content-Type": "application/json", "x-amzn-ErrorType": "ServerException"},
+    b'{"message": "injected: server error"}',
+)
+
+
+def answer_lost() -> None:
+    """A proxy action after forwarding: the call landed, and the caller's connection is cut before the answer."""
+    raise ConnectionResetError("injected: the answer is lost")
+
+
 class GlueWorld:
     """A job queue, three job definitions, a status table and the glue config of one chain, in the emulator."""
 
