@@ -91,7 +91,7 @@ deploy: setup ## cdk deploy one environment: make deploy ENV=<name> (needs AWS c
 	@test -n "$(ENV)" || { echo "usage: make deploy ENV=<name>" >&2; exit 2; }
 	$(CDK) deploy --no-notices -c env=$(ENV) --all
 
-install-check: ## pip install ".[nag,local]" in a fresh venv, then the guide's app: synth and a local run
+install-check: setup ## pip install ".[nag,local]" in a fresh venv, then the guide's app: synth, a local run, and the guide's tests on both
 	BASE_PYTHON=$(BASE_PYTHON) bash .ci/install-check
 
 lint: setup ## ruff over the code

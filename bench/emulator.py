@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import boto3
 
-from pipeline_constructs.local import atomic_item_operations, free_port
+from pipeline_constructs.local import atomic_item_operations, free_port, memoized_service_lookup
 
 
 @contextmanager
@@ -26,6 +26,7 @@ def moto_endpoint():
     # moto tries to run submitted Batch jobs in Docker, which is not here; the jobs are only counted.
     logging.getLogger("moto.batch").setLevel(logging.CRITICAL)
     atomic_item_operations()  # as DynamoDB's: the submit-once races rely on it
+    memoized_service_lookup()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

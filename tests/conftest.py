@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pipeline_constructs.local import atomic_item_operations
+from pipeline_constructs.local import atomic_item_operations, memoized_service_lookup
 from pipeline_constructs.ops.assembly import SynthesizedStack, load_assembly
 from tests.support import ROOT
 from tests.support.botocore_models import MODELS
@@ -108,6 +108,7 @@ def moto_endpoint():
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns real failures
     quiet_moto_docker_probe()
     atomic_item_operations()  # as DynamoDB's: the submit-once races rely on it
+    memoized_service_lookup()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -219,13 +220,14 @@ def _mistake(report: Any) -> bool:
 
 # ---------------------------------------------------------------- running on several processes (pytest-xdist)
 
-#: Every test that builds constructs or reads a template over jsii, in two units of work, each run by one process:
-#: a process pays Node's start-up, the aws-cdk-lib load and the warm-up of its first synth (3-4 s of CPU) once,
-#: so the other processes never start that work. Two, not one: one would be the run's longest chain of work.
+#: Every test that builds constructs or reads a template over jsii, in three units of work, each run by one
+#: process: a process pays Node's start-up, the aws-cdk-lib load and the warm-up of its first synth (3-4 s of CPU)
+#: once, so the other processes never start that work. Three, not fewer: each is one of the run's longest chains
+#: of work, and two made the first one the run's critical path (115 s of 180).
 #: A test in no unit that builds constructs (a new module, say) makes its module a unit (see _work_unit).
 JSII_UNITS = {
     # First the tests of the example's shared assembly: its process synthesizes it, while the others wait.
-    "jsii: the example app, building blocks and fleets": (
+    "jsii: the example app": (
         "tests/app/test_control_tower.py",
         "tests/app/test_example_app.py",
         "tests/building_blocks/test_compliance.py",
@@ -235,11 +237,13 @@ JSII_UNITS = {
         # The flat paths of the constructs' modules import the CDK.
         "tests/app/test_layout.py::test_a_flat_module_path_still_imports_as_its_new_module",
         "tests/glue/test_guard_mutants.py::test_the_guards_lease_outlives_the_glue_function",
+    ),
+    "jsii: building blocks, fleets and a user's app": (
+        "tests/local/test_any_app.py",  # its shared run synthesizes the user's app in the process
         "tests/building_blocks/test_building_blocks.py",
         "tests/fleet/test_spot_worker_fleet.py",
         "tests/monitoring/test_dashboard.py",
         "tests/chain/test_fan_out_construct.py",
-        "tests/local/test_any_app.py",  # its shared run synthesizes the user's app in the process
     ),
     "jsii: chains and instances": (
         "tests/chain/test_batch_chain.py",
@@ -251,18 +255,17 @@ JSII_UNITS = {
 }
 #: Modules whose tests share a module-scoped fixture too costly to build on several processes: one unit each.
 SHARED_FIXTURE_MODULES = (
-    "tests/app/test_guide.py",
     "tests/app/test_rule_packs.py",
     "tests/local/test_alarm_delivery.py",
 )
-#: The order in which work starts. First the example's synth, which most of the rest waits for, beside the
-#: worker process tests, which mostly wait and leave it the CPU; then the longest units, so that none is left as
-#: a long tail: the guide's (its CDK CLI synth, then its local run), the other jsii unit; then the local runs and
-#: the tests reading the example's assembly.
+#: The order in which work starts. First the example's synth, which most of the rest waits for, and the next
+#: longest jsii unit, beside the worker process tests, which mostly wait and leave them the CPU; then the last
+#: jsii unit, so that none is left as a long tail; then the local runs and the tests reading the example's
+#: assembly.
 START_ORDER = (
-    JSII_UNITS["jsii: the example app, building blocks and fleets"],
+    JSII_UNITS["jsii: the example app"],
+    JSII_UNITS["jsii: building blocks, fleets and a user's app"],
     ("tests/fleet/test_worker_processes.py", "tests/fleet/test_worker_faults.py"),
-    ("tests/app/test_guide.py",),
     JSII_UNITS["jsii: chains and instances"],
     ("tests/local/test_local_run.py", "tests/app/test_rule_packs.py", "tests/local/test_alarm_delivery.py"),
     ("tests/fleet/test_worker_leases.py", "tests/fleet/test_worker_acks.py"),

@@ -9,6 +9,7 @@ import functools
 import socket
 import threading
 from socketserver import BaseServer
+from typing import Any
 
 # Where a serving local run says where it runs; the operator CLI reads it with --local.
 LOCAL_STATE_FILE = ".demo/local-run.json"
@@ -60,3 +61,32 @@ def atomic_item_operations() -> None:
 
         setattr(DynamoDBBackend, name, atomic)
     setattr(DynamoDBBackend, _ATOMIC_MARK, True)
+
+
+#: Set on moto's request router once its service lookup is memoized.
+_MEMO_MARK = "_memoized_service_lookup"
+
+
+def memoized_service_lookup() -> None:
+    """Make moto's server find a request's service once per host name, not on every request.
+
+    For each request, moto's router lists its own package folder (about 150 ``isdir`` calls) and then tries its
+    URL patterns, under a lock every request thread takes: 15% of the CPU of a request (measured: 800 SQS and
+    DynamoDB calls, 3.8 s before, 3.2 s after). The answer depends only on the host name and moto's installed
+    services, so one lookup per name gives the same answers. Idempotent.
+    """
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    if getattr(DomainDispatcherApplication, _MEMO_MARK, False):
+        return
+    original = DomainDispatcherApplication.get_backend_for_host
+    answers: dict[str | None, Any] = {}  # a few keys: the services and buckets the run's calls name
+
+    @functools.wraps(original)
+    def get_backend_for_host(self, host):
+        if host not in answers:
+            answers[host] = original(self, host)
+        return answers[host]
+
+    DomainDispatcherApplication.get_backend_for_host = get_backend_for_host  # type: ignore[method-assign]  # moto's own method, wrapped
+    setattr(DomainDispatcherApplication, _MEMO_MARK, True)

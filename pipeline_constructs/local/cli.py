@@ -28,7 +28,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
-from pipeline_constructs.local import LOCAL_STATE_FILE, atomic_item_operations, serve_in_background
+from pipeline_constructs.local import (
+    LOCAL_STATE_FILE,
+    atomic_item_operations,
+    memoized_service_lookup,
+    serve_in_background,
+)
 from pipeline_constructs.local.display import print_summary, progress_view
 from pipeline_constructs.local.faults import Faults
 from pipeline_constructs.local.fleets import WorkerRequirementsError
@@ -63,6 +68,7 @@ def embedded_emulator(endpoint: str | None) -> Iterator[str]:
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     atomic_item_operations()
+    memoized_service_lookup()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -9,12 +13,13 @@ import pytest
 
 from pipeline_constructs.fleet.worker import instance, runtime
 from pipeline_constructs.fleet.worker.config import ConfigError, WorkerConfig
-from pipeline_constructs.fleet.worker.isolation import TaskCall, TaskOutcome, TaskProcesses
+from pipeline_constructs.fleet.worker.isolation import TaskCall, TaskOutcome, TaskProcess, TaskProcesses
 from pipeline_constructs.fleet.worker.limits import attempt_budget
 from pipeline_constructs.fleet.worker.metadata import InstanceMetadata
 from pipeline_constructs.fleet.worker.status import StatusRecorder
 from pipeline_constructs.fleet.worker.task import load_task_function, parse_body, task_id_of
 from pipeline_constructs.local.imds import FakeInstanceMetadata
+from tests.support import ROOT
 
 REQUIRED = {"PIPELINE_QUEUE_URL": "https://sqs/q/tasks", "PIPELINE_TASK": "task:run", "PIPELINE_BUCKET": "data"}
 
@@ -268,3 +273,27 @@ def test_a_worker_told_to_release_from_another_thread_does_not_exit_before_the_r
     main.join(timeout=30)
     assert finished == [0]
     assert sorted(queue.released) == ["r0", "r1"], "the worker returned before its release landed"
+
+
+def test_the_task_processes_fork_with_the_s3_models_parsed_and_no_credentials_resolved():
+    """What the fork server preloads (task_preload) lets a task process make its S3 client without reading a
+    botocore data file, and leaves credentials to each process. A fresh interpreter: the suite's own processes
+    share one loader (tests/conftest.py)."""
+    probe = """
+import boto3, botocore.loaders
+from pipeline_constructs.fleet.worker import isolation, task_preload
+session = boto3._get_default_session()._session
+assert session._credentials is None, "credentials resolved before the fork"
+def no_reading(self, path):
+    raise AssertionError(f"read {path} after the preload")
+botocore.loaders.JSONFileLoader.load_file = no_reading
+boto3.client("s3", region_name="eu-west-1", aws_access_key_id="a", aws_secret_access_key="b")
+"""
+    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The fork server imports it before any task process forks.
+    source = inspect.getsource(TaskProcess.__init__)
+    assert 'f"{__package__}.task_preload"' in source

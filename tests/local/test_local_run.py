@@ -553,3 +553,17 @@ def test_the_embedded_emulator_makes_dynamodb_item_operations_atomic():
         "    assert all(hasattr(getattr(DynamoDBBackend, name), '__wrapped__') for name in ITEM_OPERATIONS)\n"
     )
     assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, timeout=60).returncode == 0
+
+
+def test_the_emulators_memoized_service_lookup_answers_as_moto_does(moto_endpoint):
+    """Every host a request can name gets moto's own answer from the memo (the session's emulator has it on)."""
+    from moto.backend_index import backend_url_patterns
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    router = DomainDispatcherApplication(create_backend_app)
+    memoized = DomainDispatcherApplication.get_backend_for_host
+    original = memoized.__wrapped__
+    hosts = [None, "moto_api", "sqs", "dynamodb", "s3", "batch", "sqs.us-east-1.amazonaws.com", "b.s3.amazonaws.com"]
+    hosts += [f"{service}.eu-west-1.amazonaws.com" for service, _ in backend_url_patterns[:40]]
+    for _ in range(2):  # the second time from the memo
+        assert [memoized(router, host) for host in hosts] == [original(router, host) for host in hosts]

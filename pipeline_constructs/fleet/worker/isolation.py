@@ -75,9 +75,10 @@ class TaskProcess:
 
     def __init__(self, spec: str, bucket: str, prefix: str, boto_settings: dict[str, Any]) -> None:
         # A fork server: forking the threaded worker itself is unsafe, and spawning a fresh interpreter per
-        # slot would import boto3 and the task code every time. The server imports them once.
+        # slot would import boto3 and the task code every time. The server imports them once, and parses the
+        # S3 models every slot's client needs (task_preload).
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["boto3", __name__, spec.partition(":")[0]])
+        context.set_forkserver_preload(["boto3", f"{__package__}.task_preload", __name__, spec.partition(":")[0]])
         self._conn, child_conn = context.Pipe()
         # Never written: when the worker dies (even by kill -9) the child reads end-of-file on it and exits.
         lifeline, self._lifeline = context.Pipe(duplex=False)
