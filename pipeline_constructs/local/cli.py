@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import shlex
 import shutil
 import signal
 import sys
@@ -461,9 +462,12 @@ def _print_reasons(console: Console, result: dict[str, Any]) -> None:
 def _serve(pipeline: LocalPipeline, console: Console, state_file: str) -> None:
     """Stay up, schedules firing on their cron, until Ctrl-C (or SIGTERM, SIGHUP: :class:`RunEnded`)."""
     threading.Thread(target=pipeline.run_schedules, name="schedules", daemon=True).start()
+    # The CLI finds the run by its state file: a file of the user's own must be named to it as well.
+    own_file = "" if state_file == LOCAL_STATE_FILE else f" --state-file {shlex.quote(state_file)}"
     console.print(
         f"serving, schedules firing on their cron; state in {state_file}; "
-        "try `pipeline status --local`. Ctrl-C ends it."
+        f"try `pipeline status --local{own_file}`. Ctrl-C ends it.",
+        soft_wrap=True,
     )
     with contextlib.suppress(KeyboardInterrupt):
         while True:

@@ -121,6 +121,19 @@ class Target:
         return chains[name]
 
 
+def _running(pid: int | None) -> bool:
+    """Whether the process ``pid`` runs (as far as this user can tell); True when the state file names none."""
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
+
+
 def connect(
     name: str | None,
     *,
@@ -137,6 +150,12 @@ def connect(
                 f"no local run found ({path} is missing): start one with `pipeline local {option} --serve`{note}"
             )
         state = json.loads(path.read_text())
+        if not _running(state.get("pid")):
+            option, note = stack_option_hint()
+            raise OperatorError(
+                f"the local run that wrote {path} is no longer running (process {state['pid']} is gone: killed, "
+                f"or its machine restarted): start one with `pipeline local {option} --serve`{note}"
+            )
         session = boto3.session.Session(
             aws_access_key_id="local", aws_secret_access_key="local", region_name=state["region"]
         )

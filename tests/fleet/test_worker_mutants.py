@@ -5,6 +5,7 @@ deleted; duplicate ids one forward; a lost lease not published; a task not looke
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -149,7 +150,9 @@ class Worker:
 
     def hold(self, *helds: Held) -> None:
         for h in helds:
-            self.leases.hold(h, received_at=0)
+            # Received now: the keeper measures SQS's 12 h cap on the machine's monotonic clock, which counts
+            # from its boot (received at 0, every release on a machine up 12 h would be capped to no delay).
+            self.leases.hold(h, received_at=time.monotonic())
 
     def acknowledge(self, *helds: Held) -> None:
         for h in helds:

@@ -110,6 +110,8 @@ def test_an_ending_signal_stops_every_worker_and_cleans_up(example_outdir, tmp_p
         wait_for("state file", state_file.exists, run)
         if "--serve" in mode:
             wait_for("serving", lambda: said("serving, schedules firing"), run)
+            # Its hint names the run's own state file, which the CLI needs to find it.
+            assert said(f"try `pipeline status --local --state-file {state_file}`"), printed
         started = descendants(run.pid)
         assert any(is_worker(pid) for pid in started), "no worker process started"
         assert list(temp.glob("pipeline-worker-lib-*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -215,6 +216,21 @@ def test_local_flag_without_a_local_run_says_how_to_start_one(tmp_path, monkeypa
         "first, or point --assembly at its cdk.out)" in " ".join(output.split())
     )
     assert "--env dev" not in output and "make synth" not in output
+
+
+def test_local_flag_with_the_state_file_of_a_run_that_is_gone_says_so(tmp_path, monkeypatch):
+    """A run killed with kill -9 leaves its state file: its endpoints answer nothing, and the CLI says why."""
+    monkeypatch.chdir(tmp_path)
+    ended = subprocess.Popen(["true"])  # its process id is free once it has been waited for
+    ended.wait()
+    state = {"stack": "Work", "region": "eu-west-1", "endpoint": "http://127.0.0.1:9", "outputs": {}}
+    state_file = Path("left.json")  # in tmp_path, named short: a long path would be wrapped mid-word
+    state_file.write_text(json.dumps(state | {"pid": ended.pid}))
+    code, output = invoke("status", "--local", "--state-file", str(state_file))
+    assert code == 1
+    said = " ".join(output.split())
+    assert f"the local run that wrote {state_file} is no longer running (process {ended.pid} is gone" in said
+    assert "start one with `pipeline local --stack <your stack> --serve`" in said
 
 
 def write_assembly(folder: Path, stacks: list[str]) -> None:
