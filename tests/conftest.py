@@ -202,7 +202,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     elapsed = time.monotonic() - _run_started
     workers = getattr(config.option, "numprocesses", None) or 0
     measured = f"{ran} tests in {elapsed:.0f} s wall on {workers or 1} process(es), {os.cpu_count()} cores"
-    if config.args != config.getini("testpaths"):  # a part of the suite (install-check's guide tests, say)
+    if not _whole_suite(config, stats):  # install-check's guide tests, `make snapshots`, a -k or -x run
         terminalreporter.write_line(f"part of the suite: {measured}")
     else:
         verdict = "within" if elapsed <= SUITE_BUDGET_SECONDS else "OVER"
@@ -213,6 +213,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(
             f"user mistakes: {caught} of {len(mistakes)} caught at synth with one line (marker user_mistake)"
         )
+
+
+def _whole_suite(config: pytest.Config, stats: dict[str, list[Any]]) -> bool:
+    """Whether the run took every test of the suite: the suite's folders however named, nothing deselected, not
+    stopped at a first failure."""
+    given = {(config.invocation_params.dir / arg).resolve() for arg in config.args}
+    suite = {(config.rootpath / path).resolve() for path in config.getini("testpaths")}
+    return given == suite and not stats.get("deselected") and not config.option.maxfail
 
 
 def _mistake(report: Any) -> bool:

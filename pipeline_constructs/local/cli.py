@@ -465,8 +465,8 @@ def _serve(pipeline: LocalPipeline, console: Console, state_file: str) -> None:
     # The CLI finds the run by its state file: a file of the user's own must be named to it as well.
     own_file = "" if state_file == LOCAL_STATE_FILE else f" --state-file {shlex.quote(state_file)}"
     console.print(
-        f"serving, schedules firing on their cron; state in {state_file}; "
-        f"try `pipeline status --local{own_file}`. Ctrl-C ends it.",
+        f"serving, schedules firing on their cron; state in {escape(state_file)}; "
+        f"try `pipeline status --local{escape(own_file)}`. Ctrl-C ends it.",
         soft_wrap=True,
     )
     with contextlib.suppress(KeyboardInterrupt):

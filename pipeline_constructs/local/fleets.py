@@ -55,6 +55,23 @@ runpy.run_module("pipeline_worker", run_name="__main__", alter_sys=True)
 """
 
 
+#: The longest socket path the fork server of a worker's task processes may bind: macOS's limit (Linux's is 107),
+#: less what multiprocessing adds to the temporary folder (``/pymp-XXXXXXXX/listener-XXXXXXXX``).
+_SOCKET_PATH_LIMIT = 103
+_MULTIPROCESSING_SUFFIX = len("/pymp-abcdefgh/listener-abcdefgh")
+
+
+def workers_temp_folder() -> Path:
+    """A new folder for a fleet's workers' temporary files, in this process's temporary folder; in the system's
+    ``/tmp`` when that one is too deep for the fork server's socket (``AF_UNIX path too long``: every worker
+    would crash at start, as under macOS's ``/var/folders/...`` or a test's nested folders)."""
+    folder = Path(tempfile.mkdtemp(prefix="pwt-"))
+    if len(str(folder)) + _MULTIPROCESSING_SUFFIX <= _SOCKET_PATH_LIMIT:
+        return folder
+    folder.rmdir()
+    return Path(tempfile.mkdtemp(prefix="pwt-", dir="/tmp"))
+
+
 def parse_user_data(script: str) -> tuple[dict[str, str], dict[str, str]]:
     """(worker environment, local zip name -> asset hash) from a fleet's user data script."""
     found = ENV_LINE.findall(script)
@@ -184,7 +201,7 @@ class LocalFleet:
         (self._lib / "pipeline_worker").symlink_to(runtime_dir.resolve(), target_is_directory=True)
         # The workers' temporary files, removed with the run, as systemd's PrivateTmp removes them on an instance:
         # a worker ends by os._exit, which leaves multiprocessing's pymp-* folder behind.
-        (self._lib / "tmp").mkdir()
+        self._tmp = workers_temp_folder()
         self.workers: list[WorkerProcess] = []
         self.started_count = 0
         self.restarts = 0
@@ -229,7 +246,7 @@ class LocalFleet:
             | self.environment
             | {
                 "PYTHONPATH": os.pathsep.join([str(self._lib), str(self.task_dir)]),
-                "TMPDIR": str(self._lib / "tmp"),
+                "TMPDIR": str(self._tmp),
                 "PIPELINE_WORKER_ID": f"{self.name.rsplit('/', 1)[-1].lower()}-{number}",
                 "PIPELINE_SPOT_WATCH": "on" if imds else "off",
                 "PIPELINE_SCALE_IN_PROTECTION": "off",
@@ -343,4 +360,5 @@ class LocalFleet:
                 if worker.imds:
                     worker.imds.close()
         shutil.rmtree(self._lib, ignore_errors=True)  # the link to the runtime, not the runtime
+        shutil.rmtree(self._tmp, ignore_errors=True)
         return codes

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -121,17 +123,25 @@ class Target:
         return chains[name]
 
 
-def _running(pid: int | None) -> bool:
-    """Whether the process ``pid`` runs (as far as this user can tell); True when the state file names none."""
-    if pid is None:
-        return True
+def _run_is_gone(state: dict[str, Any]) -> bool:
+    """Whether the local run that wrote ``state`` is gone: its process is not there and its emulator refuses
+    connections. Both, as a run in another PID namespace (a container) is not seen here but still answers."""
+    pid = state.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False  # a state file without one (an older version's): its calls say what is wrong
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
         return False
+    except ProcessLookupError:
+        pass
     except PermissionError:  # another user's process: it runs
+        return False
+    endpoint = urllib.parse.urlsplit(str(state.get("endpoint", "")))
+    try:
+        with socket.create_connection((endpoint.hostname or "127.0.0.1", endpoint.port or 80), timeout=2):
+            return False
+    except OSError:
         return True
-    return True
 
 
 def connect(
@@ -150,7 +160,7 @@ def connect(
                 f"no local run found ({path} is missing): start one with `pipeline local {option} --serve`{note}"
             )
         state = json.loads(path.read_text())
-        if not _running(state.get("pid")):
+        if _run_is_gone(state):
             option, note = stack_option_hint()
             raise OperatorError(
                 f"the local run that wrote {path} is no longer running (process {state['pid']} is gone: killed, "

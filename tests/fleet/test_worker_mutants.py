@@ -5,13 +5,12 @@ deleted; duplicate ids one forward; a lost lease not published; a task not looke
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from pipeline_constructs.fleet.worker import acknowledger, attempts, status
+from pipeline_constructs.fleet.worker import acknowledger, attempts, leases, status
 from pipeline_constructs.fleet.worker.acknowledger import Acknowledger
 from pipeline_constructs.fleet.worker.attempts import AttemptRunner
 from pipeline_constructs.fleet.worker.config import WorkerConfig
@@ -150,9 +149,9 @@ class Worker:
 
     def hold(self, *helds: Held) -> None:
         for h in helds:
-            # Received now: the keeper measures SQS's 12 h cap on the machine's monotonic clock, which counts
-            # from its boot (received at 0, every release on a machine up 12 h would be capped to no delay).
-            self.leases.hold(h, received_at=time.monotonic())
+            # Received now, on the keeper's own clock (a test's fake one, or the machine's monotonic clock, which
+            # counts from its boot: received at 0, every release on a machine up 12 h was capped to no delay).
+            self.leases.hold(h, received_at=leases.time.monotonic())
 
     def acknowledge(self, *helds: Held) -> None:
         for h in helds:

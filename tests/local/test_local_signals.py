@@ -9,6 +9,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipeline_constructs.local.cli import RunEnded, signals_end_the_run
-from pipeline_constructs.local.fleets import WORKER_MAIN
+from pipeline_constructs.local.fleets import WORKER_MAIN, workers_temp_folder
 from tests.support import ROOT
 
 #: Generous: a run brings the emulator, functions and fleets up on a busy 2-core machine.
@@ -59,6 +60,16 @@ def is_worker(pid: int) -> bool:
         return b"pipeline_worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def temp_folder_of(pid: int) -> Path | None:
+    """The TMPDIR a process was started with (a fleet's workers' own folder), or None."""
+    try:
+        variables = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    found = [v.split(b"=", 1)[1] for v in variables if v.startswith(b"TMPDIR=")]
+    return Path(found[0].decode()) if found else None
 
 
 def wait_for(what: str, condition: Callable[[], bool], run: subprocess.Popen) -> None:
@@ -114,6 +125,7 @@ def test_an_ending_signal_stops_every_worker_and_cleans_up(example_outdir, tmp_p
             assert said(f"try `pipeline status --local --state-file {state_file}`"), printed
         started = descendants(run.pid)
         assert any(is_worker(pid) for pid in started), "no worker process started"
+        workers_temps = {temp_folder_of(pid) for pid in started if is_worker(pid)} - {None}
         assert list(temp.glob("pipeline-worker-lib-*"))
         run.send_signal(ending)
         code = run.wait(timeout=UP_WITHIN)
@@ -126,6 +138,10 @@ def test_an_ending_signal_stops_every_worker_and_cleans_up(example_outdir, tmp_p
         assert not state_file.exists()
         assert list(temp.glob("pipeline-worker-lib-*")) == []
         assert list(temp.glob("pymp-*")) == []  # the workers' own temporary folders went with the run
+        assert workers_temps and not any(folder.exists() for folder in workers_temps)
+        # The workers ran, not crashed at start (their fork server's socket in a folder too deep for it).
+        crashed = [log.name for log in logs.glob("worker-*.log") if "Traceback" in log.read_text()]
+        assert crashed == [], crashed
         if "--serve" not in mode:
             assert code == 128 + ending and any("interrupted by SIGTERM" in line for line in printed), printed
     finally:
@@ -181,3 +197,20 @@ def test_a_worker_stops_when_its_local_run_is_gone_even_by_kill_9(tmp_path):
     finally:
         worker.kill()
     assert (worker.returncode, said.strip()) == (1, f"stopped by {signal.SIGTERM.value}")
+
+
+def test_the_workers_temp_folder_is_short_enough_for_their_fork_servers_socket(tmp_path, monkeypatch):
+    """multiprocessing binds its fork server's socket at TMPDIR/pymp-*/listener-*: in a deep temporary folder
+    (macOS's /var/folders/..., a test's) the bind fails and every worker crashes at start."""
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    folder = workers_temp_folder()
+    try:
+        assert folder.parent == Path("/tmp") and len(str(folder)) + len("/pymp-abcdefgh/listener-abcdefgh") <= 103
+    finally:
+        folder.rmdir()
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+    shallow = workers_temp_folder()
+    shallow.rmdir()
+    assert shallow.parent == Path("/tmp")

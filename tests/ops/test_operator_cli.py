@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -13,9 +15,10 @@ from aws_cdk import aws_ec2 as ec2
 from typer.testing import CliRunner
 
 from pipeline_constructs.building_blocks.manifest import OUTPUT_NAME
+from pipeline_constructs.local import free_port
 from pipeline_constructs.ops.cli import app
 from pipeline_constructs.ops.cost import cost_report
-from pipeline_constructs.ops.operator import EARLIER_MANIFEST_OUTPUT, MANIFEST_OUTPUT
+from pipeline_constructs.ops.operator import EARLIER_MANIFEST_OUTPUT, MANIFEST_OUTPUT, _run_is_gone
 from tests.support.resources import create_batch_queue, create_status_table
 
 runner = CliRunner()
@@ -223,7 +226,8 @@ def test_local_flag_with_the_state_file_of_a_run_that_is_gone_says_so(tmp_path, 
     monkeypatch.chdir(tmp_path)
     ended = subprocess.Popen(["true"])  # its process id is free once it has been waited for
     ended.wait()
-    state = {"stack": "Work", "region": "eu-west-1", "endpoint": "http://127.0.0.1:9", "outputs": {}}
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there any more
+    state = {"stack": "Work", "region": "eu-west-1", "endpoint": endpoint, "outputs": {}}
     state_file = Path("left.json")  # in tmp_path, named short: a long path would be wrapped mid-word
     state_file.write_text(json.dumps(state | {"pid": ended.pid}))
     code, output = invoke("status", "--local", "--state-file", str(state_file))
@@ -231,6 +235,20 @@ def test_local_flag_with_the_state_file_of_a_run_that_is_gone_says_so(tmp_path, 
     said = " ".join(output.split())
     assert f"the local run that wrote {state_file} is no longer running (process {ended.pid} is gone" in said
     assert "start one with `pipeline local --stack <your stack> --serve`" in said
+
+
+def test_a_run_is_gone_only_when_its_process_is_not_there_and_its_emulator_refuses():
+    """A run in another PID namespace (a container) is not seen here but answers: not gone. A pid that is no
+    number (a hand-edited file) is no evidence either way."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        endpoint = f"http://127.0.0.1:{listening.getsockname()[1]}"
+        assert not _run_is_gone({"pid": ended.pid, "endpoint": endpoint})
+    assert _run_is_gone({"pid": ended.pid, "endpoint": endpoint})
+    assert not _run_is_gone({"pid": os.getpid(), "endpoint": endpoint})
+    assert not _run_is_gone({"pid": str(ended.pid), "endpoint": endpoint})
+    assert not _run_is_gone({"endpoint": endpoint})
 
 
 def write_assembly(folder: Path, stacks: list[str]) -> None:

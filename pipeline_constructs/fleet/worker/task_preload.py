@@ -9,6 +9,8 @@ does both for itself, on its first call.
 
 from __future__ import annotations
 
+import contextlib
+
 import boto3
 
 #: What an S3 client's creation reads from botocore's data files (measured: every file it reads).
@@ -25,4 +27,7 @@ def parse_s3_models() -> None:
         loader.load_service_model("s3", kind, api_version=None)
 
 
-parse_s3_models()
+# Only a saving: a preload that raises kills the fork server, which would then start no task process at all (an
+# older botocore in a worker's lock, say, without one of these files).
+with contextlib.suppress(Exception):
+    parse_s3_models()
