@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import boto3
 
-from pipeline_constructs.local import atomic_item_operations, free_port, memoized_service_lookup
+from pipeline_constructs.local import emulator_as_aws_behaves, free_port
 
 
 @contextmanager
@@ -25,8 +25,7 @@ def moto_endpoint():
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     # moto tries to run submitted Batch jobs in Docker, which is not here; the jobs are only counted.
     logging.getLogger("moto.batch").setLevel(logging.CRITICAL)
-    atomic_item_operations()  # as DynamoDB's: the submit-once races rely on it
-    memoized_service_lookup()
+    emulator_as_aws_behaves()  # atomic item operations, as DynamoDB's: the submit-once races rely on them
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pipeline_constructs.local import atomic_item_operations, memoized_service_lookup
+from pipeline_constructs.local import emulator_as_aws_behaves
 from pipeline_constructs.ops.assembly import SynthesizedStack, load_assembly
 from tests.support import ROOT
 from tests.support.botocore_models import MODELS
@@ -107,8 +107,7 @@ def moto_endpoint():
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request drowns real failures
     quiet_moto_docker_probe()
-    atomic_item_operations()  # as DynamoDB's: the submit-once races rely on it
-    memoized_service_lookup()
+    emulator_as_aws_behaves()  # atomic item operations, as DynamoDB's: the submit-once races rely on them
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -90,3 +90,11 @@ def memoized_service_lookup() -> None:
 
     DomainDispatcherApplication.get_backend_for_host = get_backend_for_host  # type: ignore[method-assign]  # moto's own method, wrapped
     setattr(DomainDispatcherApplication, _MEMO_MARK, True)
+
+
+def emulator_as_aws_behaves() -> None:
+    """What this process's moto needs before it serves: DynamoDB's atomic item operations
+    (:func:`atomic_item_operations`) and a service lookup made once per host (:func:`memoized_service_lookup`).
+    Idempotent."""
+    atomic_item_operations()
+    memoized_service_lookup()

@@ -31,8 +31,7 @@ from rich.markup import escape
 
 from pipeline_constructs.local import (
     LOCAL_STATE_FILE,
-    atomic_item_operations,
-    memoized_service_lookup,
+    emulator_as_aws_behaves,
     serve_in_background,
 )
 from pipeline_constructs.local.display import print_summary, progress_view
@@ -68,8 +67,7 @@ def embedded_emulator(endpoint: str | None) -> Iterator[str]:
         ) from None
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    atomic_item_operations()
-    memoized_service_lookup()
+    emulator_as_aws_behaves()  # atomic item operations, as DynamoDB's: the submit-once races rely on them
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -10,8 +10,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer
-
 from pipeline_constructs.glue.handler import load_config
 from pipeline_constructs.local.batch import LocalJob
 from pipeline_constructs.local.clients import EmulatorClients
@@ -19,6 +17,7 @@ from pipeline_constructs.local.compute import LocalCompute
 from pipeline_constructs.local.fleets import LocalFleet
 from pipeline_constructs.local.iam import IamGate
 from pipeline_constructs.local.triggers import Triggers
+from pipeline_constructs.ops.operator import _query_all
 
 
 class Progress:
@@ -93,7 +92,7 @@ class Progress:
     def chain_run_rows(self) -> list[dict[str, Any]]:
         """Every chain job's status row (``run#...``, as `pipeline status` reads them), plain values, with its
         ``chain``: the chains are those of each glue function's configuration (its parameters in SSM)."""
-        deserializer = TypeDeserializer()
+        dynamodb = self.clients.session.resource("dynamodb", endpoint_url=self.clients.endpoint)
         rows = []
         for function in self.compute.functions.values():
             if "GLUE_CONFIG" not in function.environment:
@@ -101,8 +100,7 @@ class Progress:
             config = load_config({"GLUE_CONFIG": function.environment["GLUE_CONFIG"]}, ssm=self.clients.ssm)
             for name, chain in config["chains"].items():
                 table = chain.get("table") or config.get("table")
-                for item in self._rows(table, f"chain#{name}", "run#") if table else ():
-                    row = {key: deserializer.deserialize(value) for key, value in item.items()}
+                for row in _query_all(dynamodb.Table(table), f"chain#{name}", "run#") if table else ():
                     rows.append(row | {"chain": name})
         return rows
 
